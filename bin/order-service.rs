@@ -1,0 +1,6 @@
+//! order-service: see the crate documentation of `rust_eda`.
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    rust_eda::app::run("order-service").await
+}

@@ -1,0 +1,337 @@
+//! Topic administration: make sure the topics a service needs exist, with their
+//! partition count, replication factor and configs (such as `cleanup.policy=compact`).
+//!
+//! rskafka's `create_topic` sends no configs, so this module speaks CreateTopics
+//! itself (see [`wire`](super::wire)). Requests go to the controller, as Kafka
+//! requires; creation is asynchronous in Kafka, so `ensure_topics` waits until every
+//! partition has a leader before it returns.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{
+    CreateTopicsRequest, DescribeConfigsRequest, MetadataRequest, MetadataResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use tokio::time::Instant;
+
+use super::cluster::ClusterConfig;
+use super::wire::{Connection, WireError};
+
+/// What a topic should look like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    /// `-1` lets the broker apply its `default.replication.factor`.
+    pub replication_factor: i16,
+    pub configs: BTreeMap<String, String>,
+}
+
+impl TopicSpec {
+    /// A topic with `partitions` partitions, the broker's replication factor and no configs.
+    pub fn new(name: impl Into<String>, partitions: i32) -> Self {
+        Self {
+            name: name.into(),
+            partitions,
+            replication_factor: -1,
+            configs: BTreeMap::new(),
+        }
+    }
+
+    pub fn replication_factor(mut self, replication_factor: i16) -> Self {
+        self.replication_factor = replication_factor;
+        self
+    }
+
+    pub fn config(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.configs.insert(name.into(), value.into());
+        self
+    }
+
+    /// `cleanup.policy=compact`: the broker keeps the latest record of each key.
+    pub fn compacted(self) -> Self {
+        self.config("cleanup.policy", "compact")
+    }
+}
+
+/// What `ensure_topics` found or did for one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicOutcome {
+    Created,
+    /// The topic was there already; it is left as it is.
+    Existed {
+        partitions: i32,
+    },
+}
+
+/// Errors of topic administration.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("no Kafka broker configured: set APP_KAFKA_BROKERS to host:port[,host:port...]")]
+    NoBrokers,
+    #[error("no Kafka broker answered ({tried}); check APP_KAFKA_BROKERS and that the broker runs")]
+    Unreachable { tried: String },
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("the broker refused to create topic {topic:?}: {error}{}", message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default())]
+    Create {
+        topic: String,
+        error: String,
+        message: Option<String>,
+    },
+    #[error("the broker could not describe topic {topic:?}: {error}")]
+    Describe { topic: String, error: String },
+    #[error("topic {topic:?} has no leader for every partition after {waited:?}")]
+    NotReady { topic: String, waited: Duration },
+    #[error("the broker's metadata names no controller and no broker")]
+    NoController,
+}
+
+/// Topic administration against one cluster.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    config: ClusterConfig,
+}
+
+impl Admin {
+    pub fn new(config: ClusterConfig) -> Self {
+        Self { config }
+    }
+
+    /// Creates the topics that do not exist yet; leaves existing ones alone (a
+    /// partition count that differs from the spec is logged, never changed:
+    /// adding partitions would move keys to other partitions).
+    pub async fn ensure_topics(
+        &self,
+        specs: &[TopicSpec],
+    ) -> Result<Vec<(String, TopicOutcome)>, AdminError> {
+        let mut conn = self.bootstrap().await?;
+        let metadata = metadata(&mut conn, None).await?;
+        let mut conn = self.controller(conn, &metadata).await?;
+
+        let request = CreateTopicsRequest::default()
+            .with_timeout_ms(self.config.request_timeout.as_millis() as i32)
+            .with_topics(specs.iter().map(creatable).collect());
+        let response = conn.request(&request).await?;
+
+        let mut outcomes = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let result = response
+                .topics
+                .iter()
+                .find(|t| t.name.0.as_str() == spec.name);
+            let code = result.map_or(0, |r| r.error_code);
+            let outcome = match ResponseError::try_from_code(code) {
+                None => TopicOutcome::Created,
+                Some(ResponseError::TopicAlreadyExists) => {
+                    let partitions = partition_count(&metadata, &spec.name).unwrap_or(-1);
+                    if partitions != spec.partitions && partitions >= 0 {
+                        log::warn!(
+                            "topic {} has {partitions} partitions, not the {} configured; leaving it as it is",
+                            spec.name,
+                            spec.partitions
+                        );
+                    }
+                    TopicOutcome::Existed { partitions }
+                }
+                Some(error) => {
+                    return Err(AdminError::Create {
+                        topic: spec.name.clone(),
+                        error: format!("{error:?} ({code})"),
+                        message: result
+                            .and_then(|r| r.error_message.as_ref())
+                            .map(|m| m.to_string()),
+                    });
+                }
+            };
+            if outcome == TopicOutcome::Created {
+                log::info!(
+                    "created topic {} ({} partitions{})",
+                    spec.name,
+                    spec.partitions,
+                    spec.configs
+                        .iter()
+                        .map(|(k, v)| format!(", {k}={v}"))
+                        .collect::<String>()
+                );
+            }
+            outcomes.push((spec.name.clone(), outcome));
+        }
+
+        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        self.wait_for_leaders(&mut conn, &names).await?;
+        Ok(outcomes)
+    }
+
+    /// Partition counts of the given topics, `None` for topics that do not exist.
+    pub async fn partition_counts(&self, topics: &[&str]) -> Result<Vec<Option<i32>>, AdminError> {
+        let mut conn = self.bootstrap().await?;
+        let metadata = metadata(&mut conn, Some(topics)).await?;
+        Ok(topics
+            .iter()
+            .map(|t| partition_count(&metadata, t))
+            .collect())
+    }
+
+    /// The configs the broker reports for `topic` (DescribeConfigs).
+    pub async fn topic_configs(&self, topic: &str) -> Result<BTreeMap<String, String>, AdminError> {
+        /// Kafka's `ConfigResource.Type.TOPIC`.
+        const TOPIC_RESOURCE: i8 = 2;
+        let mut conn = self.bootstrap().await?;
+        let request = DescribeConfigsRequest::default().with_resources(vec![
+            DescribeConfigsResource::default()
+                .with_resource_type(TOPIC_RESOURCE)
+                .with_resource_name(StrBytes::from_string(topic.to_owned())),
+        ]);
+        let response = conn.request(&request).await?;
+        let mut configs = BTreeMap::new();
+        for result in response.results {
+            if let Some(error) = ResponseError::try_from_code(result.error_code) {
+                return Err(AdminError::Describe {
+                    topic: topic.to_owned(),
+                    error: format!("{error:?} ({})", result.error_code),
+                });
+            }
+            for c in result.configs {
+                if let Some(v) = c.value {
+                    configs.insert(c.name.to_string(), v.to_string());
+                }
+            }
+        }
+        Ok(configs)
+    }
+
+    async fn bootstrap(&self) -> Result<Connection, AdminError> {
+        if self.config.brokers.is_empty() {
+            return Err(AdminError::NoBrokers);
+        }
+        let mut tried = Vec::new();
+        for broker in &self.config.brokers {
+            match Connection::connect(broker, &self.config.client_id, self.config.request_timeout)
+                .await
+            {
+                Ok(conn) => return Ok(conn),
+                Err(e) => tried.push(e.to_string()),
+            }
+        }
+        Err(AdminError::Unreachable {
+            tried: tried.join("; "),
+        })
+    }
+
+    /// A connection to the controller, reusing `conn` when it already is one.
+    async fn controller(
+        &self,
+        conn: Connection,
+        metadata: &MetadataResponse,
+    ) -> Result<Connection, AdminError> {
+        let broker = metadata
+            .brokers
+            .iter()
+            .find(|b| b.node_id == metadata.controller_id)
+            .or_else(|| metadata.brokers.first())
+            .ok_or(AdminError::NoController)?;
+        let addr = format!("{}:{}", broker.host, broker.port);
+        if addr == conn.addr() || metadata.brokers.len() == 1 {
+            return Ok(conn);
+        }
+        Ok(Connection::connect(&addr, &self.config.client_id, self.config.request_timeout).await?)
+    }
+
+    async fn wait_for_leaders(
+        &self,
+        conn: &mut Connection,
+        topics: &[&str],
+    ) -> Result<(), AdminError> {
+        let started = Instant::now();
+        let limit = self.config.request_timeout;
+        let mut delay = Duration::from_millis(20);
+        for topic in topics {
+            loop {
+                let metadata = metadata(conn, Some(&[topic])).await?;
+                let ready = metadata.topics.iter().any(|t| {
+                    t.error_code == 0
+                        && !t.partitions.is_empty()
+                        && t.partitions
+                            .iter()
+                            .all(|p| p.error_code == 0 && p.leader_id.0 >= 0)
+                });
+                if ready {
+                    break;
+                }
+                if started.elapsed() > limit {
+                    return Err(AdminError::NotReady {
+                        topic: (*topic).to_owned(),
+                        waited: started.elapsed(),
+                    });
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(500));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn creatable(spec: &TopicSpec) -> CreatableTopic {
+    CreatableTopic::default()
+        .with_name(TopicName(StrBytes::from_string(spec.name.clone())))
+        .with_num_partitions(spec.partitions)
+        .with_replication_factor(spec.replication_factor)
+        .with_configs(
+            spec.configs
+                .iter()
+                .map(|(k, v)| {
+                    CreatableTopicConfig::default()
+                        .with_name(StrBytes::from_string(k.clone()))
+                        .with_value(Some(StrBytes::from_string(v.clone())))
+                })
+                .collect(),
+        )
+}
+
+async fn metadata(
+    conn: &mut Connection,
+    topics: Option<&[&str]>,
+) -> Result<MetadataResponse, WireError> {
+    let request = MetadataRequest::default()
+        .with_allow_auto_topic_creation(false)
+        .with_topics(topics.map(|names| {
+            names
+                .iter()
+                .map(|n| {
+                    MetadataRequestTopic::default()
+                        .with_name(Some(TopicName(StrBytes::from_string((*n).to_owned()))))
+                })
+                .collect()
+        }));
+    conn.request(&request).await
+}
+
+fn partition_count(metadata: &MetadataResponse, topic: &str) -> Option<i32> {
+    metadata
+        .topics
+        .iter()
+        .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == topic) && t.error_code == 0)
+        .map(|t| t.partitions.len() as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_builder_defaults_to_broker_replication() {
+        let spec = TopicSpec::new("t", 3).compacted();
+        assert_eq!(spec.replication_factor, -1);
+        assert_eq!(spec.configs["cleanup.policy"], "compact");
+        let wire = creatable(&spec);
+        assert_eq!(wire.num_partitions, 3);
+        assert_eq!(wire.configs.len(), 1);
+    }
+}

@@ -1,0 +1,102 @@
+//! Exponential backoff with full jitter, shared by every retry loop of the Kafka layer.
+//!
+//! Jitter keeps a fleet of clients that lost the same broker from reconnecting in
+//! lockstep; the cap keeps a long outage from stretching one wait past what a
+//! caller's deadline can absorb.
+
+use std::time::Duration;
+
+/// Backoff settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackoffConfig {
+    /// Upper bound of the first wait.
+    pub initial: Duration,
+    /// No single wait is longer than this.
+    pub max: Duration,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The state of one retry sequence.
+#[derive(Debug)]
+pub struct Backoff {
+    config: BackoffConfig,
+    ceiling: Duration,
+    attempts: u32,
+    rng: u64,
+}
+
+impl Backoff {
+    /// A fresh sequence.
+    pub fn new(config: BackoffConfig) -> Self {
+        // Seeded per sequence from the OS RNG behind uuid, so peers do not share jitter.
+        let seed = uuid::Uuid::new_v4().as_u64_pair().0 | 1;
+        Self {
+            config,
+            ceiling: config.initial,
+            attempts: 0,
+            rng: seed,
+        }
+    }
+
+    /// How many waits were handed out.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// The next wait: uniform in `[ceiling / 2, ceiling]`, the ceiling doubling up to `max`.
+    pub fn next_delay(&mut self) -> Duration {
+        self.attempts += 1;
+        let ceiling = self.ceiling;
+        self.ceiling = (self.ceiling * 2).min(self.config.max);
+        let half = ceiling / 2;
+        let span = ceiling.saturating_sub(half).as_nanos() as u64;
+        let jitter = if span == 0 {
+            0
+        } else {
+            self.next_random() % span
+        };
+        half + Duration::from_nanos(jitter)
+    }
+
+    /// xorshift64*: plenty for jitter, and no extra dependency.
+    fn next_random(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_and_stay_within_bounds() {
+        let config = BackoffConfig {
+            initial: Duration::from_millis(100),
+            max: Duration::from_millis(800),
+        };
+        let mut b = Backoff::new(config);
+        let mut ceiling = Duration::from_millis(100);
+        for _ in 0..10 {
+            let d = b.next_delay();
+            assert!(
+                d >= ceiling / 2 && d <= ceiling,
+                "{d:?} outside (.., {ceiling:?}]"
+            );
+            ceiling = (ceiling * 2).min(config.max);
+        }
+        assert_eq!(b.attempts(), 10);
+    }
+}

@@ -1,0 +1,332 @@
+//! One connection to a Kafka cluster, shared by producers, consumers and the offset store.
+//!
+//! It wraps rskafka's `Client` and adds what rskafka 0.6 leaves to its users:
+//! a deadline on every request (rskafka has no connect or request timeout, and its
+//! default backoff retries forever), partition counts for the partitioner, and a
+//! way to drop a cached partition leader. rskafka never invalidates a leader it
+//! cached when leadership moves without the old connection failing, so callers that
+//! retry call [`Cluster::reset_partition`], which refreshes the metadata with
+//! `list_topics()` and rebuilds the partition client on the next use.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rskafka::client::error::{Error as KafkaError, ProtocolError};
+use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
+use rskafka::client::{Client, ClientBuilder};
+
+/// How to reach the cluster. Defaults follow the Java client where it has one.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Bootstrap brokers, `host:port` each.
+    pub brokers: Vec<String>,
+    /// Sent to the broker with every request; shows up in broker logs and quotas.
+    pub client_id: String,
+    /// How long establishing the first connection may take.
+    pub connect_timeout: Duration,
+    /// How long one request (produce, fetch, metadata) may take before it is
+    /// abandoned and retried (Java: `request.timeout.ms` = 30 s).
+    pub request_timeout: Duration,
+    /// How old cached partition counts may get before they are refreshed
+    /// (Java: `metadata.max.age.ms` = 5 min).
+    pub metadata_max_age: Duration,
+}
+
+impl ClusterConfig {
+    /// Settings for `brokers` with every other value at its default.
+    pub fn new(brokers: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self {
+            brokers: brokers.into_iter().map(Into::into).collect(),
+            client_id: "rust-eda".to_owned(),
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            metadata_max_age: Duration::from_secs(300),
+        }
+    }
+
+    /// Parses a comma-separated broker list, as in `APP_KAFKA_BROKERS`.
+    pub fn from_broker_list(list: &str) -> Self {
+        Self::new(
+            list.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
+        )
+    }
+
+    /// The brokers joined for messages.
+    pub fn broker_list(&self) -> String {
+        self.brokers.join(",")
+    }
+}
+
+/// Errors talking to the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// No broker was configured at all.
+    #[error("no Kafka broker configured: set APP_KAFKA_BROKERS to host:port[,host:port...]")]
+    NoBrokers,
+    /// The bootstrap brokers could not be reached.
+    #[error(
+        "cannot reach Kafka at {brokers} within {timeout:?}: {reason}; check APP_KAFKA_BROKERS and that the broker runs (scripts/broker.sh status)"
+    )]
+    Unreachable {
+        brokers: String,
+        timeout: Duration,
+        reason: String,
+    },
+    /// The topic is not known to the cluster.
+    #[error("topic {0:?} does not exist; create it first (scripts/create-topics.sh)")]
+    UnknownTopic(String),
+    /// The partition does not exist in the topic.
+    #[error("topic {topic:?} has {partitions} partitions; partition {partition} does not exist")]
+    UnknownPartition {
+        topic: String,
+        partition: i32,
+        partitions: i32,
+    },
+    /// A request did not complete in time.
+    #[error("Kafka {operation} timed out after {timeout:?}")]
+    Timeout {
+        operation: &'static str,
+        timeout: Duration,
+    },
+    /// The broker or the connection reported an error.
+    #[error("Kafka {operation} failed: {source}")]
+    Kafka {
+        operation: &'static str,
+        #[source]
+        source: KafkaError,
+    },
+}
+
+impl ClusterError {
+    pub(crate) fn kafka(operation: &'static str, source: KafkaError) -> Self {
+        Self::Kafka { operation, source }
+    }
+
+    /// Whether trying again later may succeed: the connection broke, a leader moved,
+    /// the broker is busy. Bad input and missing permissions are not retriable.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Self::NoBrokers | Self::UnknownPartition { .. } => false,
+            // A topic that was just created may not be in every broker's metadata yet.
+            Self::UnknownTopic(_) | Self::Timeout { .. } | Self::Unreachable { .. } => true,
+            Self::Kafka { source, .. } => is_retriable(source),
+        }
+    }
+
+    /// The broker's error code, where the broker sent one.
+    pub fn protocol_error(&self) -> Option<ProtocolError> {
+        match self {
+            Self::Kafka {
+                source: KafkaError::ServerError { protocol_error, .. },
+                ..
+            } => Some(*protocol_error),
+            _ => None,
+        }
+    }
+}
+
+/// Classifies rskafka's errors as Kafka's `RetriableException`s do.
+pub(crate) fn is_retriable(error: &KafkaError) -> bool {
+    match error {
+        KafkaError::Connection(_)
+        | KafkaError::Request(_)
+        | KafkaError::RetryFailed(_)
+        | KafkaError::Timeout => true,
+        KafkaError::InvalidResponse(_) => false,
+        KafkaError::ServerError { protocol_error, .. } => matches!(
+            protocol_error,
+            ProtocolError::UnknownTopicOrPartition
+                | ProtocolError::LeaderNotAvailable
+                | ProtocolError::NotLeaderOrFollower
+                | ProtocolError::RequestTimedOut
+                | ProtocolError::BrokerNotAvailable
+                | ProtocolError::ReplicaNotAvailable
+                | ProtocolError::NetworkException
+                | ProtocolError::NotEnoughReplicas
+                | ProtocolError::NotEnoughReplicasAfterAppend
+                | ProtocolError::KafkaStorageError
+                | ProtocolError::FencedLeaderEpoch
+                | ProtocolError::UnknownLeaderEpoch
+                | ProtocolError::OffsetNotAvailable
+                | ProtocolError::PreferredLeaderNotAvailable
+                | ProtocolError::UnknownServerError
+                | ProtocolError::CorruptMessage
+                | ProtocolError::ThrottlingQuotaExceeded
+        ),
+        _ => false,
+    }
+}
+
+/// A shared, cheaply cloned handle to the cluster.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ClusterConfig,
+    client: Client,
+    partition_clients: Mutex<HashMap<(String, i32), Arc<PartitionClient>>>,
+    topics: Mutex<TopicCache>,
+}
+
+#[derive(Default)]
+struct TopicCache {
+    partitions: HashMap<String, i32>,
+    fetched_at: Option<Instant>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("brokers", &self.inner.config.brokers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Connects to the bootstrap brokers and loads the cluster metadata.
+    pub async fn connect(config: ClusterConfig) -> Result<Self, ClusterError> {
+        if config.brokers.is_empty() {
+            return Err(ClusterError::NoBrokers);
+        }
+        // rskafka retries internally with this backoff; without a deadline it would
+        // retry an unreachable broker forever.
+        let backoff = rskafka::BackoffConfig {
+            init_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(1),
+            base: 2.,
+            deadline: Some(config.request_timeout),
+        };
+        let builder = ClientBuilder::new(config.brokers.clone())
+            .client_id(config.client_id.clone())
+            .backoff_config(backoff);
+        let unreachable = |reason: String| ClusterError::Unreachable {
+            brokers: config.broker_list(),
+            timeout: config.connect_timeout,
+            reason,
+        };
+        let client = match tokio::time::timeout(config.connect_timeout, builder.build()).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => return Err(unreachable(e.to_string())),
+            Err(_) => return Err(unreachable("no answer".to_owned())),
+        };
+        let cluster = Self {
+            inner: Arc::new(Inner {
+                config,
+                client,
+                partition_clients: Mutex::new(HashMap::new()),
+                topics: Mutex::new(TopicCache::default()),
+            }),
+        };
+        cluster.refresh_metadata().await?;
+        Ok(cluster)
+    }
+
+    /// The settings this cluster was connected with.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.inner.config
+    }
+
+    /// Runs `fut` under the request timeout.
+    pub(crate) async fn timed<T>(
+        &self,
+        operation: &'static str,
+        fut: impl Future<Output = Result<T, KafkaError>>,
+    ) -> Result<T, ClusterError> {
+        let timeout = self.inner.config.request_timeout;
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r.map_err(|e| ClusterError::kafka(operation, e)),
+            Err(_) => Err(ClusterError::Timeout { operation, timeout }),
+        }
+    }
+
+    /// Reloads topic metadata from the cluster. This also refreshes rskafka's
+    /// metadata cache, which is how a moved partition leader gets noticed.
+    pub async fn refresh_metadata(&self) -> Result<(), ClusterError> {
+        let topics = self
+            .timed("metadata", self.inner.client.list_topics())
+            .await?;
+        let mut cache = self.inner.topics.lock();
+        cache.partitions = topics
+            .into_iter()
+            .map(|t| (t.name, t.partitions.len() as i32))
+            .collect();
+        cache.fetched_at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// The topic names known to the cluster (from fresh metadata).
+    pub async fn topics(&self) -> Result<HashMap<String, i32>, ClusterError> {
+        self.refresh_metadata().await?;
+        Ok(self.inner.topics.lock().partitions.clone())
+    }
+
+    /// The number of partitions of `topic`, from metadata at most
+    /// `metadata_max_age` old; an unknown topic triggers one refresh first.
+    pub async fn partition_count(&self, topic: &str) -> Result<i32, ClusterError> {
+        {
+            let cache = self.inner.topics.lock();
+            let fresh = cache
+                .fetched_at
+                .is_some_and(|at| at.elapsed() < self.inner.config.metadata_max_age);
+            if let (true, Some(&n)) = (fresh, cache.partitions.get(topic)) {
+                return Ok(n);
+            }
+        }
+        self.refresh_metadata().await?;
+        match self.inner.topics.lock().partitions.get(topic) {
+            Some(&n) if n > 0 => Ok(n),
+            _ => Err(ClusterError::UnknownTopic(topic.to_owned())),
+        }
+    }
+
+    /// A client bound to the leader of one partition, cached between calls.
+    pub async fn partition_client(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Arc<PartitionClient>, ClusterError> {
+        let key = (topic.to_owned(), partition);
+        if let Some(client) = self.inner.partition_clients.lock().get(&key) {
+            return Ok(Arc::clone(client));
+        }
+        let client = self
+            .timed(
+                "leader lookup",
+                self.inner
+                    .client
+                    .partition_client(topic, partition, UnknownTopicHandling::Error),
+            )
+            .await
+            .map_err(|e| match e.protocol_error() {
+                Some(ProtocolError::UnknownTopicOrPartition) => {
+                    ClusterError::UnknownTopic(topic.to_owned())
+                }
+                _ => e,
+            })?;
+        let client = Arc::new(client);
+        self.inner
+            .partition_clients
+            .lock()
+            .insert(key, Arc::clone(&client));
+        Ok(client)
+    }
+
+    /// Forgets the cached leader of a partition after an error, and refreshes the
+    /// metadata so the next [`Self::partition_client`] finds the current leader.
+    pub async fn reset_partition(&self, topic: &str, partition: i32) {
+        self.inner
+            .partition_clients
+            .lock()
+            .remove(&(topic.to_owned(), partition));
+        if let Err(e) = self.refresh_metadata().await {
+            log::debug!("metadata refresh after an error on {topic}/{partition} failed: {e}");
+        }
+    }
+}

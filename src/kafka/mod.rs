@@ -1,0 +1,63 @@
+//! Our Kafka layer, in pure Rust over the `rskafka` crate.
+//!
+//! rskafka speaks the wire protocol to one partition at a time. This layer adds
+//! what services need on top of it, the way the Java client provides it:
+//!
+//! - [`cluster`]: the shared connection. Every request is bounded by a timeout,
+//!   partition counts are cached for the partitioner, and a partition's cached
+//!   leader can be dropped when a retry needs fresh metadata.
+//! - [`producer`]: Java-compatible key partitioning ([`partitioner`]), batching per
+//!   partition with linger and size limits, `acks=all`, gzip/snappy compression,
+//!   retries with backoff, and a delivery future per record. Records are at-least-once.
+//! - [`consumer`]: per-partition fetch loops feeding an async [`Handler`], with
+//!   offsets committed only after the handler accepted a record.
+//! - [`offsets`]: where those commits live, a compacted topic (`__eda_offsets`)
+//!   read back on start, because rskafka has no group coordinator client.
+//! - [`admin`]: creates topics with partition counts and configs, which rskafka's
+//!   `create_topic` cannot pass, through a small protocol connection ([`wire`]).
+//!
+//! The dependency direction is one way: `admin` and `cluster` talk to brokers,
+//! `producer` builds on `cluster`, `offsets` on `producer`, and `consumer` on all of
+//! them.
+
+pub mod admin;
+pub mod backoff;
+pub mod cluster;
+pub mod consumer;
+pub mod offsets;
+pub mod partitioner;
+pub mod producer;
+mod wire;
+
+pub use admin::{Admin, AdminError, TopicOutcome, TopicSpec};
+pub use cluster::{Cluster, ClusterConfig, ClusterError};
+pub use consumer::{
+    Consumer, ConsumerConfig, ConsumerError, Handler, HandlerError, Message, OffsetReset,
+    handler_fn,
+};
+pub use offsets::{DEFAULT_OFFSETS_TOPIC, OffsetError, OffsetStore};
+pub use producer::{
+    Compression, Delivery, DeliveryFuture, ProduceError, Producer, ProducerConfig, ProducerRecord,
+};
+
+/// One partition of one topic.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    pub topic: String,
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    pub fn new(topic: impl Into<String>, partition: i32) -> Self {
+        Self {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
+
+impl std::fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}

@@ -1,0 +1,634 @@
+//! The producer: records in, acknowledged `(partition, offset)` out.
+//!
+//! [`Producer::enqueue`] picks the partition (Java-compatible, see
+//! [`partitioner`](super::partitioner)), reserves room in a bounded buffer and hands
+//! the record to the worker task of its partition. Each worker gathers records into
+//! a batch until the batch is full or the oldest record has waited `linger`, then
+//! sends it with `acks=all` and answers every record of the batch. A worker keeps
+//! one request in flight, so a retried batch can never overtake a later one: the
+//! order of records within a partition is the order in which they were enqueued.
+//!
+//! Failures that may pass (a broker restarting, a leader moving, a timeout) are
+//! retried with backoff after refreshing the metadata, until the record's delivery
+//! timeout; then its caller gets [`ProduceError::DeliveryTimeout`]. A retry after a
+//! lost acknowledgement may write a batch twice: delivery is at-least-once, as with
+//! the Java client without idempotence (rskafka 0.6 has no idempotent producer).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rskafka::chrono::{DateTime, Utc};
+use rskafka::client::partition::Compression as WireCompression;
+use rskafka::record::Record;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::backoff::{Backoff, BackoffConfig};
+use super::cluster::{Cluster, ClusterError};
+use super::partitioner::{StickyPartitioner, partition_for_key};
+
+/// Bytes added to every record in a batch besides key, value and headers
+/// (length, attributes, deltas, header counts), for sizing batches.
+const RECORD_OVERHEAD: usize = 24;
+
+/// Compression of produced batches. Only pure-Rust codecs are built in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
+    Snappy,
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "none" | "" => Ok(Self::None),
+            "gzip" => Ok(Self::Gzip),
+            "snappy" => Ok(Self::Snappy),
+            other => Err(format!(
+                "unknown compression {other:?}: expected none, gzip or snappy (lz4 and zstd need C libraries and are not built in)"
+            )),
+        }
+    }
+}
+
+impl From<Compression> for WireCompression {
+    fn from(c: Compression) -> Self {
+        match c {
+            Compression::None => WireCompression::NoCompression,
+            Compression::Gzip => WireCompression::Gzip,
+            Compression::Snappy => WireCompression::Snappy,
+        }
+    }
+}
+
+/// Producer settings. Defaults follow the Java client where that makes sense.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// How long a record may wait for more records to fill its batch (Java: `linger.ms` = 5).
+    pub linger: Duration,
+    /// The largest batch sent in one request; also the largest record accepted.
+    pub batch_max_bytes: usize,
+    /// Bytes of records accepted but not yet acknowledged; `enqueue` waits when full
+    /// (Java: `buffer.memory` = 32 MiB).
+    pub buffer_memory: usize,
+    /// Codec for batches.
+    pub compression: Compression,
+    /// From `enqueue` to acknowledgement, retries included; then the record fails
+    /// (Java: `delivery.timeout.ms`).
+    pub delivery_timeout: Duration,
+    /// Waits between retries.
+    pub retry_backoff: BackoffConfig,
+    /// Keyless records move to the next partition after this many bytes.
+    pub sticky_switch_bytes: usize,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        Self {
+            linger: Duration::from_millis(5),
+            batch_max_bytes: 1024 * 1024,
+            buffer_memory: 32 * 1024 * 1024,
+            compression: Compression::None,
+            delivery_timeout: Duration::from_secs(30),
+            retry_backoff: BackoffConfig {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(2),
+            },
+            sticky_switch_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// A record to produce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerRecord {
+    pub topic: String,
+    /// Chosen by the partitioner when `None`.
+    pub partition: Option<i32>,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: BTreeMap<String, Vec<u8>>,
+    /// Set to the enqueue time when `None` (Kafka's `CreateTime`).
+    pub timestamp: Option<DateTime<Utc>>,
+}
+
+impl ProducerRecord {
+    /// An empty record for `topic`.
+    pub fn new(topic: impl Into<String>) -> Self {
+        Self {
+            topic: topic.into(),
+            partition: None,
+            key: None,
+            value: None,
+            headers: BTreeMap::new(),
+            timestamp: None,
+        }
+    }
+
+    pub fn key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    pub fn value(mut self, value: impl Into<Vec<u8>>) -> Self {
+        self.value = Some(value.into());
+        self
+    }
+
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    pub fn partition(mut self, partition: i32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+
+    pub fn timestamp(mut self, timestamp: DateTime<Utc>) -> Self {
+        self.timestamp = Some(timestamp);
+        self
+    }
+
+    fn size(&self) -> usize {
+        RECORD_OVERHEAD
+            + self.key.as_ref().map_or(0, Vec::len)
+            + self.value.as_ref().map_or(0, Vec::len)
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 8)
+                .sum::<usize>()
+    }
+}
+
+/// Where an acknowledged record was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Delivery {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Why a record was not produced.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProduceError {
+    /// The producer was closed before the record was accepted.
+    #[error("the producer is closed and accepts no more records")]
+    Closed,
+    /// The record does not fit into one batch.
+    #[error("record of {size} bytes exceeds the batch limit of {max} bytes (batch_max_bytes)")]
+    RecordTooLarge { size: usize, max: usize },
+    /// The topic or partition is unknown, or metadata could not be loaded.
+    #[error(transparent)]
+    Cluster(Arc<ClusterError>),
+    /// No acknowledgement within the delivery timeout.
+    #[error(
+        "record for {topic}/{partition} not acknowledged within {timeout:?}; last error: {last_error}"
+    )]
+    DeliveryTimeout {
+        topic: String,
+        partition: i32,
+        timeout: Duration,
+        last_error: String,
+    },
+    /// The broker refused the batch for a reason retrying cannot fix.
+    #[error("broker rejected the record for {topic}/{partition}: {error}")]
+    Rejected {
+        topic: String,
+        partition: i32,
+        error: String,
+    },
+}
+
+impl From<ClusterError> for ProduceError {
+    fn from(e: ClusterError) -> Self {
+        Self::Cluster(Arc::new(e))
+    }
+}
+
+/// Resolves once the broker acknowledged the record, or it failed for good.
+#[derive(Debug)]
+pub struct DeliveryFuture {
+    rx: oneshot::Receiver<Result<Delivery, ProduceError>>,
+}
+
+impl Future for DeliveryFuture {
+    type Output = Result<Delivery, ProduceError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(ProduceError::Closed)))
+    }
+}
+
+/// The producer. Cheap to clone; all clones share batches and connections.
+#[derive(Clone)]
+pub struct Producer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cluster: Cluster,
+    config: ProducerConfig,
+    sticky: StickyPartitioner,
+    buffer: Arc<Semaphore>,
+    closed: AtomicBool,
+    workers: Mutex<HashMap<(String, i32), Worker>>,
+}
+
+struct Worker {
+    tx: mpsc::UnboundedSender<Command>,
+    task: JoinHandle<()>,
+}
+
+enum Command {
+    Record(Pending),
+    /// Answered once every record enqueued before it is acknowledged or failed.
+    Flush(oneshot::Sender<()>),
+}
+
+struct Pending {
+    record: Record,
+    size: usize,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<Delivery, ProduceError>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Producer {
+    /// A producer over `cluster`.
+    pub fn new(cluster: Cluster, config: ProducerConfig) -> Self {
+        let permits = config.buffer_memory.clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            inner: Arc::new(Inner {
+                sticky: StickyPartitioner::new(config.sticky_switch_bytes),
+                buffer: Arc::new(Semaphore::new(permits)),
+                cluster,
+                config,
+                closed: AtomicBool::new(false),
+                workers: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The cluster this producer writes to.
+    pub fn cluster(&self) -> &Cluster {
+        &self.inner.cluster
+    }
+
+    /// Sends a record and waits for the broker's acknowledgement.
+    pub async fn send(&self, record: ProducerRecord) -> Result<Delivery, ProduceError> {
+        self.enqueue(record).await?.await
+    }
+
+    /// Accepts a record for sending and returns at once with a future of its
+    /// delivery; waits only while the buffer is full. Records enqueued one after
+    /// the other for the same partition are written in that order.
+    pub async fn enqueue(&self, record: ProducerRecord) -> Result<DeliveryFuture, ProduceError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(ProduceError::Closed);
+        }
+        let size = record.size();
+        let max = self.inner.config.batch_max_bytes;
+        if size > max {
+            return Err(ProduceError::RecordTooLarge { size, max });
+        }
+        let partition = self.choose_partition(&record, size).await?;
+
+        let permit = tokio::time::timeout(
+            self.inner.config.delivery_timeout,
+            Arc::clone(&self.inner.buffer).acquire_many_owned(size as u32),
+        )
+        .await
+        .map_err(|_| ProduceError::DeliveryTimeout {
+            topic: record.topic.clone(),
+            partition,
+            timeout: self.inner.config.delivery_timeout,
+            last_error: "the producer buffer stayed full (buffer_memory)".to_owned(),
+        })?
+        .map_err(|_| ProduceError::Closed)?;
+
+        let (reply, rx) = oneshot::channel();
+        let topic = record.topic;
+        let pending = Pending {
+            record: Record {
+                key: record.key,
+                value: record.value,
+                headers: record.headers,
+                timestamp: record
+                    .timestamp
+                    .unwrap_or_else(|| DateTime::<Utc>::from(std::time::SystemTime::now())),
+            },
+            size,
+            enqueued: Instant::now(),
+            reply,
+            _permit: permit,
+        };
+
+        let mut workers = self.inner.workers.lock();
+        // Checked again under the lock: `close` takes the same lock to drain workers.
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(ProduceError::Closed);
+        }
+        let worker = workers
+            .entry((topic.clone(), partition))
+            .or_insert_with(|| self.spawn_worker(topic, partition));
+        worker
+            .tx
+            .send(Command::Record(pending))
+            .map_err(|_| ProduceError::Closed)?;
+        Ok(DeliveryFuture { rx })
+    }
+
+    async fn choose_partition(
+        &self,
+        record: &ProducerRecord,
+        size: usize,
+    ) -> Result<i32, ProduceError> {
+        let partitions = self.inner.cluster.partition_count(&record.topic).await?;
+        Ok(match (record.partition, &record.key) {
+            (Some(p), _) if (0..partitions).contains(&p) => p,
+            (Some(p), _) => {
+                return Err(ClusterError::UnknownPartition {
+                    topic: record.topic.clone(),
+                    partition: p,
+                    partitions,
+                }
+                .into());
+            }
+            (None, Some(key)) => partition_for_key(key, partitions),
+            (None, None) => self.inner.sticky.partition(&record.topic, partitions, size),
+        })
+    }
+
+    fn spawn_worker(&self, topic: String, partition: i32) -> Worker {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let worker = PartitionWorker {
+            cluster: self.inner.cluster.clone(),
+            config: self.inner.config.clone(),
+            topic,
+            partition,
+        };
+        Worker {
+            tx,
+            task: tokio::spawn(worker.run(rx)),
+        }
+    }
+
+    /// Waits until every record enqueued before this call is acknowledged or failed.
+    pub async fn flush(&self) {
+        let waits: Vec<_> = {
+            let workers = self.inner.workers.lock();
+            workers
+                .values()
+                .filter_map(|w| {
+                    let (tx, rx) = oneshot::channel();
+                    w.tx.send(Command::Flush(tx)).ok().map(|()| rx)
+                })
+                .collect()
+        };
+        for rx in waits {
+            // An error means the worker is gone, which also means nothing is pending.
+            let _ = rx.await;
+        }
+    }
+
+    /// Stops accepting records, delivers everything already accepted (each record
+    /// within its delivery timeout), and stops the workers.
+    pub async fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        let workers: Vec<Worker> = self.inner.workers.lock().drain().map(|(_, w)| w).collect();
+        for worker in workers {
+            // Dropping the sender lets the worker finish its queue and exit.
+            drop(worker.tx);
+            if let Err(e) = worker.task.await {
+                log::error!("producer worker ended abnormally: {e}");
+            }
+        }
+    }
+}
+
+struct PartitionWorker {
+    cluster: Cluster,
+    config: ProducerConfig,
+    topic: String,
+    partition: i32,
+}
+
+impl PartitionWorker {
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        let mut queue: VecDeque<Pending> = VecDeque::new();
+        let mut queued_bytes = 0usize;
+        // Flush waiters with the number of records that must be done before them.
+        let mut flushes: VecDeque<(u64, oneshot::Sender<()>)> = VecDeque::new();
+        let mut received: u64 = 0;
+        let mut done: u64 = 0;
+        let mut open = true;
+
+        loop {
+            if queue.is_empty() {
+                // Nothing pending: every earlier flush is satisfied.
+                for (_, tx) in flushes.drain(..) {
+                    let _ = tx.send(());
+                }
+                if !open {
+                    return;
+                }
+                match rx.recv().await {
+                    Some(cmd) => accept(
+                        cmd,
+                        &mut queue,
+                        &mut queued_bytes,
+                        &mut flushes,
+                        &mut received,
+                    ),
+                    None => open = false,
+                }
+                continue;
+            }
+
+            // Linger: gather until the batch is full, the oldest record waited long
+            // enough, someone flushes, or the producer closes.
+            let deadline =
+                queue.front().map_or_else(Instant::now, |p| p.enqueued) + self.config.linger;
+            while open && flushes.is_empty() && queued_bytes < self.config.batch_max_bytes {
+                tokio::select! {
+                    cmd = rx.recv() => match cmd {
+                        Some(cmd) => accept(cmd, &mut queue, &mut queued_bytes, &mut flushes, &mut received),
+                        None => open = false,
+                    },
+                    () = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+
+            let mut batch = Vec::new();
+            let mut batch_bytes = 0;
+            while let Some(p) = queue.front() {
+                if !batch.is_empty() && batch_bytes + p.size > self.config.batch_max_bytes {
+                    break;
+                }
+                batch_bytes += p.size;
+                batch.extend(queue.pop_front());
+            }
+            queued_bytes -= batch_bytes;
+            done += batch.len() as u64;
+            self.send_batch(batch).await;
+
+            while flushes.front().is_some_and(|(upto, _)| *upto <= done) {
+                if let Some((_, tx)) = flushes.pop_front() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    }
+
+    /// Sends one batch until it is acknowledged, fails for good, or its oldest
+    /// record runs out of delivery time; then answers every record in it.
+    async fn send_batch(&self, batch: Vec<Pending>) {
+        let Some(first) = batch.first() else { return };
+        let deadline = first.enqueued + self.config.delivery_timeout;
+        let records: Vec<Record> = batch.iter().map(|p| p.record.clone()).collect();
+        let compression = self.config.compression.into();
+        let mut backoff = Backoff::new(self.config.retry_backoff);
+
+        let outcome = loop {
+            let attempt = async {
+                let client = self
+                    .cluster
+                    .partition_client(&self.topic, self.partition)
+                    .await?;
+                self.cluster
+                    .timed("produce", client.produce(records.clone(), compression))
+                    .await
+            };
+            let error = match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(offsets)) => break Ok(offsets),
+                Ok(Err(e)) => e,
+                Err(_) => {
+                    break Err(ProduceError::DeliveryTimeout {
+                        topic: self.topic.clone(),
+                        partition: self.partition,
+                        timeout: self.config.delivery_timeout,
+                        last_error: "no acknowledgement from the broker".to_owned(),
+                    });
+                }
+            };
+            if !error.is_retriable() {
+                break Err(ProduceError::Rejected {
+                    topic: self.topic.clone(),
+                    partition: self.partition,
+                    error: error.to_string(),
+                });
+            }
+            let delay = backoff.next_delay();
+            if Instant::now() + delay >= deadline {
+                break Err(ProduceError::DeliveryTimeout {
+                    topic: self.topic.clone(),
+                    partition: self.partition,
+                    timeout: self.config.delivery_timeout,
+                    last_error: error.to_string(),
+                });
+            }
+            log::warn!(
+                "produce to {}/{} failed (attempt {}), retrying in {delay:?}: {error}",
+                self.topic,
+                self.partition,
+                backoff.attempts()
+            );
+            tokio::time::sleep(delay).await;
+            self.cluster
+                .reset_partition(&self.topic, self.partition)
+                .await;
+        };
+
+        match outcome {
+            Ok(offsets) if offsets.len() == batch.len() => {
+                for (p, offset) in batch.into_iter().zip(offsets) {
+                    let _ = p.reply.send(Ok(Delivery {
+                        partition: self.partition,
+                        offset,
+                    }));
+                }
+            }
+            Ok(offsets) => {
+                let error = ProduceError::Rejected {
+                    topic: self.topic.clone(),
+                    partition: self.partition,
+                    error: format!(
+                        "broker acknowledged {} offsets for {} records",
+                        offsets.len(),
+                        batch.len()
+                    ),
+                };
+                for p in batch {
+                    let _ = p.reply.send(Err(error.clone()));
+                }
+            }
+            Err(error) => {
+                log::error!("{error}");
+                for p in batch {
+                    let _ = p.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn accept(
+    cmd: Command,
+    queue: &mut VecDeque<Pending>,
+    queued_bytes: &mut usize,
+    flushes: &mut VecDeque<(u64, oneshot::Sender<()>)>,
+    received: &mut u64,
+) {
+    match cmd {
+        Command::Record(p) => {
+            *queued_bytes += p.size;
+            *received += 1;
+            queue.push_back(p);
+        }
+        Command::Flush(tx) => flushes.push_back((*received, tx)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compression_names() {
+        assert_eq!("gzip".parse::<Compression>(), Ok(Compression::Gzip));
+        assert_eq!("SNAPPY".parse::<Compression>(), Ok(Compression::Snappy));
+        assert_eq!("none".parse::<Compression>(), Ok(Compression::None));
+        let err = "zstd".parse::<Compression>().unwrap_err();
+        assert!(err.contains("none, gzip or snappy"), "{err}");
+    }
+
+    #[test]
+    fn record_size_counts_every_part() {
+        let r = ProducerRecord::new("t")
+            .key("kk")
+            .value("vvvv")
+            .header("h", "x");
+        assert_eq!(r.size(), RECORD_OVERHEAD + 2 + 4 + (1 + 1 + 8));
+    }
+}

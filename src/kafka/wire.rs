@@ -1,0 +1,212 @@
+//! A plain request/response connection for the Kafka requests rskafka does not
+//! expose (CreateTopics with configs, Metadata with the controller id), encoded
+//! with the `kafka-protocol` crate.
+//!
+//! Versions are negotiated with ApiVersions on connect: each request goes out at
+//! the highest version both sides speak. The byte stream sits behind a private
+//! [`Transport`] trait so that an encrypted stream can take the TCP socket's place.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{
+    Decodable, HeaderVersion, Message, Request, StrBytes, encode_request_header_into_buffer,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Largest response accepted; metadata of very large clusters stays far below.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Errors of one connection.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("cannot connect to Kafka broker {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Kafka broker {addr} did not answer within {timeout:?}")]
+    Timeout { addr: String, timeout: Duration },
+    #[error("connection to Kafka broker {addr} failed: {source}")]
+    Io {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Kafka broker {addr} sent a malformed response: {reason}")]
+    Protocol { addr: String, reason: String },
+    #[error(
+        "Kafka broker {addr} does not support {api:?} in a version we speak ({ours}); upgrade the broker"
+    )]
+    Unsupported {
+        addr: String,
+        api: ApiKey,
+        ours: String,
+    },
+}
+
+/// The byte stream under a connection.
+trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
+
+/// One connection to one broker.
+pub(crate) struct Connection {
+    addr: String,
+    stream: Box<dyn Transport>,
+    client_id: StrBytes,
+    correlation_id: i32,
+    timeout: Duration,
+    versions: HashMap<i16, (i16, i16)>,
+}
+
+impl Connection {
+    /// Connects to `addr` (`host:port`) and negotiates API versions.
+    pub(crate) async fn connect(
+        addr: &str,
+        client_id: &str,
+        timeout: Duration,
+    ) -> Result<Self, WireError> {
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => {
+                return Err(WireError::Connect {
+                    addr: addr.to_owned(),
+                    source,
+                });
+            }
+            Err(_) => {
+                return Err(WireError::Timeout {
+                    addr: addr.to_owned(),
+                    timeout,
+                });
+            }
+        };
+        // Small requests, answered one at a time: do not wait to coalesce packets.
+        let _ = stream.set_nodelay(true);
+        let mut conn = Self {
+            addr: addr.to_owned(),
+            stream: Box::new(stream),
+            client_id: StrBytes::from_string(client_id.to_owned()),
+            correlation_id: 0,
+            timeout,
+            versions: HashMap::new(),
+        };
+        // v0 is understood by every broker since 0.10; its answer lists the rest.
+        let response = conn.request_at(&ApiVersionsRequest::default(), 0).await?;
+        if response.error_code != 0 {
+            return Err(conn.protocol(format!(
+                "ApiVersions answered error code {}",
+                response.error_code
+            )));
+        }
+        conn.versions = response
+            .api_keys
+            .iter()
+            .map(|k| (k.api_key, (k.min_version, k.max_version)))
+            .collect();
+        Ok(conn)
+    }
+
+    /// The broker address.
+    pub(crate) fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Sends `request` at the highest version both sides support.
+    pub(crate) async fn request<R: Request>(
+        &mut self,
+        request: &R,
+    ) -> Result<R::Response, WireError> {
+        let api = ApiKey::try_from(R::KEY)
+            .map_err(|()| self.protocol(format!("unknown API key {}", R::KEY)))?;
+        let ours = <R as Message>::VERSIONS;
+        let (min, max) = self.versions.get(&R::KEY).copied().unwrap_or((-1, -1));
+        let version = max.min(ours.max);
+        if version < min.max(ours.min) {
+            return Err(WireError::Unsupported {
+                addr: self.addr.clone(),
+                api,
+                ours: ours.to_string(),
+            });
+        }
+        self.request_at(request, version).await
+    }
+
+    async fn request_at<R: Request>(
+        &mut self,
+        request: &R,
+        version: i16,
+    ) -> Result<R::Response, WireError> {
+        self.correlation_id = self.correlation_id.wrapping_add(1);
+        let header = RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation_id)
+            .with_client_id(Some(self.client_id.clone()));
+
+        let mut body = BytesMut::new();
+        encode_request_header_into_buffer(&mut body, &header)
+            .map_err(|e| self.protocol(format!("encoding the request header: {e}")))?;
+        request
+            .encode(&mut body, version)
+            .map_err(|e| self.protocol(format!("encoding the request: {e}")))?;
+        let mut frame = BytesMut::with_capacity(body.len() + 4);
+        frame.put_i32(body.len() as i32);
+        frame.put(body);
+
+        let timeout = self.timeout;
+        let mut response = match tokio::time::timeout(timeout, self.round_trip(&frame)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(WireError::Timeout {
+                    addr: self.addr.clone(),
+                    timeout,
+                });
+            }
+        };
+
+        let header_version = R::Response::header_version(version);
+        let header = ResponseHeader::decode(&mut response, header_version)
+            .map_err(|e| self.protocol(format!("decoding the response header: {e}")))?;
+        if header.correlation_id != self.correlation_id {
+            return Err(self.protocol(format!(
+                "response correlation id {} does not match request {}",
+                header.correlation_id, self.correlation_id
+            )));
+        }
+        R::Response::decode(&mut response, version)
+            .map_err(|e| self.protocol(format!("decoding the response: {e}")))
+    }
+
+    async fn round_trip(&mut self, frame: &[u8]) -> Result<Bytes, WireError> {
+        let addr = self.addr.clone();
+        let io = |source| WireError::Io {
+            addr: addr.clone(),
+            source,
+        };
+        self.stream.write_all(frame).await.map_err(io)?;
+        self.stream.flush().await.map_err(io)?;
+        let len = self.stream.read_i32().await.map_err(io)?;
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        if len > MAX_RESPONSE_BYTES {
+            return Err(self.protocol(format!("response of {len} bytes is too large")));
+        }
+        let mut buf = vec![0u8; len];
+        self.stream.read_exact(&mut buf).await.map_err(io)?;
+        if buf.len() < 4 {
+            return Err(self.protocol("truncated response".to_owned()));
+        }
+        Ok(Bytes::from(buf))
+    }
+
+    fn protocol(&self, reason: String) -> WireError {
+        WireError::Protocol {
+            addr: self.addr.clone(),
+            reason,
+        }
+    }
+}

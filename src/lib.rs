@@ -1,0 +1,16 @@
+#![recursion_limit = "256"]
+//! rust-eda: an event-driven order system in pure Rust on Apache Kafka.
+//!
+//! Three services talk only through Kafka topics: the order service takes orders
+//! over HTTP and publishes `order.created`, the inventory service reserves stock
+//! and publishes the outcome, the notification service tells the customer. This
+//! crate is the library they share; each binary in `bin/` only loads its
+//! configuration, starts logging, builds its service and runs it until SIGINT or
+//! SIGTERM.
+//!
+//! - [`kafka`]: our Kafka layer (producer, consumer, offsets, admin) over rskafka.
+//! - [`shutdown`]: the cooperative shutdown signal passed down to every task.
+
+pub mod app;
+pub mod kafka;
+pub mod shutdown;
