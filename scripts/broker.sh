@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# A local Kafka-compatible broker (nisshi) for development and tests.
+#
+#   scripts/broker.sh install   build nisshi from crates.io if it is missing
+#   scripts/broker.sh start     start it on 127.0.0.1 (installs first if needed)
+#   scripts/broker.sh stop      stop it gracefully
+#   scripts/broker.sh restart   stop, then start with the same data
+#   scripts/broker.sh status    exit 0 if it runs, 3 if not
+#   scripts/broker.sh path      print the nisshi binary's path
+#
+# Settings (environment):
+#   EDA_BROKER_PORT     listener port                      (default 9092)
+#   EDA_BROKER_DATA     data folder: database, log, pid    (default .eda/broker)
+#   EDA_BROKER_STORAGE  sqlite | memory                    (default sqlite; memory loses data on stop)
+#   NISSHI_ROOT         where nisshi is installed          (default ~/.local/share/rust-eda/nisshi-VERSION)
+set -euo pipefail
+
+NISSHI_VERSION=0.8.1
+# nisshi 0.8.1 needs a newer rustc than the project itself; rustup installs it beside.
+NISSHI_TOOLCHAIN=1.96
+NISSHI_FEATURES=dynostore,libsql
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+port=${EDA_BROKER_PORT:-9092}
+data=${EDA_BROKER_DATA:-$root/.eda/broker}
+storage=${EDA_BROKER_STORAGE:-sqlite}
+install_root=${NISSHI_ROOT:-${XDG_DATA_HOME:-$HOME/.local/share}/rust-eda/nisshi-$NISSHI_VERSION}
+bin=$install_root/bin/nisshi
+pidfile=$data/broker.pid
+logfile=$data/broker.log
+
+say() { printf 'broker: %s\n' "$*" >&2; }
+die() { say "$*"; exit 1; }
+
+pid() { [[ -f $pidfile ]] && cat "$pidfile" || true; }
+running() { local p; p=$(pid); [[ -n $p ]] && kill -0 "$p" 2>/dev/null; }
+answers() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
+
+install() {
+  if [[ -x $bin ]] && "$bin" --version 2>/dev/null | grep -q "$NISSHI_VERSION"; then
+    return 0
+  fi
+  command -v rustup >/dev/null || die "rustup is needed to install nisshi (it needs rustc $NISSHI_TOOLCHAIN or newer)"
+  say "installing nisshi $NISSHI_VERSION into $install_root (a one-time build of several minutes)"
+  rustup toolchain install "$NISSHI_TOOLCHAIN" --profile minimal >&2
+  cargo "+$NISSHI_TOOLCHAIN" install nisshi --version "$NISSHI_VERSION" --locked \
+    --no-default-features --features "$NISSHI_FEATURES" --root "$install_root" >&2 \
+    || die "cargo install nisshi $NISSHI_VERSION failed (see above)"
+  [[ -x $bin ]] || die "nisshi was built but $bin is missing"
+}
+
+start() {
+  if running; then
+    say "already running (pid $(pid)) on 127.0.0.1:$port"
+    return 0
+  fi
+  answers && die "port $port is taken by another process; set EDA_BROKER_PORT"
+  install
+  mkdir -p "$data"
+  data=$(cd "$data" && pwd)
+  pidfile=$data/broker.pid
+  logfile=$data/broker.log
+  case $storage in
+    sqlite) engine="sqlite://nisshi.db" ;;  # relative: nisshi resolves it against its working directory
+    memory) engine="memory://nisshi/" ;;
+    *) die "EDA_BROKER_STORAGE=$storage: expected sqlite or memory" ;;
+  esac
+  # Run from the data folder: nisshi reads a .env from its working directory.
+  (
+    cd "$data"
+    RUST_LOG=${RUST_LOG:-warn} nohup "$bin" broker \
+      --cluster-id rust-eda \
+      --listener-url "tcp://127.0.0.1:$port" \
+      --advertised-listener-url "tcp://127.0.0.1:$port" \
+      --storage-engine "$engine" >>"$logfile" 2>&1 &
+    echo $! >"$pidfile"
+  )
+  for _ in $(seq 1 300); do
+    if ! running; then
+      tail -n 30 "$logfile" >&2 || true
+      rm -f "$pidfile"
+      die "nisshi exited during start (log: $logfile)"
+    fi
+    if answers; then
+      say "running (pid $(pid)) on 127.0.0.1:$port, $storage storage in $data"
+      return 0
+    fi
+    sleep 0.1
+  done
+  stop
+  die "nisshi did not open 127.0.0.1:$port within 30 s (log: $logfile)"
+}
+
+stop() {
+  if ! running; then
+    rm -f "$pidfile"
+    say "not running"
+    return 0
+  fi
+  local p; p=$(pid)
+  kill -TERM "$p" 2>/dev/null || true
+  for _ in $(seq 1 150); do
+    kill -0 "$p" 2>/dev/null || { rm -f "$pidfile"; say "stopped"; return 0; }
+    sleep 0.1
+  done
+  say "no exit 15 s after SIGTERM; killing"
+  kill -KILL "$p" 2>/dev/null || true
+  rm -f "$pidfile"
+}
+
+status() {
+  if running; then
+    say "running (pid $(pid)) on 127.0.0.1:$port"
+  else
+    say "not running"
+    return 3
+  fi
+}
+
+case ${1:-} in
+  install) install ;;
+  start) start ;;
+  stop) stop ;;
+  restart) stop; start ;;
+  status) status ;;
+  path) install; echo "$bin" ;;
+  *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+esac
