@@ -1,0 +1,248 @@
+//! Shared by the integration tests: a real broker, unique names, bounded waits.
+//!
+//! The tests talk to a real Kafka-compatible broker over TCP. `scripts/test.sh`
+//! starts one and exports its address as `EDA_TEST_BROKERS`; a plain `cargo test`
+//! starts (or reuses) the local broker through `scripts/broker.sh`. When no broker
+//! can be had, the tests fail and say why; they never skip.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use rust_eda::kafka::{
+    Admin, Cluster, ClusterConfig, Consumer, ConsumerConfig, ConsumerError, Handler, Message,
+    TopicSpec, handler_fn,
+};
+use rust_eda::shutdown::ShutdownTrigger;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The shared broker's address.
+pub fn brokers() -> String {
+    static BROKERS: OnceLock<String> = OnceLock::new();
+    BROKERS
+        .get_or_init(|| {
+            if let Ok(b) = std::env::var("EDA_TEST_BROKERS") {
+                return b;
+            }
+            let out = Command::new(repo_root().join("scripts/broker.sh"))
+                .arg("start")
+                .output()
+                .expect("cannot run scripts/broker.sh");
+            assert!(
+                out.status.success(),
+                "these tests need a Kafka broker and none could be started.\n\
+                 Run them with scripts/test.sh, or set EDA_TEST_BROKERS=host:port.\n\
+                 scripts/broker.sh start said:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            format!(
+                "127.0.0.1:{}",
+                std::env::var("EDA_BROKER_PORT").unwrap_or_else(|_| "9092".into())
+            )
+        })
+        .clone()
+}
+
+pub fn cluster_config(brokers: &str) -> ClusterConfig {
+    let mut config = ClusterConfig::from_broker_list(brokers);
+    config.connect_timeout = Duration::from_secs(20);
+    config.request_timeout = Duration::from_secs(10);
+    config
+}
+
+/// A connection to the shared broker.
+pub async fn cluster() -> Cluster {
+    connect(&brokers()).await
+}
+
+pub async fn connect(brokers: &str) -> Cluster {
+    // RUST_LOG=warn (or debug) shows the layer's retries while a test runs.
+    let _ = env_logger::builder().is_test(true).try_init();
+    match Cluster::connect(cluster_config(brokers)).await {
+        Ok(c) => c,
+        Err(e) => panic!("cannot connect to the test broker at {brokers}: {e}"),
+    }
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// Creates a fresh topic with `partitions` partitions on `cluster`'s brokers.
+pub async fn create_topic(cluster: &Cluster, partitions: i32) -> String {
+    let name = unique("t");
+    within(
+        30,
+        "creating a topic",
+        Admin::new(cluster.config().clone()).ensure_topics(&[TopicSpec::new(&name, partitions)]),
+    )
+    .await
+    .expect("create topic");
+    name
+}
+
+/// Awaits `fut`, failing the test with `what` if it takes longer than `secs` seconds.
+pub async fn within<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(secs), fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {secs} s: {what}"),
+    }
+}
+
+/// A consumer running in the background, forwarding every handled message.
+pub struct RunningConsumer {
+    pub trigger: ShutdownTrigger,
+    pub task: JoinHandle<Result<(), ConsumerError>>,
+    pub messages: mpsc::UnboundedReceiver<Message>,
+}
+
+impl RunningConsumer {
+    pub async fn start(cluster: &Cluster, config: ConsumerConfig) -> Self {
+        let (tx, messages) = mpsc::unbounded_channel();
+        let handler = handler_fn(move |m: Message| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(m);
+                Ok(())
+            }
+        });
+        let (trigger, task) = Self::spawn(cluster, config, handler).await;
+        Self {
+            trigger,
+            task,
+            messages,
+        }
+    }
+
+    pub async fn spawn<H: Handler>(
+        cluster: &Cluster,
+        config: ConsumerConfig,
+        handler: H,
+    ) -> (ShutdownTrigger, JoinHandle<Result<(), ConsumerError>>) {
+        let consumer = within(
+            30,
+            "preparing a consumer",
+            Consumer::new(cluster.clone(), config),
+        )
+        .await
+        .expect("consumer");
+        let (trigger, shutdown) = ShutdownTrigger::new();
+        let task = tokio::spawn(consumer.run(handler, shutdown));
+        (trigger, task)
+    }
+
+    /// The next `n` messages.
+    pub async fn take(&mut self, n: usize, secs: u64) -> Vec<Message> {
+        let mut out = Vec::with_capacity(n);
+        within(secs, &format!("receiving {n} messages"), async {
+            while out.len() < n {
+                match self.messages.recv().await {
+                    Some(m) => out.push(m),
+                    None => panic!("consumer stopped after {} of {n} messages", out.len()),
+                }
+            }
+        })
+        .await;
+        out
+    }
+
+    /// Messages that arrive within `wait`, expecting none.
+    pub async fn drain_for(&mut self, wait: Duration) -> Vec<Message> {
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(wait, async {
+            while let Some(m) = self.messages.recv().await {
+                out.push(m);
+            }
+        })
+        .await;
+        out
+    }
+
+    /// Graceful stop: finish, commit, return.
+    pub async fn stop(self) {
+        self.trigger.trigger();
+        within(30, "consumer shutdown", self.task)
+            .await
+            .expect("consumer task")
+            .expect("consumer result");
+    }
+
+    /// Abrupt stop, as a crash would: no final commit.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// A broker of the test's own, on a free port with a fresh data folder, for tests
+/// that restart or stop it. Stopped and removed on drop.
+pub struct PrivateBroker {
+    pub port: u16,
+    pub data: PathBuf,
+}
+
+impl PrivateBroker {
+    pub fn start() -> Self {
+        let port = free_port();
+        let data = std::env::temp_dir().join(unique("eda-broker"));
+        let broker = Self { port, data };
+        broker.script("start");
+        broker
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&self) {
+        self.script("stop");
+    }
+
+    pub fn restart(&self) {
+        self.script("restart");
+    }
+
+    fn script(&self, command: &str) {
+        let out = Command::new(repo_root().join("scripts/broker.sh"))
+            .arg(command)
+            .env("EDA_BROKER_PORT", self.port.to_string())
+            .env("EDA_BROKER_DATA", &self.data)
+            .env("EDA_BROKER_STORAGE", "sqlite")
+            .output()
+            .expect("cannot run scripts/broker.sh");
+        assert!(
+            out.status.success(),
+            "scripts/broker.sh {command} failed for the test's own broker on port {}:\n{}",
+            self.port,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = Command::new(repo_root().join("scripts/broker.sh"))
+            .arg("stop")
+            .env("EDA_BROKER_PORT", self.port.to_string())
+            .env("EDA_BROKER_DATA", &self.data)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr").port()
+}
