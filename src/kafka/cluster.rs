@@ -97,14 +97,18 @@ pub enum ClusterError {
     #[error("Kafka {operation} failed: {source}")]
     Kafka {
         operation: &'static str,
+        // Boxed: rskafka's error is large, and every error above embeds this one.
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
 }
 
 impl ClusterError {
     pub(crate) fn kafka(operation: &'static str, source: KafkaError) -> Self {
-        Self::Kafka { operation, source }
+        Self::Kafka {
+            operation,
+            source: Box::new(source),
+        }
     }
 
     /// Whether trying again later may succeed: the connection broke, a leader moved,
@@ -121,10 +125,10 @@ impl ClusterError {
     /// The broker's error code, where the broker sent one.
     pub fn protocol_error(&self) -> Option<ProtocolError> {
         match self {
-            Self::Kafka {
-                source: KafkaError::ServerError { protocol_error, .. },
-                ..
-            } => Some(*protocol_error),
+            Self::Kafka { source, .. } => match source.as_ref() {
+                KafkaError::ServerError { protocol_error, .. } => Some(*protocol_error),
+                _ => None,
+            },
             _ => None,
         }
     }

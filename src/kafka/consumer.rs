@@ -122,7 +122,7 @@ pub struct Message {
 }
 
 impl Message {
-    fn new(tp: &TopicPartition, r: RecordAndOffset) -> Self {
+    pub(crate) fn new(tp: &TopicPartition, r: RecordAndOffset) -> Self {
         Self {
             topic: tp.topic.clone(),
             partition: tp.partition,
@@ -144,6 +144,31 @@ impl Message {
 
 /// What a handler returns when it did not process a record.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A handler error meaning the record can never be processed (it cannot be
+/// decoded, or breaks the event schema); retrying it is pointless. The
+/// [`DeadLetter`](super::dead_letter::DeadLetter) wrapper parks such records.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Poison(String);
+
+impl Poison {
+    pub fn new(reason: impl Into<String>) -> Self {
+        Self(reason.into())
+    }
+
+    /// Whether `error` is (or wraps) a `Poison`.
+    pub fn is_poison(error: &HandlerError) -> bool {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+        while let Some(e) = source {
+            if e.is::<Self>() {
+                return true;
+            }
+            source = e.source();
+        }
+        false
+    }
+}
 
 /// Processes records. `Ok` commits the record; `Err` offers it again later.
 pub trait Handler: Send + Sync + 'static {
@@ -300,7 +325,7 @@ impl Consumer {
         loop {
             match self.offsets.load(&self.config.group_id).await {
                 Ok(offsets) => return Ok(Some(offsets)),
-                Err(OffsetError::Read { source, .. }) if source.is_retriable() => {
+                Err(OffsetError::Read(source)) if source.is_retriable() => {
                     let delay = backoff.next_delay();
                     log::warn!("loading committed offsets failed, retrying in {delay:?}: {source}");
                     tokio::select! {
@@ -525,7 +550,7 @@ impl PartitionRunner {
     }
 }
 
-async fn reset_offset(
+pub(crate) async fn reset_offset(
     cluster: &Cluster,
     tp: &TopicPartition,
     reset: OffsetReset,
@@ -538,7 +563,7 @@ async fn reset_offset(
     cluster.timed("list offsets", client.get_offset(at)).await
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -546,15 +571,15 @@ impl Drop for AbortOnDrop {
     }
 }
 
-struct Fetcher {
-    cluster: Cluster,
-    config: ConsumerConfig,
-    tp: TopicPartition,
+pub(crate) struct Fetcher {
+    pub(crate) cluster: Cluster,
+    pub(crate) config: ConsumerConfig,
+    pub(crate) tp: TopicPartition,
 }
 
 impl Fetcher {
     /// Fetches from `offset` onwards into `tx` until shutdown or the receiver goes.
-    async fn run(
+    pub(crate) async fn run(
         self,
         mut offset: i64,
         tx: mpsc::Sender<Vec<RecordAndOffset>>,

@@ -13,6 +13,10 @@
 //!   offsets committed only after the handler accepted a record.
 //! - [`offsets`]: where those commits live, a compacted topic (`__eda_offsets`)
 //!   read back on start, because rskafka has no group coordinator client.
+//! - [`dead_letter`]: a handler wrapper that parks records that can never be
+//!   processed ([`Poison`]) in `<topic>.dlq`, so their partition moves on.
+//! - [`follower`]: reads topics from the start without committing, to rebuild
+//!   in-memory state (views, ledgers) at every start.
 //! - [`admin`]: creates topics with partition counts and configs, which rskafka's
 //!   `create_topic` cannot pass, through a small protocol connection ([`wire`]).
 //!
@@ -24,6 +28,8 @@ pub mod admin;
 pub mod backoff;
 pub mod cluster;
 pub mod consumer;
+pub mod dead_letter;
+pub mod follower;
 pub mod offsets;
 pub mod partitioner;
 pub mod producer;
@@ -32,9 +38,11 @@ mod wire;
 pub use admin::{Admin, AdminError, TopicOutcome, TopicSpec};
 pub use cluster::{Cluster, ClusterConfig, ClusterError};
 pub use consumer::{
-    Consumer, ConsumerConfig, ConsumerError, Handler, HandlerError, Message, OffsetReset,
+    Consumer, ConsumerConfig, ConsumerError, Handler, HandlerError, Message, OffsetReset, Poison,
     handler_fn,
 };
+pub use dead_letter::DeadLetter;
+pub use follower::{Follower, ReadError, read_topic};
 pub use offsets::{DEFAULT_OFFSETS_TOPIC, OffsetError, OffsetStore};
 pub use producer::{
     Compression, Delivery, DeliveryFuture, ProduceError, Producer, ProducerConfig, ProducerRecord,

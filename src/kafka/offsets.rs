@@ -19,16 +19,13 @@
 //! leaves room for more kinds of coordination records in the same topic.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use rskafka::chrono::{DateTime, SecondsFormat, Utc};
-use rskafka::client::partition::OffsetAt;
-use rskafka::record::RecordAndOffset;
 use serde::{Deserialize, Serialize};
 
 use super::TopicPartition;
 use super::admin::TopicSpec;
-use super::cluster::{Cluster, ClusterError};
+use super::follower::{ReadError, read_partition};
 use super::producer::{ProduceError, Producer, ProducerRecord};
 
 /// The default name of the offsets topic.
@@ -37,26 +34,11 @@ pub const DEFAULT_OFFSETS_TOPIC: &str = "__eda_offsets";
 /// The partition of the offsets topic that holds every record.
 const LOG_PARTITION: i32 = 0;
 
-/// The largest fetch while reading the log back.
-const READ_BYTES: i32 = 4 * 1024 * 1024;
-
 /// Errors of the offset store.
 #[derive(Debug, thiserror::Error)]
 pub enum OffsetError {
-    #[error("reading committed offsets from {topic:?} failed: {source}")]
-    Read {
-        topic: String,
-        #[source]
-        source: ClusterError,
-    },
-    #[error(
-        "reading committed offsets from {topic:?} made no progress at offset {offset} (high watermark {high_watermark})"
-    )]
-    Stuck {
-        topic: String,
-        offset: i64,
-        high_watermark: i64,
-    },
+    #[error("reading committed offsets failed: {0}")]
+    Read(#[from] ReadError),
     #[error("committing offsets to {topic:?} failed: {source}")]
     Commit {
         topic: String,
@@ -110,7 +92,7 @@ impl OffsetStore {
 
     /// The committed offsets of `group`: for each partition, the next offset to consume.
     pub async fn load(&self, group: &str) -> Result<HashMap<TopicPartition, i64>, OffsetError> {
-        let records = read_log(self.producer.cluster(), &self.topic, LOG_PARTITION).await?;
+        let records = read_partition(self.producer.cluster(), &self.topic, LOG_PARTITION).await?;
         let mut offsets = HashMap::new();
         for r in records {
             let Some(key) = r.record.key.as_deref() else {
@@ -198,61 +180,6 @@ fn offset_key(group: &str, tp: &TopicPartition) -> Vec<u8> {
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Serialising plain structs of strings and integers cannot fail.
     serde_json::to_vec(value).unwrap_or_default()
-}
-
-/// Reads one partition from its earliest retained record up to the high watermark
-/// seen when the read started.
-pub(crate) async fn read_log(
-    cluster: &Cluster,
-    topic: &str,
-    partition: i32,
-) -> Result<Vec<RecordAndOffset>, OffsetError> {
-    let read_error = |source| OffsetError::Read {
-        topic: topic.to_owned(),
-        source,
-    };
-    let client = cluster
-        .partition_client(topic, partition)
-        .await
-        .map_err(read_error)?;
-    let mut offset = cluster
-        .timed("list offsets", client.get_offset(OffsetAt::Earliest))
-        .await
-        .map_err(read_error)?;
-    let high_watermark = cluster
-        .timed("list offsets", client.get_offset(OffsetAt::Latest))
-        .await
-        .map_err(read_error)?;
-
-    let mut records = Vec::new();
-    let mut empty_reads = 0;
-    while offset < high_watermark {
-        let (batch, _) = cluster
-            .timed("fetch", client.fetch_records(offset, 1..READ_BYTES, 100))
-            .await
-            .map_err(read_error)?;
-        match batch.last() {
-            Some(last) => {
-                offset = last.offset + 1;
-                empty_reads = 0;
-                records.extend(batch);
-            }
-            // Below the high watermark there is always data; an empty answer can only
-            // be a batch of transaction markers, which rskafka hides from us.
-            None if empty_reads < 3 => {
-                empty_reads += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            None => {
-                return Err(OffsetError::Stuck {
-                    topic: topic.to_owned(),
-                    offset,
-                    high_watermark,
-                });
-            }
-        }
-    }
-    Ok(records)
 }
 
 #[cfg(test)]

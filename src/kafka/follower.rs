@@ -1,0 +1,223 @@
+//! Follows topics from their first record on, without committing anything: the way
+//! to rebuild in-memory state (a view, a ledger) from the log at every start.
+//!
+//! [`Follower::start`] reads every partition of the given topics from the earliest
+//! record kept and keeps tailing them, passing each record to a callback in offset
+//! order per partition. [`Follower::caught_up`] resolves once every partition was
+//! read up to the high watermark it had when following began: from then on the
+//! state reflects at least everything written before the start.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use std::time::Duration;
+
+use rskafka::client::partition::OffsetAt;
+use rskafka::record::RecordAndOffset;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use super::TopicPartition;
+use super::cluster::{Cluster, ClusterError};
+use super::consumer::{AbortOnDrop, ConsumerConfig, Fetcher, Message};
+use crate::shutdown::Shutdown;
+
+/// A running follower. Dropping it stops the reading.
+#[derive(Debug)]
+pub struct Follower {
+    ready: watch::Receiver<bool>,
+    _tasks: JoinSet<()>,
+}
+
+impl Follower {
+    /// Starts following `topics`, calling `apply` for every record.
+    pub async fn start<F>(
+        cluster: &Cluster,
+        topics: &[&str],
+        apply: F,
+        shutdown: Shutdown,
+    ) -> Result<Self, ClusterError>
+    where
+        F: Fn(Message) + Send + Sync + 'static,
+    {
+        let apply = Arc::new(apply);
+        let mut partitions = Vec::new();
+        for topic in topics {
+            let n = cluster.partition_count(topic).await?;
+            for p in 0..n {
+                let tp = TopicPartition::new(*topic, p);
+                let client = cluster.partition_client(topic, p).await?;
+                let start = cluster
+                    .timed("list offsets", client.get_offset(OffsetAt::Earliest))
+                    .await?;
+                let end = cluster
+                    .timed("list offsets", client.get_offset(OffsetAt::Latest))
+                    .await?;
+                partitions.push((tp, start, end));
+            }
+        }
+
+        let pending = Arc::new(AtomicUsize::new(
+            partitions.iter().filter(|(_, s, e)| s < e).count(),
+        ));
+        let (ready_tx, ready) = watch::channel(pending.load(Ordering::Acquire) == 0);
+        let ready_tx = Arc::new(ready_tx);
+        let mut config = ConsumerConfig::new("follower", topics.iter().copied());
+        config.fetch_max_wait = std::time::Duration::from_millis(250);
+
+        let mut tasks = JoinSet::new();
+        for (tp, start, end) in partitions {
+            let fetcher = Fetcher {
+                cluster: cluster.clone(),
+                config: config.clone(),
+                tp: tp.clone(),
+            };
+            let apply = Arc::clone(&apply);
+            let pending = Arc::clone(&pending);
+            let ready_tx = Arc::clone(&ready_tx);
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                let (tx, mut rx) = mpsc::channel(1);
+                let _fetch = AbortOnDrop(tokio::spawn(fetcher.run(start, tx, shutdown)));
+                let mut behind = start < end;
+                while let Some(batch) = rx.recv().await {
+                    for record in batch {
+                        let offset = record.offset;
+                        apply(Message::new(&tp, record));
+                        if behind && offset + 1 >= end {
+                            behind = false;
+                            if pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+                                ready_tx.send_replace(true);
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        Ok(Self {
+            ready,
+            _tasks: tasks,
+        })
+    }
+
+    /// Whether everything written before the start was applied.
+    pub fn is_caught_up(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Resolves once everything written before the start was applied.
+    pub async fn caught_up(&self) {
+        let mut ready = self.ready.clone();
+        // The sender lives as long as the tasks; an error means they are gone.
+        let _ = ready.wait_for(|r| *r).await;
+    }
+}
+
+/// The largest fetch while reading a log back.
+const READ_BYTES: i32 = 4 * 1024 * 1024;
+
+/// Errors of reading a log to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("reading {topic:?} failed: {source}")]
+    Cluster {
+        topic: String,
+        #[source]
+        source: ClusterError,
+    },
+    #[error(
+        "reading {topic:?}/{partition} made no progress at offset {offset} (high watermark {high_watermark})"
+    )]
+    Stuck {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        high_watermark: i64,
+    },
+}
+
+impl ReadError {
+    /// Whether reading again later may succeed.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Self::Cluster { source, .. } => source.is_retriable(),
+            Self::Stuck { .. } => false,
+        }
+    }
+}
+
+/// Every record of every partition of `topic`, up to the high watermarks seen when
+/// the read started, in offset order per partition.
+pub async fn read_topic(cluster: &Cluster, topic: &str) -> Result<Vec<Message>, ReadError> {
+    let partitions = cluster
+        .partition_count(topic)
+        .await
+        .map_err(|source| ReadError::Cluster {
+            topic: topic.to_owned(),
+            source,
+        })?;
+    let mut messages = Vec::new();
+    for p in 0..partitions {
+        let tp = TopicPartition::new(topic, p);
+        for record in read_partition(cluster, topic, p).await? {
+            messages.push(Message::new(&tp, record));
+        }
+    }
+    Ok(messages)
+}
+
+/// One partition from its earliest retained record up to the high watermark seen
+/// when the read started.
+pub async fn read_partition(
+    cluster: &Cluster,
+    topic: &str,
+    partition: i32,
+) -> Result<Vec<RecordAndOffset>, ReadError> {
+    let read_error = |source| ReadError::Cluster {
+        topic: topic.to_owned(),
+        source,
+    };
+    let client = cluster
+        .partition_client(topic, partition)
+        .await
+        .map_err(read_error)?;
+    let mut offset = cluster
+        .timed("list offsets", client.get_offset(OffsetAt::Earliest))
+        .await
+        .map_err(read_error)?;
+    let high_watermark = cluster
+        .timed("list offsets", client.get_offset(OffsetAt::Latest))
+        .await
+        .map_err(read_error)?;
+
+    let mut records = Vec::new();
+    let mut empty_reads = 0;
+    while offset < high_watermark {
+        let (batch, _) = cluster
+            .timed("fetch", client.fetch_records(offset, 1..READ_BYTES, 100))
+            .await
+            .map_err(read_error)?;
+        match batch.last() {
+            Some(last) => {
+                offset = last.offset + 1;
+                empty_reads = 0;
+                records.extend(batch);
+            }
+            // Below the high watermark there is always data; an empty answer can only
+            // be a batch of transaction markers, which rskafka hides from us.
+            None if empty_reads < 3 => {
+                empty_reads += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            None => {
+                return Err(ReadError::Stuck {
+                    topic: topic.to_owned(),
+                    partition,
+                    offset,
+                    high_watermark,
+                });
+            }
+        }
+    }
+    Ok(records)
+}
