@@ -1,6 +1,7 @@
-//! inventory-service: see the crate documentation of `rust_eda`.
+//! inventory-service. Configuration: `APP_*` variables (see README); `--config FILE`
+//! reads them from an env file; `create-topics` creates the topics and exits.
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    rust_eda::app::run("inventory-service").await
+    rust_eda::app::main::<rust_eda::services::inventory::InventoryService>().await
 }

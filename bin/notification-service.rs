@@ -1,6 +1,7 @@
-//! notification-service: see the crate documentation of `rust_eda`.
+//! notification-service. Configuration: `APP_*` variables (see README); `--config FILE`
+//! reads them from an env file; `create-topics` creates the topics and exits.
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    rust_eda::app::run("notification-service").await
+    rust_eda::app::main::<rust_eda::services::notification::NotificationService>().await
 }

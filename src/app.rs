@@ -1,33 +1,85 @@
-//! What every service binary does around its own work: read the broker address,
-//! start logging, connect, and run until SIGINT or SIGTERM.
+//! What every service binary does around its own work: load the configuration,
+//! start logging, build the service, run it until SIGINT or SIGTERM.
+//!
+//! Every binary also understands `create-topics`, which creates the system's
+//! topics and exits; `scripts/create-topics.sh` calls it, so a server with only the
+//! static binaries can prepare a cluster.
 
 use std::process::ExitCode;
 
-use crate::kafka::{Cluster, ClusterConfig};
+use crate::config::Config;
+use crate::events::topic_specs;
+use crate::kafka::{Admin, TopicOutcome};
+use crate::logging;
+use crate::services::Service;
 use crate::shutdown::{self, ShutdownTrigger};
 
-/// Connects to the brokers in `APP_KAFKA_BROKERS` (default `localhost:9092`) and
-/// waits for a stop signal. Returns the process exit code.
-pub async fn run(name: &str) -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let brokers = std::env::var("APP_KAFKA_BROKERS").unwrap_or_else(|_| "localhost:9092".into());
-    let mut config = ClusterConfig::from_broker_list(&brokers);
-    config.client_id = name.to_owned();
+/// Exit code for a configuration error, as `sysexits.h`'s `EX_CONFIG`.
+const EXIT_CONFIG: u8 = 78;
 
-    let cluster = match Cluster::connect(config).await {
-        Ok(c) => c,
+/// Runs service `S` as the process's main. Returns the exit code.
+pub async fn main<S: Service>() -> ExitCode {
+    let config = match Config::load() {
+        Ok(config) => config,
         Err(e) => {
-            log::error!("{name}: {e}");
+            eprintln!("{}: configuration error: {e}", S::NAME);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    logging::init(S::NAME, &config.logger);
+
+    if std::env::args().nth(1).as_deref() == Some("create-topics") {
+        return create_topics(&config, S::NAME).await;
+    }
+
+    let service = match S::build(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("{} cannot start: {e}", S::NAME);
             return ExitCode::FAILURE;
         }
     };
-    log::info!("{name} connected to Kafka at {brokers}: {cluster:?}");
 
-    let (trigger, _shutdown) = ShutdownTrigger::new();
-    match shutdown::signal().await {
-        Ok(signal) => log::info!("{name}: {signal} received, stopping"),
-        Err(e) => log::error!("{name}: cannot listen for signals: {e}"),
+    let (trigger, shutdown) = ShutdownTrigger::new();
+    tokio::spawn(async move {
+        match shutdown::signal().await {
+            Ok(signal) => log::info!("{signal} received: finishing in-flight work"),
+            Err(e) => log::error!("cannot listen for stop signals: {e}"),
+        }
+        trigger.trigger();
+    });
+    match service.run_until_stopped(shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{} failed: {e}", S::NAME);
+            ExitCode::FAILURE
+        }
     }
-    trigger.trigger();
-    ExitCode::SUCCESS
+}
+
+async fn create_topics(config: &Config, service: &str) -> ExitCode {
+    let specs = topic_specs(
+        config.kafka.topic_partitions,
+        config.kafka.replication_factor,
+    );
+    match Admin::new(config.cluster(service))
+        .ensure_topics(&specs)
+        .await
+    {
+        Ok(outcomes) => {
+            for (topic, outcome) in outcomes {
+                match outcome {
+                    TopicOutcome::Created => println!("created {topic}"),
+                    TopicOutcome::Existed { partitions } => {
+                        println!("exists  {topic} ({partitions} partitions)")
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("creating topics failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -12,5 +12,11 @@
 //! - [`shutdown`]: the cooperative shutdown signal passed down to every task.
 
 pub mod app;
+pub mod config;
+pub mod domain;
+pub mod events;
+pub mod http_client;
 pub mod kafka;
+pub mod logging;
+pub mod services;
 pub mod shutdown;

@@ -1,0 +1,647 @@
+//! Service configuration from `APP_*` variables, parsed once at start.
+//!
+//! The sources and their priority are the Go original's: the environment, then the
+//! first env file found of `--config FILE`, `./config.env` and
+//! `./configs/config.env`, then the defaults. Every value is parsed into its type
+//! here, so a bad value stops the service at start with a message naming the
+//! variable and what it accepts, and the rest of the code never re-checks a string.
+//! Secrets are wrapped in [`Secret`], whose `Debug` and `Display` print `***`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::kafka::{ClusterConfig, Compression};
+
+/// The env files tried, in order, when no `--config FILE` is given.
+pub const DEFAULT_FILES: [&str; 2] = ["config.env", "configs/config.env"];
+
+/// A configuration error, naming the variable or file at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{variable}={value:?} is invalid: expected {expected}")]
+    Invalid {
+        variable: &'static str,
+        value: String,
+        expected: String,
+    },
+    #[error("{variable} is required: {why}")]
+    Missing {
+        variable: &'static str,
+        why: &'static str,
+    },
+    #[error("{variable}={value:?} is not supported by this build: {why}")]
+    Unsupported {
+        variable: &'static str,
+        value: String,
+        why: &'static str,
+    },
+    #[error("config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("unknown argument {0:?}: expected --config FILE")]
+    Argument(String),
+}
+
+/// A value that must never be printed.
+#[derive(Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogEncoding {
+    /// One JSON object per line, for log collectors.
+    Json,
+    /// Human-readable lines, for a terminal.
+    Console,
+}
+
+/// Everything the three services can be configured with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub kafka: KafkaConfig,
+    pub logger: LoggerConfig,
+    pub order: OrderConfig,
+    pub inventory: InventoryConfig,
+    pub notification: NotificationConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// `APP_SERVER_HOST`, default `0.0.0.0`.
+    pub host: String,
+    /// `APP_SERVER_PORT`, default 8080; 0 picks a free port.
+    pub port: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// `APP_KAFKA_BROKERS`, default `localhost:9092`.
+    pub brokers: Vec<String>,
+    /// `APP_KAFKA_GROUP_ID`; each service has its own default.
+    pub group_id: Option<String>,
+    /// `APP_KAFKA_CLIENT_ID`; defaults to the service name.
+    pub client_id: Option<String>,
+    /// `APP_KAFKA_TOPIC_PARTITIONS`, default 6: partitions of topics the services create.
+    pub topic_partitions: i32,
+    /// `APP_KAFKA_REPLICATION_FACTOR`, default -1 (the broker's default).
+    pub replication_factor: i16,
+    /// `APP_KAFKA_CREATE_TOPICS`, default true: services create missing topics at start.
+    pub create_topics: bool,
+    /// `APP_KAFKA_COMPRESSION`, default none: none, gzip or snappy.
+    pub compression: Compression,
+    /// `APP_KAFKA_SASL_MECHANISM`, `_USERNAME`, `_PASSWORD`, when a mechanism is set.
+    pub sasl: Option<SaslConfig>,
+}
+
+/// SASL credentials.
+#[derive(Debug, Clone)]
+pub struct SaslConfig {
+    /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    pub mechanism: String,
+    pub username: String,
+    pub password: Secret,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoggerConfig {
+    /// `APP_LOGGER_LEVEL`, default info.
+    pub level: log::LevelFilter,
+    /// `APP_LOGGER_ENCODING`, default json.
+    pub encoding: LogEncoding,
+}
+
+#[derive(Debug, Clone)]
+pub struct OrderConfig {
+    /// `APP_ORDER_PUBLISH_TIMEOUT_MS`, default 5000: how long `POST` waits for the
+    /// broker's acknowledgement before answering 503.
+    pub publish_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct InventoryConfig {
+    /// `APP_INVENTORY_STOCK_FILE`, default `configs/stock.json`.
+    pub stock_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct NotificationConfig {
+    /// `APP_NOTIFICATION_WEBHOOK_URL`: where outcomes are POSTed; unset means log only.
+    pub webhook_url: Option<String>,
+    /// `APP_NOTIFICATION_WEBHOOK_TIMEOUT_MS`, default 5000: per attempt.
+    pub webhook_timeout: Duration,
+    /// `APP_NOTIFICATION_WEBHOOK_RETRIES`, default 5: attempts after the first.
+    pub webhook_retries: u32,
+}
+
+impl Config {
+    /// The configuration of this process: its arguments, env files and environment.
+    pub fn load() -> Result<Self, ConfigError> {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let file = config_file_argument(&args)?;
+        Self::from_sources(file.as_deref(), Path::new("."), std::env::vars())
+    }
+
+    /// The configuration from an explicit file (or the default files under `dir`)
+    /// and `env`, which wins over the file.
+    pub fn from_sources(
+        file: Option<&Path>,
+        dir: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut values = match file {
+            Some(path) => read_env_file(path)?,
+            None => DEFAULT_FILES
+                .iter()
+                .map(|f| dir.join(f))
+                .find(|p| p.is_file())
+                .map(|p| read_env_file(&p))
+                .transpose()?
+                .unwrap_or_default(),
+        };
+        values.extend(env.into_iter().filter(|(k, _)| k.starts_with("APP_")));
+        let raw: Raw = envy::prefixed("APP_")
+            .from_iter(values)
+            .map_err(|e| ConfigError::File {
+                path: PathBuf::from("(environment)"),
+                reason: e.to_string(),
+            })?;
+        raw.parse()
+    }
+
+    /// The cluster settings for a service named `service`.
+    pub fn cluster(&self, service: &str) -> ClusterConfig {
+        let mut cluster = ClusterConfig::new(self.kafka.brokers.clone());
+        cluster.client_id = self
+            .kafka
+            .client_id
+            .clone()
+            .unwrap_or_else(|| service.to_owned());
+        cluster
+    }
+}
+
+/// `--config FILE` or `--config=FILE`, if given.
+pub fn config_file_argument(args: &[String]) -> Result<Option<PathBuf>, ConfigError> {
+    let mut file = None;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        if arg == "--config" {
+            match it.next() {
+                Some(path) => file = Some(PathBuf::from(path)),
+                None => return Err(ConfigError::Argument("--config needs a FILE".to_owned())),
+            }
+        } else if let Some(path) = arg.strip_prefix("--config=") {
+            file = Some(PathBuf::from(path));
+        }
+    }
+    Ok(file)
+}
+
+/// Reads `KEY=VALUE` lines; `#` comments, blank lines, `export ` and quotes allowed.
+fn read_env_file(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let mut values = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(ConfigError::File {
+                path: path.to_owned(),
+                reason: format!("line {}: expected KEY=VALUE", n + 1),
+            });
+        };
+        let value = value.trim();
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+            .unwrap_or(value);
+        values.insert(key.trim().to_owned(), value.to_owned());
+    }
+    Ok(values)
+}
+
+/// The variables as text, before parsing.
+#[derive(Debug, Default, Deserialize)]
+struct Raw {
+    server_host: Option<String>,
+    server_port: Option<String>,
+    kafka_brokers: Option<String>,
+    kafka_security_protocol: Option<String>,
+    kafka_sasl_mechanism: Option<String>,
+    kafka_sasl_username: Option<String>,
+    kafka_sasl_password: Option<Secret>,
+    kafka_group_id: Option<String>,
+    kafka_client_id: Option<String>,
+    kafka_topic_partitions: Option<String>,
+    kafka_replication_factor: Option<String>,
+    kafka_create_topics: Option<String>,
+    kafka_compression: Option<String>,
+    logger_level: Option<String>,
+    logger_encoding: Option<String>,
+    order_publish_timeout_ms: Option<String>,
+    inventory_stock_file: Option<String>,
+    notification_webhook_url: Option<String>,
+    notification_webhook_timeout_ms: Option<String>,
+    notification_webhook_retries: Option<String>,
+}
+
+fn invalid(variable: &'static str, value: &str, expected: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        variable,
+        value: value.to_owned(),
+        expected: expected.into(),
+    }
+}
+
+/// A present, non-blank value.
+fn given(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(
+    variable: &'static str,
+    value: &Option<String>,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, ConfigError> {
+    let Some(text) = given(value) else {
+        return Ok(default);
+    };
+    match text.parse::<T>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(invalid(
+            variable,
+            text,
+            format!("a whole number from {} to {}", range.start(), range.end()),
+        )),
+    }
+}
+
+fn millis(
+    variable: &'static str,
+    value: &Option<String>,
+    default_ms: u64,
+) -> Result<Duration, ConfigError> {
+    number(variable, value, default_ms, 1..=3_600_000).map(Duration::from_millis)
+}
+
+impl Raw {
+    fn parse(self) -> Result<Config, ConfigError> {
+        let brokers: Vec<String> = given(&self.kafka_brokers)
+            .unwrap_or("localhost:9092")
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        for b in &brokers {
+            let port_ok = b
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !port_ok {
+                return Err(invalid(
+                    "APP_KAFKA_BROKERS",
+                    given(&self.kafka_brokers).unwrap_or_default(),
+                    "a comma-separated list of host:port",
+                ));
+            }
+        }
+        if brokers.is_empty() {
+            return Err(invalid(
+                "APP_KAFKA_BROKERS",
+                "",
+                "a comma-separated list of host:port",
+            ));
+        }
+
+        let protocol = given(&self.kafka_security_protocol)
+            .unwrap_or("PLAINTEXT")
+            .to_ascii_uppercase();
+        match protocol.as_str() {
+            "PLAINTEXT" => {}
+            "SSL" | "SASL_PLAINTEXT" | "SASL_SSL" => {
+                return Err(ConfigError::Unsupported {
+                    variable: "APP_KAFKA_SECURITY_PROTOCOL",
+                    value: protocol,
+                    why: "TLS and SASL are not built in yet; use PLAINTEXT",
+                });
+            }
+            _ => {
+                return Err(invalid(
+                    "APP_KAFKA_SECURITY_PROTOCOL",
+                    &protocol,
+                    "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+                ));
+            }
+        }
+        if let Some(m) = given(&self.kafka_sasl_mechanism) {
+            let m = m.to_ascii_uppercase();
+            if !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&m.as_str()) {
+                return Err(invalid(
+                    "APP_KAFKA_SASL_MECHANISM",
+                    &m,
+                    "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+                ));
+            }
+        }
+        let sasl = match given(&self.kafka_sasl_mechanism) {
+            None => None,
+            Some(mechanism) => Some(SaslConfig {
+                mechanism: mechanism.to_ascii_uppercase(),
+                username: given(&self.kafka_sasl_username)
+                    .ok_or(ConfigError::Missing {
+                        variable: "APP_KAFKA_SASL_USERNAME",
+                        why: "APP_KAFKA_SASL_MECHANISM is set",
+                    })?
+                    .to_owned(),
+                password: self
+                    .kafka_sasl_password
+                    .clone()
+                    .filter(|p| !p.expose().is_empty())
+                    .ok_or(ConfigError::Missing {
+                        variable: "APP_KAFKA_SASL_PASSWORD",
+                        why: "APP_KAFKA_SASL_MECHANISM is set",
+                    })?,
+            }),
+        };
+
+        let compression = match given(&self.kafka_compression) {
+            None => Compression::None,
+            Some(c) => c
+                .parse()
+                .map_err(|_| invalid("APP_KAFKA_COMPRESSION", c, "none, gzip or snappy"))?,
+        };
+        let create_topics = match given(&self.kafka_create_topics).map(str::to_ascii_lowercase) {
+            None => true,
+            Some(v) if ["true", "1", "yes"].contains(&v.as_str()) => true,
+            Some(v) if ["false", "0", "no"].contains(&v.as_str()) => false,
+            Some(v) => return Err(invalid("APP_KAFKA_CREATE_TOPICS", &v, "true or false")),
+        };
+
+        let level = match given(&self.logger_level) {
+            None => log::LevelFilter::Info,
+            Some(l) => match l.to_ascii_lowercase().as_str() {
+                "trace" => log::LevelFilter::Trace,
+                "debug" => log::LevelFilter::Debug,
+                "info" => log::LevelFilter::Info,
+                "warn" | "warning" => log::LevelFilter::Warn,
+                "error" => log::LevelFilter::Error,
+                "off" => log::LevelFilter::Off,
+                _ => {
+                    return Err(invalid(
+                        "APP_LOGGER_LEVEL",
+                        l,
+                        "trace, debug, info, warn, error or off",
+                    ));
+                }
+            },
+        };
+        let encoding = match given(&self.logger_encoding).map(str::to_ascii_lowercase) {
+            None => LogEncoding::Json,
+            Some(e) if e == "json" => LogEncoding::Json,
+            Some(e) if e == "console" => LogEncoding::Console,
+            Some(e) => return Err(invalid("APP_LOGGER_ENCODING", &e, "json or console")),
+        };
+
+        let webhook_url = match given(&self.notification_webhook_url) {
+            None => None,
+            Some(url) if url.starts_with("http://") && url.len() > "http://".len() => {
+                Some(url.to_owned())
+            }
+            Some(url) if url.starts_with("https://") => {
+                return Err(ConfigError::Unsupported {
+                    variable: "APP_NOTIFICATION_WEBHOOK_URL",
+                    value: url.to_owned(),
+                    why: "https webhooks need TLS, which is not built in yet; use an http:// URL",
+                });
+            }
+            Some(url) => {
+                return Err(invalid(
+                    "APP_NOTIFICATION_WEBHOOK_URL",
+                    url,
+                    "an http:// URL",
+                ));
+            }
+        };
+
+        Ok(Config {
+            server: ServerConfig {
+                host: given(&self.server_host).unwrap_or("0.0.0.0").to_owned(),
+                port: number("APP_SERVER_PORT", &self.server_port, 8080u16, 0..=65535)?,
+            },
+            kafka: KafkaConfig {
+                brokers,
+                group_id: given(&self.kafka_group_id).map(str::to_owned),
+                client_id: given(&self.kafka_client_id).map(str::to_owned),
+                topic_partitions: number(
+                    "APP_KAFKA_TOPIC_PARTITIONS",
+                    &self.kafka_topic_partitions,
+                    6,
+                    1..=10_000,
+                )?,
+                replication_factor: number(
+                    "APP_KAFKA_REPLICATION_FACTOR",
+                    &self.kafka_replication_factor,
+                    -1i16,
+                    -1..=32,
+                )
+                .and_then(|rf| {
+                    if rf == 0 {
+                        Err(invalid(
+                            "APP_KAFKA_REPLICATION_FACTOR",
+                            "0",
+                            "-1 (broker default) or 1 to 32",
+                        ))
+                    } else {
+                        Ok(rf)
+                    }
+                })?,
+                create_topics,
+                compression,
+                sasl,
+            },
+            logger: LoggerConfig { level, encoding },
+            order: OrderConfig {
+                publish_timeout: millis(
+                    "APP_ORDER_PUBLISH_TIMEOUT_MS",
+                    &self.order_publish_timeout_ms,
+                    5_000,
+                )?,
+            },
+            inventory: InventoryConfig {
+                stock_file: PathBuf::from(
+                    given(&self.inventory_stock_file).unwrap_or("configs/stock.json"),
+                ),
+            },
+            notification: NotificationConfig {
+                webhook_url,
+                webhook_timeout: millis(
+                    "APP_NOTIFICATION_WEBHOOK_TIMEOUT_MS",
+                    &self.notification_webhook_timeout_ms,
+                    5_000,
+                )?,
+                webhook_retries: number(
+                    "APP_NOTIFICATION_WEBHOOK_RETRIES",
+                    &self.notification_webhook_retries,
+                    5u32,
+                    0..=100,
+                )?,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_sources(None, Path::new("/nonexistent"), env(pairs))
+    }
+
+    #[test]
+    fn defaults_match_the_go_original() {
+        let c = load(&[]).unwrap();
+        assert_eq!(c.server.host, "0.0.0.0");
+        assert_eq!(c.server.port, 8080);
+        assert_eq!(c.kafka.brokers, vec!["localhost:9092"]);
+        assert_eq!(c.logger.level, log::LevelFilter::Info);
+        assert_eq!(c.logger.encoding, LogEncoding::Json);
+        assert!(c.notification.webhook_url.is_none());
+    }
+
+    #[test]
+    fn a_bad_value_names_the_variable_and_what_it_accepts() {
+        let e = load(&[("APP_SERVER_PORT", "eighty")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "APP_SERVER_PORT=\"eighty\" is invalid: expected a whole number from 0 to 65535"
+        );
+        let e = load(&[("APP_LOGGER_ENCODING", "xml")]).unwrap_err();
+        assert!(e.to_string().contains("APP_LOGGER_ENCODING"), "{e}");
+        assert!(e.to_string().contains("json or console"), "{e}");
+        let e = load(&[("APP_KAFKA_BROKERS", "localhost")]).unwrap_err();
+        assert!(e.to_string().contains("host:port"), "{e}");
+        let e = load(&[("APP_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")]).unwrap_err();
+        assert!(
+            e.to_string().starts_with("APP_KAFKA_SECURITY_PROTOCOL"),
+            "{e}"
+        );
+        let e = load(&[("APP_NOTIFICATION_WEBHOOK_URL", "ftp://x")]).unwrap_err();
+        assert!(
+            e.to_string().contains("APP_NOTIFICATION_WEBHOOK_URL"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn environment_wins_over_the_file_and_the_file_over_defaults() {
+        let dir = std::env::temp_dir().join(format!("eda-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(dir.join("configs")).unwrap();
+        std::fs::write(
+            dir.join("configs/config.env"),
+            "# comment\nAPP_SERVER_PORT=9000\nexport APP_LOGGER_LEVEL=\"debug\"\n",
+        )
+        .unwrap();
+        let c = Config::from_sources(None, &dir, env(&[("APP_SERVER_PORT", "9100")])).unwrap();
+        assert_eq!(c.server.port, 9100, "environment first");
+        assert_eq!(c.logger.level, log::LevelFilter::Debug, "then the file");
+
+        // ./config.env is found before ./configs/config.env, and only one file is read.
+        std::fs::write(dir.join("config.env"), "APP_SERVER_PORT=9200\n").unwrap();
+        let c = Config::from_sources(None, &dir, env(&[])).unwrap();
+        assert_eq!(c.server.port, 9200);
+        assert_eq!(c.logger.level, log::LevelFilter::Info);
+
+        // --config FILE beats both.
+        let explicit = dir.join("mine.env");
+        std::fs::write(&explicit, "APP_SERVER_PORT=9300\n").unwrap();
+        let c = Config::from_sources(Some(&explicit), &dir, env(&[])).unwrap();
+        assert_eq!(c.server.port, 9300);
+
+        let missing = Config::from_sources(Some(&dir.join("nope.env")), &dir, env(&[]));
+        assert!(matches!(missing, Err(ConfigError::File { .. })));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn config_argument_forms() {
+        let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            config_file_argument(&args(&["--config", "a.env"])).unwrap(),
+            Some(PathBuf::from("a.env"))
+        );
+        assert_eq!(
+            config_file_argument(&args(&["--config=b.env"])).unwrap(),
+            Some(PathBuf::from("b.env"))
+        );
+        assert!(config_file_argument(&args(&["--config"])).is_err());
+    }
+
+    #[test]
+    fn sasl_needs_credentials_and_hides_the_password() {
+        let e = load(&[("APP_KAFKA_SASL_MECHANISM", "PLAIN")]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("APP_KAFKA_SASL_USERNAME is required"),
+            "{e}"
+        );
+        let c = load(&[
+            ("APP_KAFKA_SASL_MECHANISM", "scram-sha-256"),
+            ("APP_KAFKA_SASL_USERNAME", "svc"),
+            ("APP_KAFKA_SASL_PASSWORD", "hunter2"),
+        ])
+        .unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert_eq!(c.kafka.sasl.unwrap().mechanism, "SCRAM-SHA-256");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s} {s:?}"), "*** ***");
+        assert_eq!(s.expose(), "hunter2");
+    }
+}

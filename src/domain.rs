@@ -1,0 +1,319 @@
+//! The order domain, checked once at the edge: parse, don't validate.
+//!
+//! [`NewOrder::parse`] turns a request body into a [`NewOrder`] or into the list of
+//! every field that is wrong, with a path (`items[2].quantity`) and a message a
+//! client can show. Past that point an order is known to be well formed, and no
+//! other code checks it again.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Most items one order may have.
+pub const MAX_ITEMS: usize = 100;
+/// Longest id (customer or product) accepted, in bytes.
+pub const MAX_ID_LEN: usize = 128;
+/// Largest quantity of one item.
+pub const MAX_QUANTITY: u64 = 1_000_000;
+
+/// An order's identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct OrderId(pub Uuid);
+
+impl OrderId {
+    pub fn new() -> Self {
+        Self(Uuid::new_v4())
+    }
+}
+
+impl Default for OrderId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::str::FromStr for OrderId {
+    type Err = uuid::Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(Self)
+    }
+}
+
+impl std::fmt::Display for OrderId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// One line of an order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderItem {
+    pub product_id: String,
+    pub quantity: u64,
+    pub price: f64,
+}
+
+/// A well-formed order request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewOrder {
+    pub customer_id: String,
+    pub items: Vec<OrderItem>,
+}
+
+/// What is wrong with one field of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl NewOrder {
+    /// Parses a request body, reporting every invalid field at once.
+    pub fn parse(body: &Value) -> Result<Self, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let Some(object) = body.as_object() else {
+            return Err(vec![FieldError::new("body", "must be a JSON object")]);
+        };
+
+        let customer_id = id(object.get("customer_id"), "customer_id", &mut errors);
+
+        let mut items = Vec::new();
+        match object.get("items") {
+            None | Some(Value::Null) => errors.push(FieldError::new("items", "is required")),
+            Some(Value::Array(list)) if list.is_empty() => {
+                errors.push(FieldError::new("items", "must hold at least one item"))
+            }
+            Some(Value::Array(list)) if list.len() > MAX_ITEMS => errors.push(FieldError::new(
+                "items",
+                format!("must hold at most {MAX_ITEMS} items, not {}", list.len()),
+            )),
+            Some(Value::Array(list)) => {
+                for (i, item) in list.iter().enumerate() {
+                    if let Some(item) = parse_item(item, &format!("items[{i}]"), &mut errors) {
+                        items.push(item);
+                    }
+                }
+            }
+            Some(_) => errors.push(FieldError::new("items", "must be an array")),
+        }
+
+        match customer_id {
+            Some(customer_id) if errors.is_empty() => Ok(Self { customer_id, items }),
+            _ => Err(errors),
+        }
+    }
+
+    /// The sum of quantity × price over the items.
+    pub fn total(&self) -> f64 {
+        total(&self.items)
+    }
+}
+
+/// The sum of quantity × price, rounded to a millionth so that float noise does
+/// not show up in amounts.
+pub fn total(items: &[OrderItem]) -> f64 {
+    let sum: f64 = items.iter().map(|i| i.quantity as f64 * i.price).sum();
+    (sum * 1e6).round() / 1e6
+}
+
+fn id(value: Option<&Value>, field: &str, errors: &mut Vec<FieldError>) -> Option<String> {
+    match value {
+        None | Some(Value::Null) => errors.push(FieldError::new(field, "is required")),
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            errors.push(FieldError::new(field, "must not be empty"))
+        }
+        Some(Value::String(s)) if s.len() > MAX_ID_LEN => errors.push(FieldError::new(
+            field,
+            format!("must be at most {MAX_ID_LEN} bytes long"),
+        )),
+        Some(Value::String(s)) if s.chars().any(char::is_control) => errors.push(FieldError::new(
+            field,
+            "must not contain control characters",
+        )),
+        Some(Value::String(s)) => return Some(s.trim().to_owned()),
+        Some(_) => errors.push(FieldError::new(field, "must be a string")),
+    }
+    None
+}
+
+fn parse_item(value: &Value, path: &str, errors: &mut Vec<FieldError>) -> Option<OrderItem> {
+    let Some(item) = value.as_object() else {
+        errors.push(FieldError::new(path, "must be an object"));
+        return None;
+    };
+    let before = errors.len();
+    let product_id = id(
+        item.get("product_id"),
+        &format!("{path}.product_id"),
+        errors,
+    );
+
+    let quantity_field = format!("{path}.quantity");
+    let quantity = match item.get("quantity") {
+        None | Some(Value::Null) => {
+            errors.push(FieldError::new(quantity_field, "is required"));
+            None
+        }
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(q) if (1..=MAX_QUANTITY).contains(&q) => Some(q),
+            Some(_) => {
+                errors.push(FieldError::new(
+                    quantity_field,
+                    format!("must be from 1 to {MAX_QUANTITY}"),
+                ));
+                None
+            }
+            None if n.as_i64().is_some() => {
+                errors.push(FieldError::new(quantity_field, "must be at least 1"));
+                None
+            }
+            None => {
+                errors.push(FieldError::new(quantity_field, "must be a whole number"));
+                None
+            }
+        },
+        Some(_) => {
+            errors.push(FieldError::new(quantity_field, "must be a whole number"));
+            None
+        }
+    };
+
+    let price_field = format!("{path}.price");
+    let price = match item.get("price") {
+        None | Some(Value::Null) => {
+            errors.push(FieldError::new(price_field, "is required"));
+            None
+        }
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(p) if p.is_finite() && p >= 0.0 => Some(p),
+            _ => {
+                errors.push(FieldError::new(
+                    price_field,
+                    "must be a finite number of at least 0",
+                ));
+                None
+            }
+        },
+        Some(_) => {
+            errors.push(FieldError::new(price_field, "must be a number"));
+            None
+        }
+    };
+
+    match (product_id, quantity, price) {
+        (Some(product_id), Some(quantity), Some(price)) if errors.len() == before => {
+            Some(OrderItem {
+                product_id,
+                quantity,
+                price,
+            })
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(body: Value) -> Vec<String> {
+        NewOrder::parse(&body)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.field)
+            .collect()
+    }
+
+    #[test]
+    fn a_valid_order_parses() {
+        let order = NewOrder::parse(&json!({
+            "customer_id": "customer-123",
+            "items": [
+                {"product_id": "product-001", "quantity": 2, "price": 99.99},
+                {"product_id": "product-002", "quantity": 1, "price": 149.99}
+            ]
+        }))
+        .unwrap();
+        assert_eq!(order.customer_id, "customer-123");
+        assert_eq!(order.items.len(), 2);
+        assert_eq!(order.total(), 349.97);
+    }
+
+    #[test]
+    fn every_bad_field_is_reported_with_its_path() {
+        assert_eq!(
+            fields(json!({
+                "customer_id": " ",
+                "items": [
+                    {"product_id": "", "quantity": 1.5, "price": -1},
+                    {"product_id": "p", "quantity": 0, "price": "3"},
+                    {"product_id": 7, "quantity": "2", "price": 1},
+                    "nope"
+                ]
+            })),
+            vec![
+                "customer_id",
+                "items[0].product_id",
+                "items[0].quantity",
+                "items[0].price",
+                "items[1].quantity",
+                "items[1].price",
+                "items[2].product_id",
+                "items[2].quantity",
+                "items[3]",
+            ]
+        );
+    }
+
+    #[test]
+    fn item_counts_are_bounded() {
+        assert_eq!(
+            fields(json!({"customer_id": "c", "items": []})),
+            vec!["items"]
+        );
+        let many: Vec<_> = (0..101)
+            .map(|i| json!({"product_id": format!("p{i}"), "quantity": 1, "price": 1}))
+            .collect();
+        assert_eq!(
+            fields(json!({"customer_id": "c", "items": many})),
+            vec!["items"]
+        );
+        assert_eq!(fields(json!({"customer_id": "c"})), vec!["items"]);
+        assert_eq!(fields(json!([1, 2])), vec!["body"]);
+    }
+
+    #[test]
+    fn quantities_and_ids_have_limits() {
+        let f = fields(json!({"customer_id": "c", "items": [
+            {"product_id": "p", "quantity": -3, "price": 1},
+            {"product_id": "x".repeat(200), "quantity": 2_000_000, "price": 1}
+        ]}));
+        assert_eq!(
+            f,
+            vec![
+                "items[0].quantity",
+                "items[1].product_id",
+                "items[1].quantity"
+            ]
+        );
+    }
+
+    #[test]
+    fn order_ids_parse_from_uuids_only() {
+        assert!("not-a-uuid".parse::<OrderId>().is_err());
+        let id = OrderId::new();
+        assert_eq!(id.to_string().parse::<OrderId>().unwrap(), id);
+    }
+}

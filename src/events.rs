@@ -1,0 +1,343 @@
+//! The events the services exchange, and their topics.
+//!
+//! Every event is a JSON [`Envelope`]: `event_id` (UUID v4), `event_type`,
+//! `version`, `occurred_at` (RFC 3339, UTC), `correlation_id`, and the `payload`.
+//! Records are keyed by `order_id`, so all events of one order stay in order on one
+//! partition of each topic. The headers repeat `event_type`, `correlation_id` and
+//! `event_id`, so that other Kafka tools can route without parsing JSON.
+
+use rskafka::chrono::{DateTime, SecondsFormat, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::domain::{OrderId, OrderItem};
+use crate::kafka::consumer::Poison;
+use crate::kafka::{Message, ProducerRecord, TopicSpec};
+
+/// Topic names, as in the Go original.
+pub mod topics {
+    pub const ORDER_CREATED: &str = "order.created";
+    pub const INVENTORY_RESERVED: &str = "inventory.reserved";
+    pub const INVENTORY_FAILED: &str = "inventory.failed";
+    pub const NOTIFICATION_SENT: &str = "notification.sent";
+
+    /// Every event topic.
+    pub const ALL: [&str; 4] = [
+        ORDER_CREATED,
+        INVENTORY_RESERVED,
+        INVENTORY_FAILED,
+        NOTIFICATION_SENT,
+    ];
+
+    /// Where records of `topic` that can never be processed are parked.
+    pub fn dead_letter(topic: &str) -> String {
+        format!("{topic}.dlq")
+    }
+}
+
+/// Header names set on every event record.
+pub mod headers {
+    pub const EVENT_TYPE: &str = "event_type";
+    pub const EVENT_ID: &str = "event_id";
+    pub const CORRELATION_ID: &str = "correlation_id";
+}
+
+/// The topics of the system: the event topics with `partitions` partitions each,
+/// and a dead-letter topic for each consumed one. Events are the system of record
+/// (the services rebuild their state from them), so they are kept forever
+/// (`retention.ms=-1`) rather than for Kafka's default seven days.
+pub fn topic_specs(partitions: i32, replication_factor: i16) -> Vec<TopicSpec> {
+    let mut specs: Vec<TopicSpec> = topics::ALL
+        .iter()
+        .map(|t| {
+            TopicSpec::new(*t, partitions)
+                .replication_factor(replication_factor)
+                .config("retention.ms", "-1")
+        })
+        .collect();
+    for consumed in [
+        topics::ORDER_CREATED,
+        topics::INVENTORY_RESERVED,
+        topics::INVENTORY_FAILED,
+    ] {
+        specs.push(
+            TopicSpec::new(topics::dead_letter(consumed), 1)
+                .replication_factor(replication_factor)
+                .config("retention.ms", "-1"),
+        );
+    }
+    specs
+}
+
+/// A payload type: its event type, topic and schema version.
+pub trait Payload: Serialize + DeserializeOwned {
+    const EVENT_TYPE: &'static str;
+    const TOPIC: &'static str;
+    const VERSION: u32 = 1;
+
+    fn order_id(&self) -> OrderId;
+}
+
+/// The common wrapper of every event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope<P> {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub version: u32,
+    pub occurred_at: String,
+    pub correlation_id: String,
+    pub payload: P,
+}
+
+/// The time now, as events write it.
+pub fn now() -> String {
+    DateTime::<Utc>::from(std::time::SystemTime::now()).to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+impl<P: Payload> Envelope<P> {
+    /// A new event with a fresh id, stamped now.
+    pub fn new(payload: P, correlation_id: impl Into<String>) -> Self {
+        Self {
+            event_id: Uuid::new_v4(),
+            event_type: P::EVENT_TYPE.to_owned(),
+            version: P::VERSION,
+            occurred_at: now(),
+            correlation_id: correlation_id.into(),
+            payload,
+        }
+    }
+
+    /// The record that carries this event.
+    pub fn to_record(&self) -> ProducerRecord {
+        // Plain data with string keys: serialising it cannot fail.
+        let value = serde_json::to_vec(self).unwrap_or_default();
+        ProducerRecord::new(P::TOPIC)
+            .key(self.payload.order_id().to_string())
+            .value(value)
+            .header(headers::EVENT_TYPE, P::EVENT_TYPE)
+            .header(headers::EVENT_ID, self.event_id.to_string())
+            .header(headers::CORRELATION_ID, self.correlation_id.clone())
+    }
+
+    /// Reads an event of type `P` from a record. A record that is not one is
+    /// [`Poison`]: retrying cannot fix it.
+    pub fn decode(message: &Message) -> Result<Self, Poison> {
+        let value = message
+            .value
+            .as_deref()
+            .ok_or_else(|| Poison::new("record has no value"))?;
+        let envelope: Envelope<serde_json::Value> = serde_json::from_slice(value)
+            .map_err(|e| Poison::new(format!("not a JSON event envelope: {e}")))?;
+        if envelope.event_type != P::EVENT_TYPE {
+            return Err(Poison::new(format!(
+                "event_type {:?} where {:?} was expected",
+                envelope.event_type,
+                P::EVENT_TYPE
+            )));
+        }
+        if envelope.version != P::VERSION {
+            return Err(Poison::new(format!(
+                "{} version {} is not supported (this build reads version {})",
+                P::EVENT_TYPE,
+                envelope.version,
+                P::VERSION
+            )));
+        }
+        let payload: P = serde_json::from_value(envelope.payload)
+            .map_err(|e| Poison::new(format!("invalid {} payload: {e}", P::EVENT_TYPE)))?;
+        Ok(Self {
+            event_id: envelope.event_id,
+            event_type: envelope.event_type,
+            version: envelope.version,
+            occurred_at: envelope.occurred_at,
+            correlation_id: envelope.correlation_id,
+            payload,
+        })
+    }
+}
+
+/// `order.created`: the order service accepted an order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderCreated {
+    pub order_id: OrderId,
+    pub customer_id: String,
+    pub items: Vec<OrderItem>,
+    pub total: f64,
+    pub created_at: String,
+}
+
+impl Payload for OrderCreated {
+    const EVENT_TYPE: &'static str = "order.created";
+    const TOPIC: &'static str = topics::ORDER_CREATED;
+
+    fn order_id(&self) -> OrderId {
+        self.order_id
+    }
+}
+
+/// A quantity of one product.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProductQuantity {
+    pub product_id: String,
+    pub quantity: u64,
+}
+
+/// `inventory.reserved`: every item of the order is reserved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InventoryReserved {
+    pub order_id: OrderId,
+    pub customer_id: String,
+    /// The reserved quantity per product (items of one product summed).
+    pub items: Vec<ProductQuantity>,
+}
+
+impl Payload for InventoryReserved {
+    const EVENT_TYPE: &'static str = "inventory.reserved";
+    const TOPIC: &'static str = topics::INVENTORY_RESERVED;
+
+    fn order_id(&self) -> OrderId {
+        self.order_id
+    }
+}
+
+/// A product the order asked more of than is in stock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shortage {
+    pub product_id: String,
+    pub requested: u64,
+    pub available: u64,
+}
+
+/// `inventory.failed`: nothing was reserved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InventoryFailed {
+    pub order_id: OrderId,
+    pub customer_id: String,
+    pub reason: String,
+    /// The products that are short.
+    pub missing: Vec<Shortage>,
+}
+
+impl Payload for InventoryFailed {
+    const EVENT_TYPE: &'static str = "inventory.failed";
+    const TOPIC: &'static str = topics::INVENTORY_FAILED;
+
+    fn order_id(&self) -> OrderId {
+        self.order_id
+    }
+}
+
+/// What the customer was told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Reserved,
+    Rejected,
+}
+
+/// `notification.sent`: the customer was notified of an outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotificationSent {
+    pub order_id: OrderId,
+    pub customer_id: String,
+    pub outcome: Outcome,
+    /// The `event_id` of the inventory event this notification is about.
+    pub source_event_id: Uuid,
+    /// Where it was sent: always `log`, plus `webhook` when one is configured.
+    pub channels: Vec<String>,
+}
+
+impl Payload for NotificationSent {
+    const EVENT_TYPE: &'static str = "notification.sent";
+    const TOPIC: &'static str = topics::NOTIFICATION_SENT;
+
+    fn order_id(&self) -> OrderId {
+        self.order_id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn message(record: ProducerRecord) -> Message {
+        Message {
+            topic: record.topic,
+            partition: 0,
+            offset: 0,
+            key: record.key,
+            value: record.value,
+            headers: record.headers,
+            timestamp: DateTime::from_timestamp_millis(0).unwrap(),
+        }
+    }
+
+    fn created() -> OrderCreated {
+        OrderCreated {
+            order_id: OrderId::new(),
+            customer_id: "c".into(),
+            items: vec![OrderItem {
+                product_id: "p".into(),
+                quantity: 2,
+                price: 1.5,
+            }],
+            total: 3.0,
+            created_at: now(),
+        }
+    }
+
+    #[test]
+    fn records_are_keyed_by_order_and_carry_routing_headers() {
+        let event = Envelope::new(created(), "corr-1");
+        let record = event.to_record();
+        assert_eq!(record.topic, "order.created");
+        assert_eq!(
+            record.key,
+            Some(event.payload.order_id.to_string().into_bytes())
+        );
+        assert_eq!(record.headers["event_type"], b"order.created");
+        assert_eq!(record.headers["correlation_id"], b"corr-1");
+        let back = Envelope::<OrderCreated>::decode(&message(record)).unwrap();
+        assert_eq!(back, event);
+    }
+
+    #[test]
+    fn the_envelope_has_the_documented_fields() {
+        let record = Envelope::new(created(), "corr").to_record();
+        let json: BTreeMap<String, serde_json::Value> =
+            serde_json::from_slice(record.value.as_deref().unwrap()).unwrap();
+        let keys: Vec<&str> = json.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "correlation_id",
+                "event_id",
+                "event_type",
+                "occurred_at",
+                "payload",
+                "version"
+            ]
+        );
+        assert!(json["occurred_at"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn foreign_records_are_poison() {
+        let mut record = Envelope::new(created(), "c").to_record();
+        record.value = Some(b"{not json".to_vec());
+        assert!(Envelope::<OrderCreated>::decode(&message(record.clone())).is_err());
+        let reserved = Envelope::new(
+            InventoryReserved {
+                order_id: OrderId::new(),
+                customer_id: "c".into(),
+                items: vec![],
+            },
+            "c",
+        )
+        .to_record();
+        let err = Envelope::<OrderCreated>::decode(&message(reserved)).unwrap_err();
+        assert!(err.to_string().contains("inventory.reserved"), "{err}");
+    }
+}

@@ -1,0 +1,187 @@
+//! A minimal HTTP/1.1 client for plain `http://` URLs, over the hyper that warp
+//! already brings in: one connection per request, a deadline on the whole exchange.
+//! It serves the notification webhook and the end-to-end tests.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// Errors of one request.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("{0:?} is not an http:// URL with a host")]
+    Url(String),
+    #[error("cannot connect to {authority}: {source}")]
+    Connect {
+        authority: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no complete answer from {authority} within {timeout:?}")]
+    Timeout {
+        authority: String,
+        timeout: Duration,
+    },
+    #[error("HTTP exchange with {authority} failed: {reason}")]
+    Protocol { authority: String, reason: String },
+}
+
+/// A parsed `http://host[:port][/path]` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl {
+    /// `host:port` as given, for the Host header.
+    pub authority: String,
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+}
+
+impl std::str::FromStr for HttpUrl {
+    type Err = HttpError;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        let bad = || HttpError::Url(url.to_owned());
+        let rest = url.strip_prefix("http://").ok_or_else(bad)?;
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').ok_or_else(bad)?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse().map_err(|_| bad())?,
+                None if after.is_empty() => 80,
+                None => return Err(bad()),
+            };
+            (h.to_owned(), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| bad())?),
+                None => (authority.to_owned(), 80),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad());
+        }
+        let path = if path.starts_with('?') {
+            format!("/{path}")
+        } else {
+            path.to_owned()
+        };
+        Ok(Self {
+            authority: authority.to_owned(),
+            host,
+            port,
+            path,
+        })
+    }
+}
+
+/// An answer.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl HttpResponse {
+    /// The body as JSON (`Null` if it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Sends one request and reads the whole answer, all within `timeout`.
+pub async fn request(
+    method: http::Method,
+    url: &HttpUrl,
+    headers: &[(&str, &str)],
+    body: Bytes,
+    timeout: Duration,
+) -> Result<HttpResponse, HttpError> {
+    let exchange = async {
+        let stream = TcpStream::connect((url.host.as_str(), url.port))
+            .await
+            .map_err(|source| HttpError::Connect {
+                authority: url.authority.clone(),
+                source,
+            })?;
+        let protocol = |e: &dyn std::fmt::Display| HttpError::Protocol {
+            authority: url.authority.clone(),
+            reason: e.to_string(),
+        };
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| protocol(&e))?;
+        let connection = tokio::spawn(connection);
+
+        let mut builder = http::Request::builder()
+            .method(method)
+            .uri(url.path.as_str())
+            .header(http::header::HOST, url.authority.as_str());
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = builder.body(Full::new(body)).map_err(|e| protocol(&e))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| protocol(&e))?;
+        let status = response.status().as_u16();
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.map_err(|e| protocol(&e))?.to_bytes();
+        connection.abort();
+        Ok(HttpResponse {
+            status,
+            headers: parts.headers,
+            body,
+        })
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .unwrap_or_else(|_| {
+            Err(HttpError::Timeout {
+                authority: url.authority.clone(),
+                timeout,
+            })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse() {
+        let u: HttpUrl = "http://localhost:8080/hooks/orders?x=1".parse().unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("localhost", 8080, "/hooks/orders?x=1")
+        );
+        let u: HttpUrl = "http://example.com".parse().unwrap();
+        assert_eq!(
+            (u.port, u.path.as_str(), u.authority.as_str()),
+            (80, "/", "example.com")
+        );
+        let u: HttpUrl = "http://[::1]:9000/h".parse().unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 9000));
+        for bad in [
+            "https://x",
+            "http://",
+            "http://:80/",
+            "http://h:port/",
+            "ftp://x",
+        ] {
+            assert!(bad.parse::<HttpUrl>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! The three services, each built in two steps: `build` connects, prepares topics
+//! and rebuilds state from Kafka (so a bad setup fails before any work is taken);
+//! `run_until_stopped` works until the shutdown signal, then finishes what is in
+//! flight, flushes the producer and commits.
+
+pub mod inventory;
+pub mod notification;
+pub mod order;
+
+use crate::config::Config;
+use crate::events::topic_specs;
+use crate::kafka::{
+    Admin, AdminError, Cluster, ClusterError, ConsumerError, ProduceError, Producer,
+    ProducerConfig, ReadError,
+};
+use crate::shutdown::Shutdown;
+
+/// Errors that stop a service from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("preparing topics failed: {0}")]
+    Admin(#[from] AdminError),
+    #[error(transparent)]
+    Consumer(#[from] ConsumerError),
+    #[error("rebuilding state from Kafka failed: {0}")]
+    Rebuild(#[from] ReadError),
+    #[error(transparent)]
+    Produce(#[from] ProduceError),
+    #[error("cannot listen on {addr}: {source}; set APP_SERVER_HOST/APP_SERVER_PORT")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("APP_NOTIFICATION_WEBHOOK_URL: {0}")]
+    Webhook(String),
+    #[error("stock file {path}: {reason}; set APP_INVENTORY_STOCK_FILE")]
+    StockFile { path: String, reason: String },
+}
+
+/// A service the binaries can run.
+pub trait Service: Sized + Send {
+    /// The service name, for logs and the client id.
+    const NAME: &'static str;
+
+    /// Connects and prepares everything; fails early on a bad setup.
+    fn build(config: Config) -> impl Future<Output = Result<Self, ServiceError>> + Send;
+
+    /// Works until `shutdown` fires, then stops gracefully.
+    fn run_until_stopped(
+        self,
+        shutdown: Shutdown,
+    ) -> impl Future<Output = Result<(), ServiceError>> + Send;
+}
+
+/// Connects to the cluster and, unless `APP_KAFKA_CREATE_TOPICS=false`, creates the
+/// system's topics that are missing.
+pub async fn connect(config: &Config, service: &str) -> Result<Cluster, ServiceError> {
+    let cluster_config = config.cluster(service);
+    if config.kafka.create_topics {
+        Admin::new(cluster_config.clone())
+            .ensure_topics(&topic_specs(
+                config.kafka.topic_partitions,
+                config.kafka.replication_factor,
+            ))
+            .await?;
+    }
+    let cluster = Cluster::connect(cluster_config).await?;
+    log::info!(
+        "{service} connected to Kafka at {}",
+        config.kafka.brokers.join(",")
+    );
+    Ok(cluster)
+}
+
+/// The producer of a service's events.
+pub fn producer(config: &Config, cluster: &Cluster) -> Producer {
+    Producer::new(
+        cluster.clone(),
+        ProducerConfig {
+            compression: config.kafka.compression,
+            ..ProducerConfig::default()
+        },
+    )
+}

@@ -1,0 +1,292 @@
+//! notification-service: tells the customer the outcome of each order and
+//! publishes `notification.sent`.
+//!
+//! For every `inventory.reserved` and `inventory.failed` it writes one structured
+//! log line and, when `APP_NOTIFICATION_WEBHOOK_URL` is set, POSTs the outcome to
+//! that URL, retrying with backoff. The ids of inventory events already notified
+//! are read back from `notification.sent` at start, so a redelivered event is not
+//! notified twice. (A crash between the webhook call and publishing
+//! `notification.sent` can repeat that one webhook call; it carries the event id
+//! in `Idempotency-Key`, so the receiver can drop the repeat.)
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{Service, ServiceError, connect, producer};
+use crate::config::{Config, NotificationConfig};
+use crate::domain::OrderId;
+use crate::events::{
+    Envelope, InventoryFailed, InventoryReserved, NotificationSent, Outcome, topics,
+};
+use crate::http_client::{self, HttpError, HttpUrl};
+use crate::kafka::backoff::{Backoff, BackoffConfig};
+use crate::kafka::{
+    Consumer, ConsumerConfig, DeadLetter, Handler, HandlerError, Message, Poison, Producer,
+    read_topic,
+};
+use crate::logging::with_correlation_id;
+use crate::shutdown::Shutdown;
+
+/// The default consumer group.
+pub const DEFAULT_GROUP: &str = "notification-service";
+
+/// Errors of the webhook.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("webhook {url} answered {status}")]
+    Status { url: String, status: u16 },
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error("webhook failed {attempts} times; last error: {last}")]
+    GaveUp { attempts: u32, last: String },
+}
+
+/// Where outcomes are POSTed.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    url: HttpUrl,
+    display: String,
+    timeout: Duration,
+    retries: u32,
+    backoff: BackoffConfig,
+}
+
+impl Webhook {
+    pub fn new(url: &str, config: &NotificationConfig) -> Result<Self, HttpError> {
+        Ok(Self {
+            url: url.parse()?,
+            display: url.to_owned(),
+            timeout: config.webhook_timeout,
+            retries: config.webhook_retries,
+            backoff: BackoffConfig {
+                initial: Duration::from_millis(200),
+                max: Duration::from_secs(5),
+            },
+        })
+    }
+
+    /// POSTs `body`, retrying failures and 5xx/429 answers with backoff.
+    pub async fn post(
+        &self,
+        body: &serde_json::Value,
+        idempotency_key: &str,
+        correlation_id: &str,
+    ) -> Result<(), WebhookError> {
+        let body = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
+        let mut backoff = Backoff::new(self.backoff);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let result = http_client::request(
+                http::Method::POST,
+                &self.url,
+                &[
+                    ("content-type", "application/json"),
+                    ("idempotency-key", idempotency_key),
+                    ("x-correlation-id", correlation_id),
+                ],
+                body.clone(),
+                self.timeout,
+            )
+            .await;
+            let error = match result {
+                Ok(r) if (200..300).contains(&r.status) => return Ok(()),
+                // A 4xx other than 429 will not change on retry.
+                Ok(r) if r.status != 429 && (400..500).contains(&r.status) => {
+                    return Err(WebhookError::Status {
+                        url: self.display.clone(),
+                        status: r.status,
+                    });
+                }
+                Ok(r) => WebhookError::Status {
+                    url: self.display.clone(),
+                    status: r.status,
+                },
+                Err(e) => WebhookError::Http(e),
+            };
+            if attempts > self.retries {
+                return Err(WebhookError::GaveUp {
+                    attempts,
+                    last: error.to_string(),
+                });
+            }
+            let delay = backoff.next_delay();
+            log::warn!("webhook attempt {attempts} failed, retrying in {delay:?}: {error}");
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+/// Handles the inventory outcomes.
+#[derive(Clone)]
+pub struct Notify {
+    notified: Arc<Mutex<HashSet<Uuid>>>,
+    webhook: Option<Webhook>,
+    producer: Producer,
+}
+
+/// One outcome, whichever topic it came from.
+struct Notice {
+    event_id: Uuid,
+    correlation_id: String,
+    order_id: OrderId,
+    customer_id: String,
+    outcome: Outcome,
+    details: serde_json::Value,
+    occurred_at: String,
+}
+
+impl Handler for Notify {
+    async fn handle(&self, message: &Message) -> Result<(), HandlerError> {
+        let outcome = match message.topic.as_str() {
+            topics::INVENTORY_RESERVED => {
+                let e = Envelope::<InventoryReserved>::decode(message)?;
+                Notice {
+                    event_id: e.event_id,
+                    correlation_id: e.correlation_id,
+                    order_id: e.payload.order_id,
+                    customer_id: e.payload.customer_id,
+                    outcome: Outcome::Reserved,
+                    details: json!({ "items": e.payload.items }),
+                    occurred_at: e.occurred_at,
+                }
+            }
+            topics::INVENTORY_FAILED => {
+                let e = Envelope::<InventoryFailed>::decode(message)?;
+                Notice {
+                    event_id: e.event_id,
+                    correlation_id: e.correlation_id,
+                    order_id: e.payload.order_id,
+                    customer_id: e.payload.customer_id,
+                    outcome: Outcome::Rejected,
+                    details: json!({ "reason": e.payload.reason, "missing": e.payload.missing }),
+                    occurred_at: e.occurred_at,
+                }
+            }
+            other => return Err(Poison::new(format!("unexpected topic {other}")).into()),
+        };
+        with_correlation_id(outcome.correlation_id.clone(), self.notify(outcome)).await
+    }
+}
+
+impl Notify {
+    async fn notify(&self, o: Notice) -> Result<(), HandlerError> {
+        if self.notified.lock().contains(&o.event_id) {
+            log::info!(
+                "order {}: outcome {} was notified before; skipping",
+                o.order_id,
+                o.event_id
+            );
+            return Ok(());
+        }
+        let mut channels = vec!["log".to_owned()];
+        let verb = match o.outcome {
+            Outcome::Reserved => "is confirmed",
+            Outcome::Rejected => "could not be fulfilled",
+        };
+        log::info!(
+            "notify customer {}: order {} {verb} ({})",
+            o.customer_id,
+            o.order_id,
+            o.details
+        );
+        if let Some(webhook) = &self.webhook {
+            let body = json!({
+                "event_id": o.event_id,
+                "order_id": o.order_id,
+                "customer_id": o.customer_id,
+                "outcome": o.outcome,
+                "details": o.details,
+                "occurred_at": o.occurred_at,
+                "correlation_id": o.correlation_id,
+            });
+            webhook
+                .post(&body, &o.event_id.to_string(), &o.correlation_id)
+                .await?;
+            channels.push("webhook".to_owned());
+        }
+        let sent = Envelope::new(
+            NotificationSent {
+                order_id: o.order_id,
+                customer_id: o.customer_id,
+                outcome: o.outcome,
+                source_event_id: o.event_id,
+                channels,
+            },
+            o.correlation_id,
+        );
+        self.producer.send(sent.to_record()).await?;
+        self.notified.lock().insert(o.event_id);
+        Ok(())
+    }
+}
+
+/// The built service.
+pub struct NotificationService {
+    consumer: Consumer,
+    handler: DeadLetter<Notify>,
+    producer: Producer,
+}
+
+impl Service for NotificationService {
+    const NAME: &'static str = "notification-service";
+
+    async fn build(config: Config) -> Result<Self, ServiceError> {
+        let webhook = match &config.notification.webhook_url {
+            Some(url) => Some(
+                Webhook::new(url, &config.notification)
+                    .map_err(|e| ServiceError::Webhook(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let cluster = connect(&config, Self::NAME).await?;
+        let notified: HashSet<Uuid> = read_topic(&cluster, topics::NOTIFICATION_SENT)
+            .await?
+            .iter()
+            .filter_map(|m| Envelope::<NotificationSent>::decode(m).ok())
+            .map(|e| e.payload.source_event_id)
+            .collect();
+        log::info!("{} outcomes were notified before", notified.len());
+
+        let producer = producer(&config, &cluster);
+        let group = config
+            .kafka
+            .group_id
+            .clone()
+            .unwrap_or_else(|| DEFAULT_GROUP.to_owned());
+        let consumer = Consumer::new(
+            cluster,
+            ConsumerConfig::new(
+                group,
+                [topics::INVENTORY_RESERVED, topics::INVENTORY_FAILED],
+            ),
+        )
+        .await?;
+        let handler = DeadLetter::new(
+            Notify {
+                notified: Arc::new(Mutex::new(notified)),
+                webhook,
+                producer: producer.clone(),
+            },
+            producer.clone(),
+        );
+        Ok(Self {
+            consumer,
+            handler,
+            producer,
+        })
+    }
+
+    async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), ServiceError> {
+        self.consumer.run(self.handler, shutdown).await?;
+        self.producer.close().await;
+        log::info!("notification-service stopped");
+        Ok(())
+    }
+}
