@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up and runs the whole system locally: the broker (installed on first use),
-# then the three services built in release mode. Ctrl-C stops everything this
-# script started.
+# the topics, and the three services built in release mode, with configs/local.env.
+# Prints curl examples; Ctrl-C stops everything this script started.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -13,11 +13,8 @@ if ! scripts/broker.sh status 2>/dev/null; then
 fi
 
 cargo build --release --bins
-
-set -a
-# shellcheck source=../configs/local.env
-source configs/local.env
-set +a
+config=(--config configs/local.env)
+EDA_BIN=target/release/order-service scripts/create-topics.sh "${config[@]}"
 
 pids=()
 stop() {
@@ -31,9 +28,26 @@ stop() {
 trap stop INT TERM EXIT
 
 for service in order-service inventory-service notification-service; do
-  "target/release/$service" &
+  "target/release/$service" "${config[@]}" &
   pids+=($!)
 done
 
-echo "running: broker on $APP_KAFKA_BROKERS and ${#pids[@]} services; Ctrl-C stops them" >&2
+port=$(sed -n 's/^APP_SERVER_PORT=//p' configs/local.env)
+for _ in $(seq 1 100); do
+  curl -fsS "http://127.0.0.1:$port/ready" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+cat >&2 <<MSG
+
+The system runs: broker on localhost:9092, order API on http://127.0.0.1:$port.
+Stock is in configs/stock.json. Try:
+
+  curl -s -X POST http://127.0.0.1:$port/api/v1/orders -H 'Content-Type: application/json' \\
+    -d '{"customer_id":"customer-123","items":[{"product_id":"product-001","quantity":2,"price":99.99}]}'
+  curl -s http://127.0.0.1:$port/api/v1/orders/<order_id>
+  curl -s http://127.0.0.1:$port/health
+  curl -s http://127.0.0.1:$port/ready
+
+Ctrl-C stops everything.
+MSG
 wait

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Creates the system's topics on the cluster in APP_KAFKA_BROKERS; idempotent
+# (existing topics are left as they are).
+#
+#   APP_KAFKA_BROKERS=kafka1:9092 scripts/create-topics.sh
+#   APP_KAFKA_TOPIC_PARTITIONS=12 APP_KAFKA_REPLICATION_FACTOR=3 scripts/create-topics.sh
+#   scripts/create-topics.sh --config configs/local.env
+#
+# Topics: order.created, inventory.reserved, inventory.failed, notification.sent
+# (APP_KAFKA_TOPIC_PARTITIONS partitions each, default 6, retention.ms=-1 because
+# the services rebuild their state from them) and a .dlq topic per consumed topic.
+# The consumer offsets topic (__eda_offsets, compacted) is created by the consumers.
+#
+# Any of the service binaries does the work (`<binary> create-topics`): the one in
+# $EDA_BIN, on the PATH, in dist/, in target/release, or built with cargo.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+name=order-service
+
+bin=${EDA_BIN:-}
+if [[ -z $bin ]]; then
+  for candidate in "$(command -v $name || true)" "$root"/dist/*/$name "$root/target/release/$name"; do
+    if [[ -n $candidate && -x $candidate ]]; then bin=$candidate; break; fi
+  done
+fi
+if [[ -z $bin ]]; then
+  command -v cargo >/dev/null || { echo "create-topics: no $name binary found and no cargo to build one" >&2; exit 1; }
+  cargo build --release --quiet --bin $name --manifest-path "$root/Cargo.toml"
+  bin=$root/target/release/$name
+fi
+exec "$bin" create-topics "$@"
