@@ -1,0 +1,517 @@
+//! The whole system end to end: a real broker and the three real binaries as
+//! processes, driven over HTTP like a user with curl would.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use rust_eda::events::{Envelope, InventoryFailed, InventoryReserved, NotificationSent, topics};
+use rust_eda::http_client::{self, HttpResponse, HttpUrl};
+use rust_eda::kafka::{OffsetStore, Producer, ProducerConfig, read_topic};
+use serde_json::{Value, json};
+use support::{PrivateBroker, connect, unique, within};
+use warp::Filter;
+
+const SERVICES: [&str; 3] = ["order-service", "inventory-service", "notification-service"];
+
+fn binary(service: &str) -> &'static str {
+    match service {
+        "order-service" => env!("CARGO_BIN_EXE_order-service"),
+        "inventory-service" => env!("CARGO_BIN_EXE_inventory-service"),
+        "notification-service" => env!("CARGO_BIN_EXE_notification-service"),
+        other => panic!("unknown service {other}"),
+    }
+}
+
+/// Counts webhook calls per `Idempotency-Key`.
+struct WebhookReceiver {
+    addr: SocketAddr,
+    calls: Arc<Mutex<HashMap<String, usize>>>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl WebhookReceiver {
+    async fn start() -> Self {
+        let calls: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let route = {
+            let calls = Arc::clone(&calls);
+            warp::post()
+                .and(warp::header::<String>("idempotency-key"))
+                .and(warp::body::json::<Value>())
+                .map(move |key: String, _body: Value| {
+                    *calls.lock().entry(key).or_default() += 1;
+                    warp::reply()
+                })
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(
+            warp::serve(route)
+                .incoming(listener)
+                .graceful(async move {
+                    let _ = stopped.await;
+                })
+                .run(),
+        );
+        Self {
+            addr,
+            calls,
+            _stop: stop,
+        }
+    }
+
+    fn counts(&self) -> HashMap<String, usize> {
+        self.calls.lock().clone()
+    }
+}
+
+/// The broker and the three services, each a process.
+struct System {
+    broker: PrivateBroker,
+    dir: PathBuf,
+    port: u16,
+    webhook: WebhookReceiver,
+    processes: HashMap<&'static str, Child>,
+    publish_timeout_ms: u64,
+}
+
+impl System {
+    async fn start(stock: Value) -> Self {
+        let broker = PrivateBroker::start();
+        let dir = std::env::temp_dir().join(unique("eda-e2e"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("stock.json"), stock.to_string()).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut system = Self {
+            broker,
+            dir,
+            port,
+            webhook: WebhookReceiver::start().await,
+            processes: HashMap::new(),
+            publish_timeout_ms: 3000,
+        };
+        for service in SERVICES {
+            system.spawn(service);
+        }
+        system.wait_ready().await;
+        system
+    }
+
+    fn spawn(&mut self, service: &'static str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{service}.log")))
+            .unwrap();
+        let child = Command::new(binary(service))
+            .current_dir(&self.dir)
+            .env("APP_KAFKA_BROKERS", self.broker.brokers())
+            .env("APP_SERVER_HOST", "127.0.0.1")
+            .env("APP_SERVER_PORT", self.port.to_string())
+            .env("APP_KAFKA_TOPIC_PARTITIONS", "3")
+            .env("APP_INVENTORY_STOCK_FILE", self.dir.join("stock.json"))
+            .env(
+                "APP_NOTIFICATION_WEBHOOK_URL",
+                format!("http://{}/hooks/orders", self.webhook.addr),
+            )
+            .env(
+                "APP_ORDER_PUBLISH_TIMEOUT_MS",
+                self.publish_timeout_ms.to_string(),
+            )
+            .env("APP_LOGGER_ENCODING", "json")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {service}: {e}"));
+        self.processes.insert(service, child);
+    }
+
+    fn kill(&mut self, service: &str) {
+        let mut child = self.processes.remove(service).expect("running");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaped");
+    }
+
+    async fn restart(&mut self, service: &'static str) {
+        self.kill(service);
+        self.spawn(service);
+        self.wait_ready().await;
+    }
+
+    fn url(&self, path: &str) -> HttpUrl {
+        format!("http://127.0.0.1:{}{path}", self.port)
+            .parse()
+            .unwrap()
+    }
+
+    async fn get(&self, path: &str) -> HttpResponse {
+        http_client::request(
+            http::Method::GET,
+            &self.url(path),
+            &[],
+            Bytes::new(),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    async fn post(&self, path: &str, content_type: &str, body: impl Into<Bytes>) -> HttpResponse {
+        http_client::request(
+            http::Method::POST,
+            &self.url(path),
+            &[("content-type", content_type)],
+            body.into(),
+            Duration::from_secs(15),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
+    async fn order(&self, items: Value) -> HttpResponse {
+        let body = json!({"customer_id": "customer-123", "items": items});
+        self.post("/api/v1/orders", "application/json", body.to_string())
+            .await
+    }
+
+    /// Waits until the order service answers `/ready` and every consumer is up.
+    async fn wait_ready(&self) {
+        within(90, "the services becoming ready", async {
+            loop {
+                let ready = http_client::request(
+                    http::Method::GET,
+                    &self.url("/ready"),
+                    &[],
+                    Bytes::new(),
+                    Duration::from_secs(2),
+                )
+                .await;
+                if ready.is_ok_and(|r| r.status == 200) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+    }
+
+    /// Polls the order until `done` holds.
+    async fn await_order(&self, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        within(60, what, async {
+            loop {
+                let r = self.get(&format!("/api/v1/orders/{id}")).await;
+                let v = r.json();
+                if r.status == 200 && done(&v) {
+                    return v;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        for (_, mut child) in self.processes.drain() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            for service in SERVICES {
+                let log = std::fs::read_to_string(self.dir.join(format!("{service}.log")))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(25).collect();
+                eprintln!("--- last lines of {service} ---");
+                for line in tail.into_iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn order_id(response: &HttpResponse) -> String {
+    response.json()["order_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no order_id in {:?}", response.json()))
+        .to_owned()
+}
+
+fn fields(response: &HttpResponse) -> Vec<String> {
+    response.json()["details"]
+        .as_array()
+        .expect("details")
+        .iter()
+        .map(|d| d["field"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_flow_through_the_three_services() {
+    let system = System::start(json!({"product-001": 10, "product-002": 3})).await;
+
+    // pending → reserved → notified
+    let created = system
+        .order(json!([
+            {"product_id": "product-001", "quantity": 2, "price": 99.99},
+            {"product_id": "product-002", "quantity": 1, "price": 149.99}
+        ]))
+        .await;
+    assert_eq!(created.status, 201, "{:?}", created.json());
+    let body = created.json();
+    assert_eq!(body["status"], "pending");
+    assert_eq!(body["total"], 349.97);
+    assert!(created.header("x-correlation-id").is_some());
+    let id = order_id(&created);
+    assert_eq!(
+        created.header("location"),
+        Some(format!("/api/v1/orders/{id}").as_str())
+    );
+    // The same instance knows the order at once.
+    assert_eq!(
+        system.get(&format!("/api/v1/orders/{id}")).await.status,
+        200
+    );
+    let done = system
+        .await_order(&id, "reserved and notified", |v| {
+            v["status"] == "reserved" && !v["notified_at"].is_null()
+        })
+        .await;
+    assert!(done["decided_at"].is_string());
+
+    // Beyond stock: rejected with the reason, stock untouched.
+    let too_many = system
+        .order(json!([
+            {"product_id": "product-001", "quantity": 1, "price": 1.0},
+            {"product_id": "product-002", "quantity": 3, "price": 1.0}
+        ]))
+        .await;
+    assert_eq!(too_many.status, 201);
+    let rejected = system
+        .await_order(&order_id(&too_many), "rejected", |v| {
+            v["status"] == "rejected"
+        })
+        .await;
+    assert!(
+        rejected["reason"].as_str().unwrap().contains("product-002"),
+        "{rejected}"
+    );
+    assert_eq!(rejected["missing"][0]["available"], 2);
+    // product-001 was not touched by the rejected order: all 8 left can be reserved.
+    let rest = system
+        .order(json!([{"product_id": "product-001", "quantity": 8, "price": 1.0}]))
+        .await;
+    system
+        .await_order(&order_id(&rest), "the rest reserved", |v| {
+            v["status"] == "reserved"
+        })
+        .await;
+
+    // Bad requests get the documented 4xx bodies.
+    let r = system
+        .order(json!([{"product_id": "", "quantity": 0, "price": -1}]))
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"], "the order is invalid");
+    assert_eq!(
+        fields(&r),
+        ["items[0].product_id", "items[0].quantity", "items[0].price"]
+    );
+    let r = system
+        .post("/api/v1/orders", "application/json", "{oops")
+        .await;
+    assert_eq!((r.status, fields(&r)), (400, vec!["body".to_owned()]));
+    let r = system.post("/api/v1/orders", "text/plain", "{}").await;
+    assert_eq!(
+        (r.status, fields(&r)),
+        (415, vec!["Content-Type".to_owned()])
+    );
+    let r = system
+        .post("/api/v1/orders", "application/json", vec![b'x'; 70_000])
+        .await;
+    assert_eq!(r.status, 413);
+    assert!(r.json()["error"].is_string());
+    let r = system.get("/api/v1/orders/not-a-uuid").await;
+    assert_eq!((r.status, fields(&r)), (400, vec!["id".to_owned()]));
+    let r = system
+        .get("/api/v1/orders/00000000-0000-4000-8000-000000000000")
+        .await;
+    assert_eq!(r.status, 404);
+    assert!(r.json()["error"].as_str().unwrap().contains("not found"));
+    assert_eq!(system.get("/health").await.json()["status"], "ok");
+    assert_eq!(system.get("/nowhere").await.status, 404);
+
+    // One webhook call per outcome.
+    within(30, "three webhook calls", async {
+        while system.webhook.counts().len() < 3 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(system.webhook.counts().values().all(|&n| n == 1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_services_restart_with_orders_stock_and_offsets_intact() {
+    let mut system = System::start(json!({"widget": 5})).await;
+
+    let first = order_id(
+        &system
+            .order(json!([{"product_id": "widget", "quantity": 3, "price": 2.5}]))
+            .await,
+    );
+    system
+        .await_order(&first, "reserved and notified", |v| {
+            v["status"] == "reserved" && !v["notified_at"].is_null()
+        })
+        .await;
+
+    // SIGKILL each service, then start it again.
+    for service in SERVICES {
+        system.restart(service).await;
+    }
+
+    // Orders survive: the order view was rebuilt from the topics.
+    let view = system.get(&format!("/api/v1/orders/{first}")).await.json();
+    assert_eq!(view["status"], "reserved", "{view}");
+    assert!(view["notified_at"].is_string());
+
+    // Stock survives: 2 left, so 3 more are refused and 2 more are reserved.
+    let refused = order_id(
+        &system
+            .order(json!([{"product_id": "widget", "quantity": 3, "price": 2.5}]))
+            .await,
+    );
+    let refused = system
+        .await_order(&refused, "rejected", |v| v["status"] == "rejected")
+        .await;
+    assert_eq!(refused["missing"][0]["available"], 2, "{refused}");
+    let last = order_id(
+        &system
+            .order(json!([{"product_id": "widget", "quantity": 2, "price": 2.5}]))
+            .await,
+    );
+    system
+        .await_order(&last, "reserved and notified", |v| {
+            v["status"] == "reserved" && !v["notified_at"].is_null()
+        })
+        .await;
+
+    // Kill the consumers once more right after work, and let them catch up.
+    system.restart("inventory-service").await;
+    system.restart("notification-service").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Exactly one decision and one notification per order, whatever was redelivered.
+    let cluster = connect(&system.broker.brokers()).await;
+    let mut decisions: HashMap<String, usize> = HashMap::new();
+    for m in read_topic(&cluster, topics::INVENTORY_RESERVED)
+        .await
+        .unwrap()
+    {
+        let e = Envelope::<InventoryReserved>::decode(&m).unwrap();
+        *decisions.entry(e.payload.order_id.to_string()).or_default() += 1;
+    }
+    for m in read_topic(&cluster, topics::INVENTORY_FAILED)
+        .await
+        .unwrap()
+    {
+        let e = Envelope::<InventoryFailed>::decode(&m).unwrap();
+        *decisions.entry(e.payload.order_id.to_string()).or_default() += 1;
+    }
+    assert_eq!(decisions.len(), 3, "{decisions:?}");
+    assert!(
+        decisions.values().all(|&n| n == 1),
+        "decided twice: {decisions:?}"
+    );
+
+    let mut notified: HashMap<String, usize> = HashMap::new();
+    for m in read_topic(&cluster, topics::NOTIFICATION_SENT)
+        .await
+        .unwrap()
+    {
+        let e = Envelope::<NotificationSent>::decode(&m).unwrap();
+        *notified
+            .entry(e.payload.source_event_id.to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(notified.len(), 3, "{notified:?}");
+    assert!(
+        notified.values().all(|&n| n == 1),
+        "notified twice: {notified:?}"
+    );
+    let webhook = system.webhook.counts();
+    assert_eq!(webhook.len(), 3, "{webhook:?}");
+    assert!(
+        webhook.values().all(|&n| n == 1),
+        "webhook called twice: {webhook:?}"
+    );
+
+    // Offsets survive: the inventory group committed every order.created record.
+    let store = OffsetStore::new(
+        Producer::new(cluster.clone(), ProducerConfig::default()),
+        rust_eda::kafka::DEFAULT_OFFSETS_TOPIC,
+    );
+    within(30, "inventory offsets committed", async {
+        loop {
+            let committed: i64 = store
+                .load("inventory-service")
+                .await
+                .unwrap()
+                .values()
+                .sum();
+            if committed == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_broker_gets_a_503_and_no_order() {
+    let system = System::start(json!({"widget": 5})).await;
+    system.broker.stop();
+    let started = std::time::Instant::now();
+    let r = system
+        .order(json!([{"product_id": "widget", "quantity": 1, "price": 1.0}]))
+        .await;
+    assert_eq!(r.status, 503, "{:?}", r.json());
+    assert!(r.json()["error"].as_str().unwrap().contains("broker"));
+    assert_eq!(r.header("retry-after"), Some("5"));
+    assert!(
+        started.elapsed() < Duration::from_millis(system.publish_timeout_ms + 5_000),
+        "took {:?}",
+        started.elapsed()
+    );
+    let ready = system.get("/ready").await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(system.get("/health").await.status, 200);
+
+    // Once the broker is back, no trace of the refused order is found.
+    system.broker.restart();
+    let cluster = connect(&system.broker.brokers()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let created = read_topic(&cluster, topics::ORDER_CREATED).await.unwrap();
+    assert!(
+        created.is_empty(),
+        "a refused order was stored: {created:?}"
+    );
+}
