@@ -8,8 +8,8 @@
 #
 # Topics: order.created, inventory.reserved, inventory.failed, notification.sent
 # (APP_KAFKA_TOPIC_PARTITIONS partitions each, default 6, retention.ms=-1 because
-# the services rebuild their state from them) and a .dlq topic per consumed topic.
-# The consumer offsets topic (__eda_offsets, compacted) is created by the consumers.
+# the services rebuild their state from them), the compacted consumer offsets topic
+# __eda_offsets, and a .dlq topic per consumed topic.
 #
 # Any of the service binaries does the work (`<binary> create-topics`): the one in
 # $EDA_BIN, on the PATH, in dist/, in target/release, or built with cargo.

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::domain::{OrderId, OrderItem};
 use crate::kafka::consumer::Poison;
+use crate::kafka::offsets::{DEFAULT_OFFSETS_TOPIC, offsets_topic_spec};
 use crate::kafka::{Message, ProducerRecord, TopicSpec};
 
 /// Topic names, as in the Go original.
@@ -44,7 +45,7 @@ pub mod headers {
 }
 
 /// The topics of the system: the event topics with `partitions` partitions each,
-/// and a dead-letter topic for each consumed one. Events are the system of record
+/// the compacted consumer offsets topic, and a dead-letter topic for each consumed one. Events are the system of record
 /// (the services rebuild their state from them), so they are kept forever
 /// (`retention.ms=-1`) rather than for Kafka's default seven days.
 pub fn topic_specs(partitions: i32, replication_factor: i16) -> Vec<TopicSpec> {
@@ -56,6 +57,7 @@ pub fn topic_specs(partitions: i32, replication_factor: i16) -> Vec<TopicSpec> {
                 .config("retention.ms", "-1")
         })
         .collect();
+    specs.push(offsets_topic_spec(DEFAULT_OFFSETS_TOPIC).replication_factor(replication_factor));
     for consumed in [
         topics::ORDER_CREATED,
         topics::INVENTORY_RESERVED,

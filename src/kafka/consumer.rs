@@ -234,9 +234,17 @@ impl Consumer {
         for topic in &config.topics {
             cluster.partition_count(topic).await?;
         }
-        Admin::new(cluster.config().clone())
-            .ensure_topics(&[offsets_topic_spec(&config.offsets_topic)])
-            .await?;
+        // Created only when missing: an account that may not create topics can still
+        // consume from a prepared cluster.
+        match cluster.partition_count(&config.offsets_topic).await {
+            Ok(_) => {}
+            Err(ClusterError::UnknownTopic(_)) => {
+                Admin::new(cluster.config().clone())
+                    .ensure_topics(&[offsets_topic_spec(&config.offsets_topic)])
+                    .await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
         // Commits are few and small: send each at once.
         let producer = Producer::new(
             cluster.clone(),
