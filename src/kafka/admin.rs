@@ -111,8 +111,8 @@ impl Admin {
         specs: &[TopicSpec],
     ) -> Result<Vec<(String, TopicOutcome)>, AdminError> {
         let mut conn = self.bootstrap().await?;
-        let metadata = metadata(&mut conn, None).await?;
-        let mut conn = self.controller(conn, &metadata).await?;
+        let cluster = metadata(&mut conn, None).await?;
+        let mut conn = self.controller(conn, &cluster).await?;
 
         let request = CreateTopicsRequest::default()
             .with_timeout_ms(self.config.request_timeout.as_millis() as i32)
@@ -128,17 +128,8 @@ impl Admin {
             let code = result.map_or(0, |r| r.error_code);
             let outcome = match ResponseError::try_from_code(code) {
                 None => TopicOutcome::Created,
-                Some(ResponseError::TopicAlreadyExists) => {
-                    let partitions = partition_count(&metadata, &spec.name).unwrap_or(-1);
-                    if partitions != spec.partitions && partitions >= 0 {
-                        log::warn!(
-                            "topic {} has {partitions} partitions, not the {} configured; leaving it as it is",
-                            spec.name,
-                            spec.partitions
-                        );
-                    }
-                    TopicOutcome::Existed { partitions }
-                }
+                // The partition count is read once every topic has its leaders.
+                Some(ResponseError::TopicAlreadyExists) => TopicOutcome::Existed { partitions: -1 },
                 Some(error) => {
                     return Err(AdminError::Create {
                         topic: spec.name.clone(),
@@ -165,6 +156,20 @@ impl Admin {
 
         let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
         self.wait_for_leaders(&mut conn, &names).await?;
+        // Read after the leaders are up: a topic another client was creating at the
+        // same moment has its partitions only now.
+        let topics = metadata(&mut conn, Some(&names)).await?;
+        for ((name, outcome), spec) in outcomes.iter_mut().zip(specs) {
+            if let TopicOutcome::Existed { partitions } = outcome {
+                *partitions = partition_count(&topics, name).unwrap_or(-1);
+                if *partitions != spec.partitions {
+                    log::warn!(
+                        "topic {name} has {partitions} partitions, not the {} configured; leaving it as it is",
+                        spec.partitions
+                    );
+                }
+            }
+        }
         Ok(outcomes)
     }
 

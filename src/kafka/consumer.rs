@@ -1,42 +1,50 @@
-//! The consumer: fetch loops per partition, an async handler, committed offsets.
+//! The consumer: a member of a consumer group, with fetch loops per partition,
+//! an async handler, and committed offsets.
 //!
-//! Every assigned partition gets a fetcher task that long-polls the partition's
-//! leader, and a processing loop that hands records, in offset order, to the
-//! [`Handler`]. The fetcher works one batch ahead of the handler, so the network
-//! and the handler overlap. `Ok` from the handler means the record is processed;
-//! `Err` means it is not, and the same record is offered again after a backoff:
-//! a partition never moves past a record its handler did not accept. Wrappers
-//! around a handler (bounded retries, dead-letter topics) decide when to give up.
+//! Instances with the same `group_id` share the partitions of their topics; each
+//! partition is processed by one live instance at a time, and moves when an
+//! instance joins, leaves or dies (see [`group`](super::group) for the protocol).
 //!
-//! Offsets are committed to the [`OffsetStore`] (a compacted topic) every
-//! `commit_interval` and on shutdown, and only for records the handler accepted,
-//! which makes delivery at-least-once: after a crash, the records handled since
-//! the last commit are handled again, and nothing is skipped.
+//! Every partition this instance owns gets a fetcher task that long-polls the
+//! partition's leader, and a processing loop that hands records, in offset order,
+//! to the [`Handler`]. The fetcher works one batch ahead of the handler, so the
+//! network and the handler overlap. `Ok` from the handler means the record is
+//! processed; `Err` means it is not, and the same record is offered again after a
+//! backoff: a partition never moves past a record its handler did not accept.
+//! Wrappers around a handler (bounded retries, dead-letter topics) decide when to
+//! give up.
+//!
+//! Offsets are committed to the coordination topic every `commit_interval`, when
+//! a partition is handed over, and on shutdown, and only for records the handler
+//! accepted, which makes delivery at-least-once: after a crash, the records handled
+//! since the last commit are handled again, and nothing is skipped.
 //!
 //! Graceful shutdown stops fetching, lets the record in flight finish, commits,
-//! and returns. Which partitions this instance consumes is decided in one place,
-//! [`Consumer::assignment`]; this version takes every partition of the subscribed
-//! topics.
+//! hands the partitions over to the remaining members, and returns.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
 use rskafka::chrono::{DateTime, Utc};
 use rskafka::client::error::ProtocolError;
 use rskafka::client::partition::OffsetAt;
 use rskafka::record::RecordAndOffset;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 
 use super::TopicPartition;
 use super::admin::{Admin, AdminError};
 use super::backoff::{Backoff, BackoffConfig};
 use super::cluster::{Cluster, ClusterError};
+use super::group::records::OwnerValue;
+use super::group::{Coordinator, Lease};
 use super::offsets::{DEFAULT_OFFSETS_TOPIC, OffsetError, OffsetStore, offsets_topic_spec};
 use super::producer::{Producer, ProducerConfig};
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Shutdown, ShutdownTrigger};
 
 /// Where to start a partition that has no committed offset.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -84,6 +92,19 @@ pub struct ConsumerConfig {
     pub retry_backoff: BackoffConfig,
     /// How long the final commit on shutdown may take.
     pub shutdown_commit_timeout: Duration,
+    /// This member's id in the group; `None` makes a new one for every consumer
+    /// (`<host>-<pid>-<random>`). A fixed id makes a restarted process the same
+    /// member, which takes its partitions back at once instead of after the
+    /// session timeout; two live processes must never share one.
+    pub member_id: Option<String>,
+    /// A member silent for this long (in log time) is dead, and its partitions
+    /// move (Java: `session.timeout.ms` = 45 s).
+    pub session_timeout: Duration,
+    /// How often a member writes its heartbeat (Java: `heartbeat.interval.ms` = 3 s).
+    pub heartbeat_interval: Duration,
+    /// How long a member waits before claiming a partition of a dead member, so
+    /// that the group settles first (Java: `group.initial.rebalance.delay.ms` = 3 s).
+    pub rebalance_grace: Duration,
 }
 
 impl ConsumerConfig {
@@ -105,8 +126,26 @@ impl ConsumerConfig {
                 max: Duration::from_secs(10),
             },
             shutdown_commit_timeout: Duration::from_secs(10),
+            member_id: None,
+            session_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(1),
+            rebalance_grace: Duration::from_secs(1),
         }
     }
+}
+
+/// `<host>-<pid>-<random>`: says where a member runs, and never repeats.
+fn default_member_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let host = if host.is_empty() {
+        "host".to_owned()
+    } else {
+        host
+    };
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &random[..8])
 }
 
 /// A consumed record.
@@ -213,17 +252,39 @@ pub enum ConsumerError {
     Offsets(#[from] OffsetError),
 }
 
-/// A consumer of one group over a set of topics.
+/// A member of a consumer group over a set of topics.
 #[derive(Debug)]
 pub struct Consumer {
     cluster: Cluster,
     config: ConsumerConfig,
     offsets: OffsetStore,
+    member_id: String,
+}
+
+/// A partition this instance is working on.
+struct Running {
+    epoch: i64,
+    progress: Arc<Progress>,
+    stop: ShutdownTrigger,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops after the record in flight; returns when the task ended.
+    async fn finish(self) -> Arc<Progress> {
+        self.stop.trigger();
+        if let Err(e) = self.task.await {
+            if !e.is_cancelled() {
+                log::error!("a partition task ended abnormally: {e}");
+            }
+        }
+        self.progress
+    }
 }
 
 impl Consumer {
-    /// Prepares a consumer: checks the topics exist and creates the offsets topic
-    /// (compacted, one partition) if it does not.
+    /// Prepares a consumer: checks the topics exist and creates the coordination
+    /// topic (compacted, one partition) if it is missing.
     pub async fn new(cluster: Cluster, config: ConsumerConfig) -> Result<Self, ConsumerError> {
         if config.group_id.is_empty() {
             return Err(ConsumerError::NoGroup);
@@ -254,62 +315,73 @@ impl Consumer {
             },
         );
         let offsets = OffsetStore::new(producer, config.offsets_topic.clone());
+        let member_id = config.member_id.clone().unwrap_or_else(default_member_id);
         Ok(Self {
             cluster,
             config,
             offsets,
+            member_id,
         })
     }
 
-    /// The partitions this instance consumes: all partitions of every subscribed topic.
-    async fn assignment(&self) -> Result<Vec<TopicPartition>, ClusterError> {
-        let mut partitions = Vec::new();
-        for topic in &self.config.topics {
-            let n = self.cluster.partition_count(topic).await?;
-            partitions.extend((0..n).map(|p| TopicPartition::new(topic.clone(), p)));
-        }
-        Ok(partitions)
+    /// This member's id in the group.
+    pub fn member_id(&self) -> &str {
+        &self.member_id
     }
 
-    /// Consumes until `shutdown` fires, then commits and returns.
+    /// Consumes as a member of the group until `shutdown` fires, then commits,
+    /// hands the partitions over and returns.
     pub async fn run<H: Handler>(
         self,
         handler: H,
         mut shutdown: Shutdown,
     ) -> Result<(), ConsumerError> {
         let handler = Arc::new(handler);
-        let Some(committed) = self.load_committed(&mut shutdown).await? else {
-            return Ok(());
-        };
-        let assignment = self.assignment().await?;
-        log::info!(
-            "consumer group {} starting on {} partitions of {}",
-            self.config.group_id,
-            assignment.len(),
-            self.config.topics.join(", ")
-        );
-
-        let mut partitions = PartitionSet::new();
-        for tp in assignment {
-            let start = committed.get(&tp).copied();
-            partitions.start(
-                PartitionRunner {
-                    cluster: self.cluster.clone(),
-                    config: self.config.clone(),
-                    tp,
-                    progress: Arc::new(Progress::new(start)),
-                },
-                Arc::clone(&handler),
+        let mut coordinator = loop {
+            match Coordinator::join(
+                self.cluster.clone(),
+                self.config.clone(),
+                self.member_id.clone(),
                 shutdown.clone(),
-            );
-        }
+            )
+            .await
+            {
+                Ok(c) => break c,
+                Err(ConsumerError::Offsets(OffsetError::Read(e))) if e.is_retriable() => {
+                    log::warn!(
+                        "joining group {} failed, retrying: {e}",
+                        self.config.group_id
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(self.config.retry_backoff.max) => {}
+                        () = shutdown.recv() => return Ok(()),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
 
-        let mut ticker = tokio::time::interval(self.config.commit_interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut running: BTreeMap<TopicPartition, Running> = BTreeMap::new();
+        let mut claims: HashMap<TopicPartition, Instant> = HashMap::new();
+        let mut reconcile = tokio::time::interval(
+            (self.config.heartbeat_interval / 4)
+                .clamp(Duration::from_millis(20), Duration::from_millis(250)),
+        );
+        reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut commit = tokio::time::interval(self.config.commit_interval);
+        commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
         loop {
             tokio::select! {
-                _ = ticker.tick() => {
-                    if let Err(e) = self.commit(&partitions).await {
+                records = coordinator.next_records() => match records {
+                    Some(records) => coordinator.apply(&records),
+                    None => break,
+                },
+                _ = reconcile.tick() => {
+                    self.reconcile(&coordinator, &mut running, &mut claims, &handler, &shutdown).await;
+                }
+                _ = commit.tick() => {
+                    if let Err(e) = self.commit(&coordinator, &running).await {
                         log::warn!("commit failed, will retry: {e}");
                     }
                 }
@@ -317,79 +389,262 @@ impl Consumer {
             }
         }
 
-        partitions.join().await;
-        self.final_commit(&partitions).await;
-        log::info!("consumer group {} stopped", self.config.group_id);
+        self.leave(coordinator, running).await;
+        log::info!(
+            "member {} left consumer group {}",
+            self.member_id,
+            self.config.group_id
+        );
         Ok(())
     }
 
-    /// Committed offsets, retried while the broker is unreachable; `None` if
-    /// shutdown came first.
-    async fn load_committed(
+    /// Brings what this member runs in line with the group state: stops what it
+    /// no longer owns, hands over what belongs to others, starts what it owns, and
+    /// claims what it should own from dead members.
+    async fn reconcile<H: Handler>(
         &self,
-        shutdown: &mut Shutdown,
-    ) -> Result<Option<HashMap<TopicPartition, i64>>, ConsumerError> {
-        let mut backoff = Backoff::new(self.config.retry_backoff);
-        loop {
-            match self.offsets.load(&self.config.group_id).await {
-                Ok(offsets) => return Ok(Some(offsets)),
-                Err(OffsetError::Read(source)) if source.is_retriable() => {
-                    let delay = backoff.next_delay();
-                    log::warn!("loading committed offsets failed, retrying in {delay:?}: {source}");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = shutdown.recv() => return Ok(None),
+        coordinator: &Coordinator,
+        running: &mut BTreeMap<TopicPartition, Running>,
+        claims: &mut HashMap<TopicPartition, Instant>,
+        handler: &Arc<H>,
+        shutdown: &Shutdown,
+    ) {
+        let me = coordinator.member.as_str();
+        let state = &coordinator.state;
+        let lease_ok = coordinator.lease.is_valid();
+
+        // Fencing: a partition that moved while we were away stops at once, uncommitted.
+        let fenced: Vec<TopicPartition> = running
+            .iter()
+            .filter(|(tp, r)| {
+                !lease_ok
+                    || !state
+                        .owner(tp)
+                        .is_some_and(|o| o.member == me && o.epoch == r.epoch)
+            })
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        for tp in fenced {
+            if let Some(r) = running.remove(&tp) {
+                r.task.abort();
+                log::warn!(
+                    "{tp}: no longer owned by {me} (lease {}); stopped without committing",
+                    if lease_ok { "valid" } else { "expired" }
+                );
+            }
+        }
+        if !lease_ok || !coordinator.has_joined() {
+            return;
+        }
+
+        let target = state.target();
+        // Handoff: partitions the assignment gives to someone else.
+        let moving: Vec<TopicPartition> = running
+            .keys()
+            .filter(|tp| target.get(*tp).map(String::as_str) != Some(me))
+            .cloned()
+            .collect();
+        for tp in moving {
+            if let Some(r) = running.remove(&tp) {
+                let to = target.get(&tp).cloned().unwrap_or_default();
+                self.hand_over(coordinator, &tp, r, &to).await;
+            }
+        }
+
+        // Start what the log says is ours.
+        for (tp, owner) in state.owned_by(me) {
+            if running.contains_key(&tp) || target.get(&tp).map(String::as_str) != Some(me) {
+                continue;
+            }
+            let start = state.committed(&tp).unwrap_or(owner.start);
+            log::info!(
+                "{tp}: {me} starts at offset {start} (epoch {})",
+                owner.epoch
+            );
+            running.insert(
+                tp.clone(),
+                self.start_partition(tp, owner.epoch, start, coordinator, handler, shutdown),
+            );
+        }
+
+        // Claim partitions of dead members (or nobody's) that the assignment gives us.
+        let now = Instant::now();
+        claims.retain(|tp, _| {
+            target.get(tp).map(String::as_str) == Some(me) && state.is_claimable(tp)
+        });
+        for (tp, member) in &target {
+            if member != me || !state.is_claimable(tp) || running.contains_key(tp) {
+                continue;
+            }
+            let since = *claims.entry(tp.clone()).or_insert(now);
+            if now < since + self.config.rebalance_grace {
+                continue;
+            }
+            let epoch = state.owner(tp).map_or(0, |o| o.epoch + 1);
+            let start = match state.committed(tp) {
+                Some(offset) => offset,
+                None => {
+                    match reset_offset(&self.cluster, tp, self.config.auto_offset_reset).await {
+                        Ok(offset) => offset,
+                        Err(e) => {
+                            log::warn!("{tp}: cannot look up where to start: {e}");
+                            continue;
+                        }
                     }
                 }
-                Err(e) => return Err(e.into()),
+            };
+            let claim = OwnerValue {
+                member: me.to_owned(),
+                epoch,
+                start,
+            };
+            match coordinator.write_owner(tp, claim).await {
+                Ok(()) => {
+                    log::info!("{tp}: claimed by {me} (epoch {epoch}, from offset {start})");
+                    // Not again until the claim is read back (or a grace later, if lost).
+                    claims.insert(tp.clone(), now + self.config.rebalance_grace * 4);
+                }
+                Err(e) => log::warn!("{tp}: claim failed: {e}"),
             }
         }
     }
 
-    async fn commit(&self, partitions: &PartitionSet) -> Result<(), OffsetError> {
-        let due: Vec<(TopicPartition, i64, Arc<Progress>)> = partitions
-            .progress()
-            .filter_map(|(tp, p)| p.due().map(|next| (tp.clone(), next, Arc::clone(p))))
+    fn start_partition<H: Handler>(
+        &self,
+        tp: TopicPartition,
+        epoch: i64,
+        start: i64,
+        coordinator: &Coordinator,
+        handler: &Arc<H>,
+        shutdown: &Shutdown,
+    ) -> Running {
+        let progress = Arc::new(Progress::new(start));
+        let (stop, stop_signal) = ShutdownTrigger::new();
+        let runner = PartitionRunner {
+            cluster: self.cluster.clone(),
+            config: self.config.clone(),
+            tp,
+            progress: Arc::clone(&progress),
+            lease: Arc::clone(&coordinator.lease),
+        };
+        let task = tokio::spawn(runner.run(Arc::clone(handler), stop_signal, shutdown.clone()));
+        Running {
+            epoch,
+            progress,
+            stop,
+            task,
+        }
+    }
+
+    /// Finishes the record in flight, commits, and names the new owner.
+    async fn hand_over(
+        &self,
+        coordinator: &Coordinator,
+        tp: &TopicPartition,
+        r: Running,
+        to: &str,
+    ) {
+        let epoch = r.epoch;
+        let progress = r.finish().await;
+        let still_ours = coordinator.lease.is_valid()
+            && coordinator
+                .state
+                .owner(tp)
+                .is_some_and(|o| o.member == coordinator.member && o.epoch == epoch);
+        if !still_ours {
+            log::warn!("{tp}: lost before it could be handed over; nothing committed");
+            return;
+        }
+        let next = progress.next.load(Ordering::Acquire);
+        let mut start = progress.committed.load(Ordering::Acquire);
+        match progress.due() {
+            None => start = next,
+            Some(offset) => match self
+                .offsets
+                .commit_owned(
+                    &self.config.group_id,
+                    &coordinator.member,
+                    &[(tp.clone(), offset, epoch)],
+                )
+                .await
+            {
+                Ok(()) => start = offset,
+                // The new owner then starts from the previous commit: redelivery, no loss.
+                Err(e) => log::warn!("{tp}: commit before handoff failed: {e}"),
+            },
+        }
+        let owner = OwnerValue {
+            member: to.to_owned(),
+            epoch: epoch + 1,
+            start,
+        };
+        match coordinator.write_owner(tp, owner).await {
+            Ok(()) if to.is_empty() => log::info!("{tp}: released at offset {start}"),
+            Ok(()) => log::info!("{tp}: handed over to {to} at offset {start}"),
+            Err(e) => log::warn!(
+                "{tp}: handoff to {to} failed; it moves after the session timeout instead: {e}"
+            ),
+        }
+    }
+
+    /// Commits the progress of every partition that moved, if still ours.
+    async fn commit(
+        &self,
+        coordinator: &Coordinator,
+        running: &BTreeMap<TopicPartition, Running>,
+    ) -> Result<(), OffsetError> {
+        if !coordinator.lease.is_valid() {
+            return Ok(());
+        }
+        let due: Vec<(TopicPartition, i64, i64, Arc<Progress>)> = running
+            .iter()
+            .filter(|(tp, r)| {
+                coordinator
+                    .state
+                    .owner(tp)
+                    .is_some_and(|o| o.member == coordinator.member && o.epoch == r.epoch)
+            })
+            .filter_map(|(tp, r)| {
+                r.progress
+                    .due()
+                    .map(|next| (tp.clone(), next, r.epoch, Arc::clone(&r.progress)))
+            })
             .collect();
         if due.is_empty() {
             return Ok(());
         }
-        let offsets: Vec<(TopicPartition, i64)> = due
+        let offsets: Vec<(TopicPartition, i64, i64)> = due
             .iter()
-            .map(|(tp, next, _)| (tp.clone(), *next))
+            .map(|(tp, next, epoch, _)| (tp.clone(), *next, *epoch))
             .collect();
-        self.offsets.commit(&self.config.group_id, &offsets).await?;
-        for (_, next, progress) in due {
+        self.offsets
+            .commit_owned(&self.config.group_id, &coordinator.member, &offsets)
+            .await?;
+        for (_, next, _, progress) in due {
             progress.committed.fetch_max(next, Ordering::AcqRel);
         }
         Ok(())
     }
 
-    async fn final_commit(&self, partitions: &PartitionSet) {
-        let deadline = tokio::time::Instant::now() + self.config.shutdown_commit_timeout;
-        let mut backoff = Backoff::new(self.config.retry_backoff);
-        loop {
-            match tokio::time::timeout_at(deadline, self.commit(partitions)).await {
-                Ok(Ok(())) => return,
-                Ok(Err(e)) if tokio::time::Instant::now() + backoff.next_delay() < deadline => {
-                    log::warn!("final commit failed, retrying: {e}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Ok(Err(e)) => {
-                    log::error!(
-                        "final commit failed; records since the last commit will be delivered again: {e}"
-                    );
-                    return;
-                }
-                Err(_) => {
-                    log::error!(
-                        "final commit did not finish within {:?}; records since the last commit will be delivered again",
-                        self.config.shutdown_commit_timeout
-                    );
-                    return;
-                }
+    /// Announces the leave, stops every partition after its record in flight,
+    /// commits, hands each partition to its next owner, and removes the member.
+    async fn leave(&self, coordinator: Coordinator, running: BTreeMap<TopicPartition, Running>) {
+        coordinator.announce_leaving().await;
+        let target = coordinator.target_without_me();
+        let deadline = Instant::now() + self.config.shutdown_commit_timeout;
+        for (tp, r) in running {
+            let to = target.get(&tp).cloned().unwrap_or_default();
+            if tokio::time::timeout_at(deadline, self.hand_over(&coordinator, &tp, r, &to))
+                .await
+                .is_err()
+            {
+                log::error!(
+                    "{tp}: handoff did not finish within {:?}; it moves after the session timeout, and records since the last commit are delivered again",
+                    self.config.shutdown_commit_timeout
+                );
             }
         }
+        coordinator.leave().await;
     }
 }
 
@@ -402,11 +657,11 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(committed: Option<i64>) -> Self {
-        let c = committed.unwrap_or(-1);
+    /// Starting at `start`, which is committed already.
+    fn new(start: i64) -> Self {
         Self {
-            next: AtomicI64::new(c),
-            committed: AtomicI64::new(c),
+            next: AtomicI64::new(start),
+            committed: AtomicI64::new(start),
         }
     }
 
@@ -417,66 +672,25 @@ impl Progress {
     }
 }
 
-/// The partitions running in this instance. Tasks end with the set: dropping it
-/// (or the consumer's future) stops them all.
-struct PartitionSet {
-    tasks: JoinSet<()>,
-    progress: HashMap<TopicPartition, Arc<Progress>>,
-}
-
-impl PartitionSet {
-    fn new() -> Self {
-        Self {
-            tasks: JoinSet::new(),
-            progress: HashMap::new(),
-        }
-    }
-
-    fn start<H: Handler>(&mut self, runner: PartitionRunner, handler: Arc<H>, shutdown: Shutdown) {
-        self.progress
-            .insert(runner.tp.clone(), Arc::clone(&runner.progress));
-        self.tasks.spawn(runner.run(handler, shutdown));
-    }
-
-    fn progress(&self) -> impl Iterator<Item = (&TopicPartition, &Arc<Progress>)> {
-        self.progress.iter()
-    }
-
-    /// Waits for every partition to stop (after shutdown fired).
-    async fn join(&mut self) {
-        while let Some(r) = self.tasks.join_next().await {
-            if let Err(e) = r {
-                log::error!("a partition task ended abnormally: {e}");
-            }
-        }
-    }
-}
-
 struct PartitionRunner {
     cluster: Cluster,
     config: ConsumerConfig,
     tp: TopicPartition,
     progress: Arc<Progress>,
+    lease: Arc<Lease>,
 }
 
 impl PartitionRunner {
-    async fn run<H: Handler>(self, handler: Arc<H>, mut shutdown: Shutdown) {
-        let Some(start) = self.start_offset(&mut shutdown).await else {
-            return;
-        };
-        // Persist where a reset put us, so a restart does not reset again and skip
-        // what arrived in between.
-        self.progress.next.fetch_max(start, Ordering::AcqRel);
-        log::debug!("{} starts at offset {start}", self.tp);
-
+    async fn run<H: Handler>(self, handler: Arc<H>, mut stop: Shutdown, mut shutdown: Shutdown) {
+        let start = self.progress.next.load(Ordering::Acquire);
         let (tx, mut rx) = mpsc::channel::<Vec<RecordAndOffset>>(1);
         let fetcher = Fetcher {
             cluster: self.cluster.clone(),
             config: self.config.clone(),
             tp: self.tp.clone(),
         };
-        // Aborted with this task too, when the consumer is dropped without a shutdown.
-        let _fetch_task = AbortOnDrop(tokio::spawn(fetcher.run(start, tx, shutdown.clone())));
+        // Aborted with this task too, when the partition is fenced or the consumer dropped.
+        let _fetch_task = AbortOnDrop(tokio::spawn(fetcher.run(start, tx, stop.clone())));
 
         'batches: loop {
             let batch = tokio::select! {
@@ -484,14 +698,25 @@ impl PartitionRunner {
                     Some(b) => b,
                     None => break,
                 },
+                () = stop.recv() => break,
                 () = shutdown.recv() => break,
             };
             for record in batch {
-                if shutdown.is_shutdown() {
+                if stop.is_shutdown() || shutdown.is_shutdown() {
+                    break 'batches;
+                }
+                // A member whose lease ran out (a long pause, a lost broker) may have
+                // been replaced: it must not touch another record.
+                if !self.lease.is_valid() {
+                    log::warn!(
+                        "{}: lease expired; not processing offset {}",
+                        self.tp,
+                        record.offset
+                    );
                     break 'batches;
                 }
                 let message = Message::new(&self.tp, record);
-                if !self.handle(&*handler, &message, &mut shutdown).await {
+                if !self.handle(&*handler, &message, &mut stop).await {
                     break 'batches;
                 }
                 self.progress
@@ -501,12 +726,12 @@ impl PartitionRunner {
         }
     }
 
-    /// Offers `message` until the handler accepts it; `false` if shutdown came first.
+    /// Offers `message` until the handler accepts it; `false` if stopped first.
     async fn handle<H: Handler>(
         &self,
         handler: &H,
         message: &Message,
-        shutdown: &mut Shutdown,
+        stop: &mut Shutdown,
     ) -> bool {
         let mut backoff = Backoff::new(self.config.retry_backoff);
         loop {
@@ -522,36 +747,11 @@ impl PartitionRunner {
                     );
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
-                        () = shutdown.recv() => return false,
+                        () = stop.recv() => return false,
                     }
-                }
-            }
-        }
-    }
-
-    /// The committed offset, or where `auto_offset_reset` says.
-    async fn start_offset(&self, shutdown: &mut Shutdown) -> Option<i64> {
-        let committed = self.progress.next.load(Ordering::Acquire);
-        if committed >= 0 {
-            return Some(committed);
-        }
-        let mut backoff = Backoff::new(self.config.retry_backoff);
-        loop {
-            match reset_offset(&self.cluster, &self.tp, self.config.auto_offset_reset).await {
-                Ok(offset) => return Some(offset),
-                Err(e) => {
-                    let delay = backoff.next_delay();
-                    log::warn!(
-                        "cannot look up the start of {}, retrying in {delay:?}: {e}",
-                        self.tp
-                    );
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = shutdown.recv() => return None,
+                    if !self.lease.is_valid() {
+                        return false;
                     }
-                    self.cluster
-                        .reset_partition(&self.tp.topic, self.tp.partition)
-                        .await;
                 }
             }
         }
@@ -683,12 +883,11 @@ mod tests {
 
     #[test]
     fn progress_is_due_only_after_moving() {
-        let p = Progress::new(Some(10));
+        let p = Progress::new(10);
         assert_eq!(p.due(), None);
         p.next.store(12, Ordering::Release);
         assert_eq!(p.due(), Some(12));
         p.committed.store(12, Ordering::Release);
         assert_eq!(p.due(), None);
-        assert_eq!(Progress::new(None).due(), None);
     }
 }

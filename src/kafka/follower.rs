@@ -159,7 +159,7 @@ pub async fn read_topic(cluster: &Cluster, topic: &str) -> Result<Vec<Message>, 
     let mut messages = Vec::new();
     for p in 0..partitions {
         let tp = TopicPartition::new(topic, p);
-        for record in read_partition(cluster, topic, p).await? {
+        for record in read_partition(cluster, topic, p).await?.0 {
             messages.push(Message::new(&tp, record));
         }
     }
@@ -167,12 +167,12 @@ pub async fn read_topic(cluster: &Cluster, topic: &str) -> Result<Vec<Message>, 
 }
 
 /// One partition from its earliest retained record up to the high watermark seen
-/// when the read started.
+/// when the read started; returns the records and that high watermark.
 pub async fn read_partition(
     cluster: &Cluster,
     topic: &str,
     partition: i32,
-) -> Result<Vec<RecordAndOffset>, ReadError> {
+) -> Result<(Vec<RecordAndOffset>, i64), ReadError> {
     let read_error = |source| ReadError::Cluster {
         topic: topic.to_owned(),
         source,
@@ -219,5 +219,5 @@ pub async fn read_partition(
             }
         }
     }
-    Ok(records)
+    Ok((records, high_watermark))
 }

@@ -11,8 +11,11 @@
 //!   retries with backoff, and a delivery future per record. Records are at-least-once.
 //! - [`consumer`]: per-partition fetch loops feeding an async [`Handler`], with
 //!   offsets committed only after the handler accepted a record.
-//! - [`offsets`]: where those commits live, a compacted topic (`__eda_offsets`)
-//!   read back on start, because rskafka has no group coordinator client.
+//! - [`group`]: consumer groups without a broker coordinator: membership,
+//!   sticky balanced assignment, handoff and fencing, all as records in the
+//!   compacted coordination topic.
+//! - [`offsets`]: where commits live, the same compacted topic (`__eda_offsets`),
+//!   because rskafka has no group coordinator client.
 //! - [`dead_letter`]: a handler wrapper that parks records that can never be
 //!   processed ([`Poison`]) in `<topic>.dlq`, so their partition moves on.
 //! - [`follower`]: reads topics from the start without committing, to rebuild
@@ -30,6 +33,7 @@ pub mod cluster;
 pub mod consumer;
 pub mod dead_letter;
 pub mod follower;
+pub mod group;
 pub mod offsets;
 pub mod partitioner;
 pub mod producer;

@@ -1,38 +1,36 @@
-//! Committed consumer offsets, kept in a compacted Kafka topic.
+//! Committed consumer offsets, kept in the compacted coordination topic.
 //!
 //! rskafka has no group coordinator client, so commits are ordinary records in a
 //! topic with `cleanup.policy=compact` (default `__eda_offsets`), one partition so
-//! that the topic is a single, totally ordered log. Each record's key names what it
-//! is about and its value holds the latest state; compaction keeps the latest
-//! record per key, so reading the partition from the start and keeping the last
-//! value per key always yields the current state, however old the log.
-//!
-//! Keys and values are JSON, readable in any Kafka tool:
+//! that the topic is a single, totally ordered log. It holds the consumer groups'
+//! membership and ownership records too (see [`group`](super::group)). Each
+//! record's key names what it is about, and its value holds the latest state;
+//! compaction keeps the latest record per key, so reading the partition from the
+//! start and keeping the last value per key always yields the current state.
 //!
 //! ```text
 //! key:   {"type":"offset","group":"inventory","topic":"order.created","partition":3}
-//! value: {"offset":1042,"committed_at":"2026-11-24T10:00:00Z"}
+//! value: {"offset":1042,"member":"host-1-5c1e","epoch":7,"committed_at":"2026-11-24T10:00:00.000Z"}
 //! ```
 //!
-//! `offset` is the next offset to consume, as in Kafka's own commits. A record with
-//! no value (a tombstone) deletes the key. Keys of other types are skipped, which
-//! leaves room for more kinds of coordination records in the same topic.
+//! `offset` is the next offset to consume, as in Kafka's own commits. A commit
+//! names the partition's owner and its ownership epoch; when offsets are read
+//! back, a commit by a former owner does not count (see
+//! [`GroupState::committed`](super::group::GroupState::committed)).
 
 use std::collections::HashMap;
 
 use rskafka::chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Deserialize, Serialize};
 
 use super::TopicPartition;
 use super::admin::TopicSpec;
 use super::follower::{ReadError, read_partition};
+use super::group::records::{Key, OffsetValue, encode};
+use super::group::{GroupState, LOG_PARTITION};
 use super::producer::{ProduceError, Producer, ProducerRecord};
 
 /// The default name of the offsets topic.
 pub const DEFAULT_OFFSETS_TOPIC: &str = "__eda_offsets";
-
-/// The partition of the offsets topic that holds every record.
-const LOG_PARTITION: i32 = 0;
 
 /// Errors of the offset store.
 #[derive(Debug, thiserror::Error)]
@@ -45,23 +43,6 @@ pub enum OffsetError {
         #[source]
         source: ProduceError,
     },
-}
-
-/// The key of a record in the offsets topic.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum CoordinationKey {
-    Offset {
-        group: String,
-        topic: String,
-        partition: i32,
-    },
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct OffsetValue {
-    offset: i64,
-    committed_at: String,
 }
 
 /// The spec of an offsets topic named `name`.
@@ -90,116 +71,103 @@ impl OffsetStore {
         &self.topic
     }
 
-    /// The committed offsets of `group`: for each partition, the next offset to consume.
-    pub async fn load(&self, group: &str) -> Result<HashMap<TopicPartition, i64>, OffsetError> {
-        let records = read_partition(self.producer.cluster(), &self.topic, LOG_PARTITION).await?;
-        let mut offsets = HashMap::new();
-        for r in records {
-            let Some(key) = r.record.key.as_deref() else {
-                continue;
-            };
-            let Ok(CoordinationKey::Offset {
-                group: g,
-                topic,
-                partition,
-            }) = serde_json::from_slice(key)
-            else {
-                continue;
-            };
-            if g != group {
-                continue;
-            }
-            let tp = TopicPartition::new(topic, partition);
-            match r
-                .record
-                .value
-                .as_deref()
-                .map(serde_json::from_slice::<OffsetValue>)
-            {
-                Some(Ok(v)) => {
-                    offsets.insert(tp, v.offset);
-                }
-                None => {
-                    offsets.remove(&tp);
-                }
-                Some(Err(e)) => {
-                    log::warn!(
-                        "skipping unreadable offset record at {}/{LOG_PARTITION}@{}: {e}",
-                        self.topic,
-                        r.offset
-                    );
-                }
-            }
+    /// The state of `group` as the coordination log holds it now.
+    pub async fn group_state(&self, group: &str) -> Result<GroupState, OffsetError> {
+        let (records, _) =
+            read_partition(self.producer.cluster(), &self.topic, LOG_PARTITION).await?;
+        let mut state = GroupState::new(group);
+        for r in &records {
+            state.apply(
+                r.record.key.as_deref(),
+                r.record.value.as_deref(),
+                r.record.timestamp.timestamp_millis(),
+            );
         }
-        Ok(offsets)
+        Ok(state)
     }
 
-    /// Commits `offsets` (the next offset to consume per partition) for `group`,
-    /// returning once the broker acknowledged every one of them.
+    /// The committed offsets of `group`: for each partition, the next offset to consume.
+    pub async fn load(&self, group: &str) -> Result<HashMap<TopicPartition, i64>, OffsetError> {
+        Ok(self
+            .group_state(group)
+            .await?
+            .committed_offsets()
+            .into_iter()
+            .collect())
+    }
+
+    /// Commits `offsets` (the next offset to consume per partition) for `group`
+    /// outside any ownership, returning once the broker acknowledged every one.
     pub async fn commit(
         &self,
         group: &str,
         offsets: &[(TopicPartition, i64)],
     ) -> Result<(), OffsetError> {
-        let committed_at = DateTime::<Utc>::from(std::time::SystemTime::now())
-            .to_rfc3339_opts(SecondsFormat::Millis, true);
-        let mut deliveries = Vec::with_capacity(offsets.len());
-        for (tp, offset) in offsets {
-            let record = ProducerRecord::new(&self.topic)
-                .partition(LOG_PARTITION)
-                .key(offset_key(group, tp))
-                .value(encode(&OffsetValue {
-                    offset: *offset,
-                    committed_at: committed_at.clone(),
-                }));
-            deliveries.push(self.producer.enqueue(record).await.map_err(|source| {
-                OffsetError::Commit {
-                    topic: self.topic.clone(),
-                    source,
-                }
-            })?);
+        let records = offsets
+            .iter()
+            .map(|(tp, offset)| self.record(group, tp, *offset, None))
+            .collect();
+        self.send_all(records).await
+    }
+
+    /// Commits as `member`, owner of each partition in the given epoch.
+    pub async fn commit_owned(
+        &self,
+        group: &str,
+        member: &str,
+        offsets: &[(TopicPartition, i64, i64)],
+    ) -> Result<(), OffsetError> {
+        let records = offsets
+            .iter()
+            .map(|(tp, offset, epoch)| self.record(group, tp, *offset, Some((member, *epoch))))
+            .collect();
+        self.send_all(records).await
+    }
+
+    fn record(
+        &self,
+        group: &str,
+        tp: &TopicPartition,
+        offset: i64,
+        owner: Option<(&str, i64)>,
+    ) -> ProducerRecord {
+        let key = Key::Offset {
+            group: group.to_owned(),
+            topic: tp.topic.clone(),
+            partition: tp.partition,
+        };
+        let value = OffsetValue {
+            offset,
+            member: owner.map(|(m, _)| m.to_owned()),
+            epoch: owner.map(|(_, e)| e),
+            committed_at: DateTime::<Utc>::from(std::time::SystemTime::now())
+                .to_rfc3339_opts(SecondsFormat::Millis, true),
+        };
+        ProducerRecord::new(&self.topic)
+            .partition(LOG_PARTITION)
+            .key(key.encode())
+            .value(encode(&value))
+    }
+
+    async fn send_all(&self, records: Vec<ProducerRecord>) -> Result<(), OffsetError> {
+        let error = |source| OffsetError::Commit {
+            topic: self.topic.clone(),
+            source,
+        };
+        let mut deliveries = Vec::with_capacity(records.len());
+        for record in records {
+            deliveries.push(self.producer.enqueue(record).await.map_err(error)?);
         }
         for delivery in deliveries {
-            delivery.await.map_err(|source| OffsetError::Commit {
-                topic: self.topic.clone(),
-                source,
-            })?;
+            delivery.await.map_err(error)?;
         }
         Ok(())
     }
 }
 
-fn offset_key(group: &str, tp: &TopicPartition) -> Vec<u8> {
-    encode(&CoordinationKey::Offset {
-        group: group.to_owned(),
-        topic: tp.topic.clone(),
-        partition: tp.partition,
-    })
-}
-
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Serialising plain structs of strings and integers cannot fail.
-    serde_json::to_vec(value).unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_are_stable_json() {
-        let key = offset_key("g", &TopicPartition::new("order.created", 3));
-        assert_eq!(
-            String::from_utf8(key).unwrap(),
-            r#"{"type":"offset","group":"g","topic":"order.created","partition":3}"#
-        );
-    }
-
-    #[test]
-    fn other_key_types_are_not_offsets() {
-        let other = br#"{"type":"member","group":"g","member":"m"}"#;
-        assert!(serde_json::from_slice::<CoordinationKey>(other).is_err());
-    }
 
     #[test]
     fn offsets_topic_is_compacted_with_one_partition() {

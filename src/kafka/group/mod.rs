@@ -1,0 +1,328 @@
+//! Consumer groups without a broker coordinator, built on the compacted
+//! coordination topic (`__eda_offsets`, one partition).
+//!
+//! Every member tails the coordination log and derives the group's state from it
+//! ([`GroupState`]): a single-partition topic is a total order, so members that
+//! have read the same prefix agree on who is alive, who owns what and what the
+//! target assignment is ([`assignor`]). Members write three kinds of records
+//! ([`records`]): heartbeats (`member`), ownership changes (`owner`) and commits
+//! (`offset`).
+//!
+//! Ownership only changes hands in two ways, both written to the log:
+//! - **Handoff**: the owner finishes the record in flight, commits, and writes an
+//!   owner record naming the new owner, which starts when it reads that record.
+//!   There is never an overlap.
+//! - **Claim**: when the owner is dead (no record within its session timeout of
+//!   log time) or nobody owns the partition, the target member waits
+//!   `rebalance_grace` for the group to settle and then writes an owner record
+//!   naming itself, starting from the dead owner's last commit.
+//!
+//! Fencing keeps a member that was presumed dead, for example after a long
+//! pause, from working on partitions that moved. A member holds a local lease:
+//! the send time of its last acknowledged heartbeat plus two thirds of the session
+//! timeout, on the monotonic clock. It checks the lease before every record and
+//! before every commit, and stops all partitions when the lease runs out. Every
+//! commit names the owner and its epoch, and a commit from a former owner is
+//! ignored when offsets are read back. The full protocol is in
+//! `docs/consumer-groups.md`.
+
+pub mod assignor;
+pub mod records;
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use rskafka::record::RecordAndOffset;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use self::records::{Key, MemberValue, OwnerValue, encode};
+pub use self::state::GroupState;
+use super::TopicPartition;
+use super::cluster::Cluster;
+use super::consumer::{AbortOnDrop, ConsumerConfig, ConsumerError, Fetcher};
+use super::follower::read_partition;
+use super::producer::{ProduceError, Producer, ProducerConfig, ProducerRecord};
+use crate::shutdown::Shutdown;
+
+/// The partition of the coordination topic that holds every record.
+pub(crate) const LOG_PARTITION: i32 = 0;
+
+/// A lease on the monotonic clock: valid until a point the heartbeat task moves.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    origin: Instant,
+    valid_until_ns: AtomicU64,
+}
+
+impl Lease {
+    pub(crate) fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            valid_until_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Extends the lease to `until`, never shortening it.
+    pub(crate) fn renew(&self, until: Instant) {
+        let ns = until.saturating_duration_since(self.origin).as_nanos() as u64;
+        self.valid_until_ns.fetch_max(ns, Ordering::AcqRel);
+    }
+
+    pub(crate) fn is_valid(&self) -> bool {
+        let now = Instant::now()
+            .saturating_duration_since(self.origin)
+            .as_nanos() as u64;
+        now < self.valid_until_ns.load(Ordering::Acquire)
+    }
+}
+
+/// One member's view of its group: the state read from the log, and the means
+/// to write to it.
+pub(crate) struct Coordinator {
+    pub(crate) member: String,
+    pub(crate) state: GroupState,
+    pub(crate) lease: Arc<Lease>,
+    cluster: Cluster,
+    config: ConsumerConfig,
+    producer: Producer,
+    log: mpsc::Receiver<Vec<RecordAndOffset>>,
+    leaving: Arc<AtomicBool>,
+    _tail: AbortOnDrop,
+    heartbeat: Option<AbortOnDrop>,
+}
+
+impl Coordinator {
+    /// Reads the coordination log, starts tailing it and heartbeating.
+    pub(crate) async fn join(
+        cluster: Cluster,
+        config: ConsumerConfig,
+        member: String,
+        shutdown: Shutdown,
+    ) -> Result<Self, ConsumerError> {
+        let topic = config.offsets_topic.clone();
+        let mut state = GroupState::new(&config.group_id);
+        let (records, high_watermark) = read_partition(&cluster, &topic, LOG_PARTITION)
+            .await
+            .map_err(super::OffsetError::from)?;
+        for r in &records {
+            state.apply(
+                r.record.key.as_deref(),
+                r.record.value.as_deref(),
+                r.record.timestamp.timestamp_millis(),
+            );
+        }
+
+        let (tx, log) = mpsc::channel(16);
+        let mut tail_config = config.clone();
+        tail_config.fetch_max_wait = Duration::from_millis(100);
+        let fetcher = Fetcher {
+            cluster: cluster.clone(),
+            config: tail_config,
+            tp: TopicPartition::new(topic, LOG_PARTITION),
+        };
+        let tail = AbortOnDrop(tokio::spawn(fetcher.run(high_watermark, tx, shutdown)));
+
+        // Coordination records are few and latency matters: send each at once.
+        let producer = Producer::new(
+            cluster.clone(),
+            ProducerConfig {
+                linger: Duration::ZERO,
+                delivery_timeout: config.session_timeout / 3,
+                ..ProducerConfig::default()
+            },
+        );
+        let mut coordinator = Self {
+            member,
+            state,
+            lease: Arc::new(Lease::new()),
+            cluster,
+            config,
+            producer,
+            log,
+            leaving: Arc::new(AtomicBool::new(false)),
+            _tail: tail,
+            heartbeat: None,
+        };
+        coordinator.start_heartbeat();
+        log::info!(
+            "member {} joining group {} ({} coordination records read)",
+            coordinator.member,
+            coordinator.config.group_id,
+            records.len()
+        );
+        Ok(coordinator)
+    }
+
+    fn start_heartbeat(&mut self) {
+        let beat = Heartbeat {
+            cluster: self.cluster.clone(),
+            config: self.config.clone(),
+            producer: self.producer.clone(),
+            member: self.member.clone(),
+            lease: Arc::clone(&self.lease),
+            leaving: Arc::clone(&self.leaving),
+        };
+        self.heartbeat = Some(AbortOnDrop(tokio::spawn(beat.run())));
+    }
+
+    /// The next records of the log; `None` once the tail stopped (shutdown).
+    pub(crate) async fn next_records(&mut self) -> Option<Vec<RecordAndOffset>> {
+        self.log.recv().await
+    }
+
+    pub(crate) fn apply(&mut self, records: &[RecordAndOffset]) {
+        for r in records {
+            self.state.apply(
+                r.record.key.as_deref(),
+                r.record.value.as_deref(),
+                r.record.timestamp.timestamp_millis(),
+            );
+        }
+    }
+
+    /// Whether this member's own record is in the state yet.
+    pub(crate) fn has_joined(&self) -> bool {
+        self.state.member(&self.member).is_some()
+    }
+
+    /// Writes an owner record for `tp`.
+    pub(crate) async fn write_owner(
+        &self,
+        tp: &TopicPartition,
+        owner: OwnerValue,
+    ) -> Result<(), ProduceError> {
+        let key = Key::Owner {
+            group: self.config.group_id.clone(),
+            topic: tp.topic.clone(),
+            partition: tp.partition,
+        };
+        self.producer
+            .send(
+                ProducerRecord::new(&self.config.offsets_topic)
+                    .partition(LOG_PARTITION)
+                    .key(key.encode())
+                    .value(encode(&owner)),
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Announces that this member is leaving: it takes nothing new and hands over
+    /// what it has.
+    pub(crate) async fn announce_leaving(&self) {
+        self.leaving.store(true, Ordering::Release);
+        let record = member_record(
+            &self.config,
+            &self.member,
+            &subscription(&self.cluster, &self.config).await,
+            true,
+        );
+        if let Err(e) = self.producer.send(record).await {
+            log::warn!(
+                "announcing the leave failed; the group will notice the session timeout instead: {e}"
+            );
+        }
+    }
+
+    /// Stops heartbeating and deletes this member's record.
+    pub(crate) async fn leave(mut self) {
+        self.heartbeat = None;
+        let key = Key::Member {
+            group: self.config.group_id.clone(),
+            member: self.member.clone(),
+        };
+        let tombstone = ProducerRecord::new(&self.config.offsets_topic)
+            .partition(LOG_PARTITION)
+            .key(key.encode());
+        if let Err(e) = self.producer.send(tombstone).await {
+            log::warn!("removing the member record failed: {e}");
+        }
+        self.producer.close().await;
+    }
+
+    /// The target assignment as if this member had left already.
+    pub(crate) fn target_without_me(&self) -> BTreeMap<TopicPartition, String> {
+        let mut state = self.state.clone();
+        let key = Key::Member {
+            group: self.config.group_id.clone(),
+            member: self.member.clone(),
+        };
+        state.apply(Some(&key.encode()), None, self.state.log_time_ms());
+        state.target()
+    }
+}
+
+/// The subscription as this member sees it: each topic with its partition count.
+async fn subscription(cluster: &Cluster, config: &ConsumerConfig) -> BTreeMap<String, i32> {
+    let mut topics = BTreeMap::new();
+    for topic in &config.topics {
+        match cluster.partition_count(topic).await {
+            Ok(n) => {
+                topics.insert(topic.clone(), n);
+            }
+            Err(e) => log::warn!("partition count of {topic} unknown: {e}"),
+        }
+    }
+    topics
+}
+
+fn member_record(
+    config: &ConsumerConfig,
+    member: &str,
+    topics: &BTreeMap<String, i32>,
+    leaving: bool,
+) -> ProducerRecord {
+    let key = Key::Member {
+        group: config.group_id.clone(),
+        member: member.to_owned(),
+    };
+    let value = MemberValue {
+        topics: topics.clone(),
+        session_timeout_ms: config.session_timeout.as_millis() as i64,
+        leaving,
+    };
+    ProducerRecord::new(&config.offsets_topic)
+        .partition(LOG_PARTITION)
+        .key(key.encode())
+        .value(encode(&value))
+}
+
+/// Writes the member record every heartbeat interval and renews the lease with
+/// each acknowledgement.
+struct Heartbeat {
+    cluster: Cluster,
+    config: ConsumerConfig,
+    producer: Producer,
+    member: String,
+    lease: Arc<Lease>,
+    leaving: Arc<AtomicBool>,
+}
+
+impl Heartbeat {
+    async fn run(self) {
+        let mut ticker = tokio::time::interval(self.config.heartbeat_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Others call a member dead one session timeout after its record; the lease
+        // ends well before, so a member stops before anyone takes over.
+        let lease_span = self.config.session_timeout * 2 / 3;
+        loop {
+            ticker.tick().await;
+            let topics = subscription(&self.cluster, &self.config).await;
+            let record = member_record(
+                &self.config,
+                &self.member,
+                &topics,
+                self.leaving.load(Ordering::Acquire),
+            );
+            let sent = Instant::now();
+            match self.producer.send(record).await {
+                Ok(_) => self.lease.renew(sent + lease_span),
+                Err(e) => log::warn!("heartbeat of {} failed: {e}", self.member),
+            }
+        }
+    }
+}
