@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::kafka::{ClusterConfig, Compression};
+use crate::kafka::{ClusterConfig, Compression, ConsumerConfig};
 
 /// The env files tried, in order, when no `--config FILE` is given.
 pub const DEFAULT_FILES: [&str; 2] = ["config.env", "configs/config.env"];
@@ -118,6 +118,13 @@ pub struct KafkaConfig {
     pub compression: Compression,
     /// `APP_KAFKA_SASL_MECHANISM`, `_USERNAME`, `_PASSWORD`, when a mechanism is set.
     pub sasl: Option<SaslConfig>,
+    /// `APP_KAFKA_SESSION_TIMEOUT_MS`, default 10000: a member silent this long is dead.
+    pub session_timeout: Duration,
+    /// `APP_KAFKA_HEARTBEAT_INTERVAL_MS`, default 1000.
+    pub heartbeat_interval: Duration,
+    /// `APP_KAFKA_REBALANCE_GRACE_MS`, default 1000: wait before taking over a dead
+    /// member's partitions.
+    pub rebalance_grace: Duration,
 }
 
 /// SASL credentials.
@@ -195,6 +202,21 @@ impl Config {
         raw.parse()
     }
 
+    /// Consumer settings for `group` (unless `APP_KAFKA_GROUP_ID` overrides it)
+    /// consuming `topics`.
+    pub fn consumer(&self, default_group: &str, topics: &[&str]) -> ConsumerConfig {
+        let group = self
+            .kafka
+            .group_id
+            .clone()
+            .unwrap_or_else(|| default_group.to_owned());
+        let mut consumer = ConsumerConfig::new(group, topics.iter().copied());
+        consumer.session_timeout = self.kafka.session_timeout;
+        consumer.heartbeat_interval = self.kafka.heartbeat_interval;
+        consumer.rebalance_grace = self.kafka.rebalance_grace;
+        consumer
+    }
+
     /// The cluster settings for a service named `service`.
     pub fn cluster(&self, service: &str) -> ClusterConfig {
         let mut cluster = ClusterConfig::new(self.kafka.brokers.clone());
@@ -270,6 +292,9 @@ struct Raw {
     kafka_replication_factor: Option<String>,
     kafka_create_topics: Option<String>,
     kafka_compression: Option<String>,
+    kafka_session_timeout_ms: Option<String>,
+    kafka_heartbeat_interval_ms: Option<String>,
+    kafka_rebalance_grace_ms: Option<String>,
     logger_level: Option<String>,
     logger_encoding: Option<String>,
     order_publish_timeout_ms: Option<String>,
@@ -458,6 +483,28 @@ impl Raw {
             }
         };
 
+        let session_timeout = millis(
+            "APP_KAFKA_SESSION_TIMEOUT_MS",
+            &self.kafka_session_timeout_ms,
+            10_000,
+        )?;
+        let heartbeat_interval = millis(
+            "APP_KAFKA_HEARTBEAT_INTERVAL_MS",
+            &self.kafka_heartbeat_interval_ms,
+            1_000,
+        )?;
+        // The lease (two thirds of the session) must outlive a few heartbeats.
+        if heartbeat_interval * 3 > session_timeout {
+            return Err(invalid(
+                "APP_KAFKA_HEARTBEAT_INTERVAL_MS",
+                &heartbeat_interval.as_millis().to_string(),
+                format!(
+                    "at most a third of APP_KAFKA_SESSION_TIMEOUT_MS ({} ms)",
+                    session_timeout.as_millis()
+                ),
+            ));
+        }
+
         Ok(Config {
             server: ServerConfig {
                 host: given(&self.server_host).unwrap_or("0.0.0.0").to_owned(),
@@ -493,6 +540,13 @@ impl Raw {
                 create_topics,
                 compression,
                 sasl,
+                session_timeout,
+                heartbeat_interval,
+                rebalance_grace: millis(
+                    "APP_KAFKA_REBALANCE_GRACE_MS",
+                    &self.kafka_rebalance_grace_ms,
+                    1_000,
+                )?,
             },
             logger: LoggerConfig { level, encoding },
             order: OrderConfig {
@@ -568,6 +622,12 @@ mod tests {
             e.to_string().starts_with("APP_KAFKA_SECURITY_PROTOCOL"),
             "{e}"
         );
+        let e = load(&[
+            ("APP_KAFKA_SESSION_TIMEOUT_MS", "3000"),
+            ("APP_KAFKA_HEARTBEAT_INTERVAL_MS", "2000"),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("at most a third"), "{e}");
         let e = load(&[("APP_NOTIFICATION_WEBHOOK_URL", "ftp://x")]).unwrap_err();
         assert!(
             e.to_string().contains("APP_NOTIFICATION_WEBHOOK_URL"),

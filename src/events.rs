@@ -22,6 +22,8 @@ pub mod topics {
     pub const INVENTORY_RESERVED: &str = "inventory.reserved";
     pub const INVENTORY_FAILED: &str = "inventory.failed";
     pub const NOTIFICATION_SENT: &str = "notification.sent";
+    /// The inventory's single-partition ledger of stock and reservation requests.
+    pub const INVENTORY_LEDGER: &str = "inventory.ledger";
 
     /// Every event topic.
     pub const ALL: [&str; 4] = [
@@ -57,6 +59,12 @@ pub fn topic_specs(partitions: i32, replication_factor: i16) -> Vec<TopicSpec> {
                 .config("retention.ms", "-1")
         })
         .collect();
+    // One partition: its log order decides which reservation gets the last unit.
+    specs.push(
+        TopicSpec::new(topics::INVENTORY_LEDGER, 1)
+            .replication_factor(replication_factor)
+            .config("retention.ms", "-1"),
+    );
     specs.push(offsets_topic_spec(DEFAULT_OFFSETS_TOPIC).replication_factor(replication_factor));
     for consumed in [
         topics::ORDER_CREATED,
@@ -100,8 +108,14 @@ pub fn now() -> String {
 impl<P: Payload> Envelope<P> {
     /// A new event with a fresh id, stamped now.
     pub fn new(payload: P, correlation_id: impl Into<String>) -> Self {
+        Self::with_id(Uuid::new_v4(), payload, correlation_id)
+    }
+
+    /// An event with a given id, for an event decided earlier and published now
+    /// (again): consumers deduplicate by `event_id`.
+    pub fn with_id(event_id: Uuid, payload: P, correlation_id: impl Into<String>) -> Self {
         Self {
-            event_id: Uuid::new_v4(),
+            event_id,
             event_type: P::EVENT_TYPE.to_owned(),
             version: P::VERSION,
             occurred_at: now(),

@@ -1,151 +1,277 @@
 //! inventory-service: reserves stock for every `order.created`, all items or none,
 //! and publishes `inventory.reserved` or `inventory.failed`.
 //!
-//! Stock is a ledger: the initial quantities come from a JSON file
-//! (`APP_INVENTORY_STOCK_FILE`, e.g. `{"product-001": 100}`), and every reservation
-//! ever made is in `inventory.reserved`. At start the service reads its two
-//! decision topics back, so current stock and the set of decided orders survive
-//! restarts without any local storage. An order decided before (a redelivery after
-//! a crash, at-least-once) is skipped, so nothing is ever reserved twice.
+//! Several instances can run in one consumer group, each owning different
+//! `order.created` partitions, while stock is shared. Which order gets the last
+//! unit is decided by a single-partition topic, `inventory.ledger`: an instance
+//! appends a reservation *request* for an order, and every instance replays the
+//! ledger in log order through the same deterministic rules. The first request of
+//! an order decides it, against the stock left at that point of the log; later
+//! requests for the same order are ignored. So all instances agree on every
+//! decision, whichever of them handles an order, and no product is ever
+//! reserved beyond its stock, across restarts and rebalances.
 //!
-//! Deciding, publishing the decision and applying it to the ledger happen under one
-//! lock, so two orders for the same product arriving on different partitions can
-//! never both take the last unit.
+//! The ledger starts with the initial stock (from `APP_INVENTORY_STOCK_FILE`),
+//! written by the first instance that finds the ledger empty; later stock records
+//! are ignored. Each request carries the `event_id` of its outcome event, so
+//! publishing an outcome again after a crash repeats the same event, which
+//! consumers deduplicate. The outcome topics are followed too, so an outcome
+//! already published is not published again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::Mutex;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use uuid::Uuid;
 
 use super::{Service, ServiceError, connect, producer};
 use crate::config::Config;
 use crate::domain::OrderId;
 use crate::events::{
-    Envelope, InventoryFailed, InventoryReserved, OrderCreated, ProductQuantity, Shortage, topics,
+    Envelope, InventoryFailed, InventoryReserved, OrderCreated, ProductQuantity, Shortage, headers,
+    topics,
 };
 use crate::kafka::{
-    Consumer, ConsumerConfig, DeadLetter, Handler, HandlerError, Message, Producer, read_topic,
+    Consumer, DeadLetter, Follower, Handler, HandlerError, Message, Producer, ProducerRecord,
 };
 use crate::logging::with_correlation_id;
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Shutdown, ShutdownTrigger};
 
 /// The default consumer group.
 pub const DEFAULT_GROUP: &str = "inventory-service";
 
-/// Stock and decisions.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Ledger {
-    initial: HashMap<String, u64>,
-    reserved: HashMap<String, u64>,
-    decided: HashSet<OrderId>,
+/// How long a handler waits for its own ledger request to be read back.
+const LEDGER_WAIT: Duration = Duration::from_secs(30);
+
+/// A record of `inventory.ledger`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LedgerRecord {
+    /// The initial stock; only the first one counts.
+    Stock { quantities: BTreeMap<String, u64> },
+    /// A request to reserve for an order; only the first one per order counts.
+    Reserve {
+        order_id: OrderId,
+        customer_id: String,
+        items: Vec<ProductQuantity>,
+        /// The id of the outcome event this request leads to.
+        event_id: Uuid,
+        correlation_id: String,
+    },
 }
 
-/// What to do with an order.
+impl LedgerRecord {
+    fn to_record(&self) -> ProducerRecord {
+        let key = match self {
+            Self::Stock { .. } => "stock".to_owned(),
+            Self::Reserve { order_id, .. } => order_id.to_string(),
+        };
+        ProducerRecord::new(topics::INVENTORY_LEDGER)
+            .partition(0)
+            .key(key)
+            .value(serde_json::to_vec(self).unwrap_or_default())
+    }
+}
+
+/// How the ledger decided an order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    Reserve(Vec<ProductQuantity>),
-    Reject(Vec<Shortage>),
+pub enum Outcome {
+    Reserved(Vec<ProductQuantity>),
+    Rejected(Vec<Shortage>),
+}
+
+/// A decided order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub order_id: OrderId,
+    pub customer_id: String,
+    pub event_id: Uuid,
+    pub correlation_id: String,
+    pub outcome: Outcome,
+}
+
+/// Stock and decisions, replayed from the ledger in log order.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Ledger {
+    initial: Option<BTreeMap<String, u64>>,
+    reserved: HashMap<String, u64>,
+    decisions: HashMap<OrderId, Decision>,
+    published: HashSet<Uuid>,
 }
 
 impl Ledger {
-    /// A ledger with `initial` stock and nothing reserved.
-    pub fn new(initial: HashMap<String, u64>) -> Self {
-        Self {
-            initial,
-            ..Self::default()
-        }
-    }
-
-    /// Reads initial stock from a JSON object of product id → quantity.
-    pub fn from_file(path: &Path) -> Result<Self, ServiceError> {
-        let error = |reason: String| ServiceError::StockFile {
-            path: path.display().to_string(),
-            reason,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
-        let stock: HashMap<String, u64> = serde_json::from_str(&text).map_err(|e| {
-            error(format!(
-                "expected a JSON object of product id to whole quantity: {e}"
-            ))
-        })?;
-        Ok(Self::new(stock))
-    }
-
     /// Units of `product` still available.
     pub fn available(&self, product: &str) -> u64 {
-        let initial = self.initial.get(product).copied().unwrap_or(0);
+        let initial = self
+            .initial
+            .as_ref()
+            .and_then(|s| s.get(product))
+            .copied()
+            .unwrap_or(0);
         initial.saturating_sub(self.reserved.get(product).copied().unwrap_or(0))
     }
 
-    /// Whether the order was decided already.
-    pub fn is_decided(&self, order: &OrderId) -> bool {
-        self.decided.contains(order)
+    pub fn is_seeded(&self) -> bool {
+        self.initial.is_some()
     }
 
-    /// All or nothing: reserve if every product has enough units.
-    pub fn decide(&self, order: &OrderCreated) -> Decision {
-        let mut wanted: BTreeMap<&str, u64> = BTreeMap::new();
-        for item in &order.items {
-            *wanted.entry(item.product_id.as_str()).or_default() += item.quantity;
+    pub fn decision(&self, order: &OrderId) -> Option<&Decision> {
+        self.decisions.get(order)
+    }
+
+    /// Applies one ledger record, as every instance does, in log order.
+    pub fn apply(&mut self, record: LedgerRecord) {
+        match record {
+            LedgerRecord::Stock { quantities } => {
+                if self.initial.is_none() {
+                    self.initial = Some(quantities);
+                }
+            }
+            LedgerRecord::Reserve {
+                order_id,
+                customer_id,
+                items,
+                event_id,
+                correlation_id,
+            } => {
+                if self.decisions.contains_key(&order_id) {
+                    return;
+                }
+                let outcome = self.evaluate(&items);
+                if let Outcome::Reserved(items) = &outcome {
+                    for item in items {
+                        *self.reserved.entry(item.product_id.clone()).or_default() += item.quantity;
+                    }
+                }
+                self.decisions.insert(
+                    order_id,
+                    Decision {
+                        order_id,
+                        customer_id,
+                        event_id,
+                        correlation_id,
+                        outcome,
+                    },
+                );
+            }
         }
-        let missing: Vec<Shortage> = wanted
+    }
+
+    /// All or nothing, against the stock left now.
+    fn evaluate(&self, items: &[ProductQuantity]) -> Outcome {
+        let missing: Vec<Shortage> = items
             .iter()
-            .filter(|(product, quantity)| self.available(product) < **quantity)
-            .map(|(product, quantity)| Shortage {
-                product_id: (*product).to_owned(),
-                requested: *quantity,
-                available: self.available(product),
+            .filter(|i| self.available(&i.product_id) < i.quantity)
+            .map(|i| Shortage {
+                product_id: i.product_id.clone(),
+                requested: i.quantity,
+                available: self.available(&i.product_id),
             })
             .collect();
         if missing.is_empty() {
-            Decision::Reserve(
-                wanted
-                    .into_iter()
-                    .map(|(product_id, quantity)| ProductQuantity {
-                        product_id: product_id.to_owned(),
-                        quantity,
-                    })
-                    .collect(),
-            )
+            Outcome::Reserved(items.to_vec())
         } else {
-            Decision::Reject(missing)
+            Outcome::Rejected(missing)
         }
     }
 
-    /// Applies a reservation; a second one for the same order changes nothing.
-    pub fn apply_reserved(&mut self, event: &InventoryReserved) {
-        if self.decided.insert(event.order_id) {
-            for item in &event.items {
-                *self.reserved.entry(item.product_id.clone()).or_default() += item.quantity;
-            }
+    /// Notes an outcome event seen in `inventory.reserved` or `inventory.failed`.
+    pub fn mark_published(&mut self, event_id: Uuid) {
+        self.published.insert(event_id);
+    }
+
+    pub fn is_published(&self, event_id: &Uuid) -> bool {
+        self.published.contains(event_id)
+    }
+}
+
+/// The quantities an order asks for, one entry per product (items summed).
+pub fn wanted(order: &OrderCreated) -> Vec<ProductQuantity> {
+    let mut sums: BTreeMap<&str, u64> = BTreeMap::new();
+    for item in &order.items {
+        *sums.entry(item.product_id.as_str()).or_default() += item.quantity;
+    }
+    sums.into_iter()
+        .map(|(product_id, quantity)| ProductQuantity {
+            product_id: product_id.to_owned(),
+            quantity,
+        })
+        .collect()
+}
+
+/// Reads initial stock from a JSON object of product id → quantity.
+pub fn read_stock_file(path: &Path) -> Result<BTreeMap<String, u64>, ServiceError> {
+    let error = |reason: String| ServiceError::StockFile {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    serde_json::from_str(&text).map_err(|e| {
+        error(format!(
+            "expected a JSON object of product id to whole quantity: {e}"
+        ))
+    })
+}
+
+/// The ledger as this instance has read it, and how far.
+#[derive(Clone)]
+struct SharedLedger {
+    ledger: Arc<Mutex<Ledger>>,
+    /// The next ledger offset to apply.
+    applied: watch::Sender<i64>,
+}
+
+impl SharedLedger {
+    fn new() -> Self {
+        Self {
+            ledger: Arc::default(),
+            applied: watch::channel(0).0,
         }
     }
 
-    /// Applies a rejection.
-    pub fn apply_failed(&mut self, event: &InventoryFailed) {
-        self.decided.insert(event.order_id);
-    }
-
-    /// Replays the decision topics.
-    fn replay(&mut self, messages: &[Message]) {
-        for m in messages {
-            let result = match m.topic.as_str() {
-                topics::INVENTORY_RESERVED => Envelope::<InventoryReserved>::decode(m)
-                    .map(|e| self.apply_reserved(&e.payload)),
-                topics::INVENTORY_FAILED => {
-                    Envelope::<InventoryFailed>::decode(m).map(|e| self.apply_failed(&e.payload))
+    /// Applies a record of the ledger or of an outcome topic.
+    fn apply(&self, message: &Message) {
+        match message.topic.as_str() {
+            topics::INVENTORY_LEDGER => {
+                match message
+                    .value
+                    .as_deref()
+                    .map(serde_json::from_slice::<LedgerRecord>)
+                {
+                    Some(Ok(record)) => self.ledger.lock().apply(record),
+                    other => log::warn!(
+                        "ledger record {}@{} skipped: {:?}",
+                        message.topic,
+                        message.offset,
+                        other.map(|r| r.map(|_| ()))
+                    ),
                 }
-                _ => Ok(()),
-            };
-            if let Err(e) = result {
-                log::warn!(
-                    "ledger replay skips {}/{}@{}: {e}",
-                    m.topic,
-                    m.partition,
-                    m.offset
-                );
+                self.applied.send_replace(message.offset + 1);
             }
+            _ => {
+                if let Some(id) = message
+                    .header_str(headers::EVENT_ID)
+                    .and_then(|id| id.parse().ok())
+                {
+                    self.ledger.lock().mark_published(id);
+                }
+            }
+        }
+    }
+
+    /// Waits until the ledger was applied up to (excluding) `offset`.
+    async fn wait_applied(&self, offset: i64) -> Result<(), HandlerError> {
+        let mut applied = self.applied.subscribe();
+        match tokio::time::timeout(LEDGER_WAIT, applied.wait_for(|a| *a >= offset)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(format!(
+                "the ledger was not read up to offset {offset} within {LEDGER_WAIT:?}"
+            )
+            .into()),
         }
     }
 }
@@ -153,7 +279,7 @@ impl Ledger {
 /// Handles `order.created`.
 #[derive(Clone)]
 pub struct ReserveStock {
-    ledger: Arc<Mutex<Ledger>>,
+    shared: SharedLedger,
     producer: Producer,
 }
 
@@ -167,29 +293,52 @@ impl Handler for ReserveStock {
 impl ReserveStock {
     async fn reserve(&self, event: Envelope<OrderCreated>) -> Result<(), HandlerError> {
         let order = &event.payload;
-        let mut ledger = self.ledger.lock().await;
-        if ledger.is_decided(&order.order_id) {
-            log::info!(
-                "order {} was decided before; not deciding again",
-                order.order_id
-            );
+        let known = self.shared.ledger.lock().decision(&order.order_id).cloned();
+        let decision = match known {
+            Some(decision) => decision,
+            None => {
+                let request = LedgerRecord::Reserve {
+                    order_id: order.order_id,
+                    customer_id: order.customer_id.clone(),
+                    items: wanted(order),
+                    event_id: Uuid::new_v4(),
+                    correlation_id: event.correlation_id.clone(),
+                };
+                let delivery = self.producer.send(request.to_record()).await?;
+                self.shared.wait_applied(delivery.offset + 1).await?;
+                self.shared
+                    .ledger
+                    .lock()
+                    .decision(&order.order_id)
+                    .cloned()
+                    .ok_or("the ledger holds no decision after applying the request")?
+            }
+        };
+        if self.shared.ledger.lock().is_published(&decision.event_id) {
+            log::info!("order {} was decided and published before", order.order_id);
             return Ok(());
         }
-        match ledger.decide(order) {
-            Decision::Reserve(items) => {
-                let reserved = Envelope::new(
+        self.publish(&decision).await?;
+        self.shared.ledger.lock().mark_published(decision.event_id);
+        Ok(())
+    }
+
+    async fn publish(&self, d: &Decision) -> Result<(), HandlerError> {
+        let record = match &d.outcome {
+            Outcome::Reserved(items) => {
+                log::info!("order {} reserved", d.order_id);
+                Envelope::with_id(
+                    d.event_id,
                     InventoryReserved {
-                        order_id: order.order_id,
-                        customer_id: order.customer_id.clone(),
-                        items,
+                        order_id: d.order_id,
+                        customer_id: d.customer_id.clone(),
+                        items: items.clone(),
                     },
-                    event.correlation_id.clone(),
-                );
-                self.producer.send(reserved.to_record()).await?;
-                ledger.apply_reserved(&reserved.payload);
-                log::info!("order {} reserved", order.order_id);
+                    d.correlation_id.clone(),
+                )
+                .to_record()
             }
-            Decision::Reject(missing) => {
+            Outcome::Rejected(missing) => {
                 let reason = format!(
                     "insufficient stock for {}",
                     missing
@@ -201,20 +350,21 @@ impl ReserveStock {
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
-                let failed = Envelope::new(
+                log::info!("order {} rejected: {reason}", d.order_id);
+                Envelope::with_id(
+                    d.event_id,
                     InventoryFailed {
-                        order_id: order.order_id,
-                        customer_id: order.customer_id.clone(),
-                        reason: reason.clone(),
-                        missing,
+                        order_id: d.order_id,
+                        customer_id: d.customer_id.clone(),
+                        reason,
+                        missing: missing.clone(),
                     },
-                    event.correlation_id.clone(),
-                );
-                self.producer.send(failed.to_record()).await?;
-                ledger.apply_failed(&failed.payload);
-                log::info!("order {} rejected: {reason}", order.order_id);
+                    d.correlation_id.clone(),
+                )
+                .to_record()
             }
-        }
+        };
+        self.producer.send(record).await?;
         Ok(())
     }
 }
@@ -224,34 +374,72 @@ pub struct InventoryService {
     consumer: Consumer,
     handler: DeadLetter<ReserveStock>,
     producer: Producer,
+    _follower: Follower,
+    follower_stop: ShutdownTrigger,
 }
 
 impl Service for InventoryService {
     const NAME: &'static str = "inventory-service";
 
     async fn build(config: Config) -> Result<Self, ServiceError> {
-        let mut ledger = Ledger::from_file(&config.inventory.stock_file)?;
+        let stock = read_stock_file(&config.inventory.stock_file)?;
         let cluster = connect(&config, Self::NAME).await?;
-        let mut decisions = read_topic(&cluster, topics::INVENTORY_RESERVED).await?;
-        decisions.extend(read_topic(&cluster, topics::INVENTORY_FAILED).await?);
-        ledger.replay(&decisions);
-        log::info!(
-            "stock ledger rebuilt from {} decisions ({} orders decided)",
-            decisions.len(),
-            ledger.decided.len()
-        );
-
         let producer = producer(&config, &cluster);
-        let group = config
-            .kafka
-            .group_id
-            .clone()
-            .unwrap_or_else(|| DEFAULT_GROUP.to_owned());
-        let consumer =
-            Consumer::new(cluster, ConsumerConfig::new(group, [topics::ORDER_CREATED])).await?;
+
+        let shared = SharedLedger::new();
+        let (follower_stop, follower_shutdown) = ShutdownTrigger::new();
+        let follower = {
+            let shared = shared.clone();
+            Follower::start(
+                &cluster,
+                &[
+                    topics::INVENTORY_LEDGER,
+                    topics::INVENTORY_RESERVED,
+                    topics::INVENTORY_FAILED,
+                ],
+                move |m| shared.apply(&m),
+                follower_shutdown,
+            )
+            .await?
+        };
+        follower.caught_up().await;
+
+        if !shared.ledger.lock().is_seeded() {
+            let seed = LedgerRecord::Stock {
+                quantities: stock.clone(),
+            };
+            let delivery = producer.send(seed.to_record()).await?;
+            shared
+                .wait_applied(delivery.offset + 1)
+                .await
+                .map_err(|e| ServiceError::Ledger(e.to_string()))?;
+            log::info!(
+                "seeded the stock ledger from {}",
+                config.inventory.stock_file.display()
+            );
+        }
+        {
+            let ledger = shared.ledger.lock();
+            if ledger.initial.as_ref() != Some(&stock) {
+                log::warn!(
+                    "{} differs from the initial stock in the ledger; the ledger's stock applies",
+                    config.inventory.stock_file.display()
+                );
+            }
+            log::info!(
+                "stock ledger replayed: {} orders decided",
+                ledger.decisions.len()
+            );
+        }
+
+        let consumer = Consumer::new(
+            cluster,
+            config.consumer(DEFAULT_GROUP, &[topics::ORDER_CREATED]),
+        )
+        .await?;
         let handler = DeadLetter::new(
             ReserveStock {
-                ledger: Arc::new(Mutex::new(ledger)),
+                shared,
                 producer: producer.clone(),
             },
             producer.clone(),
@@ -260,12 +448,15 @@ impl Service for InventoryService {
             consumer,
             handler,
             producer,
+            _follower: follower,
+            follower_stop,
         })
     }
 
     async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), ServiceError> {
         self.consumer.run(self.handler, shutdown).await?;
         self.producer.close().await;
+        self.follower_stop.trigger();
         log::info!("inventory-service stopped");
         Ok(())
     }
@@ -276,67 +467,95 @@ mod tests {
     use super::*;
     use crate::domain::OrderItem;
 
-    fn order(items: &[(&str, u64)]) -> OrderCreated {
-        OrderCreated {
-            order_id: OrderId::new(),
+    fn seeded() -> Ledger {
+        let mut l = Ledger::default();
+        l.apply(LedgerRecord::Stock {
+            quantities: BTreeMap::from([("a".into(), 5), ("b".into(), 1)]),
+        });
+        l
+    }
+
+    fn request(order: OrderId, items: &[(&str, u64)]) -> LedgerRecord {
+        LedgerRecord::Reserve {
+            order_id: order,
             customer_id: "c".into(),
             items: items
                 .iter()
-                .map(|(p, q)| OrderItem {
+                .map(|(p, q)| ProductQuantity {
                     product_id: (*p).into(),
                     quantity: *q,
+                })
+                .collect(),
+            event_id: Uuid::new_v4(),
+            correlation_id: "x".into(),
+        }
+    }
+
+    #[test]
+    fn all_or_nothing_in_log_order() {
+        let mut l = seeded();
+        let (first, second) = (OrderId::new(), OrderId::new());
+        l.apply(request(first, &[("a", 4), ("b", 1)]));
+        l.apply(request(second, &[("a", 2)]));
+        assert!(matches!(
+            l.decision(&first).unwrap().outcome,
+            Outcome::Reserved(_)
+        ));
+        let Outcome::Rejected(missing) = &l.decision(&second).unwrap().outcome else {
+            panic!("the second order must lose");
+        };
+        assert_eq!(missing[0].available, 1);
+        assert_eq!(l.available("a"), 1, "a rejected order reserves nothing");
+    }
+
+    #[test]
+    fn the_first_request_of_an_order_decides() {
+        let mut l = seeded();
+        let order = OrderId::new();
+        let first = request(order, &[("a", 1)]);
+        l.apply(first.clone());
+        let decided = l.decision(&order).cloned().unwrap();
+        l.apply(request(order, &[("a", 1)]));
+        assert_eq!(
+            l.decision(&order),
+            Some(&decided),
+            "a repeated request changes nothing"
+        );
+        assert_eq!(l.available("a"), 4);
+    }
+
+    #[test]
+    fn only_the_first_stock_record_counts() {
+        let mut l = seeded();
+        l.apply(LedgerRecord::Stock {
+            quantities: BTreeMap::from([("a".into(), 100)]),
+        });
+        assert_eq!(l.available("a"), 5);
+        assert_eq!(Ledger::default().available("a"), 0);
+    }
+
+    #[test]
+    fn items_of_one_product_are_summed() {
+        let order = OrderCreated {
+            order_id: OrderId::new(),
+            customer_id: "c".into(),
+            items: ["a", "b", "a"]
+                .iter()
+                .map(|p| OrderItem {
+                    product_id: (*p).into(),
+                    quantity: 2,
                     price: 1.0,
                 })
                 .collect(),
             total: 0.0,
             created_at: String::new(),
-        }
-    }
-
-    fn ledger() -> Ledger {
-        Ledger::new(HashMap::from([("a".into(), 5), ("b".into(), 1)]))
-    }
-
-    #[test]
-    fn all_or_nothing() {
-        let l = ledger();
-        assert!(matches!(
-            l.decide(&order(&[("a", 5), ("b", 1)])),
-            Decision::Reserve(_)
-        ));
-        let Decision::Reject(missing) = l.decide(&order(&[("a", 1), ("b", 2), ("z", 1)])) else {
-            panic!("expected a rejection");
         };
-        let short: Vec<_> = missing
-            .iter()
-            .map(|s| (s.product_id.as_str(), s.available))
-            .collect();
-        assert_eq!(short, [("b", 1), ("z", 0)]);
-    }
-
-    #[test]
-    fn items_of_one_product_are_summed() {
-        assert!(matches!(
-            ledger().decide(&order(&[("a", 3), ("a", 3)])),
-            Decision::Reject(_)
-        ));
-    }
-
-    #[test]
-    fn a_reservation_applies_once() {
-        let mut l = ledger();
-        let o = order(&[("a", 2)]);
-        let Decision::Reserve(items) = l.decide(&o) else {
-            panic!()
-        };
-        let event = InventoryReserved {
-            order_id: o.order_id,
-            customer_id: "c".into(),
-            items,
-        };
-        l.apply_reserved(&event);
-        l.apply_reserved(&event);
-        assert_eq!(l.available("a"), 3);
-        assert!(l.is_decided(&o.order_id));
+        let w = wanted(&order);
+        assert_eq!(
+            w.iter()
+                .map(|i| (i.product_id.as_str(), i.quantity))
+                .collect::<Vec<_>>(),
+            [("a", 4), ("b", 2)]
+        );
     }
 }

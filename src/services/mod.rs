@@ -36,6 +36,8 @@ pub enum ServiceError {
     },
     #[error("APP_NOTIFICATION_WEBHOOK_URL: {0}")]
     Webhook(String),
+    #[error("the stock ledger: {0}")]
+    Ledger(String),
     #[error("stock file {path}: {reason}; set APP_INVENTORY_STOCK_FILE")]
     StockFile { path: String, reason: String },
 }

@@ -27,8 +27,7 @@ use crate::events::{
 use crate::http_client::{self, HttpError, HttpUrl};
 use crate::kafka::backoff::{Backoff, BackoffConfig};
 use crate::kafka::{
-    Consumer, ConsumerConfig, DeadLetter, Handler, HandlerError, Message, Poison, Producer,
-    read_topic,
+    Consumer, DeadLetter, Handler, HandlerError, Message, Poison, Producer, read_topic,
 };
 use crate::logging::with_correlation_id;
 use crate::shutdown::Shutdown;
@@ -255,16 +254,11 @@ impl Service for NotificationService {
         log::info!("{} outcomes were notified before", notified.len());
 
         let producer = producer(&config, &cluster);
-        let group = config
-            .kafka
-            .group_id
-            .clone()
-            .unwrap_or_else(|| DEFAULT_GROUP.to_owned());
         let consumer = Consumer::new(
             cluster,
-            ConsumerConfig::new(
-                group,
-                [topics::INVENTORY_RESERVED, topics::INVENTORY_FAILED],
+            config.consumer(
+                DEFAULT_GROUP,
+                &[topics::INVENTORY_RESERVED, topics::INVENTORY_FAILED],
             ),
         )
         .await?;
