@@ -131,6 +131,10 @@ impl System {
                 self.publish_timeout_ms.to_string(),
             )
             .env("APP_LOGGER_ENCODING", "json")
+            // A fast group, so that a killed member's partitions move within seconds.
+            .env("APP_KAFKA_SESSION_TIMEOUT_MS", "3000")
+            .env("APP_KAFKA_HEARTBEAT_INTERVAL_MS", "300")
+            .env("APP_KAFKA_REBALANCE_GRACE_MS", "300")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -20,6 +20,10 @@ fn consumer_config(topic: &str) -> ConsumerConfig {
     config.offsets_topic = unique("offsets");
     config.fetch_max_wait = Duration::from_millis(100);
     config.commit_interval = Duration::from_millis(200);
+    // A fast group, so that tests restarting members do not wait long for timeouts.
+    config.session_timeout = Duration::from_secs(3);
+    config.heartbeat_interval = Duration::from_millis(300);
+    config.rebalance_grace = Duration::from_millis(300);
     config
 }
 

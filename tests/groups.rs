@@ -1,0 +1,658 @@
+//! Consumer groups with real processes: membership, balanced and sticky
+//! assignment, handoff on SIGTERM, takeover after SIGKILL, fencing after SIGSTOP,
+//! and several inventory instances sharing scarce stock.
+//!
+//! Group members are child processes: this test binary run again with
+//! `EDA_GROUP_CHILD` set, where [`group_member_child`] consumes as a member and
+//! prints one `EDA|…` line per handled record.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rust_eda::domain::{OrderId, OrderItem};
+use rust_eda::events::{Envelope, InventoryFailed, InventoryReserved, OrderCreated, topics};
+use rust_eda::kafka::group::GroupState;
+use rust_eda::kafka::group::records::{Key, OffsetValue, OwnerValue};
+use rust_eda::kafka::{
+    Admin, Cluster, ConsumerConfig, Message, OffsetStore, Producer, ProducerConfig, ProducerRecord,
+    TopicPartition, TopicSpec, handler_fn, read_topic,
+};
+use rust_eda::shutdown::ShutdownTrigger;
+use serde::{Deserialize, Serialize};
+use support::{PrivateBroker, connect, unique, within};
+
+const SESSION_MS: u64 = 3_000;
+
+/// What a child prints for each record it handled.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Handled {
+    member: String,
+    partition: i32,
+    offset: i64,
+    at_ms: u128,
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
+/// The child's side: consume as member `EDA_CHILD_NAME` until SIGTERM.
+#[test]
+fn group_member_child() {
+    let Ok(name) = std::env::var("EDA_GROUP_CHILD") else {
+        return;
+    };
+    let env = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} not set"));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async move {
+        let cluster = connect(&env("EDA_CHILD_BROKERS")).await;
+        let mut config = ConsumerConfig::new(env("EDA_CHILD_GROUP"), [env("EDA_CHILD_TOPIC")]);
+        config.offsets_topic = env("EDA_CHILD_OFFSETS");
+        config.member_id = Some(name.clone());
+        config.session_timeout = Duration::from_millis(SESSION_MS);
+        config.heartbeat_interval = Duration::from_millis(300);
+        config.rebalance_grace = Duration::from_millis(500);
+        config.commit_interval = Duration::from_millis(500);
+        config.fetch_max_wait = Duration::from_millis(100);
+        let delay = Duration::from_millis(env("EDA_CHILD_DELAY_MS").parse().unwrap());
+        let handler = handler_fn(move |m: Message| {
+            let name = name.clone();
+            async move {
+                tokio::time::sleep(delay).await;
+                let line = Handled {
+                    member: name,
+                    partition: m.partition,
+                    offset: m.offset,
+                    at_ms: now_ms(),
+                };
+                // Appended whole lines; the parent tails the file.
+                let mut out = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(std::env::var("EDA_CHILD_OUT").unwrap())
+                    .unwrap();
+                // One write per line: concurrent partitions must not interleave.
+                let text = format!("{}\n", serde_json::to_string(&line).unwrap());
+                out.write_all(text.as_bytes()).unwrap();
+                Ok(())
+            }
+        });
+        let consumer = rust_eda::kafka::Consumer::new(cluster, config)
+            .await
+            .unwrap();
+        let (trigger, shutdown) = ShutdownTrigger::new();
+        tokio::spawn(async move {
+            let _ = rust_eda::shutdown::signal().await;
+            trigger.trigger();
+        });
+        consumer.run(handler, shutdown).await.unwrap();
+    });
+}
+
+/// The parent's view of one child.
+struct Member {
+    name: String,
+    child: Child,
+}
+
+/// A group of child processes over one topic.
+struct Group {
+    broker: PrivateBroker,
+    cluster: Cluster,
+    topic: String,
+    group: String,
+    offsets: String,
+    /// A folder with one file of handled records per member.
+    out: std::path::PathBuf,
+    members: Vec<Member>,
+}
+
+impl Group {
+    async fn new(partitions: i32) -> Self {
+        let broker = PrivateBroker::start();
+        let cluster = connect(&broker.brokers()).await;
+        let topic = unique("orders");
+        Admin::new(cluster.config().clone())
+            .ensure_topics(&[TopicSpec::new(&topic, partitions)])
+            .await
+            .unwrap();
+        Self {
+            broker,
+            cluster,
+            topic,
+            group: unique("g"),
+            offsets: unique("offsets"),
+            out: {
+                let out = std::env::temp_dir().join(unique("eda-group"));
+                std::fs::create_dir_all(&out).unwrap();
+                out
+            },
+            members: Vec::new(),
+        }
+    }
+
+    fn spawn(&mut self, name: &str, delay_ms: u64) {
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "group_member_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("EDA_GROUP_CHILD", name)
+            .env("EDA_CHILD_BROKERS", self.broker.brokers())
+            .env("EDA_CHILD_GROUP", &self.group)
+            .env("EDA_CHILD_TOPIC", &self.topic)
+            .env("EDA_CHILD_OFFSETS", &self.offsets)
+            .env("EDA_CHILD_DELAY_MS", delay_ms.to_string())
+            .env("EDA_CHILD_OUT", self.out.join(format!("{name}.jsonl")))
+            .env(
+                "RUST_LOG",
+                std::env::var("EDA_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        self.members.push(Member {
+            name: name.to_owned(),
+            child,
+        });
+    }
+
+    fn signal(&mut self, name: &str, signal: &str) {
+        let m = self.members.iter().find(|m| m.name == name).unwrap();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &m.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {name}");
+    }
+
+    async fn wait_exit(&mut self, name: &str) {
+        let i = self.members.iter().position(|m| m.name == name).unwrap();
+        let mut m = self.members.remove(i);
+        within(30, &format!("{name} exiting"), async {
+            while m.child.try_wait().unwrap().is_none() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+    }
+
+    async fn state(&self) -> GroupState {
+        OffsetStore::new(
+            Producer::new(self.cluster.clone(), ProducerConfig::default()),
+            &self.offsets,
+        )
+        .group_state(&self.group)
+        .await
+        .unwrap()
+    }
+
+    /// Waits until exactly `members` own every partition, balanced.
+    async fn wait_balanced(&self, members: &[&str], partitions: i32) -> BTreeMap<String, Vec<i32>> {
+        within(
+            60,
+            &format!("{members:?} owning {partitions} partitions, balanced"),
+            async {
+                loop {
+                    let state = self.state().await;
+                    let mut owned: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+                    for p in 0..partitions {
+                        if let Some(o) = state.owner(&TopicPartition::new(&self.topic, p)) {
+                            owned.entry(o.member.clone()).or_default().push(p);
+                        }
+                    }
+                    let counts: Vec<usize> = members
+                        .iter()
+                        .map(|m| owned.get(*m).map_or(0, Vec::len))
+                        .collect();
+                    let total: usize = counts.iter().sum();
+                    let (lo, hi) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+                    if total == partitions as usize && hi - lo <= 1 && *lo > 0 {
+                        return owned;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            },
+        )
+        .await
+    }
+
+    /// Produces `n` keyed records; returns their (partition, offset).
+    async fn produce(&self, n: usize) -> Vec<(i32, i64)> {
+        let producer = Producer::new(self.cluster.clone(), ProducerConfig::default());
+        let mut futures = Vec::new();
+        for i in 0..n {
+            let record = ProducerRecord::new(&self.topic)
+                .key(uuid::Uuid::new_v4().to_string())
+                .value(i.to_string());
+            futures.push(producer.enqueue(record).await.unwrap());
+        }
+        let mut out = Vec::new();
+        for f in futures {
+            let d = f.await.unwrap();
+            out.push((d.partition, d.offset));
+        }
+        out
+    }
+
+    /// Waits until every one of `records` was handled at least once.
+    async fn wait_handled(&self, records: &[(i32, i64)]) {
+        let wanted: HashSet<(i32, i64)> = records.iter().copied().collect();
+        within(90, &format!("{} records handled", wanted.len()), async {
+            loop {
+                let seen: HashSet<(i32, i64)> = self
+                    .handled()
+                    .iter()
+                    .map(|h| (h.partition, h.offset))
+                    .collect();
+                if wanted.is_subset(&seen) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+    }
+
+    /// Every handling reported so far, in the order each member reported them.
+    fn handled(&self) -> Vec<Handled> {
+        let mut all = Vec::new();
+        for entry in std::fs::read_dir(&self.out).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
+            // A line being written may be incomplete; complete lines end with '\n'.
+            for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
+                all.push(serde_json::from_str(line.trim_end()).unwrap());
+            }
+        }
+        all.sort_by_key(|h: &Handled| h.at_ms);
+        all
+    }
+
+    /// How often each record was handled.
+    fn handled_counts(&self) -> HashMap<(i32, i64), Vec<Handled>> {
+        let mut counts: HashMap<(i32, i64), Vec<Handled>> = HashMap::new();
+        for h in self.handled().iter() {
+            counts
+                .entry((h.partition, h.offset))
+                .or_default()
+                .push(h.clone());
+        }
+        counts
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            let _ = m.child.kill();
+            let _ = m.child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.out);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn members_share_partitions_and_a_newcomer_gets_its_share() {
+    let mut group = Group::new(6).await;
+    for name in ["a", "b", "c"] {
+        group.spawn(name, 0);
+    }
+    let owned = group.wait_balanced(&["a", "b", "c"], 6).await;
+    assert!(owned.values().all(|p| p.len() == 2), "{owned:?}");
+
+    let first = group.produce(600).await;
+    group.wait_handled(&first).await;
+
+    group.spawn("d", 0);
+    let after = group.wait_balanced(&["a", "b", "c", "d"], 6).await;
+    assert_eq!(after["d"].len(), 1, "{after:?}");
+    // Sticky: the join moved only what it had to.
+    let moved: usize = ["a", "b", "c"]
+        .iter()
+        .map(|m| {
+            owned[*m]
+                .iter()
+                .filter(|p| !after.get(*m).is_some_and(|a| a.contains(p)))
+                .count()
+        })
+        .sum();
+    assert_eq!(moved, 1, "before {owned:?}, after {after:?}");
+
+    let second = group.produce(400).await;
+    group.wait_handled(&second).await;
+    let counts = group.handled_counts();
+    let twice: Vec<_> = counts.iter().filter(|(_, h)| h.len() > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "handled twice with graceful handoffs only: {twice:?}"
+    );
+    // Each record was handled by the member that owned its partition at the time;
+    // the newcomer handled only records of its own partition.
+    let d_partitions: HashSet<i32> = counts
+        .values()
+        .flatten()
+        .filter(|h| h.member == "d")
+        .map(|h| h.partition)
+        .collect();
+    assert!(
+        d_partitions.iter().all(|p| after["d"].contains(p)),
+        "{d_partitions:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_hands_over_cleanly_and_sigkill_redelivers_only_the_uncommitted_tail() {
+    let mut group = Group::new(6).await;
+    for name in ["a", "b", "c"] {
+        group.spawn(name, 2);
+    }
+    let before = group.wait_balanced(&["a", "b", "c"], 6).await;
+    let first = group.produce(300).await;
+    group.wait_handled(&first).await;
+
+    // SIGTERM: c commits and hands over; nothing is handled twice.
+    group.signal("c", "TERM");
+    group.wait_exit("c").await;
+    let after_term = group.wait_balanced(&["a", "b"], 6).await;
+    for p in &before["c"] {
+        assert!(
+            !after_term.values().flatten().all(|q| q != p),
+            "partition {p} lost"
+        );
+    }
+    let second = group.produce(300).await;
+    group.wait_handled(&second).await;
+    let twice: Vec<_> = group
+        .handled_counts()
+        .into_iter()
+        .filter(|(_, h)| h.len() > 1)
+        .collect();
+    assert!(twice.is_empty(), "handled twice after a SIGTERM: {twice:?}");
+
+    // SIGKILL b in the middle of a burst: its partitions move after the session
+    // timeout, from its last commit.
+    let burst = group.produce(600).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    group.signal("b", "KILL");
+    group.wait_exit("b").await;
+    let killed_at = now_ms();
+    group.wait_balanced(&["a"], 6).await;
+    group.wait_handled(&burst).await;
+
+    let state = group.state().await;
+    let counts = group.handled_counts();
+    eprintln!(
+        "after SIGKILL: {} of {} records handled twice (b's uncommitted tail)",
+        counts.values().filter(|h| h.len() > 1).count(),
+        counts.len()
+    );
+    for ((partition, offset), handlings) in counts {
+        if handlings.len() == 1 {
+            continue;
+        }
+        // Only records b handled and did not commit come again, on b's partitions.
+        assert_eq!(handlings.len(), 2, "{partition}@{offset}: {handlings:?}");
+        assert_eq!(
+            handlings[0].member, "b",
+            "{partition}@{offset}: {handlings:?}"
+        );
+        assert!(handlings[0].at_ms <= killed_at);
+        let takeover = state
+            .owner(&TopicPartition::new(&group.topic, partition))
+            .unwrap();
+        assert!(
+            offset >= takeover.start,
+            "{partition}@{offset} was committed (takeover started at {}), yet handled again",
+            takeover.start
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_member_is_fenced_and_neither_processes_nor_commits_moved_partitions() {
+    let mut group = Group::new(4).await;
+    group.spawn("a", 0);
+    group.spawn("b", 0);
+    let before = group.wait_balanced(&["a", "b"], 4).await;
+    let first = group.produce(100).await;
+    group.wait_handled(&first).await;
+
+    // Pause a well past its session timeout; b takes a's partitions meanwhile.
+    group.signal("a", "STOP");
+    let paused_at = now_ms();
+    group.wait_balanced(&["b"], 4).await;
+    let during = group.produce(200).await;
+    group.wait_handled(&during).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    group.signal("a", "CONT");
+    tokio::time::sleep(Duration::from_millis(SESSION_MS * 2)).await;
+
+    // Every record produced during the pause was handled exactly once, by b (or
+    // by a only after b handed a partition back).
+    let counts = group.handled_counts();
+    for record in &during {
+        let h = &counts[record];
+        assert_eq!(h.len(), 1, "{record:?} handled {} times: {h:?}", h.len());
+    }
+
+    // a wrote no commit in its old epoch after b had claimed the partition.
+    let (records, _) = rust_eda::kafka::follower::read_partition(&group.cluster, &group.offsets, 0)
+        .await
+        .unwrap();
+    let mut claimed: HashMap<i32, i64> = HashMap::new();
+    for r in &records {
+        let Some(key) = r.record.key.as_deref().and_then(Key::decode) else {
+            continue;
+        };
+        let Some(value) = r.record.value.as_deref() else {
+            continue;
+        };
+        match key {
+            Key::Owner {
+                partition,
+                group: g,
+                ..
+            } if g == group.group => {
+                let owner: OwnerValue = serde_json::from_slice(value).unwrap();
+                if owner.member == "b" && before["a"].contains(&partition) {
+                    claimed.entry(partition).or_insert(owner.epoch);
+                }
+            }
+            Key::Offset {
+                partition,
+                group: g,
+                ..
+            } if g == group.group => {
+                let commit: OffsetValue = serde_json::from_slice(value).unwrap();
+                if let Some(epoch) = claimed.get(&partition) {
+                    assert!(
+                        !(commit.member.as_deref() == Some("a") && commit.epoch < Some(*epoch)),
+                        "a committed {partition} in a stale epoch after b claimed it: {commit:?}"
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        claimed.len(),
+        before["a"].len(),
+        "b claimed all of a's partitions"
+    );
+    // After its pause a rejoins and gets its share back through clean handoffs.
+    group.wait_balanced(&["a", "b"], 4).await;
+    let _ = paused_at;
+}
+
+/// Real inventory-service processes, one group, racing for scarce stock.
+#[tokio::test(flavor = "multi_thread")]
+async fn inventory_instances_never_oversell() {
+    let broker = PrivateBroker::start();
+    let dir = std::env::temp_dir().join(unique("eda-inventory"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("stock.json"),
+        r#"{"scarce": 150, "plenty": 100000}"#,
+    )
+    .unwrap();
+    let spawn = |name: &str| {
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_inventory-service"))
+            .current_dir(&dir)
+            .env("APP_KAFKA_BROKERS", broker.brokers())
+            .env("APP_INVENTORY_STOCK_FILE", dir.join("stock.json"))
+            .env("APP_KAFKA_TOPIC_PARTITIONS", "6")
+            .env("APP_KAFKA_SESSION_TIMEOUT_MS", SESSION_MS.to_string())
+            .env("APP_KAFKA_HEARTBEAT_INTERVAL_MS", "300")
+            .env("APP_KAFKA_REBALANCE_GRACE_MS", "300")
+            .env("APP_LOGGER_LEVEL", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    };
+    let mut instances: Vec<Child> = (0..3).map(|i| spawn(&format!("inv{i}"))).collect();
+
+    let cluster = connect(&broker.brokers()).await;
+    within(60, "topics created by the instances", async {
+        while cluster
+            .partition_count(topics::ORDER_CREATED)
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+
+    // 1,000 orders; about 2,000 units of "scarce" are asked for, 150 exist.
+    let producer = Producer::new(cluster.clone(), ProducerConfig::default());
+    let mut orders = HashSet::new();
+    let mut futures = Vec::new();
+    for i in 0..1000u64 {
+        let order = OrderCreated {
+            order_id: OrderId::new(),
+            customer_id: format!("c{i}"),
+            items: vec![
+                OrderItem {
+                    product_id: "scarce".into(),
+                    quantity: 1 + i % 3,
+                    price: 1.0,
+                },
+                OrderItem {
+                    product_id: "plenty".into(),
+                    quantity: 1,
+                    price: 1.0,
+                },
+            ],
+            total: 0.0,
+            created_at: rust_eda::events::now(),
+        };
+        orders.insert(order.order_id.to_string());
+        futures.push(
+            producer
+                .enqueue(Envelope::new(order, "race").to_record())
+                .await
+                .unwrap(),
+        );
+        if i == 400 {
+            // A rebalance in the middle of the race.
+            instances[1].kill().unwrap();
+            instances[1].wait().unwrap();
+        }
+    }
+    for f in futures {
+        f.await.unwrap();
+    }
+    instances[1] = spawn("inv1-again");
+
+    let started = Instant::now();
+    let (reserved, failed) = within(240, "every order decided", async {
+        loop {
+            let reserved: Vec<InventoryReserved> = read_topic(&cluster, topics::INVENTORY_RESERVED)
+                .await
+                .unwrap()
+                .iter()
+                .map(|m| Envelope::<InventoryReserved>::decode(m).unwrap().payload)
+                .collect();
+            let failed: Vec<(uuid::Uuid, InventoryFailed)> =
+                read_topic(&cluster, topics::INVENTORY_FAILED)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|m| {
+                        let e = Envelope::<InventoryFailed>::decode(m).unwrap();
+                        (e.event_id, e.payload)
+                    })
+                    .collect();
+            let decided: HashSet<String> = reserved
+                .iter()
+                .map(|r| r.order_id.to_string())
+                .chain(failed.iter().map(|(_, f)| f.order_id.to_string()))
+                .collect();
+            if decided.len() == orders.len() {
+                return (reserved, failed);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await;
+    eprintln!(
+        "1,000 orders decided by 3 instances in {:?} after the last was produced",
+        started.elapsed()
+    );
+
+    let mut decisions: HashMap<String, usize> = HashMap::new();
+    let mut scarce_reserved = 0;
+    let mut seen_reserved = HashSet::new();
+    for r in &reserved {
+        // The same outcome published twice would carry the same order once here.
+        if seen_reserved.insert(r.order_id) {
+            *decisions.entry(r.order_id.to_string()).or_default() += 1;
+            scarce_reserved += r
+                .items
+                .iter()
+                .filter(|i| i.product_id == "scarce")
+                .map(|i| i.quantity)
+                .sum::<u64>();
+        }
+    }
+    let mut seen_failed = HashSet::new();
+    for (_, f) in &failed {
+        if seen_failed.insert(f.order_id) {
+            *decisions.entry(f.order_id.to_string()).or_default() += 1;
+        }
+    }
+    assert!(
+        scarce_reserved <= 150,
+        "oversold: {scarce_reserved} of 150 reserved"
+    );
+    assert!(
+        scarce_reserved >= 148,
+        "stock left unsold: only {scarce_reserved} of 150 reserved"
+    );
+    assert_eq!(decisions.len(), 1000);
+    let both: Vec<_> = decisions.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        both.is_empty(),
+        "orders both reserved and rejected: {both:?}"
+    );
+
+    for mut child in instances {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
