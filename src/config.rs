@@ -125,6 +125,10 @@ pub struct KafkaConfig {
     /// `APP_KAFKA_REBALANCE_GRACE_MS`, default 1000: wait before taking over a dead
     /// member's partitions.
     pub rebalance_grace: Duration,
+    /// `APP_KAFKA_FETCH_MAX_WAIT_MS`, default 500: how long the broker may hold a
+    /// fetch open waiting for data. Kafka answers as soon as data arrives; nisshi
+    /// holds the fetch for the whole wait, so local setups use a short one.
+    pub fetch_max_wait: Duration,
 }
 
 /// SASL credentials.
@@ -214,6 +218,7 @@ impl Config {
         consumer.session_timeout = self.kafka.session_timeout;
         consumer.heartbeat_interval = self.kafka.heartbeat_interval;
         consumer.rebalance_grace = self.kafka.rebalance_grace;
+        consumer.fetch_max_wait = self.kafka.fetch_max_wait;
         consumer
     }
 
@@ -295,6 +300,7 @@ struct Raw {
     kafka_session_timeout_ms: Option<String>,
     kafka_heartbeat_interval_ms: Option<String>,
     kafka_rebalance_grace_ms: Option<String>,
+    kafka_fetch_max_wait_ms: Option<String>,
     logger_level: Option<String>,
     logger_encoding: Option<String>,
     order_publish_timeout_ms: Option<String>,
@@ -546,6 +552,11 @@ impl Raw {
                     "APP_KAFKA_REBALANCE_GRACE_MS",
                     &self.kafka_rebalance_grace_ms,
                     1_000,
+                )?,
+                fetch_max_wait: millis(
+                    "APP_KAFKA_FETCH_MAX_WAIT_MS",
+                    &self.kafka_fetch_max_wait_ms,
+                    500,
                 )?,
             },
             logger: LoggerConfig { level, encoding },

@@ -135,6 +135,8 @@ impl System {
             .env("APP_KAFKA_SESSION_TIMEOUT_MS", "3000")
             .env("APP_KAFKA_HEARTBEAT_INTERVAL_MS", "300")
             .env("APP_KAFKA_REBALANCE_GRACE_MS", "300")
+            // nisshi holds fetches for the whole wait (docs/nisshi.md).
+            .env("APP_KAFKA_FETCH_MAX_WAIT_MS", "50")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -27,6 +27,10 @@ use support::{PrivateBroker, connect, unique, within};
 
 const SESSION_MS: u64 = 3_000;
 
+/// Each test runs a broker and several member processes; on a small machine they
+/// run one at a time, or their timing stops meaning anything.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// What a child prints for each record it handled.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Handled {
@@ -304,6 +308,7 @@ impl Drop for Group {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn members_share_partitions_and_a_newcomer_gets_its_share() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let mut group = Group::new(6).await;
     for name in ["a", "b", "c"] {
         group.spawn(name, 0);
@@ -353,6 +358,7 @@ async fn members_share_partitions_and_a_newcomer_gets_its_share() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_hands_over_cleanly_and_sigkill_redelivers_only_the_uncommitted_tail() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let mut group = Group::new(6).await;
     for name in ["a", "b", "c"] {
         group.spawn(name, 2);
@@ -421,6 +427,7 @@ async fn sigterm_hands_over_cleanly_and_sigkill_redelivers_only_the_uncommitted_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_member_is_fenced_and_neither_processes_nor_commits_moved_partitions() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let mut group = Group::new(4).await;
     group.spawn("a", 0);
     group.spawn("b", 0);
@@ -498,6 +505,7 @@ async fn a_paused_member_is_fenced_and_neither_processes_nor_commits_moved_parti
 /// Real inventory-service processes, one group, racing for scarce stock.
 #[tokio::test(flavor = "multi_thread")]
 async fn inventory_instances_never_oversell() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let broker = PrivateBroker::start();
     let dir = std::env::temp_dir().join(unique("eda-inventory"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -516,7 +524,8 @@ async fn inventory_instances_never_oversell() {
             .env("APP_KAFKA_SESSION_TIMEOUT_MS", SESSION_MS.to_string())
             .env("APP_KAFKA_HEARTBEAT_INTERVAL_MS", "300")
             .env("APP_KAFKA_REBALANCE_GRACE_MS", "300")
-            .env("APP_LOGGER_LEVEL", "warn")
+            .env("APP_KAFKA_FETCH_MAX_WAIT_MS", "50")
+            .env("APP_LOGGER_LEVEL", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -30,10 +30,12 @@ pub struct Follower {
 }
 
 impl Follower {
-    /// Starts following `topics`, calling `apply` for every record.
+    /// Starts following `topics`, calling `apply` for every record. Each fetch waits
+    /// at most `fetch_max_wait` for new records.
     pub async fn start<F>(
         cluster: &Cluster,
         topics: &[&str],
+        fetch_max_wait: std::time::Duration,
         apply: F,
         shutdown: Shutdown,
     ) -> Result<Self, ClusterError>
@@ -63,7 +65,7 @@ impl Follower {
         let (ready_tx, ready) = watch::channel(pending.load(Ordering::Acquire) == 0);
         let ready_tx = Arc::new(ready_tx);
         let mut config = ConsumerConfig::new("follower", topics.iter().copied());
-        config.fetch_max_wait = std::time::Duration::from_millis(250);
+        config.fetch_max_wait = fetch_max_wait;
 
         let mut tasks = JoinSet::new();
         for (tp, start, end) in partitions {

@@ -397,6 +397,7 @@ impl Service for InventoryService {
                     topics::INVENTORY_RESERVED,
                     topics::INVENTORY_FAILED,
                 ],
+                config.kafka.fetch_max_wait,
                 move |m| shared.apply(&m),
                 follower_shutdown,
             )

@@ -53,6 +53,7 @@ impl Service for OrderService {
             Follower::start(
                 &cluster,
                 &topics::ALL,
+                config.kafka.fetch_max_wait,
                 move |message| views.apply(&message),
                 follower_shutdown,
             )
