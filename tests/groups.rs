@@ -532,7 +532,7 @@ async fn inventory_instances_never_oversell() {
             .spawn()
             .unwrap()
     };
-    let mut instances: Vec<Child> = (0..3).map(|i| spawn(&format!("inv{i}"))).collect();
+    let mut instances = Children((0..3).map(|i| spawn(&format!("inv{i}"))).collect());
 
     let cluster = connect(&broker.brokers()).await;
     within(60, "topics created by the instances", async {
@@ -578,14 +578,14 @@ async fn inventory_instances_never_oversell() {
         );
         if i == 400 {
             // A rebalance in the middle of the race.
-            instances[1].kill().unwrap();
-            instances[1].wait().unwrap();
+            instances.0[1].kill().unwrap();
+            instances.0[1].wait().unwrap();
         }
     }
     for f in futures {
         f.await.unwrap();
     }
-    instances[1] = spawn("inv1-again");
+    instances.0[1] = spawn("inv1-again");
 
     let started = Instant::now();
     let (reserved, failed) = within(240, "every order decided", async {
@@ -659,9 +659,18 @@ async fn inventory_instances_never_oversell() {
         "orders both reserved and rejected: {both:?}"
     );
 
-    for mut child in instances {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    drop(instances);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Child processes killed when the test ends, whether it passed or not.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

@@ -362,7 +362,7 @@ impl Consumer {
         };
 
         let mut running: BTreeMap<TopicPartition, Running> = BTreeMap::new();
-        let mut claims: HashMap<TopicPartition, Instant> = HashMap::new();
+        let mut pending = Pending::default();
         let mut reconcile = tokio::time::interval(
             (self.config.heartbeat_interval / 4)
                 .clamp(Duration::from_millis(20), Duration::from_millis(250)),
@@ -378,7 +378,7 @@ impl Consumer {
                     None => break,
                 },
                 _ = reconcile.tick() => {
-                    self.reconcile(&coordinator, &mut running, &mut claims, &handler, &shutdown).await;
+                    self.reconcile(&coordinator, &mut running, &mut pending, &handler, &shutdown).await;
                 }
                 _ = commit.tick() => {
                     if let Err(e) = self.commit(&coordinator, &running).await {
@@ -405,13 +405,18 @@ impl Consumer {
         &self,
         coordinator: &Coordinator,
         running: &mut BTreeMap<TopicPartition, Running>,
-        claims: &mut HashMap<TopicPartition, Instant>,
+        pending: &mut Pending,
         handler: &Arc<H>,
         shutdown: &Shutdown,
     ) {
         let me = coordinator.member.as_str();
         let state = &coordinator.state;
         let lease_ok = coordinator.lease.is_valid();
+        // Owner records we wrote count as soon as they are acknowledged, not only
+        // once read back: acting on the older state would write a second, stale one.
+        pending
+            .handed
+            .retain(|tp, epoch| state.owner(tp).is_some_and(|o| o.epoch < *epoch));
 
         // Fencing: a partition that moved while we were away stops at once, uncommitted.
         let fenced: Vec<TopicPartition> = running
@@ -447,13 +452,24 @@ impl Consumer {
         for tp in moving {
             if let Some(r) = running.remove(&tp) {
                 let to = target.get(&tp).cloned().unwrap_or_default();
-                self.hand_over(coordinator, &tp, r, &to).await;
+                if let Some(epoch) = self.hand_over(coordinator, &tp, r, &to).await {
+                    pending.handed.insert(tp, epoch);
+                }
             }
         }
 
-        // Start what the log says is ours.
+        // Start what the log says is ours. A partition ours in the log but meant for
+        // someone else by now (the group changed between our claim and reading it
+        // back) is passed on without running it; its new owner waits for exactly that.
         for (tp, owner) in state.owned_by(me) {
-            if running.contains_key(&tp) || target.get(&tp).map(String::as_str) != Some(me) {
+            if running.contains_key(&tp) || pending.handed.contains_key(&tp) {
+                continue;
+            }
+            if target.get(&tp).map(String::as_str) != Some(me) {
+                let to = target.get(&tp).cloned().unwrap_or_default();
+                if let Some(epoch) = self.pass_on(coordinator, &tp, &owner, &to).await {
+                    pending.handed.insert(tp, epoch);
+                }
                 continue;
             }
             let start = state.committed(&tp).unwrap_or(owner.start);
@@ -469,6 +485,7 @@ impl Consumer {
 
         // Claim partitions of dead members (or nobody's) that the assignment gives us.
         let now = Instant::now();
+        let claims = &mut pending.claims;
         claims.retain(|tp, _| {
             target.get(tp).map(String::as_str) == Some(me) && state.is_claimable(tp)
         });
@@ -536,14 +553,15 @@ impl Consumer {
         }
     }
 
-    /// Finishes the record in flight, commits, and names the new owner.
+    /// Finishes the record in flight, commits, and names the new owner. Returns the
+    /// epoch of the owner record written, if one was.
     async fn hand_over(
         &self,
         coordinator: &Coordinator,
         tp: &TopicPartition,
         r: Running,
         to: &str,
-    ) {
+    ) -> Option<i64> {
         let epoch = r.epoch;
         let progress = r.finish().await;
         let still_ours = coordinator.lease.is_valid()
@@ -553,7 +571,7 @@ impl Consumer {
                 .is_some_and(|o| o.member == coordinator.member && o.epoch == epoch);
         if !still_ours {
             log::warn!("{tp}: lost before it could be handed over; nothing committed");
-            return;
+            return None;
         }
         let next = progress.next.load(Ordering::Acquire);
         let mut start = progress.committed.load(Ordering::Acquire);
@@ -581,9 +599,41 @@ impl Consumer {
         match coordinator.write_owner(tp, owner).await {
             Ok(()) if to.is_empty() => log::info!("{tp}: released at offset {start}"),
             Ok(()) => log::info!("{tp}: handed over to {to} at offset {start}"),
-            Err(e) => log::warn!(
-                "{tp}: handoff to {to} failed; it moves after the session timeout instead: {e}"
-            ),
+            Err(e) => {
+                log::warn!(
+                    "{tp}: handoff to {to} failed; it moves after the session timeout instead: {e}"
+                );
+                return None;
+            }
+        }
+        Some(epoch + 1)
+    }
+
+    /// Names the next owner of a partition this member owns but does not run,
+    /// from its last valid commit.
+    async fn pass_on(
+        &self,
+        coordinator: &Coordinator,
+        tp: &TopicPartition,
+        owner: &OwnerValue,
+        to: &str,
+    ) -> Option<i64> {
+        let start = coordinator.state.committed(tp).unwrap_or(owner.start);
+        let next = OwnerValue {
+            member: to.to_owned(),
+            epoch: owner.epoch + 1,
+            start,
+        };
+        match coordinator.write_owner(tp, next).await {
+            Ok(()) => {
+                let to = if to.is_empty() { "nobody" } else { to };
+                log::info!("{tp}: passed on to {to} at offset {start} without running it");
+                Some(owner.epoch + 1)
+            }
+            Err(e) => {
+                log::warn!("{tp}: passing it on to {to} failed, will retry: {e}");
+                None
+            }
         }
     }
 
@@ -632,6 +682,14 @@ impl Consumer {
         coordinator.announce_leaving().await;
         let target = coordinator.target_without_me();
         let deadline = Instant::now() + self.config.shutdown_commit_timeout;
+        if coordinator.lease.is_valid() {
+            for (tp, owner) in coordinator.state.owned_by(&coordinator.member) {
+                if !running.contains_key(&tp) {
+                    let to = target.get(&tp).cloned().unwrap_or_default();
+                    self.pass_on(&coordinator, &tp, &owner, &to).await;
+                }
+            }
+        }
         for (tp, r) in running {
             let to = target.get(&tp).cloned().unwrap_or_default();
             if tokio::time::timeout_at(deadline, self.hand_over(&coordinator, &tp, r, &to))
@@ -646,6 +704,15 @@ impl Consumer {
         }
         coordinator.leave().await;
     }
+}
+
+/// Owner records written but not yet read back, and claims waiting for their grace.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Partitions handed over or passed on, with the epoch of the record written.
+    handed: HashMap<TopicPartition, i64>,
+    /// Partitions to claim, with when they became claimable for this member.
+    claims: HashMap<TopicPartition, Instant>,
 }
 
 /// How far a partition got. `next` is the offset after the last record handled,
