@@ -1,0 +1,191 @@
+//! The deployment files: docker-compose.yml and the Dockerfile are checked for
+//! what matters to someone running them, without a Docker engine.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rust_eda::config::Config;
+use serde_yaml_ng::Value;
+
+fn compose() -> Value {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docker-compose.yml"))
+            .expect("docker-compose.yml");
+    let mut value: Value =
+        serde_yaml_ng::from_str(&text).expect("docker-compose.yml is valid YAML");
+    value.apply_merge().expect("merge keys resolve");
+    value
+}
+
+fn services(compose: &Value) -> BTreeMap<String, Value> {
+    compose["services"]
+        .as_mapping()
+        .expect("a services map")
+        .iter()
+        .map(|(k, v)| (k.as_str().unwrap().to_owned(), v.clone()))
+        .collect()
+}
+
+fn env(service: &Value) -> Vec<(String, String)> {
+    service["environment"]
+        .as_mapping()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        Value::String(s) => s.clone(),
+                        Value::Number(n) => n.to_string(),
+                        Value::Bool(b) => b.to_string(),
+                        other => panic!("{k:?}: unexpected value {other:?}"),
+                    };
+                    (k.as_str().unwrap().to_owned(), v)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn compose_runs_kafka_in_kraft_mode_with_ui_topics_and_the_three_services() {
+    let compose = compose();
+    let services = services(&compose);
+    for name in [
+        "kafka",
+        "kafka-ui",
+        "create-topics",
+        "order-service",
+        "inventory-service",
+        "notification-service",
+    ] {
+        assert!(services.contains_key(name), "service {name} missing");
+    }
+
+    let kafka = env(&services["kafka"]);
+    let kafka: BTreeMap<_, _> = kafka.into_iter().collect();
+    assert!(
+        kafka["KAFKA_PROCESS_ROLES"].contains("controller"),
+        "KRaft mode"
+    );
+    assert!(
+        services["kafka"]["image"]
+            .as_str()
+            .unwrap()
+            .starts_with("apache/kafka")
+    );
+    assert_eq!(services["kafka-ui"]["ports"][0].as_str(), Some("8090:8080"));
+    assert_eq!(
+        services["order-service"]["ports"][0].as_str(),
+        Some("8080:8080")
+    );
+
+    for (name, service) in &services {
+        assert!(
+            service.get("image").is_some() || service.get("build").is_some(),
+            "{name} has neither image nor build"
+        );
+        if let Some(deps) = service["depends_on"].as_mapping() {
+            for (dep, how) in deps {
+                let dep = dep.as_str().unwrap();
+                assert!(
+                    services.contains_key(dep),
+                    "{name} depends on unknown {dep}"
+                );
+                let condition = how["condition"].as_str().unwrap_or("service_started");
+                assert!(
+                    [
+                        "service_started",
+                        "service_healthy",
+                        "service_completed_successfully"
+                    ]
+                    .contains(&condition),
+                    "{name}: unknown condition {condition}"
+                );
+                if condition == "service_healthy" {
+                    assert!(
+                        services[dep].get("healthcheck").is_some(),
+                        "{dep} has no healthcheck"
+                    );
+                }
+            }
+        }
+        for port in service["ports"].as_sequence().into_iter().flatten() {
+            let (host, container) = port
+                .as_str()
+                .unwrap()
+                .split_once(':')
+                .expect("host:container");
+            host.parse::<u16>().expect("host port");
+            container.parse::<u16>().expect("container port");
+        }
+    }
+}
+
+#[test]
+fn every_service_environment_is_a_valid_configuration() {
+    let compose = compose();
+    let services = services(&compose);
+    let broker_for_ui = env(&services["kafka-ui"])
+        .into_iter()
+        .find(|(k, _)| k == "KAFKA_CLUSTERS_0_BOOTSTRAPSERVERS")
+        .map(|(_, v)| v)
+        .unwrap();
+    let documented =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    for name in [
+        "create-topics",
+        "order-service",
+        "inventory-service",
+        "notification-service",
+    ] {
+        let vars = env(&services[name]);
+        for (k, _) in &vars {
+            assert!(
+                documented.contains(&format!("`{k}`")),
+                "{name}: {k} is not documented in the README"
+            );
+        }
+        let config = Config::from_sources(None, Path::new("/nonexistent"), vars.clone())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            config.kafka.brokers.join(","),
+            broker_for_ui,
+            "{name} talks to another broker than Kafka UI"
+        );
+        let entrypoint: Vec<&str> = services[name]["entrypoint"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let binary = entrypoint[0].trim_start_matches('/');
+        assert!(
+            ["order-service", "inventory-service", "notification-service"].contains(&binary),
+            "{name} runs {binary}, which the image does not have"
+        );
+    }
+}
+
+#[test]
+fn the_image_is_from_scratch_with_the_three_static_binaries() {
+    let dockerfile =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile")).unwrap();
+    let stages: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    assert_eq!(stages.last(), Some(&"FROM scratch"), "{stages:?}");
+    assert!(
+        dockerfile.contains("CC=/bin/false"),
+        "the image is built without a C compiler"
+    );
+    for s in ["order-service", "inventory-service", "notification-service"] {
+        assert!(dockerfile.contains(&format!("--bin {s}")), "{s} not built");
+    }
+    let ignore =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(".dockerignore"))
+            .unwrap_or_default();
+    assert!(
+        ignore.lines().any(|l| l.trim() == "target"),
+        "the build context must not carry target/"
+    );
+}
