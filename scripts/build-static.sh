@@ -31,7 +31,8 @@ for arch in "${arches[@]}"; do
     # Already stripped by the linker (profile.release.strip).
     cp "target/$target/release/$s" "dist/$target/$s"
     if command -v file >/dev/null; then
-      file "dist/$target/$s" | grep -q "statically linked" \
+      # "static-pie linked": static and position-independent, so ASLR still applies.
+      file "dist/$target/$s" | grep -Eq "statically linked|static-pie linked" \
         || { echo "dist/$target/$s is not statically linked: $(file "dist/$target/$s")" >&2; exit 1; }
     fi
   done

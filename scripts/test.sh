@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite against a real broker that this script starts and stops.
 #
-#   scripts/test.sh                 everything
-#   scripts/test.sh --test kafka    arguments go to `cargo test`
+#   scripts/test.sh                 everything, then the end-to-end tests again with
+#                                   the static aarch64 binaries under qemu
+#   scripts/test.sh --test kafka    arguments go to `cargo test` (no ARM run)
 #
 # The broker (nisshi, installed on first use by scripts/broker.sh) gets a free port
 # and a throwaway data folder, so a broker you run yourself is left alone.
@@ -32,3 +33,23 @@ trap cleanup EXIT
 scripts/broker.sh start
 export EDA_TEST_BROKERS=127.0.0.1:$EDA_BROKER_PORT
 cargo test "$@"
+
+# The whole suite also runs the end-to-end tests on ARM: the static aarch64
+# binaries under qemu-aarch64-static. EDA_TEST_ARM=0 leaves that out.
+if [[ $# -eq 0 && ${EDA_TEST_ARM:-1} != 0 ]]; then
+  if ! command -v qemu-aarch64-static >/dev/null; then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+      echo "installing qemu-user-static for the ARM end-to-end tests" >&2
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user-static) >&2
+    else
+      echo "the ARM end-to-end tests need qemu-aarch64-static (Debian: qemu-user-static); install it, or run with EDA_TEST_ARM=0" >&2
+      exit 1
+    fi
+  fi
+  scripts/build-static.sh aarch64
+  echo "== end-to-end tests with the aarch64 binaries under qemu" >&2
+  EDA_E2E_BIN_DIR=dist/aarch64-unknown-linux-musl EDA_E2E_RUNNER=qemu-aarch64-static \
+    cargo test --test e2e
+elif [[ $# -eq 0 ]]; then
+  echo "EDA_TEST_ARM=0: the ARM end-to-end tests were not run" >&2
+fi
