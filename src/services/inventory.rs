@@ -28,16 +28,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::{Service, ServiceError, connect, producer};
+use super::{ConsumerLoop, Service, ServiceError, connect, producer};
 use crate::config::Config;
 use crate::domain::OrderId;
 use crate::events::{
     Envelope, InventoryFailed, InventoryReserved, OrderCreated, ProductQuantity, Shortage, headers,
     topics,
 };
-use crate::kafka::{
-    Consumer, DeadLetter, Follower, Handler, HandlerError, Message, Producer, ProducerRecord,
-};
+use crate::kafka::{Consumer, Follower, Handler, HandlerError, Message, Producer, ProducerRecord};
 use crate::logging::with_correlation_id;
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 
@@ -371,9 +369,7 @@ impl ReserveStock {
 
 /// The built service.
 pub struct InventoryService {
-    consumer: Consumer,
-    handler: DeadLetter<ReserveStock>,
-    producer: Producer,
+    work: ConsumerLoop<ReserveStock>,
     _follower: Follower,
     follower_stop: ShutdownTrigger,
 }
@@ -438,25 +434,19 @@ impl Service for InventoryService {
             config.consumer(DEFAULT_GROUP, &[topics::ORDER_CREATED]),
         )
         .await?;
-        let handler = DeadLetter::new(
-            ReserveStock {
-                shared,
-                producer: producer.clone(),
-            },
-            producer.clone(),
-        );
+        let handler = ReserveStock {
+            shared,
+            producer: producer.clone(),
+        };
         Ok(Self {
-            consumer,
-            handler,
-            producer,
+            work: ConsumerLoop::new(consumer, handler, producer),
             _follower: follower,
             follower_stop,
         })
     }
 
     async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), ServiceError> {
-        self.consumer.run(self.handler, shutdown).await?;
-        self.producer.close().await;
+        self.work.run(shutdown).await?;
         self.follower_stop.trigger();
         log::info!("inventory-service stopped");
         Ok(())

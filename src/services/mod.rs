@@ -10,8 +10,8 @@ pub mod order;
 use crate::config::Config;
 use crate::events::topic_specs;
 use crate::kafka::{
-    Admin, AdminError, Cluster, ClusterError, ConsumerError, ProduceError, Producer,
-    ProducerConfig, ReadError,
+    Admin, AdminError, Cluster, ClusterError, Consumer, ConsumerError, DeadLetter, Handler,
+    ProduceError, Producer, ProducerConfig, ReadError,
 };
 use crate::shutdown::Shutdown;
 
@@ -75,6 +75,31 @@ pub async fn connect(config: &Config, service: &str) -> Result<Cluster, ServiceE
         config.kafka.brokers.join(",")
     );
     Ok(cluster)
+}
+
+/// A consumer service's loop: its consumer, its handler wrapped so that poison
+/// records are dead-lettered, and the producer both write with.
+pub struct ConsumerLoop<H> {
+    consumer: Consumer,
+    handler: DeadLetter<H>,
+    producer: Producer,
+}
+
+impl<H: Handler> ConsumerLoop<H> {
+    pub fn new(consumer: Consumer, handler: H, producer: Producer) -> Self {
+        Self {
+            consumer,
+            handler: DeadLetter::new(handler, producer.clone()),
+            producer,
+        }
+    }
+
+    /// Consumes until `shutdown`, then flushes everything the handler produced.
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), ServiceError> {
+        self.consumer.run(self.handler, shutdown).await?;
+        self.producer.close().await;
+        Ok(())
+    }
 }
 
 /// The producer of a service's events.

@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{Service, ServiceError, connect, producer};
+use super::{ConsumerLoop, Service, ServiceError, connect, producer};
 use crate::config::{Config, NotificationConfig};
 use crate::domain::OrderId;
 use crate::events::{
@@ -26,9 +26,7 @@ use crate::events::{
 };
 use crate::http_client::{self, HttpError, HttpUrl};
 use crate::kafka::backoff::{Backoff, BackoffConfig};
-use crate::kafka::{
-    Consumer, DeadLetter, Handler, HandlerError, Message, Poison, Producer, read_topic,
-};
+use crate::kafka::{Consumer, Handler, HandlerError, Message, Poison, Producer, read_topic};
 use crate::logging::with_correlation_id;
 use crate::shutdown::Shutdown;
 
@@ -228,9 +226,7 @@ impl Notify {
 
 /// The built service.
 pub struct NotificationService {
-    consumer: Consumer,
-    handler: DeadLetter<Notify>,
-    producer: Producer,
+    work: ConsumerLoop<Notify>,
 }
 
 impl Service for NotificationService {
@@ -262,24 +258,18 @@ impl Service for NotificationService {
             ),
         )
         .await?;
-        let handler = DeadLetter::new(
-            Notify {
-                notified: Arc::new(Mutex::new(notified)),
-                webhook,
-                producer: producer.clone(),
-            },
-            producer.clone(),
-        );
+        let handler = Notify {
+            notified: Arc::new(Mutex::new(notified)),
+            webhook,
+            producer: producer.clone(),
+        };
         Ok(Self {
-            consumer,
-            handler,
-            producer,
+            work: ConsumerLoop::new(consumer, handler, producer),
         })
     }
 
     async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), ServiceError> {
-        self.consumer.run(self.handler, shutdown).await?;
-        self.producer.close().await;
+        self.work.run(shutdown).await?;
         log::info!("notification-service stopped");
         Ok(())
     }
