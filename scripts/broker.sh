@@ -66,9 +66,11 @@ start() {
     *) die "EDA_BROKER_STORAGE=$storage: expected sqlite or memory" ;;
   esac
   # Run from the data folder: nisshi reads a .env from its working directory.
+  # In a session of its own, so that Ctrl-C in the terminal that started it stops
+  # the services first (scripts/dev.sh) and not the broker under them.
   (
     cd "$data"
-    RUST_LOG=${RUST_LOG:-warn} nohup "$bin" broker \
+    RUST_LOG=${RUST_LOG:-warn} setsid nohup "$bin" broker \
       --cluster-id rust-eda \
       --listener-url "tcp://127.0.0.1:$port" \
       --advertised-listener-url "tcp://127.0.0.1:$port" \
