@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::domain::{OrderId, OrderItem};
 use crate::kafka::consumer::Poison;
+use crate::kafka::dead_letter;
 use crate::kafka::offsets::{DEFAULT_OFFSETS_TOPIC, offsets_topic_spec};
 use crate::kafka::{Message, ProducerRecord, TopicSpec};
 
@@ -32,11 +33,6 @@ pub mod topics {
         INVENTORY_FAILED,
         NOTIFICATION_SENT,
     ];
-
-    /// Where records of `topic` that can never be processed are parked.
-    pub fn dead_letter(topic: &str) -> String {
-        format!("{topic}.dlq")
-    }
 }
 
 /// Header names set on every event record.
@@ -72,7 +68,7 @@ pub fn topic_specs(partitions: i32, replication_factor: i16) -> Vec<TopicSpec> {
         topics::INVENTORY_FAILED,
     ] {
         specs.push(
-            TopicSpec::new(topics::dead_letter(consumed), 1)
+            TopicSpec::new(dead_letter::topic_for(consumed), 1)
                 .replication_factor(replication_factor)
                 .config("retention.ms", "-1"),
         );

@@ -265,12 +265,6 @@ impl Cluster {
         Ok(())
     }
 
-    /// The topic names known to the cluster (from fresh metadata).
-    pub async fn topics(&self) -> Result<HashMap<String, i32>, ClusterError> {
-        self.refresh_metadata().await?;
-        Ok(self.inner.topics.lock().partitions.clone())
-    }
-
     /// The number of partitions of `topic`, from metadata at most
     /// `metadata_max_age` old; an unknown topic triggers one refresh first.
     pub async fn partition_count(&self, topic: &str) -> Result<i32, ClusterError> {

@@ -34,11 +34,6 @@ impl<H: Handler> DeadLetter<H> {
     pub fn new(inner: H, producer: Producer) -> Self {
         Self { inner, producer }
     }
-
-    /// The wrapped handler.
-    pub fn inner(&self) -> &H {
-        &self.inner
-    }
 }
 
 impl<H: Handler> Handler for DeadLetter<H> {
