@@ -76,13 +76,7 @@ impl OffsetStore {
         let (records, _) =
             read_partition(self.producer.cluster(), &self.topic, LOG_PARTITION).await?;
         let mut state = GroupState::new(group);
-        for r in &records {
-            state.apply(
-                r.record.key.as_deref(),
-                r.record.value.as_deref(),
-                r.record.timestamp.timestamp_millis(),
-            );
-        }
+        state.apply_all(&records);
         Ok(state)
     }
 

@@ -108,13 +108,7 @@ impl Coordinator {
         let (records, high_watermark) = read_partition(&cluster, &topic, LOG_PARTITION)
             .await
             .map_err(super::OffsetError::from)?;
-        for r in &records {
-            state.apply(
-                r.record.key.as_deref(),
-                r.record.value.as_deref(),
-                r.record.timestamp.timestamp_millis(),
-            );
-        }
+        state.apply_all(&records);
 
         let (tx, log) = mpsc::channel(16);
         let mut tail_config = config.clone();
@@ -175,13 +169,7 @@ impl Coordinator {
     }
 
     pub(crate) fn apply(&mut self, records: &[RecordAndOffset]) {
-        for r in records {
-            self.state.apply(
-                r.record.key.as_deref(),
-                r.record.value.as_deref(),
-                r.record.timestamp.timestamp_millis(),
-            );
-        }
+        self.state.apply_all(records);
     }
 
     /// Whether this member's own record is in the state yet.

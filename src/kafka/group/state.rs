@@ -10,6 +10,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use rskafka::record::RecordAndOffset;
+
 use super::assignor::assign;
 use super::records::{Key, MemberValue, OffsetValue, OwnerValue};
 use crate::kafka::TopicPartition;
@@ -102,6 +104,17 @@ impl GroupState {
                     Some(Err(e)) => log::warn!("unreadable offset record for {tp}: {e}"),
                 }
             }
+        }
+    }
+
+    /// Applies coordination records as read from the log, in order.
+    pub fn apply_all(&mut self, records: &[RecordAndOffset]) {
+        for r in records {
+            self.apply(
+                r.record.key.as_deref(),
+                r.record.value.as_deref(),
+                r.record.timestamp.timestamp_millis(),
+            );
         }
     }
 
