@@ -155,10 +155,9 @@ impl Admin {
         }
 
         let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-        self.wait_for_leaders(&mut conn, &names).await?;
-        // Read after the leaders are up: a topic another client was creating at the
+        // Read once the leaders are up: a topic another client was creating at the
         // same moment has its partitions only now.
-        let topics = metadata(&mut conn, Some(&names)).await?;
+        let topics = self.wait_for_leaders(&mut conn, &names).await?;
         for ((name, outcome), spec) in outcomes.iter_mut().zip(specs) {
             if let TopicOutcome::Existed { partitions } = outcome {
                 *partitions = partition_count(&topics, name).unwrap_or(-1);
@@ -248,38 +247,40 @@ impl Admin {
         Ok(Connection::connect(&addr, &self.config.client_id, self.config.request_timeout).await?)
     }
 
+    /// Polls the metadata of `topics`, all in one request, until every partition
+    /// of each has a leader; returns that metadata.
     async fn wait_for_leaders(
         &self,
         conn: &mut Connection,
         topics: &[&str],
-    ) -> Result<(), AdminError> {
+    ) -> Result<MetadataResponse, AdminError> {
         let started = Instant::now();
         let limit = self.config.request_timeout;
         let mut delay = Duration::from_millis(20);
-        for topic in topics {
-            loop {
-                let metadata = metadata(conn, Some(&[topic])).await?;
-                let ready = metadata.topics.iter().any(|t| {
-                    t.error_code == 0
+        loop {
+            let response = metadata(conn, Some(topics)).await?;
+            let not_ready = topics.iter().find(|name| {
+                !response.topics.iter().any(|t| {
+                    t.name.as_ref().is_some_and(|n| n.0.as_str() == **name)
+                        && t.error_code == 0
                         && !t.partitions.is_empty()
                         && t.partitions
                             .iter()
                             .all(|p| p.error_code == 0 && p.leader_id.0 >= 0)
+                })
+            });
+            let Some(topic) = not_ready else {
+                return Ok(response);
+            };
+            if started.elapsed() > limit {
+                return Err(AdminError::NotReady {
+                    topic: (*topic).to_owned(),
+                    waited: started.elapsed(),
                 });
-                if ready {
-                    break;
-                }
-                if started.elapsed() > limit {
-                    return Err(AdminError::NotReady {
-                        topic: (*topic).to_owned(),
-                        waited: started.elapsed(),
-                    });
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_millis(500));
             }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(500));
         }
-        Ok(())
     }
 }
 
