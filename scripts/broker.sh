@@ -7,11 +7,17 @@
 #   scripts/broker.sh restart   stop, then start with the same data
 #   scripts/broker.sh status    exit 0 if it runs, 3 if not
 #   scripts/broker.sh path      print the nisshi binary's path
+#   scripts/broker.sh user NAME PASSWORD [scram256|scram512]
+#                               add a SASL/SCRAM user (the broker must run without
+#                               EDA_BROKER_AUTH; restart it with EDA_BROKER_AUTH=1 after)
 #
 # Settings (environment):
 #   EDA_BROKER_PORT     listener port                      (default 9092)
 #   EDA_BROKER_DATA     data folder: database, log, pid    (default .eda/broker)
 #   EDA_BROKER_STORAGE  sqlite | memory                    (default sqlite; memory loses data on stop)
+#   EDA_BROKER_TLS      1: TLS only, with a CA and certificate made once in
+#                       DATA/tls (clients trust DATA/tls/ca.pem)      (default 0)
+#   EDA_BROKER_AUTH     1: clients must authenticate with SASL/SCRAM  (default 0)
 #   NISSHI_ROOT         where nisshi is installed          (default ~/.local/share/rust-eda/nisshi-VERSION)
 set -euo pipefail
 
@@ -60,6 +66,12 @@ start() {
   data=$(cd "$data" && pwd)
   pidfile=$data/broker.pid
   logfile=$data/broker.log
+  local security=()
+  if [[ ${EDA_BROKER_TLS:-0} == 1 ]]; then
+    certificates
+    security+=(--cert "$data/tls/broker.pem" --key "$data/tls/broker.key")
+  fi
+  [[ ${EDA_BROKER_AUTH:-0} == 1 ]] && security+=(--authentication)
   case $storage in
     sqlite) engine="sqlite://nisshi.db" ;;  # relative: nisshi resolves it against its working directory
     memory) engine="memory://nisshi/" ;;
@@ -74,7 +86,7 @@ start() {
       --cluster-id rust-eda \
       --listener-url "tcp://127.0.0.1:$port" \
       --advertised-listener-url "tcp://127.0.0.1:$port" \
-      --storage-engine "$engine" >>"$logfile" 2>&1 &
+      --storage-engine "$engine" ${security[@]+"${security[@]}"} >>"$logfile" 2>&1 &
     echo $! >"$pidfile"
   )
   for _ in $(seq 1 300); do
@@ -84,13 +96,42 @@ start() {
       die "nisshi exited during start (log: $logfile)"
     fi
     if answers; then
-      say "running (pid $(pid)) on 127.0.0.1:$port, $storage storage in $data"
+      say "running (pid $(pid)) on 127.0.0.1:$port, $storage storage in $data${security[*]:+ (${security[*]})}"
       return 0
     fi
     sleep 0.1
   done
   stop
   die "nisshi did not open 127.0.0.1:$port within 30 s (log: $logfile)"
+}
+
+# A throwaway CA and a broker certificate for localhost and 127.0.0.1, made with
+# the openssl command (a development tool; the services themselves need no C).
+certificates() {
+  local dir=$data/tls
+  [[ -f $dir/broker.pem && -f $dir/broker.key && -f $dir/ca.pem ]] && return 0
+  command -v openssl >/dev/null || die "EDA_BROKER_TLS=1 needs the openssl command (Debian: openssl)"
+  mkdir -p "$dir"
+  (
+    cd "$dir"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+      -keyout ca.key -out ca.pem -subj "/CN=rust-eda local CA" \
+      -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+      -keyout broker.key -out broker.csr -subj "/CN=localhost"
+    printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=CA:FALSE" \
+      "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >broker.ext
+    openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 \
+      -out broker.pem -extfile broker.ext
+  ) >/dev/null 2>&1 || die "making the TLS certificates in $dir failed"
+  say "TLS: clients trust $dir/ca.pem"
+}
+
+user() {
+  [[ $# -ge 2 ]] || die "usage: scripts/broker.sh user NAME PASSWORD [scram256|scram512]"
+  running || die "start the broker (without EDA_BROKER_AUTH) first"
+  "$bin" user create --broker "tcp://127.0.0.1:$port" --mechanism "${3:-scram512}" "$1" "$2" >&2 \
+    || die "creating user $1 failed; the broker must run without EDA_BROKER_AUTH and EDA_BROKER_TLS"
 }
 
 stop() {
@@ -126,5 +167,6 @@ case ${1:-} in
   restart) stop; start ;;
   status) status ;;
   path) install; echo "$bin" ;;
-  *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  user) shift; user "$@" ;;
+  *) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

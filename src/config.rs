@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::kafka::{ClusterConfig, Compression, ConsumerConfig};
+use crate::kafka::{ClusterConfig, Compression, ConsumerConfig, Sasl, Security, Tls};
+pub use crate::secret::Secret;
 
 /// The env files tried, in order, when no `--config FILE` is given.
 pub const DEFAULT_FILES: [&str; 2] = ["config.env", "configs/config.env"];
@@ -32,6 +33,12 @@ pub enum ConfigError {
         variable: &'static str,
         why: &'static str,
     },
+    #[error("{variable}={value:?} does not apply here: {why}")]
+    Inapplicable {
+        variable: &'static str,
+        value: String,
+        why: &'static str,
+    },
     #[error("{variable}={value:?} is not supported by this build: {why}")]
     Unsupported {
         variable: &'static str,
@@ -42,34 +49,6 @@ pub enum ConfigError {
     File { path: PathBuf, reason: String },
     #[error("unknown argument {0:?}: expected --config FILE")]
     Argument(String),
-}
-
-/// A value that must never be printed.
-#[derive(Clone, PartialEq, Eq, Default, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl std::fmt::Display for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("***")
-    }
 }
 
 /// How log lines are written.
@@ -116,8 +95,9 @@ pub struct KafkaConfig {
     pub create_topics: bool,
     /// `APP_KAFKA_COMPRESSION`, default none: none, gzip or snappy.
     pub compression: Compression,
-    /// `APP_KAFKA_SASL_MECHANISM`, `_USERNAME`, `_PASSWORD`, when a mechanism is set.
-    pub sasl: Option<SaslConfig>,
+    /// `APP_KAFKA_SECURITY_PROTOCOL` with `APP_KAFKA_SSL_CA_LOCATION` and
+    /// `APP_KAFKA_SASL_MECHANISM`, `_USERNAME`, `_PASSWORD`.
+    pub security: Security,
     /// `APP_KAFKA_SESSION_TIMEOUT_MS`, default 10000: a member silent this long is dead.
     pub session_timeout: Duration,
     /// `APP_KAFKA_HEARTBEAT_INTERVAL_MS`, default 1000.
@@ -129,15 +109,6 @@ pub struct KafkaConfig {
     /// fetch open waiting for data. Kafka answers as soon as data arrives; nisshi
     /// holds the fetch for the whole wait, so local setups use a short one.
     pub fetch_max_wait: Duration,
-}
-
-/// SASL credentials.
-#[derive(Debug, Clone)]
-pub struct SaslConfig {
-    /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
-    pub mechanism: String,
-    pub username: String,
-    pub password: Secret,
 }
 
 #[derive(Debug, Clone)]
@@ -230,6 +201,7 @@ impl Config {
             .client_id
             .clone()
             .unwrap_or_else(|| service.to_owned());
+        cluster.security = self.kafka.security.clone();
         cluster
     }
 }
@@ -291,6 +263,7 @@ struct Raw {
     kafka_sasl_mechanism: Option<String>,
     kafka_sasl_username: Option<String>,
     kafka_sasl_password: Option<Secret>,
+    kafka_ssl_ca_location: Option<String>,
     kafka_group_id: Option<String>,
     kafka_client_id: Option<String>,
     kafka_topic_partitions: Option<String>,
@@ -351,6 +324,92 @@ fn millis(
 }
 
 impl Raw {
+    /// `APP_KAFKA_SECURITY_PROTOCOL` and the TLS and SASL settings it calls for.
+    fn security(&self) -> Result<Security, ConfigError> {
+        const PROTOCOL: &str = "APP_KAFKA_SECURITY_PROTOCOL";
+        let protocol = given(&self.kafka_security_protocol)
+            .unwrap_or("PLAINTEXT")
+            .to_ascii_uppercase();
+        let (tls, sasl) = match protocol.as_str() {
+            "PLAINTEXT" => (false, false),
+            "SSL" => (true, false),
+            "SASL_PLAINTEXT" => (false, true),
+            "SASL_SSL" => (true, true),
+            _ => {
+                return Err(invalid(
+                    PROTOCOL,
+                    &protocol,
+                    "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+                ));
+            }
+        };
+        let ca = given(&self.kafka_ssl_ca_location);
+        if ca.is_some() && !tls {
+            return Err(ConfigError::Inapplicable {
+                variable: "APP_KAFKA_SSL_CA_LOCATION",
+                value: ca.unwrap_or_default().to_owned(),
+                why: "it only applies with TLS; set APP_KAFKA_SECURITY_PROTOCOL to SSL or SASL_SSL",
+            });
+        }
+        let tls = if tls {
+            Some(
+                Tls::new(ca.map(Path::new)).map_err(|e| ConfigError::Invalid {
+                    variable: if ca.is_some() {
+                        "APP_KAFKA_SSL_CA_LOCATION"
+                    } else {
+                        PROTOCOL
+                    },
+                    value: ca.map_or_else(|| protocol.clone(), str::to_owned),
+                    expected: e.to_string(),
+                })?,
+            )
+        } else {
+            None
+        };
+
+        let mechanism = given(&self.kafka_sasl_mechanism);
+        let sasl = match (sasl, mechanism) {
+            (false, None) => None,
+            (false, Some(m)) => {
+                return Err(ConfigError::Inapplicable {
+                    variable: "APP_KAFKA_SASL_MECHANISM",
+                    value: m.to_owned(),
+                    why: "SASL needs APP_KAFKA_SECURITY_PROTOCOL=SASL_SSL (or SASL_PLAINTEXT)",
+                });
+            }
+            (true, None) => {
+                return Err(ConfigError::Missing {
+                    variable: "APP_KAFKA_SASL_MECHANISM",
+                    why: "APP_KAFKA_SECURITY_PROTOCOL uses SASL; set PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+                });
+            }
+            (true, Some(m)) => Some(Sasl {
+                mechanism: m.parse().map_err(|_| {
+                    invalid(
+                        "APP_KAFKA_SASL_MECHANISM",
+                        m,
+                        "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+                    )
+                })?,
+                username: given(&self.kafka_sasl_username)
+                    .ok_or(ConfigError::Missing {
+                        variable: "APP_KAFKA_SASL_USERNAME",
+                        why: "APP_KAFKA_SECURITY_PROTOCOL uses SASL",
+                    })?
+                    .to_owned(),
+                password: self
+                    .kafka_sasl_password
+                    .clone()
+                    .filter(|p| !p.expose().is_empty())
+                    .ok_or(ConfigError::Missing {
+                        variable: "APP_KAFKA_SASL_PASSWORD",
+                        why: "APP_KAFKA_SECURITY_PROTOCOL uses SASL",
+                    })?,
+            }),
+        };
+        Ok(Security { tls, sasl })
+    }
+
     fn parse(self) -> Result<Config, ConfigError> {
         let brokers: Vec<String> = given(&self.kafka_brokers)
             .unwrap_or("localhost:9092")
@@ -379,56 +438,7 @@ impl Raw {
             ));
         }
 
-        let protocol = given(&self.kafka_security_protocol)
-            .unwrap_or("PLAINTEXT")
-            .to_ascii_uppercase();
-        match protocol.as_str() {
-            "PLAINTEXT" => {}
-            "SSL" | "SASL_PLAINTEXT" | "SASL_SSL" => {
-                return Err(ConfigError::Unsupported {
-                    variable: "APP_KAFKA_SECURITY_PROTOCOL",
-                    value: protocol,
-                    why: "TLS and SASL are not built in yet; use PLAINTEXT",
-                });
-            }
-            _ => {
-                return Err(invalid(
-                    "APP_KAFKA_SECURITY_PROTOCOL",
-                    &protocol,
-                    "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
-                ));
-            }
-        }
-        if let Some(m) = given(&self.kafka_sasl_mechanism) {
-            let m = m.to_ascii_uppercase();
-            if !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&m.as_str()) {
-                return Err(invalid(
-                    "APP_KAFKA_SASL_MECHANISM",
-                    &m,
-                    "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
-                ));
-            }
-        }
-        let sasl = match given(&self.kafka_sasl_mechanism) {
-            None => None,
-            Some(mechanism) => Some(SaslConfig {
-                mechanism: mechanism.to_ascii_uppercase(),
-                username: given(&self.kafka_sasl_username)
-                    .ok_or(ConfigError::Missing {
-                        variable: "APP_KAFKA_SASL_USERNAME",
-                        why: "APP_KAFKA_SASL_MECHANISM is set",
-                    })?
-                    .to_owned(),
-                password: self
-                    .kafka_sasl_password
-                    .clone()
-                    .filter(|p| !p.expose().is_empty())
-                    .ok_or(ConfigError::Missing {
-                        variable: "APP_KAFKA_SASL_PASSWORD",
-                        why: "APP_KAFKA_SASL_MECHANISM is set",
-                    })?,
-            }),
-        };
+        let security = self.security()?;
 
         let compression = match given(&self.kafka_compression) {
             None => Compression::None,
@@ -545,7 +555,7 @@ impl Raw {
                 })?,
                 create_topics,
                 compression,
-                sasl,
+                security,
                 session_timeout,
                 heartbeat_interval,
                 rebalance_grace: millis(
@@ -593,6 +603,7 @@ impl Raw {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kafka::SaslMechanism;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
@@ -628,7 +639,7 @@ mod tests {
         assert!(e.to_string().contains("json or console"), "{e}");
         let e = load(&[("APP_KAFKA_BROKERS", "localhost")]).unwrap_err();
         assert!(e.to_string().contains("host:port"), "{e}");
-        let e = load(&[("APP_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")]).unwrap_err();
+        let e = load(&[("APP_KAFKA_SECURITY_PROTOCOL", "TLS")]).unwrap_err();
         assert!(
             e.to_string().starts_with("APP_KAFKA_SECURITY_PROTOCOL"),
             "{e}"
@@ -692,13 +703,26 @@ mod tests {
 
     #[test]
     fn sasl_needs_credentials_and_hides_the_password() {
-        let e = load(&[("APP_KAFKA_SASL_MECHANISM", "PLAIN")]).unwrap_err();
+        let e = load(&[("APP_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("APP_KAFKA_SASL_MECHANISM is required"),
+            "{e}"
+        );
+        let e = load(&[
+            ("APP_KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+            ("APP_KAFKA_SASL_MECHANISM", "PLAIN"),
+        ])
+        .unwrap_err();
         assert!(
             e.to_string()
                 .starts_with("APP_KAFKA_SASL_USERNAME is required"),
             "{e}"
         );
+        let e = load(&[("APP_KAFKA_SASL_MECHANISM", "PLAIN")]).unwrap_err();
+        assert!(e.to_string().contains("SASL_SSL"), "{e}");
         let c = load(&[
+            ("APP_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
             ("APP_KAFKA_SASL_MECHANISM", "scram-sha-256"),
             ("APP_KAFKA_SASL_USERNAME", "svc"),
             ("APP_KAFKA_SASL_PASSWORD", "hunter2"),
@@ -706,7 +730,27 @@ mod tests {
         .unwrap();
         let debug = format!("{c:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
-        assert_eq!(c.kafka.sasl.unwrap().mechanism, "SCRAM-SHA-256");
+        let sasl = c.kafka.security.sasl.unwrap();
+        assert_eq!(sasl.mechanism, SaslMechanism::ScramSha256);
+        assert!(c.kafka.security.tls.is_none());
+    }
+
+    #[test]
+    fn tls_takes_a_ca_file_or_the_built_in_roots() {
+        let c = load(&[("APP_KAFKA_SECURITY_PROTOCOL", "SSL")]).unwrap();
+        assert_eq!(c.kafka.security.protocol(), "SSL");
+        assert_eq!(c.cluster("svc").security.protocol(), "SSL");
+        let e = load(&[
+            ("APP_KAFKA_SECURITY_PROTOCOL", "SSL"),
+            ("APP_KAFKA_SSL_CA_LOCATION", "/nonexistent/ca.pem"),
+        ])
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with("APP_KAFKA_SSL_CA_LOCATION"),
+            "{e}"
+        );
+        let e = load(&[("APP_KAFKA_SSL_CA_LOCATION", "/etc/ca.pem")]).unwrap_err();
+        assert!(e.to_string().contains("SSL or SASL_SSL"), "{e}");
     }
 
     #[test]

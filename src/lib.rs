@@ -18,5 +18,6 @@ pub mod events;
 pub mod http_client;
 pub mod kafka;
 pub mod logging;
+pub mod secret;
 pub mod services;
 pub mod shutdown;

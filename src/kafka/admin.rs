@@ -216,11 +216,22 @@ impl Admin {
         }
         let mut tried = Vec::new();
         for broker in &self.config.brokers {
-            match Connection::connect(broker, &self.config.client_id, self.config.request_timeout)
-                .await
+            match Connection::connect(
+                broker,
+                &self.config.client_id,
+                self.config.request_timeout,
+                &self.config.security,
+            )
+            .await
             {
                 Ok(conn) => return Ok(conn),
-                Err(e) => tried.push(e.to_string()),
+                Err(
+                    e @ (WireError::Connect { .. }
+                    | WireError::Timeout { .. }
+                    | WireError::Io { .. }),
+                ) => tried.push(e.to_string()),
+                // Certificates and credentials are the same for every broker.
+                Err(e) => return Err(e.into()),
             }
         }
         Err(AdminError::Unreachable {
@@ -244,7 +255,13 @@ impl Admin {
         if addr == conn.addr() || metadata.brokers.len() == 1 {
             return Ok(conn);
         }
-        Ok(Connection::connect(&addr, &self.config.client_id, self.config.request_timeout).await?)
+        Ok(Connection::connect(
+            &addr,
+            &self.config.client_id,
+            self.config.request_timeout,
+            &self.config.security,
+        )
+        .await?)
     }
 
     /// Polls the metadata of `topics`, all in one request, until every partition

@@ -17,6 +17,10 @@ use rskafka::client::error::{Error as KafkaError, ProtocolError};
 use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 
+use super::security::Security;
+use super::tunnel::{TlsTunnel, TunnelError};
+use super::wire::{Connection, WireError};
+
 /// How to reach the cluster. Defaults follow the Java client where it has one.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -32,6 +36,8 @@ pub struct ClusterConfig {
     /// How old cached partition counts may get before they are refreshed
     /// (Java: `metadata.max.age.ms` = 5 min).
     pub metadata_max_age: Duration,
+    /// TLS and SASL (Java: `security.protocol` and `sasl.*`); plaintext by default.
+    pub security: Security,
 }
 
 impl ClusterConfig {
@@ -43,6 +49,7 @@ impl ClusterConfig {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             metadata_max_age: Duration::from_secs(300),
+            security: Security::default(),
         }
     }
 
@@ -65,6 +72,13 @@ impl ClusterConfig {
 /// Errors talking to the cluster.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
+    /// TLS or SASL failed in a way retrying cannot fix: an untrusted certificate,
+    /// refused credentials, a mechanism the broker does not offer.
+    #[error("{0}")]
+    Security(#[source] Box<WireError>),
+    /// The TLS tunnel could not start.
+    #[error(transparent)]
+    Tunnel(#[from] TunnelError),
     /// No broker was configured at all.
     #[error("no Kafka broker configured: set APP_KAFKA_BROKERS to host:port[,host:port...]")]
     NoBrokers,
@@ -115,7 +129,10 @@ impl ClusterError {
     /// the broker is busy. Bad input and missing permissions are not retriable.
     pub fn is_retriable(&self) -> bool {
         match self {
-            Self::NoBrokers | Self::UnknownPartition { .. } => false,
+            Self::NoBrokers
+            | Self::UnknownPartition { .. }
+            | Self::Security(_)
+            | Self::Tunnel(_) => false,
             // A topic that was just created may not be in every broker's metadata yet.
             Self::UnknownTopic(_) | Self::Timeout { .. } | Self::Unreachable { .. } => true,
             Self::Kafka { source, .. } => is_retriable(source),
@@ -132,6 +149,34 @@ impl ClusterError {
             _ => None,
         }
     }
+}
+
+/// Opens one secured connection before rskafka does, so that a certificate or
+/// credential problem ends the start with a message naming the setting to fix,
+/// instead of surfacing as rskafka retrying until its deadline.
+async fn preflight(config: &ClusterConfig) -> Result<(), ClusterError> {
+    let mut last = None;
+    for broker in &config.brokers {
+        match Connection::connect(
+            broker,
+            &config.client_id,
+            config.connect_timeout,
+            &config.security,
+        )
+        .await
+        {
+            Ok(_) => return Ok(()),
+            Err(
+                e @ (WireError::Connect { .. } | WireError::Timeout { .. } | WireError::Io { .. }),
+            ) => last = Some(e),
+            Err(e) => return Err(ClusterError::Security(Box::new(e))),
+        }
+    }
+    Err(ClusterError::Unreachable {
+        brokers: config.broker_list(),
+        timeout: config.connect_timeout,
+        reason: last.map(|e| e.to_string()).unwrap_or_default(),
+    })
 }
 
 /// Classifies rskafka's errors as Kafka's `RetriableException`s do.
@@ -175,6 +220,8 @@ pub struct Cluster {
 struct Inner {
     config: ClusterConfig,
     client: Client,
+    // Carries rskafka's connections when TLS is on; it stops when the cluster is dropped.
+    _tunnel: Option<TlsTunnel>,
     partition_clients: Mutex<HashMap<(String, i32), Arc<PartitionClient>>>,
     topics: Mutex<TopicCache>,
 }
@@ -207,9 +254,31 @@ impl Cluster {
             base: 2.,
             deadline: Some(config.request_timeout),
         };
-        let builder = ClientBuilder::new(config.brokers.clone())
+        if let (None, Some(sasl)) = (&config.security.tls, &config.security.sasl)
+            && sasl.mechanism == super::security::SaslMechanism::Plain
+        {
+            log::warn!(
+                "SASL PLAIN without TLS sends the password unencrypted; use SASL_SSL outside a trusted network"
+            );
+        }
+        if config.security.tls.is_some() || config.security.sasl.is_some() {
+            preflight(&config).await?;
+        }
+        let mut builder = ClientBuilder::new(config.brokers.clone())
             .client_id(config.client_id.clone())
             .backoff_config(backoff);
+        let tunnel = match &config.security.tls {
+            Some(tls) => {
+                let tunnel =
+                    TlsTunnel::start(tls.clone(), &config.brokers, config.connect_timeout).await?;
+                builder = builder.socks5_proxy(tunnel.addr().to_string());
+                Some(tunnel)
+            }
+            None => None,
+        };
+        if let Some(sasl) = &config.security.sasl {
+            builder = builder.sasl_config(sasl.to_rskafka());
+        }
         let unreachable = |reason: String| ClusterError::Unreachable {
             brokers: config.broker_list(),
             timeout: config.connect_timeout,
@@ -224,6 +293,7 @@ impl Cluster {
             inner: Arc::new(Inner {
                 config,
                 client,
+                _tunnel: tunnel,
                 partition_clients: Mutex::new(HashMap::new()),
                 topics: Mutex::new(TopicCache::default()),
             }),

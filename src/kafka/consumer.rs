@@ -273,10 +273,10 @@ impl Running {
     /// Stops after the record in flight; returns when the task ended.
     async fn finish(self) -> Arc<Progress> {
         self.stop.trigger();
-        if let Err(e) = self.task.await {
-            if !e.is_cancelled() {
-                log::error!("a partition task ended abnormally: {e}");
-            }
+        if let Err(e) = self.task.await
+            && !e.is_cancelled()
+        {
+            log::error!("a partition task ended abnormally: {e}");
         }
         self.progress
     }

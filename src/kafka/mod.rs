@@ -20,6 +20,9 @@
 //!   processed ([`Poison`]) in `<topic>.dlq`, so their partition moves on.
 //! - [`follower`]: reads topics from the start without committing, to rebuild
 //!   in-memory state (views, ledgers) at every start.
+//! - [`security`]: TLS (rustls with pure-Rust cryptography) and SASL settings;
+//!   rskafka's connections are encrypted by a loopback tunnel (`tunnel`), because
+//!   rskafka's own TLS feature compiles C.
 //! - [`admin`]: creates topics with partition counts and configs, which rskafka's
 //!   `create_topic` cannot pass, through a small protocol connection ([`wire`]).
 //!
@@ -37,6 +40,8 @@ pub mod group;
 pub mod offsets;
 pub mod partitioner;
 pub mod producer;
+pub mod security;
+mod tunnel;
 mod wire;
 
 pub use admin::{Admin, AdminError, TopicOutcome, TopicSpec};
@@ -51,6 +56,7 @@ pub use offsets::{DEFAULT_OFFSETS_TOPIC, OffsetError, OffsetStore};
 pub use producer::{
     Compression, Delivery, DeliveryFuture, ProduceError, Producer, ProducerConfig, ProducerRecord,
 };
+pub use security::{Sasl, SaslMechanism, Security, SecurityError, Tls};
 
 /// One partition of one topic.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

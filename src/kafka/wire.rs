@@ -4,18 +4,28 @@
 //!
 //! Versions are negotiated with ApiVersions on connect: each request goes out at
 //! the highest version both sides speak. The byte stream sits behind a private
-//! [`Transport`] trait so that an encrypted stream can take the TCP socket's place.
+//! [`Transport`] trait, a TCP socket or a TLS stream over one; SASL, when
+//! configured, runs right after ApiVersions, as Kafka's own clients do it.
+//!
+//! Every cluster connection opens one of these first, so a wrong password or an
+//! untrusted certificate stops a service at start with a message naming the fix,
+//! rather than as retries inside rskafka.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, RequestHeader, ResponseHeader, SaslAuthenticateRequest,
+    SaslHandshakeRequest,
+};
 use kafka_protocol::protocol::{
     Decodable, HeaderVersion, Message, Request, StrBytes, encode_request_header_into_buffer,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use super::security::{Sasl, Security, SecurityError};
 
 /// Largest response accepted; metadata of very large clusters stays far below.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
@@ -39,6 +49,31 @@ pub enum WireError {
     },
     #[error("Kafka broker {addr} sent a malformed response: {reason}")]
     Protocol { addr: String, reason: String },
+    #[error(transparent)]
+    Tls(#[from] SecurityError),
+    #[error(
+        "Kafka broker {addr} does not offer SASL mechanism {wanted}; it offers [{offered}]. Set APP_KAFKA_SASL_MECHANISM to one of those"
+    )]
+    SaslMechanism {
+        addr: String,
+        wanted: &'static str,
+        offered: String,
+    },
+    #[error(
+        "Kafka broker {addr} refused the credentials of user {user:?} ({mechanism}): {message}. Check APP_KAFKA_SASL_USERNAME and APP_KAFKA_SASL_PASSWORD"
+    )]
+    Authentication {
+        addr: String,
+        user: String,
+        mechanism: &'static str,
+        message: String,
+    },
+    #[error("SASL {mechanism} with Kafka broker {addr} failed: {reason}")]
+    Sasl {
+        addr: String,
+        mechanism: &'static str,
+        reason: String,
+    },
     #[error(
         "Kafka broker {addr} does not support {api:?} in a version we speak ({ours}); upgrade the broker"
     )]
@@ -64,11 +99,13 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    /// Connects to `addr` (`host:port`) and negotiates API versions.
+    /// Connects to `addr` (`host:port`), secures the connection as `security`
+    /// says, and negotiates API versions.
     pub(crate) async fn connect(
         addr: &str,
         client_id: &str,
         timeout: Duration,
+        security: &Security,
     ) -> Result<Self, WireError> {
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
@@ -87,9 +124,16 @@ impl Connection {
         };
         // Small requests, answered one at a time: do not wait to coalesce packets.
         let _ = stream.set_nodelay(true);
+        let stream: Box<dyn Transport> = match &security.tls {
+            None => Box::new(stream),
+            Some(tls) => {
+                let (host, port) = split_host_port(addr);
+                Box::new(tls.handshake(host, port, stream, timeout).await?)
+            }
+        };
         let mut conn = Self {
             addr: addr.to_owned(),
-            stream: Box::new(stream),
+            stream,
             client_id: StrBytes::from_string(client_id.to_owned()),
             correlation_id: 0,
             timeout,
@@ -108,7 +152,86 @@ impl Connection {
             .iter()
             .map(|k| (k.api_key, (k.min_version, k.max_version)))
             .collect();
+        if let Some(sasl) = &security.sasl {
+            conn.authenticate(sasl).await?;
+        }
         Ok(conn)
+    }
+
+    /// SaslHandshake, then SaslAuthenticate rounds until the mechanism is done.
+    async fn authenticate(&mut self, sasl: &Sasl) -> Result<(), WireError> {
+        use rsasl::prelude::{Mechname, SASLClient, SASLConfig};
+
+        let mechanism = sasl.mechanism.name();
+        let addr = self.addr.clone();
+        let failed = |reason: String| WireError::Sasl {
+            addr: addr.clone(),
+            mechanism,
+            reason,
+        };
+        let handshake =
+            SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str(mechanism));
+        let response = self.request(&handshake).await?;
+        if response.error_code != 0 {
+            return Err(WireError::SaslMechanism {
+                addr: self.addr.clone(),
+                wanted: mechanism,
+                offered: response
+                    .mechanisms
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+
+        let config = SASLConfig::with_credentials(
+            None,
+            sasl.username.clone(),
+            sasl.password.expose().to_owned(),
+        )
+        .map_err(|e| failed(e.to_string()))?;
+        let name = Mechname::parse(mechanism.as_bytes()).map_err(|e| failed(e.to_string()))?;
+        let mut session = SASLClient::new(config)
+            .start_suggested(&[name])
+            .map_err(|e| failed(e.to_string()))?;
+        let mut received: Option<Bytes> = None;
+        loop {
+            let mut out = Vec::new();
+            let state = match session.step(received.as_deref(), &mut out) {
+                Ok(state) => state,
+                // SCRAM brokers answer a wrong password with an error inside the
+                // mechanism ("invalid proof"), not with an error code.
+                Err(e) if received.is_some() => {
+                    return Err(WireError::Authentication {
+                        addr: self.addr.clone(),
+                        user: sasl.username.clone(),
+                        mechanism,
+                        message: e.to_string(),
+                    });
+                }
+                Err(e) => return Err(failed(e.to_string())),
+            };
+            if state.has_sent_message() {
+                let request = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(out));
+                let response = self.request(&request).await?;
+                if response.error_code != 0 {
+                    return Err(WireError::Authentication {
+                        addr: self.addr.clone(),
+                        user: sasl.username.clone(),
+                        mechanism,
+                        message: response
+                            .error_message
+                            .map(|m| m.to_string())
+                            .unwrap_or_else(|| format!("error code {}", response.error_code)),
+                    });
+                }
+                received = Some(response.auth_bytes);
+            }
+            if state.is_finished() {
+                return Ok(());
+            }
+        }
     }
 
     /// The broker address.
@@ -208,5 +331,21 @@ impl Connection {
             addr: self.addr.clone(),
             reason,
         }
+    }
+}
+
+/// `host:port` split for the TLS server name; a missing port means Kafka's 9092.
+pub(crate) fn split_host_port(addr: &str) -> (&str, u16) {
+    if let Some(rest) = addr.strip_prefix('[')
+        && let Some((host, port)) = rest.split_once("]:")
+    {
+        return (host, port.parse().unwrap_or(9092));
+    }
+    match addr.rsplit_once(':') {
+        Some((host, port)) => match port.parse() {
+            Ok(port) => (host, port),
+            Err(_) => (addr, 9092),
+        },
+        None => (addr, 9092),
     }
 }

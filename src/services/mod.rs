@@ -71,8 +71,9 @@ pub async fn connect(config: &Config, service: &str) -> Result<Cluster, ServiceE
     }
     let cluster = Cluster::connect(cluster_config).await?;
     log::info!(
-        "{service} connected to Kafka at {}",
-        config.kafka.brokers.join(",")
+        "{service} connected to Kafka at {} ({})",
+        config.kafka.brokers.join(","),
+        config.kafka.security.protocol()
     );
     Ok(cluster)
 }

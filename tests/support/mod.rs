@@ -191,15 +191,47 @@ impl RunningConsumer {
 pub struct PrivateBroker {
     pub port: u16,
     pub data: PathBuf,
+    /// `EDA_BROKER_TLS` and `EDA_BROKER_AUTH` for every start.
+    secured: Vec<(&'static str, &'static str)>,
 }
+
+/// A SASL/SCRAM user: name, password, `scram256` or `scram512`.
+pub type User<'a> = (&'a str, &'a str, &'a str);
 
 impl PrivateBroker {
     pub fn start() -> Self {
+        Self::start_secured(false, &[])
+    }
+
+    /// A broker that speaks TLS only (`tls`) and, when `users` is not empty,
+    /// requires SASL/SCRAM. The users are created while it runs open, as nisshi
+    /// requires, and it is then restarted with authentication on.
+    pub fn start_secured(tls: bool, users: &[User<'_>]) -> Self {
         let port = free_port();
         let data = std::env::temp_dir().join(unique("eda-broker"));
-        let broker = Self { port, data };
+        let mut broker = Self {
+            port,
+            data,
+            secured: Vec::new(),
+        };
+        if !users.is_empty() {
+            broker.script("start");
+            for (name, password, mechanism) in users {
+                broker.run(&["user", name, password, mechanism]);
+            }
+            broker.script("stop");
+            broker.secured.push(("EDA_BROKER_AUTH", "1"));
+        }
+        if tls {
+            broker.secured.push(("EDA_BROKER_TLS", "1"));
+        }
         broker.script("start");
         broker
+    }
+
+    /// The CA that signed a TLS broker's certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.data.join("tls/ca.pem")
     }
 
     pub fn brokers(&self) -> String {
@@ -215,16 +247,22 @@ impl PrivateBroker {
     }
 
     fn script(&self, command: &str) {
+        self.run(&[command]);
+    }
+
+    fn run(&self, args: &[&str]) {
         let out = Command::new(repo_root().join("scripts/broker.sh"))
-            .arg(command)
+            .args(args)
             .env("EDA_BROKER_PORT", self.port.to_string())
             .env("EDA_BROKER_DATA", &self.data)
             .env("EDA_BROKER_STORAGE", "sqlite")
+            .envs(self.secured.iter().copied())
             .output()
             .expect("cannot run scripts/broker.sh");
         assert!(
             out.status.success(),
-            "scripts/broker.sh {command} failed for the test's own broker on port {}:\n{}",
+            "scripts/broker.sh {} failed for the test's own broker on port {}:\n{}",
+            args[0],
             self.port,
             String::from_utf8_lossy(&out.stderr)
         );
