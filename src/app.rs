@@ -27,6 +27,7 @@ pub async fn main<S: Service>() -> ExitCode {
         }
     };
     logging::init(S::NAME, &config.logger);
+    crate::metrics::init();
 
     if std::env::args().nth(1).as_deref() == Some("create-topics") {
         return create_topics(&config, S::NAME).await;

@@ -77,6 +77,10 @@ pub struct ServerConfig {
     pub host: String,
     /// `APP_SERVER_PORT`, default 8080; 0 picks a free port.
     pub port: u16,
+    /// `APP_METRICS_PORT`: where the consumer services serve `/health`, `/ready`
+    /// and `/metrics` (the order service serves them on its API port). Unset, each
+    /// service has its own default, so that all three fit on one host.
+    pub metrics_port: Option<u16>,
 }
 
 #[derive(Debug, Clone)]
@@ -258,6 +262,7 @@ fn read_env_file(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
 struct Raw {
     server_host: Option<String>,
     server_port: Option<String>,
+    metrics_port: Option<String>,
     kafka_brokers: Option<String>,
     kafka_security_protocol: Option<String>,
     kafka_sasl_mechanism: Option<String>,
@@ -525,6 +530,15 @@ impl Raw {
             server: ServerConfig {
                 host: given(&self.server_host).unwrap_or("0.0.0.0").to_owned(),
                 port: number("APP_SERVER_PORT", &self.server_port, 8080u16, 0..=65535)?,
+                metrics_port: match given(&self.metrics_port) {
+                    None => None,
+                    Some(_) => Some(number(
+                        "APP_METRICS_PORT",
+                        &self.metrics_port,
+                        0u16,
+                        0..=65535,
+                    )?),
+                },
             },
             kafka: KafkaConfig {
                 brokers,

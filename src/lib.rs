@@ -18,6 +18,7 @@ pub mod events;
 pub mod http_client;
 pub mod kafka;
 pub mod logging;
+pub mod metrics;
 pub mod secret;
 pub mod services;
 pub mod shutdown;

@@ -105,6 +105,8 @@ struct System {
     publish_timeout_ms: u64,
     /// Extra variables for every service, such as the security settings.
     env: Vec<(String, String)>,
+    /// `APP_METRICS_PORT` of the two consumer services.
+    metrics_ports: HashMap<&'static str, u16>,
 }
 
 impl System {
@@ -129,6 +131,17 @@ impl System {
             processes: HashMap::new(),
             publish_timeout_ms: 3000,
             env,
+            metrics_ports: ["inventory-service", "notification-service"]
+                .into_iter()
+                .map(|s| {
+                    let port = std::net::TcpListener::bind("127.0.0.1:0")
+                        .unwrap()
+                        .local_addr()
+                        .unwrap()
+                        .port();
+                    (s, port)
+                })
+                .collect(),
         };
         for service in SERVICES {
             system.spawn(service);
@@ -148,6 +161,12 @@ impl System {
             .env("APP_KAFKA_BROKERS", self.broker.brokers())
             .env("APP_SERVER_HOST", "127.0.0.1")
             .env("APP_SERVER_PORT", self.port.to_string())
+            .env(
+                "APP_METRICS_PORT",
+                self.metrics_ports
+                    .get(service)
+                    .map_or_else(String::new, u16::to_string),
+            )
             .env("APP_KAFKA_TOPIC_PARTITIONS", "3")
             .env("APP_INVENTORY_STOCK_FILE", self.dir.join("stock.json"))
             .env(
@@ -242,6 +261,38 @@ impl System {
         )
         .await
         .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
+    /// The `/metrics` page of `service`, as `name{labels}` → value.
+    async fn metrics(&self, service: &str) -> HashMap<String, f64> {
+        let port = self
+            .metrics_ports
+            .get(service)
+            .copied()
+            .unwrap_or(self.port);
+        let url: HttpUrl = format!("http://127.0.0.1:{port}/metrics").parse().unwrap();
+        let r = http_client::request(
+            http::Method::GET,
+            &url,
+            &[],
+            Bytes::new(),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("GET /metrics of {service}: {e}"));
+        assert_eq!(r.status, 200);
+        assert!(
+            r.header("content-type")
+                .is_some_and(|c| c.starts_with("text/plain; version=0.0.4"))
+        );
+        String::from_utf8_lossy(&r.body)
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                Some((name.to_owned(), value.parse().ok()?))
+            })
+            .collect()
     }
 
     async fn order(&self, items: Value) -> HttpResponse {
@@ -357,6 +408,10 @@ async fn orders_flow_through_the_three_services() {
         })
         .await;
     assert!(done["decided_at"].is_string());
+    let consumed =
+        "eda_consumer_records_total{group=\"inventory-service\",topic=\"order.created\"}";
+    let before = system.metrics("inventory-service").await;
+    assert_eq!(before.get(consumed), Some(&1.0), "{before:?}");
 
     // Beyond stock: rejected with the reason, stock untouched.
     let too_many = system
@@ -428,6 +483,44 @@ async fn orders_flow_through_the_three_services() {
     })
     .await;
     assert!(system.webhook.counts().values().all(|&n| n == 1));
+
+    // The metrics moved with the orders.
+    let order = system.metrics("order-service").await;
+    let posted = "eda_http_requests_total{method=\"POST\",route=\"/api/v1/orders\",status=\"201\"}";
+    assert_eq!(order.get(posted), Some(&3.0), "{order:?}");
+    assert_eq!(
+        order.get("eda_producer_records_total{topic=\"order.created\"}"),
+        Some(&3.0)
+    );
+    assert!(order["process_resident_memory_bytes"] > 1e6);
+    assert!(order["process_open_fds"] > 3.0);
+    let after = system.metrics("inventory-service").await;
+    assert_eq!(after.get(consumed), Some(&3.0), "{after:?}");
+    assert_eq!(
+        after.get("eda_producer_records_total{topic=\"inventory.reserved\"}"),
+        Some(&2.0)
+    );
+    assert_eq!(
+        after.get("eda_consumer_owned_partitions{group=\"inventory-service\"}"),
+        Some(&3.0)
+    );
+    assert_eq!(
+        after.get("eda_consumer_group_members{group=\"inventory-service\"}"),
+        Some(&1.0)
+    );
+    let lags: Vec<_> = after
+        .keys()
+        .filter(|k| k.starts_with("eda_consumer_lag{"))
+        .collect();
+    assert_eq!(lags.len(), 3, "one lag per owned partition: {after:?}");
+    let notification = system.metrics("notification-service").await;
+    for (topic, n) in [("inventory.reserved", 2.0), ("inventory.failed", 1.0)] {
+        let key = format!(
+            "eda_consumer_records_total{{group=\"notification-service\",topic=\"{topic}\"}}"
+        );
+        assert_eq!(notification.get(&key), Some(&n), "{notification:?}");
+    }
+    assert!(notification.contains_key("eda_consumer_handler_seconds_count{group=\"notification-service\",topic=\"inventory.reserved\"}"));
 }
 
 /// Managed Kafka's setup (Confluent Cloud: SASL_SSL), on the local broker with

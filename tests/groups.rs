@@ -520,6 +520,8 @@ async fn inventory_instances_never_oversell() {
             .current_dir(&dir)
             .env("APP_KAFKA_BROKERS", broker.brokers())
             .env("APP_INVENTORY_STOCK_FILE", dir.join("stock.json"))
+            // Three instances on one host: each its own free metrics port.
+            .env("APP_METRICS_PORT", "0")
             .env("APP_KAFKA_TOPIC_PARTITIONS", "6")
             .env("APP_KAFKA_SESSION_TIMEOUT_MS", SESSION_MS.to_string())
             .env("APP_KAFKA_HEARTBEAT_INTERVAL_MS", "300")

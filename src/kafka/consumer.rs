@@ -22,6 +22,7 @@
 //! Graceful shutdown stops fetching, lets the record in flight finish, commits,
 //! hands the partitions over to the remaining members, and returns.
 
+use crate::metrics;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -370,6 +371,7 @@ impl Consumer {
         reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut commit = tokio::time::interval(self.config.commit_interval);
         commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut group_metrics = GroupMetrics::new(&self.config.group_id);
 
         loop {
             tokio::select! {
@@ -379,6 +381,7 @@ impl Consumer {
                 },
                 _ = reconcile.tick() => {
                     self.reconcile(&coordinator, &mut running, &mut pending, &handler, &shutdown).await;
+                    group_metrics.update(&coordinator, running.len());
                 }
                 _ = commit.tick() => {
                     if let Err(e) = self.commit(&coordinator, &running).await {
@@ -539,6 +542,7 @@ impl Consumer {
         let (stop, stop_signal) = ShutdownTrigger::new();
         let runner = PartitionRunner {
             cluster: self.cluster.clone(),
+            metrics: PartitionMetrics::new(&self.config.group_id, &tp),
             config: self.config.clone(),
             tp,
             progress: Arc::clone(&progress),
@@ -718,7 +722,7 @@ struct Pending {
 /// How far a partition got. `next` is the offset after the last record handled,
 /// `committed` the last value stored; `-1` means unknown.
 #[derive(Debug)]
-struct Progress {
+pub(crate) struct Progress {
     next: AtomicI64,
     committed: AtomicI64,
 }
@@ -745,6 +749,116 @@ struct PartitionRunner {
     tp: TopicPartition,
     progress: Arc<Progress>,
     lease: Arc<Lease>,
+    metrics: PartitionMetrics,
+}
+
+/// What a member reports about its group on `/metrics`.
+struct GroupMetrics {
+    members: metrics::Gauge,
+    owned: metrics::Gauge,
+    generation: metrics::Gauge,
+    last_members: Vec<String>,
+}
+
+impl GroupMetrics {
+    fn new(group: &str) -> Self {
+        let labels = [("group", group)];
+        Self {
+            members: metrics::gauge(
+                "eda_consumer_group_members",
+                "Live members of the group, as this member sees them.",
+                &labels,
+            ),
+            owned: metrics::gauge(
+                "eda_consumer_owned_partitions",
+                "Partitions this member is working on.",
+                &labels,
+            ),
+            generation: metrics::gauge(
+                "eda_consumer_group_generation",
+                "Membership changes this member has seen since it joined; like Kafka's generation id, it moves at every rebalance.",
+                &labels,
+            ),
+            last_members: Vec::new(),
+        }
+    }
+
+    fn update(&mut self, coordinator: &Coordinator, owned: usize) {
+        let members: Vec<String> = coordinator
+            .state
+            .active_members()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        if members != self.last_members {
+            self.generation.add(1);
+            self.last_members = members;
+        }
+        self.members.set(self.last_members.len() as i64);
+        self.owned.set(owned as i64);
+    }
+}
+
+/// What a consumer reports per partition on `/metrics`.
+struct PartitionMetrics {
+    group: String,
+    tp: TopicPartition,
+    records: metrics::Counter,
+    errors: metrics::Counter,
+    latency: metrics::Histogram,
+    lag: metrics::Gauge,
+}
+
+const LAG: &str = "eda_consumer_lag";
+
+impl PartitionMetrics {
+    fn new(group: &str, tp: &TopicPartition) -> Self {
+        let labels = [("group", group), ("topic", tp.topic.as_str())];
+        let partition = tp.partition.to_string();
+        Self {
+            group: group.to_owned(),
+            tp: tp.clone(),
+            records: metrics::counter(
+                "eda_consumer_records_total",
+                "Records the handler accepted.",
+                &labels,
+            ),
+            errors: metrics::counter(
+                "eda_consumer_handler_errors_total",
+                "Handler failures; the record is offered again after a backoff.",
+                &labels,
+            ),
+            latency: metrics::histogram(
+                "eda_consumer_handler_seconds",
+                "Time the handler took per record, successful or not.",
+                &labels,
+            ),
+            lag: metrics::gauge(
+                LAG,
+                "High watermark minus committed offset, per owned partition.",
+                &[
+                    ("group", group),
+                    ("topic", tp.topic.as_str()),
+                    ("partition", &partition),
+                ],
+            ),
+        }
+    }
+}
+
+impl Drop for PartitionMetrics {
+    /// A partition this member no longer runs is reported by its new owner.
+    fn drop(&mut self) {
+        let partition = self.tp.partition.to_string();
+        metrics::remove(
+            LAG,
+            &[
+                ("group", self.group.as_str()),
+                ("topic", self.tp.topic.as_str()),
+                ("partition", &partition),
+            ],
+        );
+    }
 }
 
 impl PartitionRunner {
@@ -755,6 +869,7 @@ impl PartitionRunner {
             cluster: self.cluster.clone(),
             config: self.config.clone(),
             tp: self.tp.clone(),
+            lag: Some((self.metrics.lag.clone(), Arc::clone(&self.progress))),
         };
         // Aborted with this task too, when the partition is fenced or the consumer dropped.
         let _fetch_task = AbortOnDrop(tokio::spawn(fetcher.run(start, tx, stop.clone())));
@@ -802,9 +917,16 @@ impl PartitionRunner {
     ) -> bool {
         let mut backoff = Backoff::new(self.config.retry_backoff);
         loop {
-            match handler.handle(message).await {
-                Ok(()) => return true,
+            let started = std::time::Instant::now();
+            let outcome = handler.handle(message).await;
+            self.metrics.latency.observe(started.elapsed());
+            match outcome {
+                Ok(()) => {
+                    self.metrics.records.inc();
+                    return true;
+                }
                 Err(e) => {
+                    self.metrics.errors.inc();
                     let delay = backoff.next_delay();
                     log::warn!(
                         "handler failed on {}@{} (attempt {}), retrying in {delay:?}: {e}",
@@ -850,6 +972,8 @@ pub(crate) struct Fetcher {
     pub(crate) cluster: Cluster,
     pub(crate) config: ConsumerConfig,
     pub(crate) tp: TopicPartition,
+    /// Where a group member reports its lag: the gauge, and the committed offset.
+    pub(crate) lag: Option<(metrics::Gauge, Arc<Progress>)>,
 }
 
 impl Fetcher {
@@ -900,13 +1024,17 @@ impl Fetcher {
             .partition_client(&self.tp.topic, self.tp.partition)
             .await?;
         let wait_ms = self.config.fetch_max_wait.as_millis().min(i32::MAX as u128) as i32;
-        let (records, _high_watermark) = self
+        let (records, high_watermark) = self
             .cluster
             .timed(
                 "fetch",
                 client.fetch_records(offset, 1..self.config.fetch_max_bytes, wait_ms),
             )
             .await?;
+        if let Some((gauge, progress)) = &self.lag {
+            let committed = progress.committed.load(Ordering::Acquire);
+            gauge.set((high_watermark - committed).max(0));
+        }
         Ok(records)
     }
 

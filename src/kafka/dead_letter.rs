@@ -7,6 +7,8 @@
 //! be retried. Records keep their key, value and headers in the dead-letter topic,
 //! so they can be replayed once the cause is fixed.
 
+use crate::metrics;
+
 use super::consumer::{Handler, HandlerError, Message, Poison};
 use super::producer::{Producer, ProducerRecord};
 
@@ -55,6 +57,12 @@ impl<H: Handler> Handler for DeadLetter<H> {
             .header(headers::OFFSET, message.offset.to_string());
         // If parking fails the error goes back to the consumer, which retries.
         let delivery = self.producer.send(record).await?;
+        metrics::counter(
+            "eda_dead_letter_records_total",
+            "Records parked in a dead-letter topic, by original topic.",
+            &[("topic", message.topic.as_str())],
+        )
+        .inc();
         log::error!(
             "record {}/{}@{} cannot be processed and was moved to {} (partition {}, offset {}): {error}",
             message.topic,

@@ -73,6 +73,7 @@ impl Follower {
                 cluster: cluster.clone(),
                 config: config.clone(),
                 tp: tp.clone(),
+                lag: None,
             };
             let apply = Arc::clone(&apply);
             let pending = Arc::clone(&pending);

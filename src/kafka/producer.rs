@@ -14,6 +14,7 @@
 //! lost acknowledgement may write a batch twice: delivery is at-least-once, as with
 //! the Java client without idempotence (rskafka 0.6 has no idempotent producer).
 
+use crate::metrics;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -385,6 +386,7 @@ impl Producer {
         let worker = PartitionWorker {
             cluster: self.inner.cluster.clone(),
             config: self.inner.config.clone(),
+            metrics: TopicMetrics::new(&topic),
             topic,
             partition,
         };
@@ -430,8 +432,51 @@ impl Producer {
 struct PartitionWorker {
     cluster: Cluster,
     config: ProducerConfig,
+    metrics: TopicMetrics,
     topic: String,
     partition: i32,
+}
+
+/// What a producer reports per topic on `/metrics`.
+struct TopicMetrics {
+    records: metrics::Counter,
+    bytes: metrics::Counter,
+    errors: metrics::Counter,
+    retries: metrics::Counter,
+    latency: metrics::Histogram,
+}
+
+impl TopicMetrics {
+    fn new(topic: &str) -> Self {
+        let labels = [("topic", topic)];
+        Self {
+            records: metrics::counter(
+                "eda_producer_records_total",
+                "Records the broker acknowledged.",
+                &labels,
+            ),
+            bytes: metrics::counter(
+                "eda_producer_bytes_total",
+                "Key, value and header bytes of acknowledged records.",
+                &labels,
+            ),
+            errors: metrics::counter(
+                "eda_producer_errors_total",
+                "Records that failed for good (rejected or out of delivery time).",
+                &labels,
+            ),
+            retries: metrics::counter(
+                "eda_producer_retries_total",
+                "Produce requests retried after a retriable error.",
+                &labels,
+            ),
+            latency: metrics::histogram(
+                "eda_producer_request_seconds",
+                "Time from sending a batch to its acknowledgement, retries included.",
+                &labels,
+            ),
+        }
+    }
 }
 
 impl PartitionWorker {
@@ -509,6 +554,7 @@ impl PartitionWorker {
         let records: Vec<Record> = batch.iter().map(|p| p.record.clone()).collect();
         let compression = self.config.compression.into();
         let mut backoff = Backoff::new(self.config.retry_backoff);
+        let started = Instant::now();
 
         let outcome = loop {
             let attempt = async {
@@ -548,6 +594,7 @@ impl PartitionWorker {
                     last_error: error.to_string(),
                 });
             }
+            self.metrics.retries.inc();
             log::warn!(
                 "produce to {}/{} failed (attempt {}), retrying in {delay:?}: {error}",
                 self.topic,
@@ -562,6 +609,11 @@ impl PartitionWorker {
 
         match outcome {
             Ok(offsets) if offsets.len() == batch.len() => {
+                self.metrics.latency.observe(started.elapsed());
+                self.metrics.records.add(batch.len() as u64);
+                self.metrics
+                    .bytes
+                    .add(batch.iter().map(|p| p.size as u64).sum());
                 for (p, offset) in batch.into_iter().zip(offsets) {
                     let _ = p.reply.send(Ok(Delivery {
                         partition: self.partition,
@@ -579,11 +631,13 @@ impl PartitionWorker {
                         batch.len()
                     ),
                 };
+                self.metrics.errors.add(batch.len() as u64);
                 for p in batch {
                     let _ = p.reply.send(Err(error.clone()));
                 }
             }
             Err(error) => {
+                self.metrics.errors.add(batch.len() as u64);
                 log::error!("{error}");
                 for p in batch {
                     let _ = p.reply.send(Err(error.clone()));

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use super::ops::OpsServer;
 use super::{ConsumerLoop, Service, ServiceError, connect, producer};
 use crate::config::Config;
 use crate::domain::OrderId;
@@ -374,10 +375,14 @@ pub struct InventoryService {
     follower_stop: ShutdownTrigger,
 }
 
+/// Default of `APP_METRICS_PORT` for this service.
+pub const METRICS_PORT: u16 = 9101;
+
 impl Service for InventoryService {
     const NAME: &'static str = "inventory-service";
 
     async fn build(config: Config) -> Result<Self, ServiceError> {
+        let ops = OpsServer::bind(&config, METRICS_PORT).await?;
         let stock = read_stock_file(&config.inventory.stock_file)?;
         let cluster = connect(&config, Self::NAME).await?;
         let producer = producer(&config, &cluster);
@@ -439,7 +444,7 @@ impl Service for InventoryService {
             producer: producer.clone(),
         };
         Ok(Self {
-            work: ConsumerLoop::new(consumer, handler, producer),
+            work: ConsumerLoop::new(consumer, handler, producer, ops),
             _follower: follower,
             follower_stop,
         })

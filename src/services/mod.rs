@@ -5,6 +5,7 @@
 
 pub mod inventory;
 pub mod notification;
+pub mod ops;
 pub mod order;
 
 use crate::config::Config;
@@ -30,6 +31,12 @@ pub enum ServiceError {
     Produce(#[from] ProduceError),
     #[error("cannot listen on {addr}: {source}; set APP_SERVER_HOST/APP_SERVER_PORT")]
     Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot serve health and metrics on {addr}: {source}; set APP_METRICS_PORT")]
+    MetricsBind {
         addr: String,
         #[source]
         source: std::io::Error,
@@ -84,21 +91,32 @@ pub struct ConsumerLoop<H> {
     consumer: Consumer,
     handler: DeadLetter<H>,
     producer: Producer,
+    ops: ops::OpsServer,
 }
 
 impl<H: Handler> ConsumerLoop<H> {
-    pub fn new(consumer: Consumer, handler: H, producer: Producer) -> Self {
+    pub fn new(consumer: Consumer, handler: H, producer: Producer, ops: ops::OpsServer) -> Self {
         Self {
             consumer,
             handler: DeadLetter::new(handler, producer.clone()),
             producer,
+            ops,
         }
     }
 
     /// Consumes until `shutdown`, then flushes everything the handler produced.
+    /// Health and metrics are served until the end, so a scrape sees the shutdown.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), ServiceError> {
-        self.consumer.run(self.handler, shutdown).await?;
+        let (ops_stop, ops_shutdown) = crate::shutdown::ShutdownTrigger::new();
+        let ops = tokio::spawn(
+            self.ops
+                .serve(self.producer.cluster().clone(), ops_shutdown),
+        );
+        let result = self.consumer.run(self.handler, shutdown).await;
         self.producer.close().await;
+        ops_stop.trigger();
+        let _ = ops.await;
+        result?;
         Ok(())
     }
 }

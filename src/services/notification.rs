@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 use uuid::Uuid;
 
+use super::ops::OpsServer;
 use super::{ConsumerLoop, Service, ServiceError, connect, producer};
 use crate::config::{Config, NotificationConfig};
 use crate::domain::OrderId;
@@ -229,10 +230,14 @@ pub struct NotificationService {
     work: ConsumerLoop<Notify>,
 }
 
+/// Default of `APP_METRICS_PORT` for this service.
+pub const METRICS_PORT: u16 = 9102;
+
 impl Service for NotificationService {
     const NAME: &'static str = "notification-service";
 
     async fn build(config: Config) -> Result<Self, ServiceError> {
+        let ops = OpsServer::bind(&config, METRICS_PORT).await?;
         let webhook = match &config.notification.webhook_url {
             Some(url) => Some(
                 Webhook::new(url, &config.notification)
@@ -264,7 +269,7 @@ impl Service for NotificationService {
             producer: producer.clone(),
         };
         Ok(Self {
-            work: ConsumerLoop::new(consumer, handler, producer),
+            work: ConsumerLoop::new(consumer, handler, producer, ops),
         })
     }
 

@@ -117,6 +117,7 @@ impl Coordinator {
             cluster: cluster.clone(),
             config: tail_config,
             tp: TopicPartition::new(topic, LOG_PARTITION),
+            lag: None,
         };
         let tail = AbortOnDrop(tokio::spawn(fetcher.run(high_watermark, tx, shutdown)));
 

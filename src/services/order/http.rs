@@ -6,13 +6,13 @@
 //! | `GET /api/v1/orders/{id}` | `200` with the order and its status; `400` for a malformed id; `404` for an unknown one |
 //! | `GET /health` | `200` while the process runs |
 //! | `GET /ready` | `200` once the broker answers and the order view caught up; `503` before |
+//! | `GET /metrics` | Prometheus metrics (see [`crate::metrics`]) |
 //!
 //! Every error is JSON: `{"error": "...", "details": [{"field": "...", "message": "..."}]}`.
 //! Every answer carries `X-Correlation-ID`: the client's, or a new one.
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -26,6 +26,7 @@ use crate::domain::{FieldError, NewOrder, OrderId, total};
 use crate::events::{self, Envelope, OrderCreated};
 use crate::kafka::{Cluster, Follower, Producer};
 use crate::logging::with_correlation_id;
+use crate::services::ops;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: u64 = 64 * 1024;
@@ -84,10 +85,6 @@ pub fn routes(
         .and(correlation)
         .map(|id: String, state: Arc<AppState>, corr: String| tag(get_order(&state, &id), &corr));
 
-    let health = warp::path!("health")
-        .and(warp::get())
-        .map(|| warp::reply::json(&json!({"status": "ok"})).into_response());
-
     let ready = warp::path!("ready")
         .and(warp::get())
         .and(with_state)
@@ -96,13 +93,15 @@ pub fn routes(
     create
         .or(get)
         .unify()
-        .or(health)
+        .or(ops::health_route())
+        .unify()
+        .or(ops::metrics_route())
         .unify()
         .or(ready)
         .unify()
         .recover(rejection)
         .unify()
-        .with(warp::log::custom(access_log))
+        .with(warp::log::custom(ops::record))
 }
 
 /// The client's correlation id if it is sane, else a new one.
@@ -236,10 +235,7 @@ fn get_order(state: &AppState, id: &str) -> Response {
 }
 
 async fn ready(state: &AppState) -> Response {
-    let broker = tokio::time::timeout(Duration::from_secs(2), state.cluster.refresh_metadata())
-        .await
-        .map_err(|_| "the broker did not answer within 2 s".to_owned())
-        .and_then(|r| r.map_err(|e| e.to_string()));
+    let broker = ops::broker_check(&state.cluster).await;
     let caught_up = state.follower.is_caught_up();
     match (broker, caught_up) {
         (Ok(()), true) => warp::reply::json(&json!({
@@ -287,14 +283,4 @@ async fn rejection(err: Rejection) -> Result<Response, Infallible> {
         (StatusCode::BAD_REQUEST, "bad request".to_owned())
     };
     Ok(error(status, message, Vec::new()))
-}
-
-fn access_log(info: warp::log::Info<'_>) {
-    log::info!(
-        "{} {} {} {:.1} ms",
-        info.method(),
-        info.path(),
-        info.status().as_u16(),
-        info.elapsed().as_secs_f64() * 1000.0
-    );
 }

@@ -1,0 +1,165 @@
+//! What operators scrape and probe: `/health`, `/ready` and `/metrics` on every
+//! service, and the HTTP metrics and access log line of every request.
+//!
+//! The order service mounts these routes beside its API. The consumer services
+//! have no API, so they serve them on a port of their own ([`OpsServer`]),
+//! `APP_METRICS_PORT`, by default 9101 (inventory) and 9102 (notification).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::net::TcpListener;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use super::ServiceError;
+use crate::config::Config;
+use crate::kafka::Cluster;
+use crate::metrics;
+use crate::shutdown::Shutdown;
+
+/// `GET /metrics`: the registry in the Prometheus text format.
+pub fn metrics_route()
+-> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
+    warp::path!("metrics").and(warp::get()).map(|| {
+        warp::reply::with_header(
+            metrics::render(),
+            "content-type",
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+        .into_response()
+    })
+}
+
+/// `GET /health`: the process answers.
+pub fn health_route()
+-> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
+    warp::path!("health")
+        .and(warp::get())
+        .map(|| warp::reply::json(&json!({"status": "ok"})).into_response())
+}
+
+/// Whether the broker answers a metadata request within 2 s.
+pub async fn broker_check(cluster: &Cluster) -> Result<(), String> {
+    tokio::time::timeout(Duration::from_secs(2), cluster.refresh_metadata())
+        .await
+        .map_err(|_| "the broker did not answer within 2 s".to_owned())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+}
+
+/// The access log line and the HTTP metrics of one request; for `warp::log::custom`.
+pub fn record(info: warp::log::Info<'_>) {
+    let route = route_of(info.path());
+    let method = info.method().as_str();
+    let status = info.status().as_u16().to_string();
+    metrics::counter(
+        "eda_http_requests_total",
+        "HTTP requests by route, method and status.",
+        &[("route", route), ("method", method), ("status", &status)],
+    )
+    .inc();
+    metrics::histogram(
+        "eda_http_request_duration_seconds",
+        "HTTP request latency by route and method.",
+        &[("route", route), ("method", method)],
+    )
+    .observe(info.elapsed());
+    // Probes and scrapes come every few seconds; they would drown the log.
+    let level = if matches!(route, "/health" | "/ready" | "/metrics") {
+        log::Level::Debug
+    } else {
+        log::Level::Info
+    };
+    log::log!(
+        level,
+        "{method} {} {status} {:.1} ms",
+        info.path(),
+        info.elapsed().as_secs_f64() * 1000.0
+    );
+}
+
+/// The route template of a path, so that order ids do not each make a series.
+fn route_of(path: &str) -> &'static str {
+    match path.trim_end_matches('/') {
+        "/api/v1/orders" => "/api/v1/orders",
+        p if p.starts_with("/api/v1/orders/") => "/api/v1/orders/{id}",
+        "/health" => "/health",
+        "/ready" => "/ready",
+        "/metrics" => "/metrics",
+        _ => "other",
+    }
+}
+
+/// The operations port of a consumer service.
+pub struct OpsServer {
+    listener: TcpListener,
+}
+
+impl OpsServer {
+    /// Binds `APP_SERVER_HOST`:`APP_METRICS_PORT` (or `default_port`).
+    pub async fn bind(config: &Config, default_port: u16) -> Result<Self, ServiceError> {
+        let port = config.server.metrics_port.unwrap_or(default_port);
+        let addr = format!("{}:{port}", config.server.host);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| ServiceError::MetricsBind { addr, source })?;
+        if let Ok(local) = listener.local_addr() {
+            log::info!("health and metrics on http://{local} (/health, /ready, /metrics)");
+        }
+        Ok(Self { listener })
+    }
+
+    /// Serves until `shutdown`; ready while the broker answers.
+    pub async fn serve(self, cluster: Cluster, mut shutdown: Shutdown) {
+        let ready = warp::path!("ready").and(warp::get()).then(move || {
+            let cluster = cluster.clone();
+            async move {
+                match broker_check(&cluster).await {
+                    Ok(()) => warp::reply::json(&json!({"status": "ready"})).into_response(),
+                    Err(broker) => warp::reply::with_status(
+                        warp::reply::json(&json!({"status": "not ready", "broker": broker})),
+                        StatusCode::SERVICE_UNAVAILABLE,
+                    )
+                    .into_response(),
+                }
+            }
+        });
+        let routes = health_route()
+            .or(ready)
+            .unify()
+            .or(metrics_route())
+            .unify()
+            .recover(not_found)
+            .unify()
+            .with(warp::log::custom(record));
+        warp::serve(routes)
+            .incoming(self.listener)
+            .graceful(async move { shutdown.recv().await })
+            .run()
+            .await;
+    }
+}
+
+async fn not_found(_: warp::Rejection) -> Result<Response, Infallible> {
+    Ok(warp::reply::with_status(
+        warp::reply::json(
+            &json!({"error": "not found: this port serves /health, /ready and /metrics"}),
+        ),
+        StatusCode::NOT_FOUND,
+    )
+    .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_ids_collapse_into_one_route() {
+        assert_eq!(route_of("/api/v1/orders/3f2a"), "/api/v1/orders/{id}");
+        assert_eq!(route_of("/api/v1/orders"), "/api/v1/orders");
+        assert_eq!(route_of("/wp-admin"), "other");
+    }
+}
