@@ -189,3 +189,80 @@ fn the_image_is_from_scratch_with_the_three_static_binaries() {
         "the build context must not carry target/"
     );
 }
+
+/// The monitoring profile: Prometheus scrapes each service where it serves
+/// `/metrics`, and every metric the Grafana dashboard queries is one the
+/// services export.
+#[test]
+fn the_dashboard_queries_metrics_the_services_export() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let compose = compose();
+    let services = services(&compose);
+    for name in ["prometheus", "grafana"] {
+        let profiles = services[name]["profiles"].as_sequence().unwrap();
+        assert_eq!(profiles[0].as_str(), Some("monitoring"), "{name}");
+    }
+    let prometheus: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(root.join("configs/prometheus.yml")).unwrap(),
+    )
+    .unwrap();
+    let targets: Vec<String> = prometheus["scrape_configs"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|job| {
+            job["static_configs"][0]["targets"][0]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            "order-service:8080".to_owned(),
+            format!(
+                "inventory-service:{}",
+                rust_eda::services::inventory::METRICS_PORT
+            ),
+            format!(
+                "notification-service:{}",
+                rust_eda::services::notification::METRICS_PORT
+            ),
+        ]
+    );
+
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("configs/grafana/rust-eda-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut source = String::new();
+    for file in [
+        "src/metrics.rs",
+        "src/services/ops.rs",
+        "src/kafka/producer.rs",
+        "src/kafka/consumer.rs",
+        "src/kafka/dead_letter.rs",
+    ] {
+        source.push_str(&std::fs::read_to_string(root.join(file)).unwrap());
+    }
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                let metric = word
+                    .trim_end_matches("_bucket")
+                    .trim_end_matches("_count")
+                    .trim_end_matches("_sum");
+                if metric.starts_with("eda_") || metric.starts_with("process_") {
+                    assert!(
+                        source.contains(&format!("\"{metric}"))
+                            || source.contains(&format!("{metric} ")),
+                        "panel {:?} queries {metric}, which no service exports",
+                        panel["title"]
+                    );
+                }
+            }
+        }
+    }
+}

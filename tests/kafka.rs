@@ -629,3 +629,41 @@ async fn an_unreachable_broker_gives_a_bounded_delivery_error() {
         started.elapsed()
     );
 }
+
+/// Commits are copied to the broker's own group offsets, where Kafka UI and
+/// `kafka-consumer-groups.sh` read them.
+#[tokio::test(flavor = "multi_thread")]
+async fn commits_show_in_the_brokers_group_offsets() {
+    let cluster = cluster().await;
+    let topic = create_topic(&cluster, 2).await;
+    let producer = Producer::new(cluster.clone(), ProducerConfig::default());
+    let records: Vec<_> = (0..40).map(|i| keyed(&topic, i)).collect();
+    let deliveries = produce_all(&producer, records).await;
+    let mut expected: BTreeMap<TopicPartition, i64> = BTreeMap::new();
+    for d in &deliveries {
+        let next = expected
+            .entry(TopicPartition::new(&topic, d.partition))
+            .or_default();
+        *next = (*next).max(d.offset + 1);
+    }
+
+    let config = consumer_config(&topic);
+    let group = config.group_id.clone();
+    let mut consumer = RunningConsumer::start(&cluster, config).await;
+    consumer.take(40, 60).await;
+    consumer.stop().await;
+
+    let seen = within(30, "the broker's group offsets catching up", async {
+        loop {
+            let offsets = rust_eda::kafka::broker_offsets::read(cluster.config(), &group)
+                .await
+                .expect("OffsetFetch");
+            if offsets == expected {
+                return offsets;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert_eq!(seen, expected);
+}

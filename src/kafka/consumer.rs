@@ -40,6 +40,7 @@ use tokio::sync::mpsc;
 use super::TopicPartition;
 use super::admin::{Admin, AdminError};
 use super::backoff::{Backoff, BackoffConfig};
+use super::broker_offsets::BrokerOffsets;
 use super::cluster::{Cluster, ClusterError};
 use super::group::records::OwnerValue;
 use super::group::{Coordinator, Lease};
@@ -106,6 +107,9 @@ pub struct ConsumerConfig {
     /// How long a member waits before claiming a partition of a dead member, so
     /// that the group settles first (Java: `group.initial.rebalance.delay.ms` = 3 s).
     pub rebalance_grace: Duration,
+    /// Also copy commits to the broker's own offsets of a group of this name, so
+    /// Kafka UI and `kafka-consumer-groups.sh` show the lag (see `broker_offsets`).
+    pub broker_offsets: bool,
 }
 
 impl ConsumerConfig {
@@ -131,6 +135,7 @@ impl ConsumerConfig {
             session_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(1),
             rebalance_grace: Duration::from_secs(1),
+            broker_offsets: true,
         }
     }
 }
@@ -260,6 +265,7 @@ pub struct Consumer {
     config: ConsumerConfig,
     offsets: OffsetStore,
     member_id: String,
+    broker_offsets: Option<BrokerOffsets>,
 }
 
 /// A partition this instance is working on.
@@ -317,11 +323,15 @@ impl Consumer {
         );
         let offsets = OffsetStore::new(producer, config.offsets_topic.clone());
         let member_id = config.member_id.clone().unwrap_or_else(default_member_id);
+        let broker_offsets = config
+            .broker_offsets
+            .then(|| BrokerOffsets::start(cluster.config().clone(), config.group_id.clone()));
         Ok(Self {
             cluster,
             config,
             offsets,
             member_id,
+            broker_offsets,
         })
     }
 
@@ -590,7 +600,10 @@ impl Consumer {
                 )
                 .await
             {
-                Ok(()) => start = offset,
+                Ok(()) => {
+                    start = offset;
+                    self.mirror(&[(tp.clone(), offset)]);
+                }
                 // The new owner then starts from the previous commit: redelivery, no loss.
                 Err(e) => log::warn!("{tp}: commit before handoff failed: {e}"),
             },
@@ -677,7 +690,19 @@ impl Consumer {
         for (_, next, _, progress) in due {
             progress.committed.fetch_max(next, Ordering::AcqRel);
         }
+        let committed: Vec<(TopicPartition, i64)> = offsets
+            .into_iter()
+            .map(|(tp, next, _)| (tp, next))
+            .collect();
+        self.mirror(&committed);
         Ok(())
+    }
+
+    /// Hands committed offsets to the copy in the broker's group offsets.
+    fn mirror(&self, offsets: &[(TopicPartition, i64)]) {
+        if let Some(b) = &self.broker_offsets {
+            b.publish(offsets);
+        }
     }
 
     /// Announces the leave, stops every partition after its record in flight,

@@ -14,6 +14,8 @@
 //! - [`group`]: consumer groups without a broker coordinator: membership,
 //!   sticky balanced assignment, handoff and fencing, all as records in the
 //!   compacted coordination topic.
+//! - [`broker_offsets`]: a copy of every commit in the broker's own group
+//!   offsets, so standard Kafka tools show the groups and their lag.
 //! - [`offsets`]: where commits live, the same compacted topic (`__eda_offsets`),
 //!   because rskafka has no group coordinator client.
 //! - [`dead_letter`]: a handler wrapper that parks records that can never be
@@ -32,6 +34,7 @@
 
 pub mod admin;
 pub mod backoff;
+pub mod broker_offsets;
 pub mod cluster;
 pub mod consumer;
 pub mod dead_letter;

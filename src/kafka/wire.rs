@@ -244,6 +244,13 @@ impl Connection {
         &mut self,
         request: &R,
     ) -> Result<R::Response, WireError> {
+        let version = self.version::<R>()?;
+        self.request_at(request, version).await
+    }
+
+    /// The version [`Self::request`] sends `R` at, for requests whose fields
+    /// differ between versions.
+    pub(crate) fn version<R: Request>(&self) -> Result<i16, WireError> {
         let api = ApiKey::try_from(R::KEY)
             .map_err(|()| self.protocol(format!("unknown API key {}", R::KEY)))?;
         let ours = <R as Message>::VERSIONS;
@@ -256,7 +263,7 @@ impl Connection {
                 ours: ours.to_string(),
             });
         }
-        self.request_at(request, version).await
+        Ok(version)
     }
 
     async fn request_at<R: Request>(

@@ -1,0 +1,290 @@
+//! Mirrors a group's committed offsets into the broker's own group offsets, so
+//! that Kafka UI, `kafka-consumer-groups.sh --describe` and lag exporters show
+//! the group and its lag.
+//!
+//! The offsets that count stay in our compacted topic (`__eda_offsets`); this is
+//! a copy for standard tools. It is committed the way a consumer without group
+//! membership commits (Java's `assign()` + `commitSync()`): OffsetCommit with
+//! generation -1 and no member id, which Kafka accepts for a group with no active
+//! members. The copy runs in a task of its own and only ever sends the latest
+//! offsets, so a slow or refusing broker never holds up the consumer. If the
+//! broker refuses, that is logged once and the consumer carries on.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
+use kafka_protocol::messages::{
+    FindCoordinatorRequest, GroupId, OffsetCommitRequest, OffsetFetchRequest, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use tokio::sync::watch;
+
+use super::TopicPartition;
+use super::cluster::ClusterConfig;
+use super::consumer::AbortOnDrop;
+use super::wire::{Connection, WireError};
+
+/// Why one copy failed; logged, never returned to the consumer.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerOffsetsError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("FindCoordinator for group {group:?} answered error code {code}")]
+    Coordinator { group: String, code: i16 },
+    #[error(
+        "the broker refused OffsetCommit for group {group:?} with error code {code} on {tp}; Kafka tools will not show this group's lag"
+    )]
+    Refused {
+        group: String,
+        tp: TopicPartition,
+        code: i16,
+    },
+}
+
+impl std::fmt::Debug for BrokerOffsets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerOffsets").finish_non_exhaustive()
+    }
+}
+
+/// The copy of one group's offsets; stops when dropped.
+pub(crate) struct BrokerOffsets {
+    latest: watch::Sender<BTreeMap<TopicPartition, i64>>,
+    _task: AbortOnDrop,
+}
+
+impl BrokerOffsets {
+    pub(crate) fn start(config: ClusterConfig, group: String) -> Self {
+        let (latest, rx) = watch::channel(BTreeMap::new());
+        let task = AbortOnDrop(tokio::spawn(run(config, group, rx)));
+        Self {
+            latest,
+            _task: task,
+        }
+    }
+
+    /// Offsets just committed to our topic (the next offset to read, per partition).
+    pub(crate) fn publish(&self, offsets: &[(TopicPartition, i64)]) {
+        if offsets.is_empty() {
+            return;
+        }
+        self.latest.send_modify(|latest| {
+            for (tp, offset) in offsets {
+                latest.insert(tp.clone(), *offset);
+            }
+        });
+    }
+}
+
+async fn run(
+    config: ClusterConfig,
+    group: String,
+    mut rx: watch::Receiver<BTreeMap<TopicPartition, i64>>,
+) {
+    let mut conn: Option<Connection> = None;
+    let mut warned = false;
+    let mut sent: BTreeMap<TopicPartition, i64> = BTreeMap::new();
+    while rx.changed().await.is_ok() {
+        let latest = rx.borrow_and_update().clone();
+        let changed: BTreeMap<TopicPartition, i64> = latest
+            .into_iter()
+            .filter(|(tp, offset)| sent.get(tp) != Some(offset))
+            .collect();
+        if changed.is_empty() {
+            continue;
+        }
+        match commit(&config, &group, &mut conn, &changed).await {
+            Ok(()) => {
+                if warned {
+                    log::info!("group {group}: offsets are visible to Kafka tools again");
+                    warned = false;
+                }
+                sent.extend(changed);
+            }
+            Err(e) => {
+                conn = None;
+                if !warned {
+                    log::warn!(
+                        "group {group}: copying offsets to the broker's group offsets failed; consuming goes on, offsets stay in our topic: {e}"
+                    );
+                    warned = true;
+                } else {
+                    log::debug!("group {group}: copying offsets failed again: {e}");
+                }
+                // Try again with the next commit, not in a tight loop.
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    }
+}
+
+async fn commit(
+    config: &ClusterConfig,
+    group: &str,
+    conn: &mut Option<Connection>,
+    offsets: &BTreeMap<TopicPartition, i64>,
+) -> Result<(), BrokerOffsetsError> {
+    if conn.is_none() {
+        *conn = Some(coordinator(config, group).await?);
+    }
+    let Some(connection) = conn.as_mut() else {
+        return Ok(());
+    };
+    let mut topics: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
+    for (tp, offset) in offsets {
+        topics.entry(tp.topic.as_str()).or_default().push(
+            OffsetCommitRequestPartition::default()
+                .with_partition_index(tp.partition)
+                .with_committed_offset(*offset)
+                .with_committed_leader_epoch(-1)
+                .with_committed_metadata(Some(StrBytes::from_static_str("rust-eda"))),
+        );
+    }
+    let request = OffsetCommitRequest::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.to_owned())))
+        .with_generation_id_or_member_epoch(-1)
+        .with_member_id(StrBytes::default())
+        .with_retention_time_ms(-1)
+        .with_topics(
+            topics
+                .into_iter()
+                .map(|(name, partitions)| {
+                    OffsetCommitRequestTopic::default()
+                        .with_name(TopicName(StrBytes::from_string(name.to_owned())))
+                        .with_partitions(partitions)
+                })
+                .collect(),
+        );
+    let response = connection.request(&request).await?;
+    for topic in response.topics {
+        for partition in topic.partitions {
+            if partition.error_code != 0 {
+                return Err(BrokerOffsetsError::Refused {
+                    group: group.to_owned(),
+                    tp: TopicPartition::new(topic.name.0.to_string(), partition.partition_index),
+                    code: partition.error_code,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A connection to the group's coordinator, found through any bootstrap broker.
+async fn coordinator(
+    config: &ClusterConfig,
+    group: &str,
+) -> Result<Connection, BrokerOffsetsError> {
+    let mut last = None;
+    let mut bootstrap = None;
+    for broker in &config.brokers {
+        match Connection::connect(
+            broker,
+            &config.client_id,
+            config.request_timeout,
+            &config.security,
+        )
+        .await
+        {
+            Ok(c) => {
+                bootstrap = Some(c);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let Some(mut bootstrap) = bootstrap else {
+        return Err(last.map_or_else(
+            || BrokerOffsetsError::Coordinator {
+                group: group.to_owned(),
+                code: -1,
+            },
+            Into::into,
+        ));
+    };
+    let key = StrBytes::from_string(group.to_owned());
+    // Versions 0-3 name one group in `key`, 4 and later a list.
+    let request = if bootstrap.version::<FindCoordinatorRequest>()? < 4 {
+        FindCoordinatorRequest::default().with_key(key)
+    } else {
+        FindCoordinatorRequest::default().with_coordinator_keys(vec![key])
+    };
+    let response = bootstrap.request(&request).await?;
+    let (code, host, port) = match response.coordinators.first() {
+        Some(c) => (c.error_code, c.host.to_string(), c.port),
+        None => (
+            response.error_code,
+            response.host.to_string(),
+            response.port,
+        ),
+    };
+    if code != 0 {
+        return Err(BrokerOffsetsError::Coordinator {
+            group: group.to_owned(),
+            code,
+        });
+    }
+    let addr = format!("{host}:{port}");
+    if addr == bootstrap.addr() {
+        return Ok(bootstrap);
+    }
+    Ok(Connection::connect(
+        &addr,
+        &config.client_id,
+        config.request_timeout,
+        &config.security,
+    )
+    .await?)
+}
+
+/// The offsets the broker holds for `group` (OffsetFetch), as standard Kafka tools
+/// see them: the next offset to read, per partition with a commit.
+pub async fn read(
+    config: &ClusterConfig,
+    group: &str,
+) -> Result<BTreeMap<TopicPartition, i64>, BrokerOffsetsError> {
+    let mut conn = coordinator(config, group).await?;
+    let group_id = GroupId(StrBytes::from_string(group.to_owned()));
+    // Versions before 8 name one group at the top, 8 and later a list; `None`
+    // topics means all of them.
+    let request = if conn.version::<OffsetFetchRequest>()? < 8 {
+        OffsetFetchRequest::default()
+            .with_group_id(group_id)
+            .with_topics(None)
+    } else {
+        OffsetFetchRequest::default().with_groups(vec![
+            OffsetFetchRequestGroup::default()
+                .with_group_id(group_id)
+                .with_topics(None),
+        ])
+    };
+    let response = conn.request(&request).await?;
+    let mut offsets = BTreeMap::new();
+    for topic in response.topics {
+        for p in topic.partitions {
+            if p.committed_offset >= 0 {
+                offsets.insert(
+                    TopicPartition::new(topic.name.0.to_string(), p.partition_index),
+                    p.committed_offset,
+                );
+            }
+        }
+    }
+    for g in response.groups {
+        for topic in g.topics {
+            for p in topic.partitions {
+                if p.committed_offset >= 0 {
+                    offsets.insert(
+                        TopicPartition::new(topic.name.0.to_string(), p.partition_index),
+                        p.committed_offset,
+                    );
+                }
+            }
+        }
+    }
+    Ok(offsets)
+}
