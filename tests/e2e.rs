@@ -496,6 +496,10 @@ async fn orders_flow_through_the_three_services() {
     assert!(order["process_open_fds"] > 3.0);
     let after = system.metrics("inventory-service").await;
     assert_eq!(after.get(consumed), Some(&3.0), "{after:?}");
+    assert!(
+        after["eda_consumer_bytes_total{group=\"inventory-service\",topic=\"order.created\"}"]
+            > 300.0
+    );
     assert_eq!(
         after.get("eda_producer_records_total{topic=\"inventory.reserved\"}"),
         Some(&2.0)

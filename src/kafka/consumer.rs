@@ -829,6 +829,7 @@ struct PartitionMetrics {
     group: String,
     tp: TopicPartition,
     records: metrics::Counter,
+    bytes: metrics::Counter,
     errors: metrics::Counter,
     latency: metrics::Histogram,
     lag: metrics::Gauge,
@@ -846,6 +847,11 @@ impl PartitionMetrics {
             records: metrics::counter(
                 "eda_consumer_records_total",
                 "Records the handler accepted.",
+                &labels,
+            ),
+            bytes: metrics::counter(
+                "eda_consumer_bytes_total",
+                "Key and value bytes of records the handler accepted.",
                 &labels,
             ),
             errors: metrics::counter(
@@ -948,6 +954,9 @@ impl PartitionRunner {
             match outcome {
                 Ok(()) => {
                     self.metrics.records.inc();
+                    let size = message.key.as_ref().map_or(0, Vec::len)
+                        + message.value.as_ref().map_or(0, Vec::len);
+                    self.metrics.bytes.add(size as u64);
                     return true;
                 }
                 Err(e) => {
