@@ -288,7 +288,7 @@ fn escape(value: &str) -> String {
 fn process_metrics(out: &mut String) {
     // Linux reports RSS in pages; every platform these binaries target uses 4 KiB
     // pages except some aarch64 kernels (16 or 64 KiB), hence the page size query.
-    let page = page_size();
+    let page = *PAGE_SIZE;
     if let Ok(statm) = std::fs::read_to_string("/proc/self/statm")
         && let Some(pages) = statm
             .split_whitespace()
@@ -333,7 +333,11 @@ static START_TIME: LazyLock<u64> = LazyLock::new(|| {
 /// Records the start time; called once at startup so it is not the first scrape's.
 pub fn init() {
     LazyLock::force(&START_TIME);
+    LazyLock::force(&PAGE_SIZE);
 }
+
+/// Read once: smaps is long, and the page size does not change while running.
+static PAGE_SIZE: LazyLock<u64> = LazyLock::new(page_size);
 
 fn page_size() -> u64 {
     // The kernel tells the page size in the auxiliary vector; /proc/self/smaps'

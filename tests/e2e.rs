@@ -156,7 +156,20 @@ impl System {
             .append(true)
             .open(self.dir.join(format!("{service}.log")))
             .unwrap();
-        let child = command(service)
+        let child = self
+            .configured(service)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {service}: {e}"));
+        self.processes.insert(service, child);
+    }
+
+    /// The command for `service` with the system's settings.
+    fn configured(&self, service: &str) -> Command {
+        let mut command = command(service);
+        command
             .current_dir(&self.dir)
             .env("APP_KAFKA_BROKERS", self.broker.brokers())
             .env("APP_SERVER_HOST", "127.0.0.1")
@@ -184,13 +197,8 @@ impl System {
             .env("APP_KAFKA_REBALANCE_GRACE_MS", "300")
             // nisshi holds fetches for the whole wait (docs/nisshi.md).
             .env("APP_KAFKA_FETCH_MAX_WAIT_MS", "50")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {service}: {e}"));
-        self.processes.insert(service, child);
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        command
     }
 
     /// Runs `service` with the system's settings changed by `set` and `unset`, and
@@ -201,12 +209,7 @@ impl System {
         set: &[(&str, &str)],
         unset: &[&str],
     ) -> std::process::Output {
-        let mut command = command(service);
-        command
-            .current_dir(&self.dir)
-            .env("APP_KAFKA_BROKERS", self.broker.brokers())
-            .env("APP_LOGGER_ENCODING", "console")
-            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        let mut command = self.configured(service);
         for (k, v) in set {
             command.env(k, v);
         }

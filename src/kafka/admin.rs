@@ -74,8 +74,6 @@ pub enum TopicOutcome {
 pub enum AdminError {
     #[error("no Kafka broker configured: set APP_KAFKA_BROKERS to host:port[,host:port...]")]
     NoBrokers,
-    #[error("no Kafka broker answered ({tried}); check APP_KAFKA_BROKERS and that the broker runs")]
-    Unreachable { tried: String },
     #[error(transparent)]
     Wire(#[from] WireError),
     #[error("the broker refused to create topic {topic:?}: {error}{}", message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default())]
@@ -214,29 +212,13 @@ impl Admin {
         if self.config.brokers.is_empty() {
             return Err(AdminError::NoBrokers);
         }
-        let mut tried = Vec::new();
-        for broker in &self.config.brokers {
-            match Connection::connect(
-                broker,
-                &self.config.client_id,
-                self.config.request_timeout,
-                &self.config.security,
-            )
-            .await
-            {
-                Ok(conn) => return Ok(conn),
-                Err(
-                    e @ (WireError::Connect { .. }
-                    | WireError::Timeout { .. }
-                    | WireError::Io { .. }),
-                ) => tried.push(e.to_string()),
-                // Certificates and credentials are the same for every broker.
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(AdminError::Unreachable {
-            tried: tried.join("; "),
-        })
+        Ok(Connection::connect_any(
+            &self.config.brokers,
+            &self.config.client_id,
+            self.config.request_timeout,
+            &self.config.security,
+        )
+        .await?)
     }
 
     /// A connection to the controller, reusing `conn` when it already is one.

@@ -179,33 +179,13 @@ async fn coordinator(
     config: &ClusterConfig,
     group: &str,
 ) -> Result<Connection, BrokerOffsetsError> {
-    let mut last = None;
-    let mut bootstrap = None;
-    for broker in &config.brokers {
-        match Connection::connect(
-            broker,
-            &config.client_id,
-            config.request_timeout,
-            &config.security,
-        )
-        .await
-        {
-            Ok(c) => {
-                bootstrap = Some(c);
-                break;
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    let Some(mut bootstrap) = bootstrap else {
-        return Err(last.map_or_else(
-            || BrokerOffsetsError::Coordinator {
-                group: group.to_owned(),
-                code: -1,
-            },
-            Into::into,
-        ));
-    };
+    let mut bootstrap = Connection::connect_any(
+        &config.brokers,
+        &config.client_id,
+        config.request_timeout,
+        &config.security,
+    )
+    .await?;
     let key = StrBytes::from_string(group.to_owned());
     // Versions 0-3 name one group in `key`, 4 and later a list.
     let request = if bootstrap.version::<FindCoordinatorRequest>()? < 4 {
@@ -263,28 +243,27 @@ pub async fn read(
         ])
     };
     let response = conn.request(&request).await?;
-    let mut offsets = BTreeMap::new();
-    for topic in response.topics {
-        for p in topic.partitions {
-            if p.committed_offset >= 0 {
-                offsets.insert(
-                    TopicPartition::new(topic.name.0.to_string(), p.partition_index),
-                    p.committed_offset,
-                );
-            }
-        }
-    }
-    for g in response.groups {
-        for topic in g.topics {
-            for p in topic.partitions {
-                if p.committed_offset >= 0 {
-                    offsets.insert(
-                        TopicPartition::new(topic.name.0.to_string(), p.partition_index),
-                        p.committed_offset,
-                    );
-                }
-            }
-        }
-    }
+    let top = response.topics.into_iter().flat_map(|t| {
+        let name = t.name.0.to_string();
+        t.partitions
+            .into_iter()
+            .map(move |p| (name.clone(), p.partition_index, p.committed_offset))
+    });
+    let grouped = response
+        .groups
+        .into_iter()
+        .flat_map(|g| g.topics)
+        .flat_map(|t| {
+            let name = t.name.0.to_string();
+            t.partitions
+                .into_iter()
+                .map(move |p| (name.clone(), p.partition_index, p.committed_offset))
+        });
+    let offsets = top
+        .chain(grouped)
+        // -1: the group has no commit for the partition.
+        .filter(|(_, _, offset)| *offset >= 0)
+        .map(|(topic, partition, offset)| (TopicPartition::new(topic, partition), offset))
+        .collect();
     Ok(offsets)
 }

@@ -155,28 +155,22 @@ impl ClusterError {
 /// credential problem ends the start with a message naming the setting to fix,
 /// instead of surfacing as rskafka retrying until its deadline.
 async fn preflight(config: &ClusterConfig) -> Result<(), ClusterError> {
-    let mut last = None;
-    for broker in &config.brokers {
-        match Connection::connect(
-            broker,
-            &config.client_id,
-            config.connect_timeout,
-            &config.security,
-        )
-        .await
-        {
-            Ok(_) => return Ok(()),
-            Err(
-                e @ (WireError::Connect { .. } | WireError::Timeout { .. } | WireError::Io { .. }),
-            ) => last = Some(e),
-            Err(e) => return Err(ClusterError::Security(Box::new(e))),
-        }
+    match Connection::connect_any(
+        &config.brokers,
+        &config.client_id,
+        config.connect_timeout,
+        &config.security,
+    )
+    .await
+    {
+        Ok(_) => Ok(()),
+        Err(WireError::Unreachable { tried }) => Err(ClusterError::Unreachable {
+            brokers: config.broker_list(),
+            timeout: config.connect_timeout,
+            reason: tried,
+        }),
+        Err(e) => Err(ClusterError::Security(Box::new(e))),
     }
-    Err(ClusterError::Unreachable {
-        brokers: config.broker_list(),
-        timeout: config.connect_timeout,
-        reason: last.map(|e| e.to_string()).unwrap_or_default(),
-    })
 }
 
 /// Classifies rskafka's errors as Kafka's `RetriableException`s do.

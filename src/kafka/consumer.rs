@@ -809,15 +809,15 @@ impl GroupMetrics {
     }
 
     fn update(&mut self, coordinator: &Coordinator, owned: usize) {
-        let members: Vec<String> = coordinator
-            .state
-            .active_members()
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
-        if members != self.last_members {
+        // Runs at every reconcile tick: allocate only when membership changed.
+        let members = coordinator.state.active_members();
+        if !members
+            .iter()
+            .copied()
+            .eq(self.last_members.iter().map(String::as_str))
+        {
             self.generation.add(1);
-            self.last_members = members;
+            self.last_members = members.into_iter().map(str::to_owned).collect();
         }
         self.members.set(self.last_members.len() as i64);
         self.owned.set(owned as i64);

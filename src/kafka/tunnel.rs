@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 use super::security::{SecurityError, Tls};
+use super::wire::split_host_port;
 
 /// How long a local client may take to say where it wants to go.
 const GREETING_TIMEOUT: Duration = Duration::from_secs(10);
@@ -277,7 +278,7 @@ impl Allowlist {
         let mut hosts = Vec::new();
         let mut domains = Vec::new();
         for broker in brokers {
-            let host = host_of(broker).to_ascii_lowercase();
+            let host = split_host_port(broker).0.to_ascii_lowercase();
             let is_ip = host.parse::<std::net::IpAddr>().is_ok();
             if !is_ip
                 && let Some((_, parent)) = host.split_once('.')
@@ -293,17 +294,6 @@ impl Allowlist {
     fn allows(&self, host: &str) -> bool {
         let host = host.to_ascii_lowercase();
         self.hosts.contains(&host) || self.domains.iter().any(|d| host.ends_with(d.as_str()))
-    }
-}
-
-/// The host of `host:port`, `[v6]:port` or a bare host.
-fn host_of(broker: &str) -> &str {
-    if let Some(rest) = broker.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match broker.rsplit_once(':') {
-        Some((host, port)) if port.parse::<u16>().is_ok() => host,
-        _ => broker,
     }
 }
 
@@ -332,9 +322,9 @@ mod tests {
 
     #[test]
     fn hosts_are_split_from_ports() {
-        assert_eq!(host_of("a.b:9092"), "a.b");
-        assert_eq!(host_of("[::1]:9092"), "::1");
-        assert_eq!(host_of("kafka"), "kafka");
+        assert_eq!(split_host_port("a.b:9092").0, "a.b");
+        assert_eq!(split_host_port("[::1]:9092").0, "::1");
+        assert_eq!(split_host_port("kafka").0, "kafka");
     }
 
     /// The SOCKS5 exchange as rskafka's client library performs it, against a

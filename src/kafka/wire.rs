@@ -39,6 +39,8 @@ pub enum WireError {
         #[source]
         source: std::io::Error,
     },
+    #[error("no Kafka broker answered ({tried}); check APP_KAFKA_BROKERS and that the broker runs")]
+    Unreachable { tried: String },
     #[error("Kafka broker {addr} did not answer within {timeout:?}")]
     Timeout { addr: String, timeout: Duration },
     #[error("connection to Kafka broker {addr} failed: {source}")]
@@ -232,6 +234,32 @@ impl Connection {
                 return Ok(());
             }
         }
+    }
+
+    /// Connects to the first of `brokers` that answers. A certificate or
+    /// credential problem is the same with every broker, so it ends the search
+    /// at once; only unreachable brokers make it try the next one.
+    pub(crate) async fn connect_any(
+        brokers: &[String],
+        client_id: &str,
+        timeout: Duration,
+        security: &Security,
+    ) -> Result<Self, WireError> {
+        let mut tried = Vec::new();
+        for broker in brokers {
+            match Self::connect(broker, client_id, timeout, security).await {
+                Ok(conn) => return Ok(conn),
+                Err(
+                    e @ (WireError::Connect { .. }
+                    | WireError::Timeout { .. }
+                    | WireError::Io { .. }),
+                ) => tried.push(e.to_string()),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(WireError::Unreachable {
+            tried: tried.join("; "),
+        })
     }
 
     /// The broker address.
