@@ -12,20 +12,10 @@
 # __eda_offsets, and a .dlq topic per consumed topic.
 #
 # Any of the service binaries does the work (`<binary> create-topics`): the one in
-# $EDA_BIN, on the PATH, in dist/, in target/release, or built with cargo.
+# $EDA_BIN, on the PATH, in dist/, in target/release, or built with cargo
+# (scripts/service-bin.sh).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-name=order-service
-
-bin=${EDA_BIN:-}
-if [[ -z $bin ]]; then
-  for candidate in "$(command -v $name || true)" "$root"/dist/*/$name "$root/target/release/$name"; do
-    if [[ -n $candidate && -x $candidate ]]; then bin=$candidate; break; fi
-  done
-fi
-if [[ -z $bin ]]; then
-  command -v cargo >/dev/null || { echo "create-topics: no $name binary found and no cargo to build one" >&2; exit 1; }
-  cargo build --release --quiet --bin $name --manifest-path "$root/Cargo.toml"
-  bin=$root/target/release/$name
-fi
+# shellcheck source=scripts/service-bin.sh
+source "$root/scripts/service-bin.sh"
 exec "$bin" create-topics "$@"

@@ -1,21 +1,28 @@
 //! What every service binary does around its own work: load the configuration,
 //! start logging, build the service, run it until SIGINT or SIGTERM.
 //!
-//! Every binary also understands `create-topics`, which creates the system's
-//! topics and exits; `scripts/create-topics.sh` calls it, so a server with only the
-//! static binaries can prepare a cluster.
+//! Every binary also understands two commands that do their work and exit, so a
+//! server with only the static binaries can run them:
+//! - `create-topics` creates the system's topics (`scripts/create-topics.sh`);
+//! - `replay-dlq <topic>.dlq [--to TOPIC] [--dry-run]` puts dead-lettered records
+//!   back on their topic (`scripts/replay-dlq.sh`).
 
 use std::process::ExitCode;
 
 use crate::config::Config;
 use crate::events::topic_specs;
-use crate::kafka::{Admin, TopicOutcome};
+use crate::kafka::replay::replay;
+use crate::kafka::{
+    Admin, Cluster, DEFAULT_OFFSETS_TOPIC, OffsetStore, Producer, ProducerConfig, TopicOutcome,
+};
 use crate::logging;
 use crate::services::Service;
 use crate::shutdown::{self, ShutdownTrigger};
 
 /// Exit code for a configuration error, as `sysexits.h`'s `EX_CONFIG`.
 const EXIT_CONFIG: u8 = 78;
+/// Exit code for a wrong command line, as `sysexits.h`'s `EX_USAGE`.
+const EXIT_USAGE: u8 = 64;
 
 /// Runs service `S` as the process's main. Returns the exit code.
 pub async fn main<S: Service>() -> ExitCode {
@@ -29,8 +36,11 @@ pub async fn main<S: Service>() -> ExitCode {
     logging::init(S::NAME, &config.logger);
     crate::metrics::init();
 
-    if std::env::args().nth(1).as_deref() == Some("create-topics") {
-        return create_topics(&config, S::NAME).await;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("create-topics") => return create_topics(&config, S::NAME).await,
+        Some("replay-dlq") => return replay_dlq(&config, S::NAME, &args[1..]).await,
+        _ => {}
     }
 
     let service = match S::build(config).await {
@@ -82,5 +92,127 @@ async fn create_topics(config: &Config, service: &str) -> ExitCode {
             eprintln!("creating topics failed: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The arguments of `replay-dlq`.
+#[derive(Debug, PartialEq, Eq)]
+struct ReplayArgs {
+    dlq_topic: String,
+    to: Option<String>,
+    dry_run: bool,
+}
+
+const REPLAY_USAGE: &str = "usage: replay-dlq <topic>.dlq [--to TOPIC] [--dry-run]";
+
+impl ReplayArgs {
+    /// Parses the arguments after `replay-dlq`, leaving out `--config FILE`.
+    fn parse(args: &[String]) -> Result<Self, String> {
+        let (mut dlq_topic, mut to, mut dry_run) = (None, None, false);
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            match arg.as_str() {
+                "--dry-run" => dry_run = true,
+                "--to" => to = Some(it.next().ok_or("--to needs a TOPIC")?.clone()),
+                "--config" => {
+                    it.next();
+                }
+                a if a.starts_with("--config=") => {}
+                a if a.starts_with('-') => return Err(format!("unknown option {a}")),
+                a if dlq_topic.is_none() => dlq_topic = Some(a.to_owned()),
+                a => return Err(format!("unexpected argument {a}")),
+            }
+        }
+        Ok(Self {
+            dlq_topic: dlq_topic.ok_or("which dead-letter topic? e.g. order.created.dlq")?,
+            to,
+            dry_run,
+        })
+    }
+}
+
+async fn replay_dlq(config: &Config, service: &str, args: &[String]) -> ExitCode {
+    let args = match ReplayArgs::parse(args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}\n{REPLAY_USAGE}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let cluster = match Cluster::connect(config.cluster(service)).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("replaying failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let producer = Producer::new(cluster, ProducerConfig::default());
+    let offsets = OffsetStore::new(producer.clone(), DEFAULT_OFFSETS_TOPIC);
+    let result = replay(
+        &producer,
+        &offsets,
+        &args.dlq_topic,
+        args.to.as_deref(),
+        args.dry_run,
+    )
+    .await;
+    producer.close().await;
+    match result {
+        Ok(report) => {
+            let verb = if args.dry_run {
+                "would replay"
+            } else {
+                "replayed"
+            };
+            for (topic, n) in &report.replayed {
+                println!("{verb} {n} records of {} to {topic}", args.dlq_topic);
+            }
+            println!(
+                "{verb} {} in all; {} replayed before",
+                report.total(),
+                report.already_replayed
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("replaying {} failed: {e}", args.dlq_topic);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn replay_arguments() {
+        assert_eq!(
+            ReplayArgs::parse(&args(&[
+                "order.created.dlq",
+                "--config",
+                "x.env",
+                "--dry-run"
+            ])),
+            Ok(ReplayArgs {
+                dlq_topic: "order.created.dlq".into(),
+                to: None,
+                dry_run: true
+            })
+        );
+        assert_eq!(
+            ReplayArgs::parse(&args(&["--to", "t", "a.dlq"]))
+                .unwrap()
+                .to,
+            Some("t".into())
+        );
+        assert!(ReplayArgs::parse(&args(&[])).is_err());
+        assert!(ReplayArgs::parse(&args(&["a", "b"])).is_err());
+        assert!(ReplayArgs::parse(&args(&["a", "--force"])).is_err());
+        assert!(ReplayArgs::parse(&args(&["a", "--to"])).is_err());
     }
 }

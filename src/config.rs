@@ -81,6 +81,15 @@ pub struct ServerConfig {
     /// and `/metrics` (the order service serves them on its API port). Unset, each
     /// service has its own default, so that all three fit on one host.
     pub metrics_port: Option<u16>,
+    /// `APP_SERVER_MAX_IN_FLIGHT`, default 1024: requests served at once; more are
+    /// answered `503` with `Retry-After` rather than queued without bound.
+    pub max_in_flight: usize,
+    /// `APP_SERVER_REQUEST_TIMEOUT_MS`, default 15000: the longest a request may
+    /// take; must exceed `APP_ORDER_PUBLISH_TIMEOUT_MS`.
+    pub request_timeout: Duration,
+    /// `APP_SERVER_HEADER_TIMEOUT_MS`, default 5000: how long a client may take to
+    /// send a request's headers before the connection is closed.
+    pub header_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +122,9 @@ pub struct KafkaConfig {
     /// fetch open waiting for data. Kafka answers as soon as data arrives; nisshi
     /// holds the fetch for the whole wait, so local setups use a short one.
     pub fetch_max_wait: Duration,
+    /// `APP_KAFKA_MAX_ATTEMPTS`, default 10: a consumed record that failed this many
+    /// times (with backoff between attempts) is parked in its dead-letter topic.
+    pub max_attempts: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -128,6 +140,9 @@ pub struct OrderConfig {
     /// `APP_ORDER_PUBLISH_TIMEOUT_MS`, default 5000: how long `POST` waits for the
     /// broker's acknowledgement before answering 503.
     pub publish_timeout: Duration,
+    /// `APP_ORDER_IDEMPOTENCY_RETENTION_HOURS`, default 24: how long an
+    /// `Idempotency-Key` keeps answering with the order it created.
+    pub idempotency_retention: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -263,6 +278,11 @@ struct Raw {
     server_host: Option<String>,
     server_port: Option<String>,
     metrics_port: Option<String>,
+    server_max_in_flight: Option<String>,
+    server_request_timeout_ms: Option<String>,
+    server_header_timeout_ms: Option<String>,
+    kafka_max_attempts: Option<String>,
+    order_idempotency_retention_hours: Option<String>,
     kafka_brokers: Option<String>,
     kafka_security_protocol: Option<String>,
     kafka_sasl_mechanism: Option<String>,
@@ -526,6 +546,27 @@ impl Raw {
             ));
         }
 
+        let publish_timeout = millis(
+            "APP_ORDER_PUBLISH_TIMEOUT_MS",
+            &self.order_publish_timeout_ms,
+            5_000,
+        )?;
+        let request_timeout = millis(
+            "APP_SERVER_REQUEST_TIMEOUT_MS",
+            &self.server_request_timeout_ms,
+            15_000,
+        )?;
+        if request_timeout <= publish_timeout {
+            return Err(invalid(
+                "APP_SERVER_REQUEST_TIMEOUT_MS",
+                &request_timeout.as_millis().to_string(),
+                format!(
+                    "more than APP_ORDER_PUBLISH_TIMEOUT_MS ({} ms), so that a POST can wait for the broker",
+                    publish_timeout.as_millis()
+                ),
+            ));
+        }
+
         Ok(Config {
             server: ServerConfig {
                 host: given(&self.server_host).unwrap_or("0.0.0.0").to_owned(),
@@ -539,6 +580,18 @@ impl Raw {
                         0..=65535,
                     )?),
                 },
+                max_in_flight: number(
+                    "APP_SERVER_MAX_IN_FLIGHT",
+                    &self.server_max_in_flight,
+                    1024usize,
+                    1..=1_000_000,
+                )?,
+                request_timeout,
+                header_timeout: millis(
+                    "APP_SERVER_HEADER_TIMEOUT_MS",
+                    &self.server_header_timeout_ms,
+                    5_000,
+                )?,
             },
             kafka: KafkaConfig {
                 brokers,
@@ -582,14 +635,24 @@ impl Raw {
                     &self.kafka_fetch_max_wait_ms,
                     500,
                 )?,
+                max_attempts: number(
+                    "APP_KAFKA_MAX_ATTEMPTS",
+                    &self.kafka_max_attempts,
+                    crate::kafka::dead_letter::DEFAULT_MAX_ATTEMPTS,
+                    1..=1000,
+                )?,
             },
             logger: LoggerConfig { level, encoding },
             order: OrderConfig {
-                publish_timeout: millis(
-                    "APP_ORDER_PUBLISH_TIMEOUT_MS",
-                    &self.order_publish_timeout_ms,
-                    5_000,
-                )?,
+                publish_timeout,
+                idempotency_retention: Duration::from_secs(
+                    3600 * number(
+                        "APP_ORDER_IDEMPOTENCY_RETENTION_HOURS",
+                        &self.order_idempotency_retention_hours,
+                        24u64,
+                        1..=24 * 365,
+                    )?,
+                ),
             },
             inventory: InventoryConfig {
                 stock_file: PathBuf::from(

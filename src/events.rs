@@ -283,6 +283,7 @@ mod tests {
             value: record.value,
             headers: record.headers,
             timestamp: DateTime::from_timestamp_millis(0).unwrap(),
+            attempt: 1,
         }
     }
 

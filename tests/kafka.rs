@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use rust_eda::kafka::offsets::offsets_topic_spec;
 use rust_eda::kafka::partitioner::partition_for_key;
 use rust_eda::kafka::{
-    Admin, ClusterError, Compression, ConsumerConfig, Delivery, Message, OffsetReset, OffsetStore,
-    ProduceError, Producer, ProducerConfig, ProducerRecord, TopicOutcome, TopicPartition,
-    TopicSpec, handler_fn,
+    Admin, ClusterError, Compression, ConsumerConfig, DeadLetter, Delivery, Message, OffsetReset,
+    OffsetStore, Poison, ProduceError, Producer, ProducerConfig, ProducerRecord, TopicOutcome,
+    TopicPartition, TopicSpec, dead_letter, handler_fn, read_topic, replay,
 };
 use support::{PrivateBroker, RunningConsumer, cluster, connect, create_topic, unique, within};
 
@@ -666,4 +667,137 @@ async fn commits_show_in_the_brokers_group_offsets() {
     })
     .await;
     assert_eq!(seen, expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_records_are_parked_with_headers_then_replayed_once() {
+    let cluster = cluster().await;
+    let topic = create_topic(&cluster, 1).await;
+    let dlq = dead_letter::topic_for(&topic);
+    Admin::new(cluster.config().clone())
+        .ensure_topics(&[TopicSpec::new(&dlq, 1)])
+        .await
+        .expect("dead-letter topic");
+    let producer = Producer::new(cluster.clone(), ProducerConfig::default());
+    produce_all(&producer, (0..8).map(|i| keyed(&topic, i)).collect()).await;
+
+    // Record 2 is poison; record 5 fails every time (a webhook that stays down),
+    // until `fixed` is set.
+    let fixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attempts_of_5 = Arc::new(AtomicUsize::new(0));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let handler = {
+        let (fixed, attempts_of_5) = (Arc::clone(&fixed), Arc::clone(&attempts_of_5));
+        handler_fn(move |m: Message| {
+            let (fixed, attempts_of_5, tx) =
+                (Arc::clone(&fixed), Arc::clone(&attempts_of_5), tx.clone());
+            async move {
+                if !fixed.load(Ordering::SeqCst) {
+                    if seq(&m) == 2 {
+                        return Err(Poison::new("not an event").into());
+                    }
+                    if seq(&m) == 5 {
+                        attempts_of_5.fetch_add(1, Ordering::SeqCst);
+                        return Err("webhook down".into());
+                    }
+                }
+                let _ = tx.send((
+                    seq(&m),
+                    m.header_str(replay::REPLAYED_FROM).map(str::to_owned),
+                ));
+                Ok(())
+            }
+        })
+    };
+    let handler = DeadLetter::new(handler, producer.clone()).max_attempts(3);
+    let mut config = consumer_config(&topic);
+    config.retry_backoff.initial = Duration::from_millis(20);
+    let (trigger, task) = RunningConsumer::spawn(&cluster, config, handler).await;
+    let mut handled = Vec::new();
+    within(30, "the six good records", async {
+        while handled.len() < 6 {
+            handled.push(rx.recv().await.expect("handler alive").0);
+        }
+    })
+    .await;
+    assert_eq!(
+        handled,
+        [0, 1, 3, 4, 6, 7],
+        "the partition moved on, in order"
+    );
+    assert_eq!(attempts_of_5.load(Ordering::SeqCst), 3, "bounded retries");
+
+    let parked = within(
+        30,
+        "reading the dead-letter topic",
+        read_topic(&cluster, &dlq),
+    )
+    .await
+    .expect("read");
+    assert_eq!(parked.len(), 2);
+    for (m, (n, attempts, error)) in parked
+        .iter()
+        .zip([(2, "1", "not an event"), (5, "3", "webhook down")])
+    {
+        assert_eq!(seq(m), n);
+        assert_eq!(m.key.as_deref(), Some(format!("key-{n}").as_bytes()));
+        assert_eq!(m.value.as_deref(), Some(format!("value-{n}").as_bytes()));
+        assert_eq!(m.header_str("kind"), Some("test"), "own headers kept");
+        assert_eq!(
+            m.header_str(dead_letter::headers::TOPIC),
+            Some(topic.as_str())
+        );
+        assert_eq!(m.header_str(dead_letter::headers::PARTITION), Some("0"));
+        assert_eq!(
+            m.header_str(dead_letter::headers::OFFSET),
+            Some(n.to_string().as_str())
+        );
+        assert_eq!(m.header_str(dead_letter::headers::ATTEMPTS), Some(attempts));
+        assert!(
+            m.header_str(dead_letter::headers::ERROR)
+                .unwrap()
+                .contains(error)
+        );
+        assert!(m.header_str(dead_letter::headers::PARKED_AT).is_some());
+    }
+
+    // The cause is fixed: a replay puts both back, once, and they are handled.
+    fixed.store(true, Ordering::SeqCst);
+    let offsets = OffsetStore::new(producer.clone(), unique("offsets"));
+    Admin::new(cluster.config().clone())
+        .ensure_topics(&[offsets_topic_spec(offsets.topic())])
+        .await
+        .expect("offsets topic");
+    let dry = replay::replay(&producer, &offsets, &dlq, None, true)
+        .await
+        .expect("dry run");
+    assert_eq!(dry.replayed, BTreeMap::from([(topic.clone(), 2)]));
+    let report = replay::replay(&producer, &offsets, &dlq, None, false)
+        .await
+        .expect("replay");
+    assert_eq!(report.total(), 2);
+    let mut replayed = Vec::new();
+    within(30, "the replayed records", async {
+        while replayed.len() < 2 {
+            replayed.push(rx.recv().await.expect("handler alive"));
+        }
+    })
+    .await;
+    assert_eq!(
+        replayed,
+        [
+            (2, Some(format!("{dlq}/0@0"))),
+            (5, Some(format!("{dlq}/0@1")))
+        ]
+    );
+    let again = replay::replay(&producer, &offsets, &dlq, None, false)
+        .await
+        .expect("replay again");
+    assert_eq!(
+        (again.total(), again.already_replayed),
+        (0, 2),
+        "nothing twice"
+    );
+    trigger.trigger();
+    within(30, "shutdown", task).await.unwrap().unwrap();
 }

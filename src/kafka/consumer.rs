@@ -164,6 +164,10 @@ pub struct Message {
     pub value: Option<Vec<u8>>,
     pub headers: BTreeMap<String, Vec<u8>>,
     pub timestamp: DateTime<Utc>,
+    /// Which delivery of this record to the handler this is, from 1: the consumer
+    /// offers a failed record again, and wrappers such as
+    /// [`DeadLetter`](super::dead_letter::DeadLetter) give up after a budget.
+    pub attempt: u32,
 }
 
 impl Message {
@@ -176,6 +180,7 @@ impl Message {
             value: r.record.value,
             headers: r.record.headers,
             timestamp: r.record.timestamp,
+            attempt: 1,
         }
     }
 
@@ -928,8 +933,8 @@ impl PartitionRunner {
                     );
                     break 'batches;
                 }
-                let message = Message::new(&self.tp, record);
-                if !self.handle(&*handler, &message, &mut stop).await {
+                let mut message = Message::new(&self.tp, record);
+                if !self.handle(&*handler, &mut message, &mut stop).await {
                     break 'batches;
                 }
                 self.progress
@@ -943,11 +948,12 @@ impl PartitionRunner {
     async fn handle<H: Handler>(
         &self,
         handler: &H,
-        message: &Message,
+        message: &mut Message,
         stop: &mut Shutdown,
     ) -> bool {
         let mut backoff = Backoff::new(self.config.retry_backoff);
         loop {
+            message.attempt = backoff.attempts() + 1;
             let started = std::time::Instant::now();
             let outcome = handler.handle(message).await;
             self.metrics.latency.observe(started.elapsed());

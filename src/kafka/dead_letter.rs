@@ -1,11 +1,18 @@
-//! Parks records that can never be processed in a dead-letter topic.
+//! Parks records that cannot be processed in a dead-letter topic.
 //!
-//! [`DeadLetter`] wraps a [`Handler`]. When the inner handler fails with a
-//! [`Poison`] error, the record is copied to `<topic>.dlq` with headers naming the
-//! error and where it came from, and the wrapper returns `Ok`, so the partition
-//! moves on instead of retrying forever. Other errors pass through untouched, to
-//! be retried. Records keep their key, value and headers in the dead-letter topic,
-//! so they can be replayed once the cause is fixed.
+//! [`DeadLetter`] wraps a [`Handler`]. A record is parked in `<topic>.dlq` when the
+//! inner handler fails with a [`Poison`] error (it cannot be decoded, or breaks the
+//! event schema: retrying cannot help), or when it failed on its last allowed
+//! attempt (the consumer offers a failed record again with backoff and jitter;
+//! after `max_attempts` a transient failure is treated as permanent, so that one
+//! record cannot block its partition forever). The wrapper then returns `Ok`, and
+//! the partition moves on. Other errors pass through, to be retried.
+//!
+//! Parked records keep their key, value and headers, and get headers naming the
+//! error, the attempts and where they came from, so that
+//! [`replay`](super::replay) can put them back once the cause is fixed.
+
+use rskafka::chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::metrics;
 
@@ -18,7 +25,18 @@ pub mod headers {
     pub const TOPIC: &str = "dlq.topic";
     pub const PARTITION: &str = "dlq.partition";
     pub const OFFSET: &str = "dlq.offset";
+    pub const ATTEMPTS: &str = "dlq.attempts";
+    /// When the record was parked (RFC 3339).
+    pub const PARKED_AT: &str = "dlq.parked_at";
+
+    /// Every header this module adds.
+    pub const ALL: [&str; 6] = [ERROR, TOPIC, PARTITION, OFFSET, ATTEMPTS, PARKED_AT];
 }
+
+/// The default of [`DeadLetter::max_attempts`]: with the consumer's default
+/// backoff (100 ms doubling to 10 s) the last attempt comes about half a minute
+/// after the first, which rides out a broker restart or a short webhook outage.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
 
 /// The dead-letter topic of `topic`.
 pub fn topic_for(topic: &str) -> String {
@@ -30,11 +48,23 @@ pub fn topic_for(topic: &str) -> String {
 pub struct DeadLetter<H> {
     inner: H,
     producer: Producer,
+    max_attempts: u32,
 }
 
 impl<H: Handler> DeadLetter<H> {
+    /// Parks poison records, and records that failed [`DEFAULT_MAX_ATTEMPTS`] times.
     pub fn new(inner: H, producer: Producer) -> Self {
-        Self { inner, producer }
+        Self {
+            inner,
+            producer,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+        }
+    }
+
+    /// Parks a record once it failed this many times (at least 1).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
     }
 }
 
@@ -43,6 +73,9 @@ impl<H: Handler> Handler for DeadLetter<H> {
         let error = match self.inner.handle(message).await {
             Ok(()) => return Ok(()),
             Err(e) if Poison::is_poison(&e) => e,
+            Err(e) if message.attempt >= self.max_attempts => {
+                format!("gave up after {} attempts: {e}", message.attempt).into()
+            }
             Err(e) => return Err(e),
         };
         let mut record = ProducerRecord::new(topic_for(&message.topic));
@@ -54,7 +87,13 @@ impl<H: Handler> Handler for DeadLetter<H> {
             .header(headers::ERROR, error.to_string())
             .header(headers::TOPIC, message.topic.clone())
             .header(headers::PARTITION, message.partition.to_string())
-            .header(headers::OFFSET, message.offset.to_string());
+            .header(headers::OFFSET, message.offset.to_string())
+            .header(headers::ATTEMPTS, message.attempt.to_string())
+            .header(
+                headers::PARKED_AT,
+                DateTime::<Utc>::from(std::time::SystemTime::now())
+                    .to_rfc3339_opts(SecondsFormat::Millis, true),
+            );
         // If parking fails the error goes back to the consumer, which retries.
         let delivery = self.producer.send(record).await?;
         metrics::counter(

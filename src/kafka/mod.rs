@@ -43,6 +43,7 @@ pub mod group;
 pub mod offsets;
 pub mod partitioner;
 pub mod producer;
+pub mod replay;
 pub mod security;
 mod tunnel;
 mod wire;

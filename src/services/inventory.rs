@@ -444,7 +444,7 @@ impl Service for InventoryService {
             producer: producer.clone(),
         };
         Ok(Self {
-            work: ConsumerLoop::new(consumer, handler, producer, ops),
+            work: ConsumerLoop::new(consumer, handler, producer, ops, config.kafka.max_attempts),
             _follower: follower,
             follower_stop,
         })

@@ -86,7 +86,8 @@ pub async fn connect(config: &Config, service: &str) -> Result<Cluster, ServiceE
 }
 
 /// A consumer service's loop: its consumer, its handler wrapped so that poison
-/// records are dead-lettered, and the producer both write with.
+/// records, and records that failed every attempt, are dead-lettered, and the
+/// producer both write with.
 pub struct ConsumerLoop<H> {
     consumer: Consumer,
     handler: DeadLetter<H>,
@@ -95,10 +96,17 @@ pub struct ConsumerLoop<H> {
 }
 
 impl<H: Handler> ConsumerLoop<H> {
-    pub fn new(consumer: Consumer, handler: H, producer: Producer, ops: ops::OpsServer) -> Self {
+    /// `max_attempts`: how often a failing record is offered before it is parked.
+    pub fn new(
+        consumer: Consumer,
+        handler: H,
+        producer: Producer,
+        ops: ops::OpsServer,
+        max_attempts: u32,
+    ) -> Self {
         Self {
             consumer,
-            handler: DeadLetter::new(handler, producer.clone()),
+            handler: DeadLetter::new(handler, producer.clone()).max_attempts(max_attempts),
             producer,
             ops,
         }

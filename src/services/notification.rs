@@ -269,7 +269,7 @@ impl Service for NotificationService {
             producer: producer.clone(),
         };
         Ok(Self {
-            work: ConsumerLoop::new(consumer, handler, producer, ops),
+            work: ConsumerLoop::new(consumer, handler, producer, ops, config.kafka.max_attempts),
         })
     }
 

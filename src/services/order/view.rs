@@ -187,6 +187,7 @@ mod tests {
             value: r.value,
             headers: r.headers,
             timestamp: rskafka::chrono::DateTime::from_timestamp_millis(0).unwrap(),
+            attempt: 1,
         }
     }
 
