@@ -4,10 +4,11 @@
 //! For every `inventory.reserved` and `inventory.failed` it writes one structured
 //! log line and, when `APP_NOTIFICATION_WEBHOOK_URL` is set, POSTs the outcome to
 //! that URL, retrying with backoff. The ids of inventory events already notified
-//! are read back from `notification.sent` at start, so a redelivered event is not
-//! notified twice. (A crash between the webhook call and publishing
-//! `notification.sent` can repeat that one webhook call; it carries the event id
-//! in `Idempotency-Key`, so the receiver can drop the repeat.)
+//! are followed from `notification.sent` (read back at start, then kept current),
+//! so a redelivered event is not notified twice, even when its partition moved
+//! from another instance that notified it. (A crash between the webhook call and
+//! publishing `notification.sent` can repeat that one webhook call; it carries the
+//! event id in `Idempotency-Key`, so the receiver can drop the repeat.)
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -27,9 +28,9 @@ use crate::events::{
 };
 use crate::http_client::{self, HttpError, HttpUrl};
 use crate::kafka::backoff::{Backoff, BackoffConfig};
-use crate::kafka::{Consumer, Handler, HandlerError, Message, Poison, Producer, read_topic};
+use crate::kafka::{Consumer, Follower, Handler, HandlerError, Message, Poison, Producer};
 use crate::logging::with_correlation_id;
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Shutdown, ShutdownTrigger};
 
 /// The default consumer group.
 pub const DEFAULT_GROUP: &str = "notification-service";
@@ -228,6 +229,8 @@ impl Notify {
 /// The built service.
 pub struct NotificationService {
     work: ConsumerLoop<Notify>,
+    _follower: Follower,
+    follower_stop: ShutdownTrigger,
 }
 
 /// Default of `APP_METRICS_PORT` for this service.
@@ -246,13 +249,25 @@ impl Service for NotificationService {
             None => None,
         };
         let cluster = connect(&config, Self::NAME).await?;
-        let notified: HashSet<Uuid> = read_topic(&cluster, topics::NOTIFICATION_SENT)
+        let notified: Arc<Mutex<HashSet<Uuid>>> = Arc::default();
+        let (follower_stop, follower_shutdown) = ShutdownTrigger::new();
+        let follower = {
+            let notified = Arc::clone(&notified);
+            Follower::start(
+                &cluster,
+                &[topics::NOTIFICATION_SENT],
+                config.kafka.fetch_max_wait,
+                move |m| {
+                    if let Ok(e) = Envelope::<NotificationSent>::decode(&m) {
+                        notified.lock().insert(e.payload.source_event_id);
+                    }
+                },
+                follower_shutdown,
+            )
             .await?
-            .iter()
-            .filter_map(|m| Envelope::<NotificationSent>::decode(m).ok())
-            .map(|e| e.payload.source_event_id)
-            .collect();
-        log::info!("{} outcomes were notified before", notified.len());
+        };
+        follower.caught_up().await;
+        log::info!("{} outcomes were notified before", notified.lock().len());
 
         let producer = producer(&config, &cluster);
         let consumer = Consumer::new(
@@ -264,17 +279,20 @@ impl Service for NotificationService {
         )
         .await?;
         let handler = Notify {
-            notified: Arc::new(Mutex::new(notified)),
+            notified,
             webhook,
             producer: producer.clone(),
         };
         Ok(Self {
             work: ConsumerLoop::new(consumer, handler, producer, ops, config.kafka.max_attempts),
+            _follower: follower,
+            follower_stop,
         })
     }
 
     async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), ServiceError> {
         self.work.run(shutdown).await?;
+        self.follower_stop.trigger();
         log::info!("notification-service stopped");
         Ok(())
     }
