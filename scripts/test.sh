@@ -32,6 +32,8 @@ trap cleanup EXIT
 
 scripts/broker.sh start
 export EDA_TEST_BROKERS=127.0.0.1:$EDA_BROKER_PORT
+# tests/api.rs fuzzes the API with schemathesis (PyPI), in a venv under target/.
+scripts/fuzz.sh --install
 cargo test "$@"
 
 # The whole suite also runs the end-to-end tests on ARM: the static aarch64

@@ -15,6 +15,10 @@ pub const MAX_ITEMS: usize = 100;
 pub const MAX_ID_LEN: usize = 128;
 /// Largest quantity of one item.
 pub const MAX_QUANTITY: u64 = 1_000_000;
+/// Highest unit price. With the other limits it keeps every total finite: an
+/// unbounded price let `quantity × price` overflow to infinity, which JSON writes
+/// as `null`, and the event could not be read back.
+pub const MAX_PRICE: f64 = 1e12;
 
 /// An order's identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -24,6 +28,49 @@ pub struct OrderId(pub Uuid);
 impl OrderId {
     pub fn new() -> Self {
         Self(Uuid::new_v4())
+    }
+}
+
+impl OrderId {
+    /// The id of the order that `key` creates for `customer_id`: the same for every
+    /// retry of a request, on any instance, across restarts, so a repeated
+    /// `order.created` names the same order and is recognised downstream.
+    pub fn for_idempotency_key(customer_id: &str, key: &IdempotencyKey) -> Self {
+        // Length-prefixed, so that ("a:b", "c") and ("a", "b:c") differ.
+        let name = format!("{}:{customer_id}:{}", customer_id.len(), key.0);
+        Self(Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, name.as_bytes()))
+    }
+}
+
+/// The UUID namespace of order ids made from idempotency keys (a fixed random UUID).
+const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_8e2a_4b7d_4e0f_9a51_c3d2_7b86_e415);
+
+/// Longest `Idempotency-Key` accepted.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// A client's `Idempotency-Key`: 1 to 255 visible ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn parse(raw: &str) -> Result<Self, FieldError> {
+        if raw.is_empty() || raw.len() > MAX_IDEMPOTENCY_KEY_LEN {
+            return Err(FieldError::new(
+                "Idempotency-Key",
+                format!("must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters"),
+            ));
+        }
+        if !raw.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(FieldError::new(
+                "Idempotency-Key",
+                "must be visible ASCII characters, without spaces",
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -196,11 +243,11 @@ fn parse_item(value: &Value, path: &str, errors: &mut Vec<FieldError>) -> Option
             None
         }
         Some(Value::Number(n)) => match n.as_f64() {
-            Some(p) if p.is_finite() && p >= 0.0 => Some(p),
+            Some(p) if (0.0..=MAX_PRICE).contains(&p) => Some(p),
             _ => {
                 errors.push(FieldError::new(
                     price_field,
-                    "must be a finite number of at least 0",
+                    format!("must be a number from 0 to {MAX_PRICE:e}"),
                 ));
                 None
             }
@@ -311,8 +358,38 @@ mod tests {
     }
 
     #[test]
+    fn a_total_too_large_for_json_is_refused() {
+        // Found by schemathesis: 299 × 4e306 overflowed to infinity, which JSON
+        // writes as null, and the order.created event could not be read back.
+        let f = fields(json!({"customer_id": "c", "items": [
+            {"product_id": "p", "quantity": 299, "price": 4.086926082020439e306}
+        ]}));
+        assert_eq!(f, vec!["items[0].price"]);
+        let biggest = NewOrder::parse(&json!({"customer_id": "c", "items":
+            vec![json!({"product_id": "p", "quantity": MAX_QUANTITY, "price": MAX_PRICE}); MAX_ITEMS]
+        }))
+        .unwrap();
+        assert!(biggest.total().is_finite());
+    }
+
+    #[test]
     fn order_ids_parse_from_uuids_only() {
         assert!("not-a-uuid".parse::<OrderId>().is_err());
+        let key = IdempotencyKey::parse("retry-1").unwrap();
+        let id = OrderId::for_idempotency_key("c-1", &key);
+        assert_eq!(id, OrderId::for_idempotency_key("c-1", &key), "stable");
+        assert_ne!(
+            id,
+            OrderId::for_idempotency_key("c-2", &key),
+            "per customer"
+        );
+        assert_ne!(
+            OrderId::for_idempotency_key("a:b", &IdempotencyKey::parse("c").unwrap()),
+            OrderId::for_idempotency_key("a", &IdempotencyKey::parse("b:c").unwrap()),
+        );
+        assert!(IdempotencyKey::parse("").is_err());
+        assert!(IdempotencyKey::parse("has space").is_err());
+        assert!(IdempotencyKey::parse(&"k".repeat(256)).is_err());
         let id = OrderId::new();
         assert_eq!(id.to_string().parse::<OrderId>().unwrap(), id);
     }

@@ -7,6 +7,7 @@ pub mod inventory;
 pub mod notification;
 pub mod ops;
 pub mod order;
+pub mod server;
 
 use crate::config::Config;
 use crate::events::topic_specs;

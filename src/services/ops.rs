@@ -95,6 +95,7 @@ fn route_of(path: &str) -> &'static str {
 /// The operations port of a consumer service.
 pub struct OpsServer {
     listener: TcpListener,
+    limits: super::server::Limits,
 }
 
 impl OpsServer {
@@ -108,11 +109,14 @@ impl OpsServer {
         if let Ok(local) = listener.local_addr() {
             log::info!("health and metrics on http://{local} (/health, /ready, /metrics)");
         }
-        Ok(Self { listener })
+        Ok(Self {
+            listener,
+            limits: super::server::Limits::from_config(&config.server),
+        })
     }
 
     /// Serves until `shutdown`; ready while the broker answers.
-    pub async fn serve(self, cluster: Cluster, mut shutdown: Shutdown) {
+    pub async fn serve(self, cluster: Cluster, shutdown: Shutdown) {
         let ready = warp::path!("ready").and(warp::get()).then(move || {
             let cluster = cluster.clone();
             async move {
@@ -134,11 +138,7 @@ impl OpsServer {
             .recover(not_found)
             .unify()
             .with(warp::log::custom(record));
-        warp::serve(routes)
-            .incoming(self.listener)
-            .graceful(async move { shutdown.recv().await })
-            .run()
-            .await;
+        super::server::serve(self.listener, warp::service(routes), self.limits, shutdown).await;
     }
 }
 

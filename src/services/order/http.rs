@@ -2,17 +2,29 @@
 //!
 //! | Route | Answer |
 //! | --- | --- |
-//! | `POST /api/v1/orders` | `201` with the order once the broker acknowledged `order.created`; `400`/`413`/`415` for bad requests; `503` when the broker does not acknowledge in time |
+//! | `POST /api/v1/orders` | `201` with the order once the broker acknowledged `order.created`; `400`/`413`/`415` for bad requests; `409`/`422` for a misused `Idempotency-Key`; `503` when the broker does not acknowledge in time |
 //! | `GET /api/v1/orders/{id}` | `200` with the order and its status; `400` for a malformed id; `404` for an unknown one |
 //! | `GET /health` | `200` while the process runs |
 //! | `GET /ready` | `200` once the broker answers and the order view caught up; `503` before |
 //! | `GET /metrics` | Prometheus metrics (see [`crate::metrics`]) |
+//! | `GET /api/v1/openapi.json` | the OpenAPI 3 description of this API |
+//!
+//! `POST` takes an optional `Idempotency-Key` header. The order id is derived from
+//! the key and the customer, so a retry (after a timeout, on another instance,
+//! after a restart) names the same order: within
+//! `APP_ORDER_IDEMPOTENCY_RETENTION_HOURS` it is answered with the order it
+//! created, marked `Idempotent-Replayed: true`, and if it did reach the broker
+//! twice, the inventory decides the order once. The same key with a different
+//! order, or after the retention, is refused with `422`; while the first request
+//! is still in flight on this instance, with `409`.
 //!
 //! Every error is JSON: `{"error": "...", "details": [{"field": "...", "message": "..."}]}`.
 //! Every answer carries `X-Correlation-ID`: the client's, or a new one.
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -22,7 +34,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use super::view::OrderViews;
-use crate::domain::{FieldError, NewOrder, OrderId, total};
+use crate::domain::{FieldError, IdempotencyKey, NewOrder, OrderId, total};
 use crate::events::{self, Envelope, OrderCreated};
 use crate::kafka::{Cluster, Follower, Producer};
 use crate::logging::with_correlation_id;
@@ -32,6 +44,10 @@ use crate::services::ops;
 pub const MAX_BODY_BYTES: u64 = 64 * 1024;
 /// The correlation id header.
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
+/// The idempotency key header of `POST /api/v1/orders`.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+/// The OpenAPI document served at `/api/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// What the handlers share.
 pub struct AppState {
@@ -39,6 +55,10 @@ pub struct AppState {
     pub views: Arc<OrderViews>,
     pub follower: Follower,
     pub cluster: Cluster,
+    /// Orders with an idempotency key being published by this instance.
+    pub in_flight: parking_lot::Mutex<HashSet<OrderId>>,
+    /// How long an idempotency key answers with its order.
+    pub idempotency_retention: Duration,
 }
 
 /// An error answer.
@@ -71,12 +91,25 @@ pub fn routes(
         .and(with_state.clone())
         .and(correlation)
         .and(warp::header::optional::<String>("content-type"))
+        .and(warp::header::optional::<String>(IDEMPOTENCY_HEADER))
         .and(warp::body::content_length_limit(MAX_BODY_BYTES))
         .and(warp::body::bytes())
-        .then(|state, id: String, content_type, body| {
+        .then(|state, id: String, content_type, key, body| {
             with_correlation_id(id.clone(), async move {
-                tag(create_order(state, &id, content_type, body).await, &id)
+                let request = CreateRequest {
+                    correlation_id: &id,
+                    content_type,
+                    idempotency_key: key,
+                    body,
+                };
+                tag(create_order(state, request).await, &id)
             })
+        });
+
+    let openapi = warp::path!("api" / "v1" / "openapi.json")
+        .and(warp::get())
+        .map(|| {
+            warp::reply::with_header(OPENAPI, "content-type", "application/json").into_response()
         });
 
     let get = warp::path!("api" / "v1" / "orders" / String)
@@ -99,9 +132,56 @@ pub fn routes(
         .unify()
         .or(ready)
         .unify()
+        .or(openapi)
+        .unify()
+        .or(method_not_allowed())
+        .unify()
         .recover(rejection)
         .unify()
         .with(warp::log::custom(ops::record))
+}
+
+/// The methods each path serves, for `405` answers' `Allow` header.
+fn allowed_methods(path: &str) -> Option<&'static str> {
+    match path {
+        "/api/v1/orders" => Some("POST"),
+        "/health" | "/ready" | "/metrics" | "/api/v1/openapi.json" => Some("GET"),
+        p if p
+            .strip_prefix("/api/v1/orders/")
+            .is_some_and(|id| !id.is_empty() && !id.contains('/')) =>
+        {
+            Some("GET")
+        }
+        _ => None,
+    }
+}
+
+/// `405` with `Allow` for a known path asked with a method it does not serve. A
+/// request with the right method that a route refused (a body too large, say)
+/// falls through with its own rejection.
+fn method_not_allowed()
+-> impl Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static {
+    warp::path::full().and(warp::method()).and_then(
+        |path: warp::path::FullPath, method: warp::http::Method| async move {
+            match allowed_methods(path.as_str()) {
+                Some(allowed) if allowed != method.as_str() => {
+                    let mut response = error(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        format!(
+                            "{method} is not allowed on {}; use {allowed}",
+                            path.as_str()
+                        ),
+                        Vec::new(),
+                    );
+                    response
+                        .headers_mut()
+                        .insert("allow", HeaderValue::from_static(allowed));
+                    Ok(response)
+                }
+                _ => Err(warp::reject::not_found()),
+            }
+        },
+    )
 }
 
 /// The client's correlation id if it is sane, else a new one.
@@ -129,52 +209,118 @@ fn is_json(content_type: Option<&str>) -> bool {
         .unwrap_or(false)
 }
 
-async fn create_order(
-    state: Arc<AppState>,
-    correlation_id: &str,
+/// What `POST /api/v1/orders` received.
+struct CreateRequest<'a> {
+    correlation_id: &'a str,
     content_type: Option<String>,
+    idempotency_key: Option<String>,
     body: Bytes,
-) -> Response {
-    if !is_json(content_type.as_deref()) {
-        return error(
+}
+
+fn parse_order(
+    request: &CreateRequest<'_>,
+) -> Result<(NewOrder, Option<IdempotencyKey>), Box<Response>> {
+    if !is_json(request.content_type.as_deref()) {
+        return Err(Box::new(error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "the request body must be JSON",
             vec![FieldError {
                 field: "Content-Type".into(),
                 message: "must be application/json".into(),
             }],
-        );
+        )));
     }
-    let value: serde_json::Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            return error(
+    let value: serde_json::Value = serde_json::from_slice(&request.body).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "the request body is not valid JSON",
+            vec![FieldError {
+                field: "body".into(),
+                message: e.to_string(),
+            }],
+        ))
+    })?;
+    let order = NewOrder::parse(&value).map_err(|details| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "the order is invalid",
+            details,
+        ))
+    })?;
+    let key = request
+        .idempotency_key
+        .as_deref()
+        .map(IdempotencyKey::parse)
+        .transpose()
+        .map_err(|e| {
+            error(
                 StatusCode::BAD_REQUEST,
-                "the request body is not valid JSON",
-                vec![FieldError {
-                    field: "body".into(),
-                    message: e.to_string(),
-                }],
-            );
-        }
+                "the Idempotency-Key is invalid",
+                vec![e],
+            )
+        })?;
+    Ok((order, key))
+}
+
+/// Removes an order from the in-flight set when its request ends, however it ends.
+struct InFlight<'a> {
+    state: &'a AppState,
+    id: OrderId,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.state.in_flight.lock().remove(&self.id);
+    }
+}
+
+async fn create_order(state: Arc<AppState>, request: CreateRequest<'_>) -> Response {
+    let (order, key) = match parse_order(&request) {
+        Ok(parsed) => parsed,
+        Err(response) => return *response,
     };
-    let order = match NewOrder::parse(&value) {
-        Ok(order) => order,
-        Err(details) => {
-            return error(StatusCode::BAD_REQUEST, "the order is invalid", details);
+    let order_id = match &key {
+        Some(key) => OrderId::for_idempotency_key(&order.customer_id, key),
+        None => OrderId::new(),
+    };
+    let _in_flight = match &key {
+        None => None,
+        Some(key) => {
+            if let Some(answer) = earlier_answer(&state, order_id, &order, key) {
+                return answer;
+            }
+            if !state.in_flight.lock().insert(order_id) {
+                let mut response = error(
+                    StatusCode::CONFLICT,
+                    "a request with this Idempotency-Key is still in progress; retry shortly",
+                    Vec::new(),
+                );
+                response
+                    .headers_mut()
+                    .insert("retry-after", HeaderValue::from_static("1"));
+                return response;
+            }
+            Some(InFlight {
+                state: &state,
+                id: order_id,
+            })
         }
     };
 
     let created = OrderCreated {
-        order_id: OrderId::new(),
+        order_id,
         total: total(&order.items),
         customer_id: order.customer_id,
         items: order.items,
         created_at: events::now(),
     };
-    let event = Envelope::new(created, correlation_id);
+    let event = Envelope::new(created, request.correlation_id);
+    let mut record = event.to_record();
+    if let Some(key) = &key {
+        record = record.header(IDEMPOTENCY_HEADER, key.as_str());
+    }
     // The producer's delivery timeout (APP_ORDER_PUBLISH_TIMEOUT_MS) bounds the wait.
-    match state.producer.send(event.to_record()).await {
+    match state.producer.send(record).await {
         Ok(delivery) => {
             state.views.created(&event.payload);
             log::info!(
@@ -187,22 +333,13 @@ async fn create_order(
                 delivery.partition,
                 delivery.offset
             );
-            let view = state.views.get(&event.payload.order_id);
-            let mut response =
-                warp::reply::with_status(warp::reply::json(&view), StatusCode::CREATED)
-                    .into_response();
-            if let Ok(location) =
-                HeaderValue::from_str(&format!("/api/v1/orders/{}", event.payload.order_id))
-            {
-                response.headers_mut().insert("location", location);
-            }
-            response
+            created_response(&state, order_id, false)
         }
         Err(e) => {
             log::error!("order not accepted, the broker did not acknowledge it: {e}");
             let mut response = error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "the order could not be stored because the event broker is unavailable; nothing was created, retry later",
+                "the event broker did not confirm the order in time, so it was not accepted; retry later, with the same Idempotency-Key so that it is created at most once",
                 Vec::new(),
             );
             response
@@ -211,6 +348,68 @@ async fn create_order(
             response
         }
     }
+}
+
+/// The answer to a repeated idempotency key, if the key was used before.
+fn earlier_answer(
+    state: &AppState,
+    order_id: OrderId,
+    order: &NewOrder,
+    key: &IdempotencyKey,
+) -> Option<Response> {
+    let earlier = state.views.get(&order_id)?;
+    if earlier.items != order.items {
+        return Some(error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "this Idempotency-Key was used for a different order; use a new key for a new order",
+            vec![FieldError {
+                field: "Idempotency-Key".into(),
+                message: format!("already used for order {order_id}"),
+            }],
+        ));
+    }
+    let age = rskafka::chrono::DateTime::parse_from_rfc3339(&earlier.created_at)
+        .ok()
+        .and_then(|at| {
+            let now = rskafka::chrono::DateTime::<rskafka::chrono::Utc>::from(
+                std::time::SystemTime::now(),
+            );
+            (now - at.to_utc()).to_std().ok()
+        })
+        .unwrap_or_default();
+    if age > state.idempotency_retention {
+        return Some(error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "this Idempotency-Key expired; use a new key for a new order",
+            vec![FieldError {
+                field: "Idempotency-Key".into(),
+                message: format!(
+                    "used for order {order_id} more than {} hours ago",
+                    state.idempotency_retention.as_secs() / 3600
+                ),
+            }],
+        ));
+    }
+    log::info!(
+        "order {order_id}: Idempotency-Key {} repeated; answering with the order it created",
+        key.as_str()
+    );
+    Some(created_response(state, order_id, true))
+}
+
+/// `201` with the order as the view shows it, and its `Location`.
+fn created_response(state: &AppState, order_id: OrderId, replayed: bool) -> Response {
+    let view = state.views.get(&order_id);
+    let mut response =
+        warp::reply::with_status(warp::reply::json(&view), StatusCode::CREATED).into_response();
+    let headers = response.headers_mut();
+    if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/orders/{order_id}")) {
+        headers.insert("location", location);
+    }
+    if replayed {
+        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
 }
 
 fn get_order(state: &AppState, id: &str) -> Response {

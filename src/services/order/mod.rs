@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 
 use self::http::AppState;
 use self::view::OrderViews;
+use super::server::{self, Limits};
 use super::{Service, ServiceError, connect};
 use crate::config::Config;
 use crate::events::topics;
@@ -22,6 +23,7 @@ pub struct OrderService {
     listener: TcpListener,
     state: Arc<AppState>,
     follower_stop: ShutdownTrigger,
+    limits: Limits,
 }
 
 impl OrderService {
@@ -79,12 +81,15 @@ impl Service for OrderService {
                 views,
                 follower,
                 cluster,
+                in_flight: Default::default(),
+                idempotency_retention: config.order.idempotency_retention,
             }),
             follower_stop,
+            limits: Limits::from_config(&config.server),
         })
     }
 
-    async fn run_until_stopped(self, mut shutdown: Shutdown) -> Result<(), ServiceError> {
+    async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), ServiceError> {
         let state = Arc::clone(&self.state);
         tokio::spawn({
             let state = Arc::clone(&state);
@@ -94,11 +99,13 @@ impl Service for OrderService {
             }
         });
         // In-flight requests finish before `run` returns.
-        warp::serve(http::routes(Arc::clone(&state)))
-            .incoming(self.listener)
-            .graceful(async move { shutdown.recv().await })
-            .run()
-            .await;
+        server::serve(
+            self.listener,
+            warp::service(http::routes(Arc::clone(&state))),
+            self.limits,
+            shutdown,
+        )
+        .await;
         state.producer.close().await;
         self.follower_stop.trigger();
         log::info!("order-service stopped");

@@ -1,0 +1,194 @@
+//! The HTTP server under every service's routes: warp's filters, served by hyper
+//! with the limits a public endpoint needs.
+//!
+//! - **Header timeout**: a client that does not send its request headers within
+//!   `APP_SERVER_HEADER_TIMEOUT_MS` is disconnected, so slow or idle connections
+//!   cannot pile up.
+//! - **Request timeout**: a request that is not answered within
+//!   `APP_SERVER_REQUEST_TIMEOUT_MS` (a body trickling in, say) gets `503`.
+//! - **Requests in flight**: beyond `APP_SERVER_MAX_IN_FLIGHT`, a request is
+//!   answered `503` with `Retry-After` at once instead of queueing without bound,
+//!   so an overload shows as fast refusals that clients can retry, not as
+//!   growing latency and memory.
+//!
+//! On shutdown the listener closes, and requests in flight get up to the request
+//! timeout to finish.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use warp::Reply;
+use warp::http::{HeaderValue, StatusCode};
+use warp::reply::Response;
+
+use crate::config::ServerConfig;
+use crate::metrics;
+use crate::shutdown::Shutdown;
+
+/// What the server allows a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub header_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_in_flight: usize,
+}
+
+impl Limits {
+    pub fn from_config(config: &ServerConfig) -> Self {
+        Self {
+            header_timeout: config.header_timeout,
+            request_timeout: config.request_timeout,
+            max_in_flight: config.max_in_flight,
+        }
+    }
+}
+
+/// A JSON error answer, the shape every route uses: `{"error": ..., "details": []}`.
+pub fn json_error(status: StatusCode, message: &str) -> Response {
+    warp::reply::with_status(
+        warp::reply::json(&json!({ "error": message, "details": [] })),
+        status,
+    )
+    .into_response()
+}
+
+/// What [`serve`] serves: `warp::service(routes)` for routes that answer every
+/// request (their rejections recovered).
+pub trait Routes:
+    tower_service::Service<
+        hyper::Request<Incoming>,
+        Response = Response,
+        Error = Infallible,
+        Future: Send,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> Routes for S where
+    S: tower_service::Service<
+            hyper::Request<Incoming>,
+            Response = Response,
+            Error = Infallible,
+            Future: Send,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// Serves `routes` on `listener` until `shutdown`, then lets requests in flight
+/// finish (for at most the request timeout).
+pub async fn serve(
+    listener: TcpListener,
+    routes: impl Routes,
+    limits: Limits,
+    mut shutdown: Shutdown,
+) {
+    let guarded = Guarded {
+        inner: routes,
+        permits: Arc::new(Semaphore::new(limits.max_in_flight)),
+        limits,
+    };
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, most likely: wait for connections to close.
+                    log::warn!("accepting a connection failed, pausing 100 ms: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = shutdown.recv() => break,
+        };
+        let connection =
+            graceful.watch(http.serve_connection(TokioIo::new(stream), guarded.clone()));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                log::debug!("connection ended with an error: {e}");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.request_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        log::warn!(
+            "requests still in flight after {:?}; closing their connections",
+            limits.request_timeout
+        );
+    }
+}
+
+/// warp's service behind the in-flight limit and the request timeout.
+#[derive(Clone)]
+struct Guarded<S> {
+    inner: S,
+    permits: Arc<Semaphore>,
+    limits: Limits,
+}
+
+impl<S: Routes> hyper::service::Service<hyper::Request<Incoming>> for Guarded<S> {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+        let permit = Arc::clone(&self.permits).try_acquire_owned();
+        let mut inner = self.inner.clone();
+        let timeout = self.limits.request_timeout;
+        Box::pin(async move {
+            let Ok(_permit) = permit else {
+                rejected("overload");
+                let mut response = json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many requests in flight; retry after a second",
+                );
+                response
+                    .headers_mut()
+                    .insert("retry-after", HeaderValue::from_static("1"));
+                return Ok(response);
+            };
+            match tokio::time::timeout(timeout, inner.call(request)).await {
+                Ok(response) => response,
+                Err(_) => {
+                    rejected("timeout");
+                    Ok(json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("the request was not completed within {timeout:?}"),
+                    ))
+                }
+            }
+        })
+    }
+}
+
+fn rejected(reason: &str) {
+    metrics::counter(
+        "eda_http_rejected_total",
+        "Requests answered 503 by the server itself: overload (too many in flight) or timeout.",
+        &[("reason", reason)],
+    )
+    .inc();
+}
