@@ -21,37 +21,6 @@ use warp::Filter;
 
 const SERVICES: [&str; 3] = ["order-service", "inventory-service", "notification-service"];
 
-/// The command that runs `service`: the binaries cargo built for this test, or
-/// those in `EDA_E2E_BIN_DIR` (e.g. `dist/aarch64-unknown-linux-musl`), run through
-/// `EDA_E2E_RUNNER` when set (e.g. `qemu-aarch64-static`).
-fn command(service: &str) -> Command {
-    let binary = match std::env::var("EDA_E2E_BIN_DIR") {
-        Ok(dir) => {
-            let path = support::repo_root().join(dir).join(service);
-            assert!(
-                path.is_file(),
-                "{} is missing: build it first (scripts/build-static.sh)",
-                path.display()
-            );
-            path
-        }
-        Err(_) => PathBuf::from(match service {
-            "order-service" => env!("CARGO_BIN_EXE_order-service"),
-            "inventory-service" => env!("CARGO_BIN_EXE_inventory-service"),
-            "notification-service" => env!("CARGO_BIN_EXE_notification-service"),
-            other => panic!("unknown service {other}"),
-        }),
-    };
-    match std::env::var("EDA_E2E_RUNNER") {
-        Ok(runner) => {
-            let mut c = Command::new(runner);
-            c.arg(binary);
-            c
-        }
-        Err(_) => Command::new(binary),
-    }
-}
-
 /// Counts webhook calls per `Idempotency-Key`.
 struct WebhookReceiver {
     addr: SocketAddr,
@@ -168,7 +137,7 @@ impl System {
 
     /// The command for `service` with the system's settings.
     fn configured(&self, service: &str) -> Command {
-        let mut command = command(service);
+        let mut command = support::service_command(service);
         command
             .current_dir(&self.dir)
             .env("APP_KAFKA_BROKERS", self.broker.brokers())

@@ -284,3 +284,34 @@ fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("local addr").port()
 }
+
+/// The command that runs `service`: the binaries cargo built for this test, or
+/// those in `EDA_E2E_BIN_DIR` (e.g. `dist/aarch64-unknown-linux-musl`), run through
+/// `EDA_E2E_RUNNER` when set (e.g. `qemu-aarch64-static`).
+pub fn service_command(service: &str) -> Command {
+    let binary = match std::env::var("EDA_E2E_BIN_DIR") {
+        Ok(dir) => {
+            let path = repo_root().join(dir).join(service);
+            assert!(
+                path.is_file(),
+                "{} is missing: build it first (scripts/build-static.sh)",
+                path.display()
+            );
+            path
+        }
+        Err(_) => PathBuf::from(match service {
+            "order-service" => env!("CARGO_BIN_EXE_order-service"),
+            "inventory-service" => env!("CARGO_BIN_EXE_inventory-service"),
+            "notification-service" => env!("CARGO_BIN_EXE_notification-service"),
+            other => panic!("unknown service {other}"),
+        }),
+    };
+    match std::env::var("EDA_E2E_RUNNER") {
+        Ok(runner) => {
+            let mut c = Command::new(runner);
+            c.arg(binary);
+            c
+        }
+        Err(_) => Command::new(binary),
+    }
+}
