@@ -14,7 +14,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use rust_eda::events::{Envelope, InventoryFailed, InventoryReserved, NotificationSent, topics};
 use rust_eda::http_client::{self, HttpResponse, HttpUrl};
-use rust_eda::kafka::{OffsetStore, Producer, ProducerConfig, read_topic};
+use rust_eda::kafka::{OffsetStore, Producer, ProducerConfig, ProducerRecord, read_topic};
 use serde_json::{Value, json};
 use support::{PrivateBroker, connect, unique, within};
 use warp::Filter;
@@ -726,5 +726,129 @@ async fn an_unreachable_broker_gets_a_503_and_no_order() {
     assert!(
         created.is_empty(),
         "a refused order was stored: {created:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn poison_and_undeliverable_records_are_parked_and_a_replay_delivers_them() {
+    // The webhook points at a port nobody listens on, and gives up quickly.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let env = vec![
+        (
+            "APP_NOTIFICATION_WEBHOOK_URL".to_owned(),
+            format!("http://{dead}/hooks/orders"),
+        ),
+        (
+            "APP_NOTIFICATION_WEBHOOK_RETRIES".to_owned(),
+            "0".to_owned(),
+        ),
+        ("APP_KAFKA_MAX_ATTEMPTS".to_owned(), "3".to_owned()),
+    ];
+    let mut system = System::start_with(json!({"widget": 5}), PrivateBroker::start(), env).await;
+    let cluster = connect(&system.broker.brokers()).await;
+
+    // A poison record is parked at once, with the decoding error.
+    let producer = Producer::new(cluster.clone(), ProducerConfig::default());
+    producer
+        .send(
+            ProducerRecord::new(topics::ORDER_CREATED)
+                .key("garbage")
+                .value("{not json"),
+        )
+        .await
+        .unwrap();
+    let poison_dlq = format!("{}.dlq", topics::ORDER_CREATED);
+    let poison = within(60, "the poison record being parked", async {
+        loop {
+            let parked = read_topic(&cluster, &poison_dlq).await.unwrap_or_default();
+            if !parked.is_empty() {
+                return parked;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert_eq!(poison[0].value.as_deref(), Some(&b"{not json"[..]));
+    assert_eq!(poison[0].header_str("dlq.attempts"), Some("1"));
+    assert_eq!(
+        poison[0].header_str("dlq.topic"),
+        Some(topics::ORDER_CREATED)
+    );
+
+    let id = order_id(
+        &system
+            .order(json!([{"product_id": "widget", "quantity": 1, "price": 2.5}]))
+            .await,
+    );
+    system
+        .await_order(&id, "reserved", |v| v["status"] == "reserved")
+        .await;
+
+    // Three attempts, then the outcome is parked and the partition moves on.
+    let dlq = format!("{}.dlq", topics::INVENTORY_RESERVED);
+    let parked = within(60, "the outcome being parked", async {
+        loop {
+            let parked = read_topic(&cluster, &dlq).await.unwrap_or_default();
+            if !parked.is_empty() {
+                return parked;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert_eq!(parked.len(), 1);
+    let record = &parked[0];
+    assert_eq!(
+        record.header_str("dlq.topic"),
+        Some(topics::INVENTORY_RESERVED)
+    );
+    assert_eq!(record.header_str("dlq.attempts"), Some("3"));
+    let error = record.header_str("dlq.error").unwrap();
+    assert!(error.contains("gave up after 3 attempts"), "{error}");
+    let view = system.get(&format!("/api/v1/orders/{id}")).await.json();
+    assert!(view["notified_at"].is_null(), "{view}");
+
+    // The webhook is fixed: the notification service restarts with the working
+    // URL, and the operator replays the dead-letter topic.
+    system.env.clear();
+    system.restart("notification-service").await;
+    let replay = |dry_run: bool| {
+        let mut args = vec!["replay-dlq", dlq.as_str()];
+        if dry_run {
+            args.push("--dry-run");
+        }
+        let mut command = system.configured("order-service");
+        command.args(args).stdin(Stdio::null());
+        let mut command = tokio::process::Command::from(command);
+        command.kill_on_drop(true);
+        async move {
+            let out = within(30, "replay-dlq", command.output()).await.unwrap();
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    let dry = replay(true).await;
+    assert!(
+        dry.contains("would replay 1 records of inventory.reserved.dlq to inventory.reserved"),
+        "{dry}"
+    );
+    let done = replay(false).await;
+    assert!(
+        done.contains("replayed 1 in all; 0 replayed before"),
+        "{done}"
+    );
+    system
+        .await_order(&id, "notified after the replay", |v| {
+            !v["notified_at"].is_null()
+        })
+        .await;
+    assert_eq!(system.webhook.counts().len(), 1);
+    let again = replay(false).await;
+    assert!(
+        again.contains("replayed 0 in all; 1 replayed before"),
+        "{again}"
     );
 }
