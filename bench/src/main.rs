@@ -1,0 +1,604 @@
+//! One measurement per run, printed as a JSON line for scripts/bench.sh:
+//!
+//! - `produce client=ours|rskafka|rdkafka brokers=.. topic=.. records=N size=B compression=none|snappy`
+//! - `consume client=ours|rskafka|rdkafka brokers=.. topic=.. records=N`
+//! - `http url=http://host:port target=health|order concurrency=C seconds=S`
+//! - `pipeline apis=URL[,URL] webhook=PORT rate=R|0 concurrency=C seconds=S`
+//! - `create brokers=.. topic=.. partitions=P`
+//! - `seed-orders brokers=.. count=N`: real `order.created` events, for the view rebuild
+//!
+//! Each client runs in a process of its own, so that its CPU time is its own.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(command) = args.first().cloned() else {
+        eprintln!("usage: rust-eda-bench produce|consume|http|pipeline key=value...");
+        std::process::exit(64);
+    };
+    let options: HashMap<String, String> = args[1..]
+        .iter()
+        .filter_map(|a| a.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect();
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    let result = runtime.block_on(async {
+        match command.as_str() {
+            "produce" => produce(&options).await,
+            "consume" => consume(&options).await,
+            "http" => http_load(&options).await,
+            "pipeline" => pipeline(&options).await,
+            "create" => create(&options).await,
+            "seed-orders" => seed_orders(&options).await,
+            other => Err(format!("unknown command {other}").into()),
+        }
+    });
+    match result {
+        Ok(v) => println!("{v}"),
+        Err(e) => {
+            eprintln!("{command} failed: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn opt<'a>(o: &'a HashMap<String, String>, key: &str) -> Result<&'a str, Error> {
+    o.get(key)
+        .map(String::as_str)
+        .ok_or_else(|| format!("missing {key}=").into())
+}
+
+fn num(o: &HashMap<String, String>, key: &str) -> Result<u64, Error> {
+    Ok(opt(o, key)?.parse()?)
+}
+
+/// CPU seconds (user + system) this process used so far.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat: 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn key(i: u64) -> String {
+    format!("key-{}", i % 10_000)
+}
+
+fn report(client: &str, records: u64, bytes: u64, started: Instant, cpu_start: f64) -> Value {
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_start;
+    json!({
+        "client": client,
+        "records": records,
+        "seconds": seconds,
+        "records_per_s": records as f64 / seconds,
+        "mb_per_s": bytes as f64 / seconds / 1e6,
+        "cpu_s_per_million": cpu / records as f64 * 1e6,
+    })
+}
+
+async fn produce(o: &HashMap<String, String>) -> Result<Value, Error> {
+    let client = opt(o, "client")?;
+    let brokers = opt(o, "brokers")?;
+    let topic = opt(o, "topic")?;
+    let records = num(o, "records")?;
+    let size = num(o, "size")? as usize;
+    let snappy = opt(o, "compression")? == "snappy";
+    let value = vec![b'x'; size];
+    let bytes = records * (size as u64 + 9);
+    let cpu = cpu_seconds();
+    let started = Instant::now();
+    match client {
+        "ours" => {
+            use rust_eda::kafka::{
+                Cluster, ClusterConfig, Compression, Producer, ProducerConfig, ProducerRecord,
+            };
+            let cluster = Cluster::connect(ClusterConfig::from_broker_list(brokers)).await?;
+            let producer = Producer::new(
+                cluster,
+                ProducerConfig {
+                    linger: Duration::from_millis(5),
+                    compression: if snappy {
+                        Compression::Snappy
+                    } else {
+                        Compression::None
+                    },
+                    ..ProducerConfig::default()
+                },
+            );
+            let mut pending = VecDeque::new();
+            for i in 0..records {
+                let record = ProducerRecord::new(topic).key(key(i)).value(value.clone());
+                pending.push_back(producer.enqueue(record).await?);
+                // Keep the futures bounded; the producer's buffer bounds the data.
+                while pending.len() > 200_000 {
+                    pending.pop_front().expect("pending").await?;
+                }
+            }
+            for delivery in pending {
+                delivery.await?;
+            }
+            producer.close().await;
+        }
+        "rskafka" => {
+            use rskafka::client::ClientBuilder;
+            use rskafka::client::partition::{Compression, UnknownTopicHandling};
+            use rskafka::record::Record;
+            let kafka = ClientBuilder::new(vec![brokers.to_owned()]).build().await?;
+            let partitions = kafka
+                .list_topics()
+                .await?
+                .into_iter()
+                .find(|t| t.name == topic)
+                .ok_or("no such topic")?
+                .partitions
+                .len() as i32;
+            // Hand-made batches: records split by the same partitioner, sent in
+            // batches of up to 1 MiB, one request in flight per partition.
+            let per_batch = (1024 * 1024 / (size + 64)).max(1);
+            let mut by_partition: Vec<Vec<Record>> = vec![Vec::new(); partitions as usize];
+            let now = rskafka::chrono::DateTime::<rskafka::chrono::Utc>::from(
+                std::time::SystemTime::now(),
+            );
+            for i in 0..records {
+                let k = key(i);
+                let p = rust_eda::kafka::partitioner::partition_for_key(k.as_bytes(), partitions);
+                by_partition[p as usize].push(Record {
+                    key: Some(k.into_bytes()),
+                    value: Some(value.clone()),
+                    headers: Default::default(),
+                    timestamp: now,
+                });
+            }
+            let compression = if snappy {
+                Compression::Snappy
+            } else {
+                Compression::NoCompression
+            };
+            let mut tasks = tokio::task::JoinSet::new();
+            for (p, mut list) in by_partition.into_iter().enumerate() {
+                let pc = kafka
+                    .partition_client(topic, p as i32, UnknownTopicHandling::Retry)
+                    .await?;
+                tasks.spawn(async move {
+                    while !list.is_empty() {
+                        let rest = list.split_off(list.len().min(per_batch));
+                        let batch = std::mem::replace(&mut list, rest);
+                        pc.produce(batch, compression).await?;
+                    }
+                    Ok::<_, Error>(())
+                });
+            }
+            while let Some(r) = tasks.join_next().await {
+                r??;
+            }
+        }
+        "rdkafka" => {
+            use rdkafka::ClientConfig;
+            use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+            use rdkafka::producer::{FutureProducer, FutureRecord};
+            let producer: FutureProducer = ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .set("acks", "all")
+                .set("linger.ms", "5")
+                .set("enable.idempotence", "false")
+                .set("compression.type", if snappy { "snappy" } else { "none" })
+                .create()?;
+            let mut pending = VecDeque::new();
+            for i in 0..records {
+                let k = key(i);
+                loop {
+                    let record = FutureRecord::to(topic).key(&k).payload(&value);
+                    match producer.send_result(record) {
+                        Ok(f) => {
+                            pending.push_back(f);
+                            break;
+                        }
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                            let f: rdkafka::producer::DeliveryFuture = pending
+                                .pop_front()
+                                .ok_or("queue full with nothing pending")?;
+                            f.await?.map_err(|(e, _)| e)?;
+                        }
+                        Err((e, _)) => return Err(e.into()),
+                    }
+                }
+            }
+            for f in pending {
+                f.await?.map_err(|(e, _)| e)?;
+            }
+        }
+        other => return Err(format!("unknown client {other}").into()),
+    }
+    Ok(report(client, records, bytes, started, cpu))
+}
+
+async fn consume(o: &HashMap<String, String>) -> Result<Value, Error> {
+    let client = opt(o, "client")?;
+    let brokers = opt(o, "brokers")?;
+    let topic = opt(o, "topic")?.to_owned();
+    let records = num(o, "records")?;
+    let seen = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let cpu = cpu_seconds();
+    let started = Instant::now();
+    match client {
+        "ours" => {
+            use rust_eda::kafka::{
+                Cluster, ClusterConfig, Consumer, ConsumerConfig, Message, handler_fn,
+            };
+            use rust_eda::shutdown::ShutdownTrigger;
+            let cluster = Cluster::connect(ClusterConfig::from_broker_list(brokers)).await?;
+            let mut config =
+                ConsumerConfig::new(format!("bench-{}", std::process::id()), [topic.clone()]);
+            config.fetch_max_wait = Duration::from_millis(100);
+            config.rebalance_grace = Duration::from_millis(100);
+            config.broker_offsets = false;
+            let consumer = Consumer::new(cluster, config).await?;
+            let (trigger, shutdown) = ShutdownTrigger::new();
+            let trigger = Arc::new(Mutex::new(Some(trigger)));
+            let handler = {
+                let (seen, bytes, trigger) =
+                    (Arc::clone(&seen), Arc::clone(&bytes), Arc::clone(&trigger));
+                handler_fn(move |m: Message| {
+                    let n = seen.fetch_add(1, Ordering::Relaxed) + 1;
+                    bytes.fetch_add(m.value.map_or(0, |v| v.len()) as u64, Ordering::Relaxed);
+                    if n == records
+                        && let Some(t) = trigger.lock().take()
+                    {
+                        t.trigger();
+                    }
+                    async { Ok(()) }
+                })
+            };
+            consumer.run(handler, shutdown).await?;
+        }
+        "rskafka" => {
+            use rskafka::client::ClientBuilder;
+            use rskafka::client::partition::{OffsetAt, UnknownTopicHandling};
+            let kafka = ClientBuilder::new(vec![brokers.to_owned()]).build().await?;
+            let partitions = kafka
+                .list_topics()
+                .await?
+                .into_iter()
+                .find(|t| t.name == topic)
+                .ok_or("no such topic")?
+                .partitions
+                .len() as i32;
+            let mut tasks = tokio::task::JoinSet::new();
+            for p in 0..partitions {
+                let pc = kafka
+                    .partition_client(&topic, p, UnknownTopicHandling::Retry)
+                    .await?;
+                let (seen, bytes) = (Arc::clone(&seen), Arc::clone(&bytes));
+                tasks.spawn(async move {
+                    let mut offset = pc.get_offset(OffsetAt::Earliest).await?;
+                    let end = pc.get_offset(OffsetAt::Latest).await?;
+                    while offset < end {
+                        let (batch, _) = pc.fetch_records(offset, 1..1024 * 1024, 100).await?;
+                        for r in &batch {
+                            bytes.fetch_add(
+                                r.record.value.as_ref().map_or(0, Vec::len) as u64,
+                                Ordering::Relaxed,
+                            );
+                        }
+                        seen.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        if let Some(last) = batch.last() {
+                            offset = last.offset + 1;
+                        }
+                    }
+                    Ok::<_, Error>(())
+                });
+            }
+            while let Some(r) = tasks.join_next().await {
+                r??;
+            }
+        }
+        "rdkafka" => {
+            use rdkafka::consumer::{BaseConsumer, Consumer};
+            use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .set("group.id", format!("bench-rd-{}", std::process::id()))
+                .set("enable.auto.commit", "false")
+                .set("fetch.wait.max.ms", "100")
+                .create()?;
+            let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+            let partitions = metadata.topics()[0].partitions().len() as i32;
+            let mut list = TopicPartitionList::new();
+            for p in 0..partitions {
+                list.add_partition_offset(&topic, p, Offset::Beginning)?;
+            }
+            consumer.assign(&list)?;
+            let (seen, bytes) = (Arc::clone(&seen), Arc::clone(&bytes));
+            tokio::task::spawn_blocking(move || {
+                while seen.load(Ordering::Relaxed) < records {
+                    if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+                        let m = m?;
+                        bytes.fetch_add(
+                            m.payload().map_or(0, <[u8]>::len) as u64,
+                            Ordering::Relaxed,
+                        );
+                        seen.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok::<_, Error>(())
+            })
+            .await??;
+        }
+        other => return Err(format!("unknown client {other}").into()),
+    }
+    let n = seen.load(Ordering::Relaxed);
+    Ok(report(
+        client,
+        n,
+        bytes.load(Ordering::Relaxed) + n * 9,
+        started,
+        cpu,
+    ))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn order_body(i: u64) -> Bytes {
+    Bytes::from(
+        json!({"customer_id": format!("c-{}", i % 100), "items": [
+            {"product_id": format!("product-{:03}", i % 5 + 1), "quantity": 1, "price": 9.99}
+        ]})
+        .to_string(),
+    )
+}
+
+async fn post_order(url: &rust_eda::http_client::HttpUrl, i: u64) -> Result<String, Error> {
+    let r = rust_eda::http_client::request(
+        http::Method::POST,
+        url,
+        &[("content-type", "application/json")],
+        order_body(i),
+        Duration::from_secs(30),
+    )
+    .await?;
+    if r.status != 201 {
+        return Err(format!("POST answered {}", r.status).into());
+    }
+    Ok(r.json()["order_id"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Closed-loop load on one route: `concurrency` clients for `seconds`.
+async fn http_load(o: &HashMap<String, String>) -> Result<Value, Error> {
+    let base = opt(o, "url")?.trim_end_matches('/').to_owned();
+    let target = opt(o, "target")?.to_owned();
+    let concurrency = num(o, "concurrency")?;
+    let seconds = num(o, "seconds")?;
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..concurrency {
+        let (latencies, errors, base, target) = (
+            Arc::clone(&latencies),
+            Arc::clone(&errors),
+            base.clone(),
+            target.clone(),
+        );
+        tasks.spawn(async move {
+            let health: rust_eda::http_client::HttpUrl = format!("{base}/health").parse().unwrap();
+            let orders: rust_eda::http_client::HttpUrl =
+                format!("{base}/api/v1/orders").parse().unwrap();
+            let mut i = c * 1_000_000;
+            while Instant::now() < deadline {
+                i += 1;
+                let t = Instant::now();
+                let ok = if target == "order" {
+                    post_order(&orders, i).await.is_ok()
+                } else {
+                    rust_eda::http_client::request(
+                        http::Method::GET,
+                        &health,
+                        &[],
+                        Bytes::new(),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .is_ok_and(|r| r.status == 200)
+                };
+                if ok {
+                    latencies.lock().push(t.elapsed().as_secs_f64() * 1e3);
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut l = latencies.lock().clone();
+    l.sort_by(f64::total_cmp);
+    Ok(json!({
+        "target": target,
+        "requests": l.len(),
+        "requests_per_s": l.len() as f64 / elapsed,
+        "p50_ms": percentile(&l, 0.5),
+        "p99_ms": percentile(&l, 0.99),
+        "errors": errors.load(Ordering::Relaxed),
+    }))
+}
+
+/// Orders through all three services: POSTs at `rate` per second (0: as fast as
+/// `concurrency` clients go) for `seconds`, and the time from each POST to its
+/// webhook call, which the notification service makes last.
+async fn pipeline(o: &HashMap<String, String>) -> Result<Value, Error> {
+    use warp::Filter;
+    let apis: Vec<rust_eda::http_client::HttpUrl> = opt(o, "apis")?
+        .split(',')
+        .map(|u| format!("{}/api/v1/orders", u.trim_end_matches('/')).parse())
+        .collect::<Result<_, _>>()?;
+    let webhook_port = num(o, "webhook")? as u16;
+    let rate = num(o, "rate")?;
+    let concurrency = num(o, "concurrency")?.max(1);
+    let seconds = num(o, "seconds")?;
+
+    // The webhook receiver: when each order's outcome arrived.
+    let arrived: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let route = {
+        let arrived = Arc::clone(&arrived);
+        warp::post()
+            .and(warp::body::json::<Value>())
+            .map(move |body: Value| {
+                if let Some(id) = body["order_id"].as_str() {
+                    arrived
+                        .lock()
+                        .entry(id.to_owned())
+                        .or_insert_with(Instant::now);
+                }
+                warp::reply()
+            })
+    };
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", webhook_port)).await?;
+    tokio::spawn(warp::serve(route).incoming(listener).run());
+
+    let posted: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    let clients = if rate == 0 {
+        concurrency
+    } else {
+        (rate / 10).clamp(4, 256)
+    };
+    let interval = (rate > 0).then(|| Duration::from_secs_f64(1.0 / rate as f64));
+    for _ in 0..clients {
+        let (posted, errors, next, apis) = (
+            Arc::clone(&posted),
+            Arc::clone(&errors),
+            Arc::clone(&next),
+            apis.clone(),
+        );
+        tasks.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                // Open loop at a fixed rate: order i is due at i × interval.
+                let due = interval.map(|d| started + d * i as u32);
+                if let Some(due) = due {
+                    if due >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep_until(due.into()).await;
+                } else if Instant::now() >= deadline {
+                    break;
+                }
+                let t = Instant::now();
+                match post_order(&apis[i as usize % apis.len()], i).await {
+                    Ok(id) => {
+                        posted.lock().insert(id, t);
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let load_seconds = started.elapsed().as_secs_f64();
+    let accepted = posted.lock().len();
+    // Let the pipeline drain (at most a minute).
+    let drain_deadline = Instant::now() + Duration::from_secs(60);
+    while arrived.lock().len() < accepted && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let posted = posted.lock().clone();
+    let arrived = arrived.lock().clone();
+    let mut latencies: Vec<f64> = posted
+        .iter()
+        .filter_map(|(id, t)| {
+            arrived
+                .get(id)
+                .map(|a| a.duration_since(*t).as_secs_f64() * 1e3)
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let last = arrived.values().max().copied().unwrap_or(started);
+    let through = arrived.len() as f64 / last.duration_since(started).as_secs_f64().max(1e-3);
+    Ok(json!({
+        "offered_rate": rate,
+        "accepted": accepted,
+        "accepted_per_s": accepted as f64 / load_seconds,
+        "notified": latencies.len(),
+        "orders_per_s": through,
+        "p50_ms": percentile(&latencies, 0.5),
+        "p99_ms": percentile(&latencies, 0.99),
+        "max_ms": latencies.last().copied().unwrap_or(0.0),
+        "errors": errors.load(Ordering::Relaxed),
+    }))
+}
+
+async fn create(o: &HashMap<String, String>) -> Result<Value, Error> {
+    use rust_eda::kafka::{Admin, ClusterConfig, TopicSpec};
+    let topic = opt(o, "topic")?;
+    Admin::new(ClusterConfig::from_broker_list(opt(o, "brokers")?))
+        .ensure_topics(&[TopicSpec::new(topic, num(o, "partitions")? as i32)])
+        .await?;
+    Ok(json!({"created": topic}))
+}
+
+async fn seed_orders(o: &HashMap<String, String>) -> Result<Value, Error> {
+    use rust_eda::domain::{OrderId, OrderItem};
+    use rust_eda::events::{Envelope, OrderCreated, now};
+    use rust_eda::kafka::{Cluster, ClusterConfig, Producer, ProducerConfig};
+    let count = num(o, "count")?;
+    let cluster = Cluster::connect(ClusterConfig::from_broker_list(opt(o, "brokers")?)).await?;
+    let producer = Producer::new(cluster, ProducerConfig::default());
+    let mut pending = VecDeque::new();
+    for i in 0..count {
+        let items = vec![OrderItem {
+            product_id: format!("product-{:03}", i % 5 + 1),
+            quantity: 1,
+            price: 9.99,
+        }];
+        let event = Envelope::new(
+            OrderCreated {
+                order_id: OrderId::new(),
+                customer_id: format!("c-{}", i % 100),
+                total: rust_eda::domain::total(&items),
+                items,
+                created_at: now(),
+            },
+            format!("seed-{i}"),
+        );
+        pending.push_back(producer.enqueue(event.to_record()).await?);
+        while pending.len() > 50_000 {
+            pending.pop_front().expect("pending").await?;
+        }
+    }
+    for d in pending {
+        d.await?;
+    }
+    producer.close().await;
+    Ok(json!({"seeded": count}))
+}

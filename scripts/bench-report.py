@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Turns scripts/bench.sh's measurements (JSON lines) into bench/results.md and
+bench/results.json, with each target checked."""
+import datetime
+import json
+import sys
+
+src, md_path, json_path, machine, broker, rustc, small, large = sys.argv[1:9]
+rows = [json.loads(line) for line in open(src) if line.strip()]
+
+
+def section(name):
+    return [r for r in rows if r["section"] == name]
+
+
+def ok(cond):
+    return "met" if cond else "**missed**"
+
+
+out = []
+w = out.append
+w("# Benchmark results\n")
+w(f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine}; "
+  f"broker {broker}; {rustc}. Records: {int(small):,} × 100 B and "
+  f"{int(large):,} × 1 KiB (sqlite: {int(large):,} × 100 B), keyed over 6 partitions, acks=all, linger 5 ms. "
+  "The machine is shared and noisy: compare the clients with each other (ratios), "
+  "not with other runs.\n")
+
+targets = []
+for kind in ("producer", "consumer"):
+    w(f"## {kind.capitalize()}\n")
+    w("| storage | size | compression | client | records/s | MB/s | CPU s per million | vs librdkafka | vs raw rskafka |")
+    w("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    groups = {}
+    for r in section(kind):
+        groups.setdefault((r["storage"], r["size"], r["compression"]), {})[r["client"]] = r
+    for (storage, size, comp), by in groups.items():
+        rd, raw = by.get("rdkafka"), by.get("rskafka")
+        for client in ("ours", "rskafka", "rdkafka"):
+            r = by.get(client)
+            if not r:
+                continue
+            vs_rd = r["records_per_s"] / rd["records_per_s"] if rd else float("nan")
+            vs_raw = r["records_per_s"] / raw["records_per_s"] if raw else float("nan")
+            w(f"| {storage} | {size} B | {comp} | {client} | {r['records_per_s']:,.0f} | "
+              f"{r['mb_per_s']:.1f} | {r['cpu_s_per_million']:.2f} | {vs_rd:.2f}× | {vs_raw:.2f}× |")
+        ours = by.get("ours")
+        if ours and rd and raw:
+            targets.append((f"{kind} {storage} {size} B {comp}: ours ≥ 1.0× librdkafka records/s",
+                             f"{ours['records_per_s'] / rd['records_per_s']:.2f}×",
+                             ours["records_per_s"] >= rd["records_per_s"]))
+            targets.append((f"{kind} {storage} {size} B {comp}: ours ≤ librdkafka CPU per record",
+                            f"{ours['cpu_s_per_million']:.2f} vs {rd['cpu_s_per_million']:.2f} s",
+                            ours["cpu_s_per_million"] <= rd["cpu_s_per_million"]))
+            targets.append((f"{kind} {storage} {size} B {comp}: ours within 10% of raw rskafka",
+                            f"{ours['records_per_s'] / raw['records_per_s']:.2f}×",
+                            ours["records_per_s"] >= 0.9 * raw["records_per_s"]))
+    w("")
+
+w("## Pipeline (POST → inventory → notification → webhook)\n")
+w("| inventory instances | load | offered/s | accepted/s | orders/s through | p50 ms | p99 ms | max ms | errors |")
+w("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+for r in section("pipeline"):
+    offered = "max" if r["offered_rate"] == 0 else r["offered_rate"]
+    w(f"| {r['instances']} | {r['phase']} | {offered} | {r['accepted_per_s']:.0f} | {r['orders_per_s']:.0f} | "
+      f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} | {r['errors']} |")
+half = [r for r in section("pipeline") if r["phase"] == "half"]
+if half:
+    targets.append(("pipeline p99 < 50 ms at half of saturation", f"{half[-1]['p99_ms']:.1f} ms",
+                    half[-1]["p99_ms"] < 50))
+w("")
+
+w("## HTTP (32 clients, one order-service)\n")
+w("| route | requests/s | p50 ms | p99 ms | errors |")
+w("| --- | ---: | ---: | ---: | ---: |")
+for r in section("http"):
+    route = "GET /health" if r["target"] == "health" else "POST /api/v1/orders"
+    w(f"| {route} | {r['requests_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |")
+w("")
+
+w("## Footprint\n")
+w("| service | start to /ready | RSS idle | RSS under load |")
+w("| --- | ---: | ---: | ---: |")
+idle = {r["service"]: r["kib"] for r in section("rss_idle")}
+load = {r["service"]: r["kib"] for r in section("rss_load")}
+start = {r["service"]: r["ready_ms"] for r in section("start")}
+for s in ("order", "inventory", "notification"):
+    w(f"| {s}-service | {start.get(s, 0)} ms | {idle.get(s, 0) / 1024:.1f} MiB | {load.get(s, 0) / 1024:.1f} MiB |")
+    if s in idle:
+        targets.append((f"{s}-service idle RSS < 15 MiB", f"{idle[s] / 1024:.1f} MiB", idle[s] < 15 * 1024))
+in_view = section("orders_in_view")
+for r in section("rebuild"):
+    n = in_view[-1]["orders"] if in_view else 0
+    w(f"\nThe order view rebuilt from {n:,} orders: order-service ready after {r['ready_ms']} ms.")
+w("\n| binary | built in | size |")
+w("| --- | --- | ---: |")
+for r in section("size"):
+    w(f"| {r['binary']} | {r['where']} | {r['bytes'] / 1048576:.1f} MiB |")
+    if r["where"].startswith("dist/"):
+        targets.append((f"{r['binary']} ({r['where'][5:]}) < 10 MiB", f"{r['bytes'] / 1048576:.1f} MiB",
+                        r["bytes"] < 10 * 1048576))
+w("")
+
+w("## Targets\n")
+w("| target | measured | |")
+w("| --- | --- | --- |")
+for what, value, met in targets:
+    w(f"| {what} | {value} | {ok(met)} |")
+w("")
+
+open(md_path, "w").write("\n".join(out))
+json.dump({"machine": machine, "broker": broker, "rustc": rustc, "results": rows,
+           "targets": [{"target": t, "measured": v, "met": m} for t, v, m in targets]},
+          open(json_path, "w"), indent=2)

@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# Benchmarks, side by side in one run on one broker, written to bench/results.md
+# (tables, with the machine and settings) and bench/results.json:
+#   1. producer and 2. consumer: ours, raw rskafka with hand-made batches, and
+#      librdkafka (rust-rdkafka), 6 partitions, acks=all, linger 5 ms, none and snappy;
+#   3. the pipeline: saturation, and POST → webhook latency at half of it;
+#   4. HTTP: POST /api/v1/orders against GET /health;
+#   5. footprint: RSS idle and under load, binary sizes, start to /ready, and the
+#      order view rebuilt from 100,000 orders;
+#   6. scaling: the pipeline with 1, 2 and 3 inventory instances.
+#
+#   scripts/bench.sh            full size (1,000,000 × 100 B and 200,000 × 1 KiB)
+#   scripts/bench.sh --quick    a tenth of the records, shorter load phases
+#   scripts/bench.sh --smoke    a few records, to check the script itself
+#
+# It starts its own nisshi broker (memory storage, so the disk is not the
+# bottleneck; sqlite once), builds the services and the bench crate (bench/, kept
+# out of the services' build because librdkafka is C), and needs gcc and make
+# for librdkafka.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+small=1000000 large=200000 load_seconds=20
+case ${1:-} in
+  --quick) small=100000 large=20000 load_seconds=8 ;;
+  --smoke) small=5000 large=1000 load_seconds=3 ;; # checks the script itself
+esac
+
+free_port() {
+  local p
+  for _ in $(seq 1 50); do
+    p=$((20000 + RANDOM % 12000)) # below the ephemeral range, so no client holds it
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return 0; }
+  done
+  return 1
+}
+
+echo "== building the services and the bench crate" >&2
+cargo build --release --bins --quiet
+cargo build --release --quiet --manifest-path bench/Cargo.toml
+bench=$root/bench/target/release/rust-eda-bench
+bin=$root/target/release
+
+scratch=$(mktemp -d "${TMPDIR:-/tmp}/rust-eda-bench.XXXXXX")
+results=$scratch/results.jsonl
+pids=()
+export EDA_BROKER_PORT=$(free_port)
+export EDA_BROKER_DATA=$scratch/broker
+brokers=127.0.0.1:$EDA_BROKER_PORT
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  scripts/broker.sh stop >/dev/null 2>&1 || true
+  if [[ $ok == 1 ]]; then rm -rf "$scratch"; else echo "bench failed; logs kept in $scratch" >&2; fi
+}
+ok=0
+trap cleanup EXIT
+
+record() { # section, extra JSON fields, command...
+  local section=$1 extra=$2
+  shift 2
+  local out
+  out=$("$@")
+  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d.update(json.loads(sys.argv[2])); d["section"]=sys.argv[3]; print(json.dumps(d))' \
+    "$out" "$extra" "$section" >>"$results"
+  echo "   $section $extra: $out" >&2
+}
+
+broker() { # storage
+  scripts/broker.sh stop >/dev/null 2>&1 || true
+  rm -rf "$EDA_BROKER_DATA"
+  EDA_BROKER_STORAGE=$1 scripts/broker.sh start >&2
+}
+
+clients=(ours rskafka rdkafka)
+kafka_round() { # storage, records, size, compression
+  local storage=$1 n=$2 size=$3 comp=$4
+  for client in "${clients[@]}"; do
+    local topic=bench-$storage-$client-$size-$comp-$RANDOM
+    "$bench" create brokers="$brokers" topic="$topic" partitions=6 >/dev/null
+    local extra="{\"storage\":\"$storage\",\"size\":$size,\"compression\":\"$comp\"}"
+    record producer "$extra" "$bench" produce client="$client" brokers="$brokers" topic="$topic" \
+      records="$n" size="$size" compression="$comp"
+    record consumer "$extra" "$bench" consume client="$client" brokers="$brokers" topic="$topic" records="$n"
+  done
+}
+
+echo "== producer and consumer, memory storage" >&2
+broker memory
+for comp in none snappy; do
+  kafka_round memory "$small" 100 "$comp"
+  kafka_round memory "$large" 1024 "$comp"
+done
+echo "== producer and consumer, sqlite storage" >&2
+broker sqlite
+kafka_round sqlite "$large" 100 none
+
+# The services, as a user runs them.
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+wait_ready() { # port → milliseconds until /ready answered 200
+  local start=$(date +%s%N)
+  for _ in $(seq 1 1200); do
+    if curl -sf "http://127.0.0.1:$1/ready" >/dev/null 2>&1; then
+      echo $(( ($(date +%s%N) - start) / 1000000 )); return 0
+    fi
+    sleep 0.05
+  done
+  echo "a service on port $1 did not become ready" >&2; return 1
+}
+webhook_port=$(free_port)
+api_port=$(free_port)
+common_env() {
+  export APP_KAFKA_BROKERS=$brokers APP_SERVER_HOST=127.0.0.1 APP_LOGGER_LEVEL=warn \
+    APP_KAFKA_FETCH_MAX_WAIT_MS=20 APP_KAFKA_TOPIC_PARTITIONS=6 \
+    APP_INVENTORY_STOCK_FILE=$scratch/stock.json \
+    APP_NOTIFICATION_WEBHOOK_URL=http://127.0.0.1:$webhook_port/hook
+}
+echo '{"product-001":1000000000,"product-002":1000000000,"product-003":1000000000,"product-004":1000000000,"product-005":1000000000}' >"$scratch/stock.json"
+declare -A svc_pid svc_port
+start_service() { # section name binary port-variable port: records start to /ready
+  ( common_env; export "$4=$5"; exec "$bin/$3" ) >"$scratch/$2.log" 2>&1 &
+  pids+=($!); svc_pid[$2]=$!; svc_port[$2]=$5
+  local ms; ms=$(wait_ready "$5")
+  echo "{\"section\":\"$1\",\"service\":\"$2\",\"ready_ms\":$ms}" >>"$results"
+}
+stop_service() { kill "${svc_pid[$1]}" 2>/dev/null || true; wait "${svc_pid[$1]}" 2>/dev/null || true; }
+
+echo "== the pipeline, memory storage" >&2
+broker memory
+start_service start order order-service APP_SERVER_PORT "$api_port"
+start_service start inventory inventory-service APP_METRICS_PORT "$(free_port)"
+start_service start notification notification-service APP_METRICS_PORT "$(free_port)"
+sleep 5
+for s in order inventory notification; do
+  echo "{\"section\":\"rss_idle\",\"service\":\"$s\",\"kib\":$(rss_kib "${svc_pid[$s]}")}" >>"$results"
+done
+api=http://127.0.0.1:$api_port
+
+peak=$scratch/peak
+( while true; do
+    for s in order inventory notification; do echo "$s $(rss_kib "${svc_pid[$s]}")"; done
+    sleep 0.5
+  done >"$peak" ) &
+sampler=$!; pids+=($sampler)
+record pipeline '{"instances":1,"phase":"saturation"}' "$bench" pipeline apis="$api" webhook="$webhook_port" \
+  rate=0 concurrency=64 seconds="$load_seconds"
+kill $sampler
+for s in order inventory notification; do
+  kib=$(awk -v s="$s" '$1==s && $2>m {m=$2} END {print m+0}' "$peak")
+  echo "{\"section\":\"rss_load\",\"service\":\"$s\",\"kib\":$kib}" >>"$results"
+done
+saturation=$(python3 -c 'import json,sys; print(max(1, int([json.loads(l) for l in open(sys.argv[1]) if "saturation" in l][-1]["orders_per_s"] / 2)))' "$results")
+record pipeline "{\"instances\":1,\"phase\":\"half\"}" "$bench" pipeline apis="$api" webhook="$webhook_port" \
+  rate="$saturation" concurrency=64 seconds="$load_seconds"
+
+echo "== HTTP" >&2
+record http '{}' "$bench" http url="$api" target=health concurrency=32 seconds=$((load_seconds / 2))
+record http '{}' "$bench" http url="$api" target=order concurrency=32 seconds=$((load_seconds / 2))
+
+echo "== scaling the inventory" >&2
+for n in 2 3; do
+  start_service scale "inventory-$n" inventory-service APP_METRICS_PORT "$(free_port)"
+  sleep 3
+  record pipeline "{\"instances\":$n,\"phase\":\"saturation\"}" "$bench" pipeline apis="$api" \
+    webhook="$webhook_port" rate=0 concurrency=64 seconds="$load_seconds"
+done
+
+echo "== the order view rebuilt from 100,000 orders" >&2
+stop_service order
+"$bench" seed-orders brokers="$brokers" count=100000 >/dev/null
+start_service rebuild order-rebuild order-service APP_SERVER_PORT "$api_port"
+curl -s "$api/ready" | python3 -c 'import json,sys; print(json.dumps({"section": "orders_in_view", "orders": json.load(sys.stdin)["orders"]}))' >>"$results"
+
+echo "== binary sizes" >&2
+for b in order-service inventory-service notification-service; do
+  for dir in dist/x86_64-unknown-linux-musl dist/aarch64-unknown-linux-musl target/release; do
+    [[ -f $dir/$b ]] && echo "{\"section\":\"size\",\"binary\":\"$b\",\"where\":\"$dir\",\"bytes\":$(stat -c %s "$dir/$b")}" >>"$results"
+  done
+done
+
+mkdir -p bench
+python3 "$root/scripts/bench-report.py" "$results" bench/results.md bench/results.json \
+  "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -m)" \
+  "$(scripts/broker.sh path 2>/dev/null | xargs -r basename) $("$(scripts/broker.sh path)" --version 2>/dev/null | head -1)" \
+  "$(rustc --version)" "$small" "$large"
+ok=1
+cat bench/results.md
