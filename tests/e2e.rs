@@ -332,6 +332,20 @@ impl Drop for System {
     }
 }
 
+/// The records of a dead-letter topic, once there are any.
+async fn parked_in(cluster: &rust_eda::kafka::Cluster, dlq: &str) -> Vec<rust_eda::kafka::Message> {
+    within(60, &format!("a record parked in {dlq}"), async {
+        loop {
+            let parked = read_topic(cluster, dlq).await.unwrap_or_default();
+            if !parked.is_empty() {
+                return parked;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+}
+
 fn order_id(response: &HttpResponse) -> String {
     response.json()["order_id"]
         .as_str()
@@ -761,16 +775,7 @@ async fn poison_and_undeliverable_records_are_parked_and_a_replay_delivers_them(
         .await
         .unwrap();
     let poison_dlq = format!("{}.dlq", topics::ORDER_CREATED);
-    let poison = within(60, "the poison record being parked", async {
-        loop {
-            let parked = read_topic(&cluster, &poison_dlq).await.unwrap_or_default();
-            if !parked.is_empty() {
-                return parked;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await;
+    let poison = parked_in(&cluster, &poison_dlq).await;
     assert_eq!(poison[0].value.as_deref(), Some(&b"{not json"[..]));
     assert_eq!(poison[0].header_str("dlq.attempts"), Some("1"));
     assert_eq!(
@@ -789,16 +794,7 @@ async fn poison_and_undeliverable_records_are_parked_and_a_replay_delivers_them(
 
     // Three attempts, then the outcome is parked and the partition moves on.
     let dlq = format!("{}.dlq", topics::INVENTORY_RESERVED);
-    let parked = within(60, "the outcome being parked", async {
-        loop {
-            let parked = read_topic(&cluster, &dlq).await.unwrap_or_default();
-            if !parked.is_empty() {
-                return parked;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await;
+    let parked = parked_in(&cluster, &dlq).await;
     assert_eq!(parked.len(), 1);
     let record = &parked[0];
     assert_eq!(

@@ -77,6 +77,17 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+async fn partitions_of(kafka: &rskafka::client::Client, topic: &str) -> Result<i32, Error> {
+    Ok(kafka
+        .list_topics()
+        .await?
+        .into_iter()
+        .find(|t| t.name == topic)
+        .ok_or("no such topic")?
+        .partitions
+        .len() as i32)
+}
+
 fn key(i: u64) -> String {
     format!("key-{}", i % 10_000)
 }
@@ -142,14 +153,7 @@ async fn produce(o: &HashMap<String, String>) -> Result<Value, Error> {
             use rskafka::client::partition::{Compression, UnknownTopicHandling};
             use rskafka::record::Record;
             let kafka = ClientBuilder::new(vec![brokers.to_owned()]).build().await?;
-            let partitions = kafka
-                .list_topics()
-                .await?
-                .into_iter()
-                .find(|t| t.name == topic)
-                .ok_or("no such topic")?
-                .partitions
-                .len() as i32;
+            let partitions = partitions_of(&kafka, &topic).await?;
             // Hand-made batches: records split by the same partitioner, sent in
             // batches of up to 1 MiB, one request in flight per partition.
             let per_batch = (1024 * 1024 / (size + 64)).max(1);
@@ -274,14 +278,7 @@ async fn consume(o: &HashMap<String, String>) -> Result<Value, Error> {
             use rskafka::client::ClientBuilder;
             use rskafka::client::partition::{OffsetAt, UnknownTopicHandling};
             let kafka = ClientBuilder::new(vec![brokers.to_owned()]).build().await?;
-            let partitions = kafka
-                .list_topics()
-                .await?
-                .into_iter()
-                .find(|t| t.name == topic)
-                .ok_or("no such topic")?
-                .partitions
-                .len() as i32;
+            let partitions = partitions_of(&kafka, &topic).await?;
             let mut tasks = tokio::task::JoinSet::new();
             for p in 0..partitions {
                 let pc = kafka
