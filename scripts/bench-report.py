@@ -62,12 +62,18 @@ w("| inventory instances | load | offered/s | accepted/s | orders/s through | p5
 w("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 for r in section("pipeline"):
     offered = "max" if r["offered_rate"] == 0 else r["offered_rate"]
+    if not r["notified"]:
+        w(f"| {r['instances']} | {r['phase']} | {offered} | {r['accepted_per_s']:.0f} | – | – | – | – | "
+          f"{r['errors']} (no order through within the drain time: the backlog of the run before) |")
+        continue
     w(f"| {r['instances']} | {r['phase']} | {offered} | {r['accepted_per_s']:.0f} | {r['orders_per_s']:.0f} | "
       f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} | {r['errors']} |")
 half = [r for r in section("pipeline") if r["phase"] == "half"]
 if half:
-    targets.append(("pipeline p99 < 50 ms at half of saturation", f"{half[-1]['p99_ms']:.1f} ms",
-                    half[-1]["p99_ms"] < 50))
+    h = half[-1]
+    measured = f"{h['p99_ms']:.1f} ms" if h["notified"] else "no order came through in time"
+    targets.append(("pipeline p99 < 50 ms at half of saturation", measured,
+                    h["notified"] > 0 and h["p99_ms"] < 50))
 w("")
 
 w("## HTTP (32 clients, one order-service)\n")
