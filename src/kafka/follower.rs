@@ -20,12 +20,13 @@ use tokio::task::JoinSet;
 use super::TopicPartition;
 use super::cluster::{Cluster, ClusterError};
 use super::consumer::{AbortOnDrop, ConsumerConfig, Fetcher, Message};
-use crate::shutdown::Shutdown;
+use crate::shutdown::ShutdownTrigger;
 
 /// A running follower. Dropping it stops the reading.
 #[derive(Debug)]
 pub struct Follower {
     ready: watch::Receiver<bool>,
+    stop: ShutdownTrigger,
     _tasks: JoinSet<()>,
 }
 
@@ -37,7 +38,6 @@ impl Follower {
         topics: &[&str],
         fetch_max_wait: std::time::Duration,
         apply: F,
-        shutdown: Shutdown,
     ) -> Result<Self, ClusterError>
     where
         F: Fn(Message) + Send + Sync + 'static,
@@ -67,6 +67,7 @@ impl Follower {
         let mut config = ConsumerConfig::new("follower", topics.iter().copied());
         config.fetch_max_wait = fetch_max_wait;
 
+        let (stop, shutdown) = ShutdownTrigger::new();
         let mut tasks = JoinSet::new();
         for (tp, start, end) in partitions {
             let fetcher = Fetcher {
@@ -99,8 +100,15 @@ impl Follower {
         }
         Ok(Self {
             ready,
+            stop,
             _tasks: tasks,
         })
+    }
+
+    /// Stops reading (as dropping does), for a follower that others still hold:
+    /// [`caught_up`](Self::caught_up) then resolves for everyone waiting on it.
+    pub fn stop(&self) {
+        self.stop.trigger();
     }
 
     /// Whether everything written before the start was applied.

@@ -38,7 +38,7 @@ use crate::events::{
 };
 use crate::kafka::{Consumer, Follower, Handler, HandlerError, Message, Producer, ProducerRecord};
 use crate::logging::with_correlation_id;
-use crate::shutdown::{Shutdown, ShutdownTrigger};
+use crate::shutdown::Shutdown;
 
 /// The default consumer group.
 pub const DEFAULT_GROUP: &str = "inventory-service";
@@ -371,8 +371,8 @@ impl ReserveStock {
 /// The built service.
 pub struct InventoryService {
     work: ConsumerLoop<ReserveStock>,
+    /// Keeps following until the service is dropped.
     _follower: Follower,
-    follower_stop: ShutdownTrigger,
 }
 
 /// Default of `APP_METRICS_PORT` for this service.
@@ -388,7 +388,6 @@ impl Service for InventoryService {
         let producer = producer(&config, &cluster);
 
         let shared = SharedLedger::new();
-        let (follower_stop, follower_shutdown) = ShutdownTrigger::new();
         let follower = {
             let shared = shared.clone();
             Follower::start(
@@ -400,7 +399,6 @@ impl Service for InventoryService {
                 ],
                 config.kafka.fetch_max_wait,
                 move |m| shared.apply(&m),
-                follower_shutdown,
             )
             .await?
         };
@@ -446,13 +444,11 @@ impl Service for InventoryService {
         Ok(Self {
             work: ConsumerLoop::new(consumer, handler, producer, ops, config.kafka.max_attempts),
             _follower: follower,
-            follower_stop,
         })
     }
 
     async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), ServiceError> {
         self.work.run(shutdown).await?;
-        self.follower_stop.trigger();
         log::info!("inventory-service stopped");
         Ok(())
     }

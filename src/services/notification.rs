@@ -30,7 +30,7 @@ use crate::http_client::{self, HttpError, HttpUrl};
 use crate::kafka::backoff::{Backoff, BackoffConfig};
 use crate::kafka::{Consumer, Follower, Handler, HandlerError, Message, Poison, Producer};
 use crate::logging::with_correlation_id;
-use crate::shutdown::{Shutdown, ShutdownTrigger};
+use crate::shutdown::Shutdown;
 
 /// The default consumer group.
 pub const DEFAULT_GROUP: &str = "notification-service";
@@ -229,8 +229,8 @@ impl Notify {
 /// The built service.
 pub struct NotificationService {
     work: ConsumerLoop<Notify>,
+    /// Keeps following until the service is dropped.
     _follower: Follower,
-    follower_stop: ShutdownTrigger,
 }
 
 /// Default of `APP_METRICS_PORT` for this service.
@@ -250,7 +250,6 @@ impl Service for NotificationService {
         };
         let cluster = connect(&config, Self::NAME).await?;
         let notified: Arc<Mutex<HashSet<Uuid>>> = Arc::default();
-        let (follower_stop, follower_shutdown) = ShutdownTrigger::new();
         let follower = {
             let notified = Arc::clone(&notified);
             Follower::start(
@@ -262,7 +261,6 @@ impl Service for NotificationService {
                         notified.lock().insert(e.payload.source_event_id);
                     }
                 },
-                follower_shutdown,
             )
             .await?
         };
@@ -286,13 +284,11 @@ impl Service for NotificationService {
         Ok(Self {
             work: ConsumerLoop::new(consumer, handler, producer, ops, config.kafka.max_attempts),
             _follower: follower,
-            follower_stop,
         })
     }
 
     async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), ServiceError> {
         self.work.run(shutdown).await?;
-        self.follower_stop.trigger();
         log::info!("notification-service stopped");
         Ok(())
     }

@@ -16,13 +16,12 @@ use super::{Service, ServiceError, connect};
 use crate::config::Config;
 use crate::events::topics;
 use crate::kafka::{Follower, Producer, ProducerConfig};
-use crate::shutdown::{Shutdown, ShutdownTrigger};
+use crate::shutdown::Shutdown;
 
 /// The built service, listening but not yet serving.
 pub struct OrderService {
     listener: TcpListener,
     state: Arc<AppState>,
-    follower_stop: ShutdownTrigger,
     limits: Limits,
 }
 
@@ -49,7 +48,6 @@ impl Service for OrderService {
         );
 
         let views = Arc::new(OrderViews::new());
-        let (follower_stop, follower_shutdown) = ShutdownTrigger::new();
         let follower = {
             let views = Arc::clone(&views);
             Follower::start(
@@ -57,7 +55,6 @@ impl Service for OrderService {
                 &topics::ALL,
                 config.kafka.fetch_max_wait,
                 move |message| views.apply(&message),
-                follower_shutdown,
             )
             .await?
         };
@@ -84,7 +81,6 @@ impl Service for OrderService {
                 in_flight: Default::default(),
                 idempotency_retention: config.order.idempotency_retention,
             }),
-            follower_stop,
             limits: Limits::from_config(&config.server),
         })
     }
@@ -107,7 +103,7 @@ impl Service for OrderService {
         )
         .await;
         state.producer.close().await;
-        self.follower_stop.trigger();
+        state.follower.stop();
         log::info!("order-service stopped");
         Ok(())
     }
