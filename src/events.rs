@@ -6,7 +6,6 @@
 //! partition of each topic. The headers repeat `event_type`, `correlation_id` and
 //! `event_id`, so that other Kafka tools can route without parsing JSON.
 
-use rskafka::chrono::{DateTime, SecondsFormat, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -97,9 +96,7 @@ pub struct Envelope<P> {
 }
 
 /// The time now, as events write it.
-pub fn now() -> String {
-    DateTime::<Utc>::from(std::time::SystemTime::now()).to_rfc3339_opts(SecondsFormat::Millis, true)
-}
+pub use crate::clock::now;
 
 impl<P: Payload> Envelope<P> {
     /// A new event with a fresh id, stamped now.
@@ -282,7 +279,7 @@ mod tests {
             key: record.key,
             value: record.value,
             headers: record.headers,
-            timestamp: DateTime::from_timestamp_millis(0).unwrap(),
+            timestamp: rskafka::chrono::DateTime::from_timestamp_millis(0).unwrap(),
             attempt: 1,
         }
     }

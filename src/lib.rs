@@ -12,6 +12,7 @@
 //! - [`shutdown`]: the cooperative shutdown signal passed down to every task.
 
 pub mod app;
+pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod events;

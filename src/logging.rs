@@ -8,8 +8,6 @@
 
 use std::io::Write;
 
-use rskafka::chrono::{DateTime, SecondsFormat, Utc};
-
 use crate::config::{LogEncoding, LoggerConfig};
 
 tokio::task_local! {
@@ -67,9 +65,7 @@ pub fn init(service: &'static str, config: &LoggerConfig) {
     let _ = builder.try_init();
 }
 
-fn now() -> String {
-    DateTime::<Utc>::from(std::time::SystemTime::now()).to_rfc3339_opts(SecondsFormat::Millis, true)
-}
+use crate::clock::now;
 
 #[cfg(test)]
 mod tests {

@@ -12,8 +12,6 @@
 //! error, the attempts and where they came from, so that
 //! [`replay`](super::replay) can put them back once the cause is fixed.
 
-use rskafka::chrono::{DateTime, SecondsFormat, Utc};
-
 use crate::metrics;
 
 use super::consumer::{Handler, HandlerError, Message, Poison};
@@ -89,11 +87,7 @@ impl<H: Handler> Handler for DeadLetter<H> {
             .header(headers::PARTITION, message.partition.to_string())
             .header(headers::OFFSET, message.offset.to_string())
             .header(headers::ATTEMPTS, message.attempt.to_string())
-            .header(
-                headers::PARKED_AT,
-                DateTime::<Utc>::from(std::time::SystemTime::now())
-                    .to_rfc3339_opts(SecondsFormat::Millis, true),
-            );
+            .header(headers::PARKED_AT, crate::clock::now());
         // If parking fails the error goes back to the consumer, which retries.
         let delivery = self.producer.send(record).await?;
         metrics::counter(

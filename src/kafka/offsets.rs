@@ -20,8 +20,6 @@
 
 use std::collections::HashMap;
 
-use rskafka::chrono::{DateTime, SecondsFormat, Utc};
-
 use super::TopicPartition;
 use super::admin::TopicSpec;
 use super::follower::{ReadError, read_partition};
@@ -134,8 +132,7 @@ impl OffsetStore {
             offset,
             member: owner.map(|(m, _)| m.to_owned()),
             epoch: owner.map(|(_, e)| e),
-            committed_at: DateTime::<Utc>::from(std::time::SystemTime::now())
-                .to_rfc3339_opts(SecondsFormat::Millis, true),
+            committed_at: crate::clock::now(),
         };
         ProducerRecord::new(&self.topic)
             .partition(LOG_PARTITION)
