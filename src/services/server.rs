@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use serde_json::json;
+use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use warp::Reply;
@@ -32,6 +32,7 @@ use warp::http::{HeaderValue, StatusCode};
 use warp::reply::Response;
 
 use crate::config::ServerConfig;
+use crate::domain::FieldError;
 use crate::metrics;
 use crate::shutdown::Shutdown;
 
@@ -53,13 +54,33 @@ impl Limits {
     }
 }
 
-/// A JSON error answer, the shape every route uses: `{"error": ..., "details": []}`.
-pub fn json_error(status: StatusCode, message: &str) -> Response {
-    warp::reply::with_status(
-        warp::reply::json(&json!({ "error": message, "details": [] })),
-        status,
-    )
-    .into_response()
+/// An error answer, the shape every API route uses:
+/// `{"error": "...", "details": [{"field": "...", "message": "..."}]}`.
+#[derive(Debug, Serialize)]
+struct ErrorBody {
+    error: String,
+    details: Vec<FieldError>,
+}
+
+/// A JSON error answer naming the fields at fault (none for `Vec::new()`).
+pub fn error_response(
+    status: StatusCode,
+    message: impl Into<String>,
+    details: Vec<FieldError>,
+) -> Response {
+    let body = ErrorBody {
+        error: message.into(),
+        details,
+    };
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+}
+
+/// `response` with `Retry-After: seconds`, for answers the client should retry.
+pub fn retry_after(mut response: Response, seconds: &'static str) -> Response {
+    response
+        .headers_mut()
+        .insert("retry-after", HeaderValue::from_static(seconds));
+    response
 }
 
 /// What [`serve`] serves: `warp::service(routes)` for routes that answer every
@@ -161,22 +182,23 @@ impl<S: Routes> hyper::service::Service<hyper::Request<Incoming>> for Guarded<S>
         Box::pin(async move {
             let Ok(_permit) = permit else {
                 rejected("overload");
-                let mut response = json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "too many requests in flight; retry after a second",
-                );
-                response
-                    .headers_mut()
-                    .insert("retry-after", HeaderValue::from_static("1"));
-                return Ok(response);
+                return Ok(retry_after(
+                    error_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "too many requests in flight; retry after a second",
+                        Vec::new(),
+                    ),
+                    "1",
+                ));
             };
             match tokio::time::timeout(timeout, inner.call(request)).await {
                 Ok(response) => response,
                 Err(_) => {
                     rejected("timeout");
-                    Ok(json_error(
+                    Ok(error_response(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        &format!("the request was not completed within {timeout:?}"),
+                        format!("the request was not completed within {timeout:?}"),
+                        Vec::new(),
                     ))
                 }
             }

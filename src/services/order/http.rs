@@ -27,7 +27,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::Serialize;
 use serde_json::json;
 use warp::http::{HeaderValue, StatusCode};
 use warp::reply::Response;
@@ -39,6 +38,7 @@ use crate::events::{self, Envelope, OrderCreated};
 use crate::kafka::{Cluster, Follower, Producer};
 use crate::logging::with_correlation_id;
 use crate::services::ops;
+use crate::services::server::{error_response as error, retry_after};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: u64 = 64 * 1024;
@@ -59,21 +59,6 @@ pub struct AppState {
     pub in_flight: parking_lot::Mutex<HashSet<OrderId>>,
     /// How long an idempotency key answers with its order.
     pub idempotency_retention: Duration,
-}
-
-/// An error answer.
-#[derive(Debug, Serialize)]
-struct ErrorBody {
-    error: String,
-    details: Vec<FieldError>,
-}
-
-fn error(status: StatusCode, message: impl Into<String>, details: Vec<FieldError>) -> Response {
-    let body = ErrorBody {
-        error: message.into(),
-        details,
-    };
-    warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }
 
 /// All routes, with JSON answers for every rejection.
@@ -290,15 +275,14 @@ async fn create_order(state: Arc<AppState>, request: CreateRequest<'_>) -> Respo
                 return answer;
             }
             if !state.in_flight.lock().insert(order_id) {
-                let mut response = error(
-                    StatusCode::CONFLICT,
-                    "a request with this Idempotency-Key is still in progress; retry shortly",
-                    Vec::new(),
+                return retry_after(
+                    error(
+                        StatusCode::CONFLICT,
+                        "a request with this Idempotency-Key is still in progress; retry shortly",
+                        Vec::new(),
+                    ),
+                    "1",
                 );
-                response
-                    .headers_mut()
-                    .insert("retry-after", HeaderValue::from_static("1"));
-                return response;
             }
             Some(InFlight {
                 state: &state,
@@ -337,15 +321,14 @@ async fn create_order(state: Arc<AppState>, request: CreateRequest<'_>) -> Respo
         }
         Err(e) => {
             log::error!("order not accepted, the broker did not acknowledge it: {e}");
-            let mut response = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the event broker did not confirm the order in time, so it was not accepted; retry later, with the same Idempotency-Key so that it is created at most once",
-                Vec::new(),
-            );
-            response
-                .headers_mut()
-                .insert("retry-after", HeaderValue::from_static("5"));
-            response
+            retry_after(
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the event broker did not confirm the order in time, so it was not accepted; retry later, with the same Idempotency-Key so that it is created at most once",
+                    Vec::new(),
+                ),
+                "5",
+            )
         }
     }
 }
