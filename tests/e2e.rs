@@ -503,7 +503,25 @@ async fn orders_flow_through_the_three_services() {
         .filter(|k| k.starts_with("eda_consumer_lag{"))
         .collect();
     assert_eq!(lags.len(), 3, "one lag per owned partition: {after:?}");
-    let notification = system.metrics("notification-service").await;
+    // The view learns of a notification from notification.sent, which the handler
+    // publishes just before it returns and the counter moves: wait for the counter.
+    let notification = within(10, "the notification counters", async {
+        loop {
+            let m = system.metrics("notification-service").await;
+            let counted: f64 = m
+                .iter()
+                .filter(|(k, _)| {
+                    k.starts_with("eda_consumer_records_total{group=\"notification-service\"")
+                })
+                .map(|(_, v)| v)
+                .sum();
+            if counted >= 3.0 {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
     for (topic, n) in [("inventory.reserved", 2.0), ("inventory.failed", 1.0)] {
         let key = format!(
             "eda_consumer_records_total{{group=\"notification-service\",topic=\"{topic}\"}}"
