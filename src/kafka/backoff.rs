@@ -6,6 +6,15 @@
 
 use std::time::Duration;
 
+/// Sleeps until `at`, or forever when there is no `at`: a `select!` branch for a
+/// deadline that may not exist.
+pub(crate) async fn sleep_until_or_never(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Backoff settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackoffConfig {
@@ -35,14 +44,15 @@ pub struct Backoff {
 
 impl Backoff {
     /// A fresh sequence.
+    ///
+    /// Costs nothing until the first wait: a consumer starts one per record, and
+    /// most records never need a retry.
     pub fn new(config: BackoffConfig) -> Self {
-        // Seeded per sequence from the OS RNG behind uuid, so peers do not share jitter.
-        let seed = uuid::Uuid::new_v4().as_u64_pair().0 | 1;
         Self {
             config,
             ceiling: config.initial,
             attempts: 0,
-            rng: seed,
+            rng: 0,
         }
     }
 
@@ -68,6 +78,10 @@ impl Backoff {
 
     /// xorshift64*: plenty for jitter, and no extra dependency.
     fn next_random(&mut self) -> u64 {
+        if self.rng == 0 {
+            // Seeded per sequence from the OS RNG behind uuid, so peers do not share jitter.
+            self.rng = uuid::Uuid::new_v4().as_u64_pair().0 | 1;
+        }
         let mut x = self.rng;
         x ^= x >> 12;
         x ^= x << 25;

@@ -7,6 +7,9 @@
 //! sends it with `acks=all` and answers every record of the batch. A worker keeps
 //! one request in flight, so a retried batch can never overtake a later one: the
 //! order of records within a partition is the order in which they were enqueued.
+//! While that request is on its way the next batch gathers in the channel, and is
+//! taken in one step when the answer comes, so a busy partition sends full batches
+//! back to back and its worker wakes once per batch, not once per record.
 //!
 //! Failures that may pass (a broker restarting, a leader moving, a timeout) are
 //! retried with backoff after refreshing the metadata, until the record's delivery
@@ -26,12 +29,12 @@ use parking_lot::Mutex;
 use rskafka::chrono::{DateTime, Utc};
 use rskafka::client::partition::Compression as WireCompression;
 use rskafka::record::Record;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::backoff::{Backoff, BackoffConfig};
-use super::cluster::{Cluster, ClusterError};
+use super::backoff::{Backoff, BackoffConfig, sleep_until_or_never};
+use super::cluster::{Cluster, ClusterError, Lane};
 use super::partitioner::{StickyPartitioner, partition_for_key};
 
 /// Bytes added to every record in a batch besides key, value and headers
@@ -245,7 +248,8 @@ struct Inner {
     sticky: StickyPartitioner,
     buffer: Arc<Semaphore>,
     closed: AtomicBool,
-    workers: Mutex<HashMap<(String, i32), Worker>>,
+    /// Per topic, then partition: looked up by `&str` so enqueueing copies no name.
+    workers: Mutex<HashMap<String, HashMap<i32, Worker>>>,
 }
 
 struct Worker {
@@ -264,7 +268,8 @@ struct Pending {
     size: usize,
     enqueued: Instant,
     reply: oneshot::Sender<Result<Delivery, ProduceError>>,
-    _permit: OwnedSemaphorePermit,
+    /// Buffer space, given back when the record's batch is answered.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -315,18 +320,23 @@ impl Producer {
         }
         let partition = self.choose_partition(&record, size).await?;
 
-        let permit = tokio::time::timeout(
-            self.inner.config.delivery_timeout,
-            Arc::clone(&self.inner.buffer).acquire_many_owned(size as u32),
-        )
-        .await
-        .map_err(|_| ProduceError::DeliveryTimeout {
-            topic: record.topic.clone(),
-            partition,
-            timeout: self.inner.config.delivery_timeout,
-            last_error: "the producer buffer stayed full (buffer_memory)".to_owned(),
-        })?
-        .map_err(|_| ProduceError::Closed)?;
+        let permit = match Arc::clone(&self.inner.buffer).try_acquire_many_owned(size as u32) {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => return Err(ProduceError::Closed),
+            // The buffer is full: wait for acknowledgements to free room.
+            Err(TryAcquireError::NoPermits) => tokio::time::timeout(
+                self.inner.config.delivery_timeout,
+                Arc::clone(&self.inner.buffer).acquire_many_owned(size as u32),
+            )
+            .await
+            .map_err(|_| ProduceError::DeliveryTimeout {
+                topic: record.topic.clone(),
+                partition,
+                timeout: self.inner.config.delivery_timeout,
+                last_error: "the producer buffer stayed full (buffer_memory)".to_owned(),
+            })?
+            .map_err(|_| ProduceError::Closed)?,
+        };
 
         let (reply, rx) = oneshot::channel();
         let topic = record.topic;
@@ -342,7 +352,7 @@ impl Producer {
             size,
             enqueued: Instant::now(),
             reply,
-            _permit: permit,
+            permit: Some(permit),
         };
 
         let mut workers = self.inner.workers.lock();
@@ -350,8 +360,12 @@ impl Producer {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(ProduceError::Closed);
         }
-        let worker = workers
-            .entry((topic.clone(), partition))
+        let by_partition = match workers.get_mut(topic.as_str()) {
+            Some(by_partition) => by_partition,
+            None => workers.entry(topic.clone()).or_default(),
+        };
+        let worker = by_partition
+            .entry(partition)
             .or_insert_with(|| self.spawn_worker(topic, partition));
         worker
             .tx
@@ -402,6 +416,7 @@ impl Producer {
             let workers = self.inner.workers.lock();
             workers
                 .values()
+                .flat_map(HashMap::values)
                 .filter_map(|w| {
                     let (tx, rx) = oneshot::channel();
                     w.tx.send(Command::Flush(tx)).ok().map(|()| rx)
@@ -418,7 +433,13 @@ impl Producer {
     /// within its delivery timeout), and stops the workers.
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
-        let workers: Vec<Worker> = self.inner.workers.lock().drain().map(|(_, w)| w).collect();
+        let workers: Vec<Worker> = self
+            .inner
+            .workers
+            .lock()
+            .drain()
+            .flat_map(|(_, by_partition)| by_partition.into_values())
+            .collect();
         for worker in workers {
             // Dropping the sender lets the worker finish its queue and exit.
             drop(worker.tx);
@@ -428,6 +449,9 @@ impl Producer {
         }
     }
 }
+
+/// A batch's request, from first attempt to answering its records.
+type InFlight<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 struct PartitionWorker {
     cluster: Cluster,
@@ -480,78 +504,80 @@ impl TopicMetrics {
 }
 
 impl PartitionWorker {
+    /// Gathers records into batches and sends them, one request in flight. While a
+    /// batch is on its way the next one fills, so a busy partition sends full
+    /// batches back to back instead of waiting a linger between them.
     async fn run(self, mut rx: mpsc::UnboundedReceiver<Command>) {
-        let mut queue: VecDeque<Pending> = VecDeque::new();
-        let mut queued_bytes = 0usize;
-        // Flush waiters with the number of records that must be done before them.
-        let mut flushes: VecDeque<(u64, oneshot::Sender<()>)> = VecDeque::new();
-        let mut received: u64 = 0;
-        let mut done: u64 = 0;
+        let mut queue = Queue::default();
         let mut open = true;
+        // The batch on its way, with the number of records in it.
+        let mut in_flight: Option<(InFlight<'_>, u64)> = None;
 
         loop {
-            if queue.is_empty() {
-                // Nothing pending: every earlier flush is satisfied.
-                for (_, tx) in flushes.drain(..) {
-                    let _ = tx.send(());
+            // Take everything already waiting before deciding: under load this is
+            // what fills a batch, without a wake-up per record.
+            while open {
+                match rx.try_recv() {
+                    Ok(cmd) => queue.accept(cmd),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => open = false,
                 }
+            }
+            let now = Instant::now();
+            if in_flight.is_none() && queue.ready(now, &self.config, open) {
+                let (batch, permit) = queue.take_batch(self.config.batch_max_bytes);
+                let n = batch.len() as u64;
+                in_flight = Some((Box::pin(self.send_batch(batch, permit)), n));
+            }
+            if in_flight.is_none() && queue.records.is_empty() {
+                // Nothing pending: every earlier flush is satisfied.
+                queue.answer_flushes(u64::MAX);
                 if !open {
                     return;
                 }
-                match rx.recv().await {
-                    Some(cmd) => accept(
-                        cmd,
-                        &mut queue,
-                        &mut queued_bytes,
-                        &mut flushes,
-                        &mut received,
-                    ),
+            }
+            // Only an idle worker with records waits for their linger to end.
+            let linger_end = match (&in_flight, queue.records.front()) {
+                (None, Some(first)) => Some(first.enqueued + self.config.linger),
+                _ => None,
+            };
+            tokio::select! {
+                biased;
+                () = async {
+                    match in_flight.as_mut() {
+                        Some((send, _)) => send.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Some((_, n)) = in_flight.take() {
+                        queue.done += n;
+                        queue.answer_flushes(queue.done);
+                    }
+                }
+                // Not while a batch is on its way: the records wait in the channel
+                // and are taken all at once when it returns, instead of waking this
+                // task once per record.
+                cmd = rx.recv(), if open && in_flight.is_none() => match cmd {
+                    Some(cmd) => queue.accept(cmd),
                     None => open = false,
-                }
-                continue;
-            }
-
-            // Linger: gather until the batch is full, the oldest record waited long
-            // enough, someone flushes, or the producer closes.
-            let deadline =
-                queue.front().map_or_else(Instant::now, |p| p.enqueued) + self.config.linger;
-            while open && flushes.is_empty() && queued_bytes < self.config.batch_max_bytes {
-                tokio::select! {
-                    cmd = rx.recv() => match cmd {
-                        Some(cmd) => accept(cmd, &mut queue, &mut queued_bytes, &mut flushes, &mut received),
-                        None => open = false,
-                    },
-                    () = tokio::time::sleep_until(deadline) => break,
-                }
-            }
-
-            let mut batch = Vec::new();
-            let mut batch_bytes = 0;
-            while let Some(p) = queue.front() {
-                if !batch.is_empty() && batch_bytes + p.size > self.config.batch_max_bytes {
-                    break;
-                }
-                batch_bytes += p.size;
-                batch.extend(queue.pop_front());
-            }
-            queued_bytes -= batch_bytes;
-            done += batch.len() as u64;
-            self.send_batch(batch).await;
-
-            while flushes.front().is_some_and(|(upto, _)| *upto <= done) {
-                if let Some((_, tx)) = flushes.pop_front() {
-                    let _ = tx.send(());
-                }
+                },
+                () = sleep_until_or_never(linger_end) => {}
             }
         }
     }
 
     /// Sends one batch until it is acknowledged, fails for good, or its oldest
     /// record runs out of delivery time; then answers every record in it.
-    async fn send_batch(&self, batch: Vec<Pending>) {
+    ///
+    /// The buffer space of the whole batch (`_permit`) is given back at the end.
+    async fn send_batch(&self, batch: Vec<Pending>, _permit: Option<OwnedSemaphorePermit>) {
         let Some(first) = batch.first() else { return };
         let deadline = first.enqueued + self.config.delivery_timeout;
-        let records: Vec<Record> = batch.iter().map(|p| p.record.clone()).collect();
+        let size: u64 = batch.iter().map(|p| p.size as u64).sum();
+        let (records, batch): (Vec<Record>, Vec<Answer>) = batch
+            .into_iter()
+            .map(|p| (p.record, Answer { reply: p.reply }))
+            .unzip();
         let compression = self.config.compression.into();
         let mut backoff = Backoff::new(self.config.retry_backoff);
         let started = Instant::now();
@@ -560,7 +586,7 @@ impl PartitionWorker {
             let attempt = async {
                 let client = self
                     .cluster
-                    .partition_client(&self.topic, self.partition)
+                    .partition_client(&self.topic, self.partition, Lane::Write)
                     .await?;
                 self.cluster
                     .timed("produce", client.produce(records.clone(), compression))
@@ -611,9 +637,7 @@ impl PartitionWorker {
             Ok(offsets) if offsets.len() == batch.len() => {
                 self.metrics.latency.observe(started.elapsed());
                 self.metrics.records.add(batch.len() as u64);
-                self.metrics
-                    .bytes
-                    .add(batch.iter().map(|p| p.size as u64).sum());
+                self.metrics.bytes.add(size);
                 for (p, offset) in batch.into_iter().zip(offsets) {
                     let _ = p.reply.send(Ok(Delivery {
                         partition: self.partition,
@@ -647,20 +671,78 @@ impl PartitionWorker {
     }
 }
 
-fn accept(
-    cmd: Command,
-    queue: &mut VecDeque<Pending>,
-    queued_bytes: &mut usize,
-    flushes: &mut VecDeque<(u64, oneshot::Sender<()>)>,
-    received: &mut u64,
-) {
-    match cmd {
-        Command::Record(p) => {
-            *queued_bytes += p.size;
-            *received += 1;
-            queue.push_back(p);
+/// A record's way back to its caller, once it left the queue for a request.
+struct Answer {
+    reply: oneshot::Sender<Result<Delivery, ProduceError>>,
+}
+
+/// Records of one partition waiting for a request, and flushes waiting for them.
+#[derive(Default)]
+struct Queue {
+    records: VecDeque<Pending>,
+    bytes: usize,
+    /// Flush waiters, with the number of records that must be done before them.
+    flushes: VecDeque<(u64, oneshot::Sender<()>)>,
+    received: u64,
+    done: u64,
+}
+
+impl Queue {
+    fn accept(&mut self, cmd: Command) {
+        match cmd {
+            Command::Record(p) => {
+                self.bytes += p.size;
+                self.received += 1;
+                self.records.push_back(p);
+            }
+            Command::Flush(tx) => self.flushes.push_back((self.received, tx)),
         }
-        Command::Flush(tx) => flushes.push_back((*received, tx)),
+    }
+
+    /// Whether to send now: a full batch, an oldest record that waited its
+    /// linger, someone flushing, or the producer closing.
+    fn ready(&self, now: Instant, config: &ProducerConfig, open: bool) -> bool {
+        let Some(first) = self.records.front() else {
+            return false;
+        };
+        !open
+            || !self.flushes.is_empty()
+            || self.bytes >= config.batch_max_bytes
+            || now >= first.enqueued + config.linger
+    }
+
+    /// The oldest records up to `max_bytes` (at least one), with their buffer
+    /// space merged into one permit so it is given back in one step.
+    fn take_batch(&mut self, max_bytes: usize) -> (Vec<Pending>, Option<OwnedSemaphorePermit>) {
+        let mut batch = Vec::new();
+        let mut permit: Option<OwnedSemaphorePermit> = None;
+        let mut bytes = 0;
+        while let Some(p) = self.records.front() {
+            if !batch.is_empty() && bytes + p.size > max_bytes {
+                break;
+            }
+            bytes += p.size;
+            let Some(mut p) = self.records.pop_front() else {
+                break;
+            };
+            if let Some(taken) = p.permit.take() {
+                match permit.as_mut() {
+                    Some(all) => all.merge(taken),
+                    None => permit = Some(taken),
+                }
+            }
+            batch.push(p);
+        }
+        self.bytes -= bytes;
+        (batch, permit)
+    }
+
+    fn answer_flushes(&mut self, done: u64) {
+        while self.flushes.front().is_some_and(|(upto, _)| *upto <= done) {
+            if let Some((_, tx)) = self.flushes.pop_front() {
+                let _ = tx.send(());
+            }
+        }
     }
 }
 
@@ -675,6 +757,95 @@ mod tests {
         assert_eq!("none".parse::<Compression>(), Ok(Compression::None));
         let err = "zstd".parse::<Compression>().unwrap_err();
         assert!(err.contains("none, gzip or snappy"), "{err}");
+    }
+
+    fn pending(size: usize, enqueued: Instant, buffer: &Arc<Semaphore>) -> Pending {
+        let (reply, _) = oneshot::channel();
+        Pending {
+            record: Record {
+                key: None,
+                value: Some(vec![0; size]),
+                headers: BTreeMap::new(),
+                timestamp: DateTime::<Utc>::from(std::time::SystemTime::UNIX_EPOCH),
+            },
+            size,
+            enqueued,
+            reply,
+            permit: Some(
+                Arc::clone(buffer)
+                    .try_acquire_many_owned(size as u32)
+                    .unwrap(),
+            ),
+        }
+    }
+
+    #[test]
+    fn a_queue_sends_when_full_lingered_flushed_or_closed() {
+        let buffer = Arc::new(Semaphore::new(1000));
+        let config = ProducerConfig {
+            linger: Duration::from_millis(5),
+            batch_max_bytes: 100,
+            ..ProducerConfig::default()
+        };
+        let t0 = Instant::now();
+        let mut queue = Queue::default();
+        assert!(!queue.ready(t0, &config, true), "nothing to send");
+
+        queue.accept(Command::Record(pending(40, t0, &buffer)));
+        assert!(!queue.ready(t0, &config, true), "lingering");
+        assert!(queue.ready(t0 + config.linger, &config, true), "lingered");
+        assert!(queue.ready(t0, &config, false), "closing");
+
+        queue.accept(Command::Record(pending(60, t0, &buffer)));
+        assert!(queue.ready(t0, &config, true), "a full batch");
+
+        let mut queue = Queue::default();
+        queue.accept(Command::Record(pending(10, t0, &buffer)));
+        let (tx, _rx) = oneshot::channel();
+        queue.accept(Command::Flush(tx));
+        assert!(queue.ready(t0, &config, true), "flushing");
+    }
+
+    #[test]
+    fn a_batch_takes_the_oldest_records_up_to_the_limit_and_one_permit() {
+        let buffer = Arc::new(Semaphore::new(1000));
+        let t0 = Instant::now();
+        let mut queue = Queue::default();
+        for size in [150, 40, 50, 30] {
+            queue.accept(Command::Record(pending(size, t0, &buffer)));
+        }
+        assert_eq!(buffer.available_permits(), 1000 - 270);
+
+        // An oversized first record still goes alone rather than blocking the queue.
+        let (batch, permit) = queue.take_batch(100);
+        assert_eq!(batch.iter().map(|p| p.size).collect::<Vec<_>>(), [150]);
+        assert_eq!(permit.as_ref().map(|p| p.num_permits()), Some(150));
+
+        let (batch, permit) = queue.take_batch(100);
+        assert_eq!(batch.iter().map(|p| p.size).collect::<Vec<_>>(), [40, 50]);
+        assert_eq!(permit.as_ref().map(|p| p.num_permits()), Some(90));
+        assert_eq!(queue.bytes, 30);
+
+        drop(permit);
+        assert_eq!(buffer.available_permits(), 1000 - 180);
+    }
+
+    #[test]
+    fn flushes_are_answered_once_their_records_are_done() {
+        let buffer = Arc::new(Semaphore::new(1000));
+        let mut queue = Queue::default();
+        queue.accept(Command::Record(pending(1, Instant::now(), &buffer)));
+        let (first, mut first_rx) = oneshot::channel();
+        queue.accept(Command::Flush(first));
+        queue.accept(Command::Record(pending(1, Instant::now(), &buffer)));
+        let (second, mut second_rx) = oneshot::channel();
+        queue.accept(Command::Flush(second));
+
+        queue.answer_flushes(1);
+        assert!(first_rx.try_recv().is_ok());
+        assert!(second_rx.try_recv().is_err());
+        queue.answer_flushes(2);
+        assert!(second_rx.try_recv().is_ok());
     }
 
     #[test]
