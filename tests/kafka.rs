@@ -10,9 +10,9 @@ use std::time::Duration;
 use rust_eda::kafka::offsets::offsets_topic_spec;
 use rust_eda::kafka::partitioner::partition_for_key;
 use rust_eda::kafka::{
-    Admin, ClusterError, Compression, ConsumerConfig, DeadLetter, Delivery, Message, OffsetReset,
-    OffsetStore, Poison, ProduceError, Producer, ProducerConfig, ProducerRecord, TopicOutcome,
-    TopicPartition, TopicSpec, dead_letter, handler_fn, read_topic, replay,
+    Admin, ClusterError, Compression, ConsumerConfig, DeadLetter, Delivery, Follower, Message,
+    OffsetReset, OffsetStore, Poison, ProduceError, Producer, ProducerConfig, ProducerRecord,
+    TopicOutcome, TopicPartition, TopicSpec, dead_letter, handler_fn, read_topic, replay,
 };
 use support::{PrivateBroker, RunningConsumer, cluster, connect, create_topic, unique, within};
 
@@ -800,4 +800,27 @@ async fn failing_records_are_parked_with_headers_then_replayed_once() {
     );
     trigger.trigger();
     within(30, "shutdown", task).await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_produce_is_not_held_behind_a_waiting_fetch_of_the_same_partition() {
+    // A broker answers one connection's requests in order. If the producer shared
+    // the follower's connection, this send would wait out the 10 s fetch.
+    let cluster = cluster().await;
+    let topic = create_topic(&cluster, 1).await;
+    let follower = Follower::start(&cluster, &[&topic], Duration::from_secs(10), |_| {})
+        .await
+        .expect("follower");
+    // Let the follower's first fetch reach the broker and start waiting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let producer = Producer::new(cluster.clone(), ProducerConfig::default());
+    let delivery = within(
+        3,
+        "a send beside a waiting fetch",
+        producer.send(keyed(&topic, 1)),
+    )
+    .await
+    .expect("delivered");
+    assert_eq!(delivery.partition, 0);
+    follower.stop();
 }

@@ -21,6 +21,18 @@ use super::security::Security;
 use super::tunnel::{TlsTunnel, TunnelError};
 use super::wire::{Connection, WireError};
 
+/// What a partition connection is used for. A broker answers the requests of one
+/// connection strictly in order, so a produce queued behind a fetch that waits for
+/// data (up to `fetch_max_wait`) would wait just as long; reads and writes of the
+/// same partition therefore never share a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// Fetches and offset look-ups.
+    Read,
+    /// Produce requests.
+    Write,
+}
+
 /// How to reach the cluster. Defaults follow the Java client where it has one.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -216,7 +228,7 @@ struct Inner {
     client: Client,
     // Carries rskafka's connections when TLS is on; it stops when the cluster is dropped.
     _tunnel: Option<TlsTunnel>,
-    partition_clients: Mutex<HashMap<(String, i32), Arc<PartitionClient>>>,
+    partition_clients: Mutex<HashMap<(String, i32, Lane), Arc<PartitionClient>>>,
     topics: Mutex<TopicCache>,
 }
 
@@ -348,13 +360,15 @@ impl Cluster {
         }
     }
 
-    /// A client bound to the leader of one partition, cached between calls.
+    /// A client bound to the leader of one partition, cached between calls; each
+    /// [`Lane`] has a connection of its own.
     pub async fn partition_client(
         &self,
         topic: &str,
         partition: i32,
+        lane: Lane,
     ) -> Result<Arc<PartitionClient>, ClusterError> {
-        let key = (topic.to_owned(), partition);
+        let key = (topic.to_owned(), partition, lane);
         if let Some(client) = self.inner.partition_clients.lock().get(&key) {
             return Ok(Arc::clone(client));
         }
@@ -386,7 +400,7 @@ impl Cluster {
         self.inner
             .partition_clients
             .lock()
-            .remove(&(topic.to_owned(), partition));
+            .retain(|(t, p, _), _| !(t == topic && *p == partition));
         if let Err(e) = self.refresh_metadata().await {
             log::debug!("metadata refresh after an error on {topic}/{partition} failed: {e}");
         }

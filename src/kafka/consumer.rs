@@ -39,9 +39,9 @@ use tokio::sync::mpsc;
 
 use super::TopicPartition;
 use super::admin::{Admin, AdminError};
-use super::backoff::{Backoff, BackoffConfig};
+use super::backoff::{Backoff, BackoffConfig, sleep_until_or_never};
 use super::broker_offsets::BrokerOffsets;
-use super::cluster::{Cluster, ClusterError};
+use super::cluster::{Cluster, ClusterError, Lane};
 use super::group::records::OwnerValue;
 use super::group::{Coordinator, Lease};
 use super::offsets::{DEFAULT_OFFSETS_TOPIC, OffsetError, OffsetStore, offsets_topic_spec};
@@ -389,21 +389,45 @@ impl Consumer {
         let mut group_metrics = GroupMetrics::new(&self.config.group_id);
 
         loop {
+            // Claims wait out the grace; wake when the first one may be written
+            // rather than at the next tick.
+            let now = Instant::now();
+            let claim_due = pending
+                .claims
+                .values()
+                .map(|since| *since + self.config.rebalance_grace)
+                .filter(|at| *at > now)
+                .min();
+            let mut react = false;
             tokio::select! {
                 records = coordinator.next_records() => match records {
-                    Some(records) => coordinator.apply(&records),
+                    Some(records) => {
+                        coordinator.apply(&records);
+                        // Act on what the log just said (this member joined, a claim
+                        // or handoff landed) at once, not a tick later.
+                        react = true;
+                    }
                     None => break,
                 },
-                _ = reconcile.tick() => {
-                    self.reconcile(&coordinator, &mut running, &mut pending, &handler, &shutdown).await;
-                    group_metrics.update(&coordinator, running.len());
-                }
+                _ = reconcile.tick() => react = true,
+                () = sleep_until_or_never(claim_due) => react = true,
                 _ = commit.tick() => {
                     if let Err(e) = self.commit(&coordinator, &running).await {
                         log::warn!("commit failed, will retry: {e}");
                     }
                 }
                 () = shutdown.recv() => break,
+            }
+            if react {
+                self.reconcile(
+                    &coordinator,
+                    &mut running,
+                    &mut pending,
+                    &handler,
+                    &shutdown,
+                )
+                .await;
+                group_metrics.update(&coordinator, running.len());
             }
         }
 
@@ -919,13 +943,16 @@ impl PartitionRunner {
                 () = stop.recv() => break,
                 () = shutdown.recv() => break,
             };
+            // One clock reading per record: the end of one handler call is the
+            // start of the next, and the time the lease is checked at.
+            let mut now = Instant::now();
             for record in batch {
                 if stop.is_shutdown() || shutdown.is_shutdown() {
                     break 'batches;
                 }
                 // A member whose lease ran out (a long pause, a lost broker) may have
                 // been replaced: it must not touch another record.
-                if !self.lease.is_valid() {
+                if !self.lease.is_valid_at(now) {
                     log::warn!(
                         "{}: lease expired; not processing offset {}",
                         self.tp,
@@ -934,8 +961,9 @@ impl PartitionRunner {
                     break 'batches;
                 }
                 let mut message = Message::new(&self.tp, record);
-                if !self.handle(&*handler, &mut message, &mut stop).await {
-                    break 'batches;
+                match self.handle(&*handler, &mut message, now, &mut stop).await {
+                    Some(done_at) => now = done_at,
+                    None => break 'batches,
                 }
                 self.progress
                     .next
@@ -944,26 +972,28 @@ impl PartitionRunner {
         }
     }
 
-    /// Offers `message` until the handler accepts it; `false` if stopped first.
+    /// Offers `message` (first at `started`) until the handler accepts it; the time
+    /// it did, or `None` if stopped first.
     async fn handle<H: Handler>(
         &self,
         handler: &H,
         message: &mut Message,
+        mut started: Instant,
         stop: &mut Shutdown,
-    ) -> bool {
+    ) -> Option<Instant> {
         let mut backoff = Backoff::new(self.config.retry_backoff);
         loop {
             message.attempt = backoff.attempts() + 1;
-            let started = std::time::Instant::now();
             let outcome = handler.handle(message).await;
-            self.metrics.latency.observe(started.elapsed());
+            let ended = Instant::now();
+            self.metrics.latency.observe(ended - started);
             match outcome {
                 Ok(()) => {
                     self.metrics.records.inc();
                     let size = message.key.as_ref().map_or(0, Vec::len)
                         + message.value.as_ref().map_or(0, Vec::len);
                     self.metrics.bytes.add(size as u64);
-                    return true;
+                    return Some(ended);
                 }
                 Err(e) => {
                     self.metrics.errors.inc();
@@ -976,10 +1006,11 @@ impl PartitionRunner {
                     );
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
-                        () = stop.recv() => return false,
+                        () = stop.recv() => return None,
                     }
-                    if !self.lease.is_valid() {
-                        return false;
+                    started = Instant::now();
+                    if !self.lease.is_valid_at(started) {
+                        return None;
                     }
                 }
             }
@@ -992,7 +1023,9 @@ pub(crate) async fn reset_offset(
     tp: &TopicPartition,
     reset: OffsetReset,
 ) -> Result<i64, ClusterError> {
-    let client = cluster.partition_client(&tp.topic, tp.partition).await?;
+    let client = cluster
+        .partition_client(&tp.topic, tp.partition, Lane::Read)
+        .await?;
     let at = match reset {
         OffsetReset::Earliest => OffsetAt::Earliest,
         OffsetReset::Latest => OffsetAt::Latest,
@@ -1061,7 +1094,7 @@ impl Fetcher {
     async fn fetch(&self, offset: i64) -> Result<Vec<RecordAndOffset>, ClusterError> {
         let client = self
             .cluster
-            .partition_client(&self.tp.topic, self.tp.partition)
+            .partition_client(&self.tp.topic, self.tp.partition, Lane::Read)
             .await?;
         let wait_ms = self.config.fetch_max_wait.as_millis().min(i32::MAX as u128) as i32;
         let (records, high_watermark) = self

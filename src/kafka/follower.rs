@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::TopicPartition;
-use super::cluster::{Cluster, ClusterError};
+use super::cluster::{Cluster, ClusterError, Lane};
 use super::consumer::{AbortOnDrop, ConsumerConfig, Fetcher, Message};
 use crate::shutdown::ShutdownTrigger;
 
@@ -48,7 +48,7 @@ impl Follower {
             let n = cluster.partition_count(topic).await?;
             for p in 0..n {
                 let tp = TopicPartition::new(*topic, p);
-                let client = cluster.partition_client(topic, p).await?;
+                let client = cluster.partition_client(topic, p, Lane::Read).await?;
                 let start = cluster
                     .timed("list offsets", client.get_offset(OffsetAt::Earliest))
                     .await?;
@@ -189,7 +189,7 @@ pub async fn read_partition(
         source,
     };
     let client = cluster
-        .partition_client(topic, partition)
+        .partition_client(topic, partition, Lane::Read)
         .await
         .map_err(read_error)?;
     let mut offset = cluster

@@ -49,7 +49,7 @@ mod tunnel;
 mod wire;
 
 pub use admin::{Admin, AdminError, TopicOutcome, TopicSpec};
-pub use cluster::{Cluster, ClusterConfig, ClusterError};
+pub use cluster::{Cluster, ClusterConfig, ClusterError, Lane};
 pub use consumer::{
     Consumer, ConsumerConfig, ConsumerError, Handler, HandlerError, Message, OffsetReset, Poison,
     handler_fn,

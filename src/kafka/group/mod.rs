@@ -73,9 +73,12 @@ impl Lease {
     }
 
     pub(crate) fn is_valid(&self) -> bool {
-        let now = Instant::now()
-            .saturating_duration_since(self.origin)
-            .as_nanos() as u64;
+        self.is_valid_at(Instant::now())
+    }
+
+    /// Whether the lease holds at `now`, for callers that have just read the clock.
+    pub(crate) fn is_valid_at(&self, now: Instant) -> bool {
+        let now = now.saturating_duration_since(self.origin).as_nanos() as u64;
         now < self.valid_until_ns.load(Ordering::Acquire)
     }
 }
@@ -112,7 +115,9 @@ impl Coordinator {
 
         let (tx, log) = mpsc::channel(16);
         let mut tail_config = config.clone();
-        tail_config.fetch_max_wait = Duration::from_millis(100);
+        // Membership and ownership changes are acted on when read back: keep the
+        // wait short, and no longer than the consumer's own.
+        tail_config.fetch_max_wait = config.fetch_max_wait.min(Duration::from_millis(100));
         let fetcher = Fetcher {
             cluster: cluster.clone(),
             config: tail_config,
