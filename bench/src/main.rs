@@ -21,6 +21,15 @@ use serde_json::{Value, json};
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 fn main() {
+    if std::env::var_os("BENCH_LOG").is_some() {
+        rust_eda::logging::init(
+            "bench",
+            &rust_eda::config::LoggerConfig {
+                level: log::LevelFilter::Debug,
+                encoding: rust_eda::config::LogEncoding::Console,
+            },
+        );
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(command) = args.first().cloned() else {
         eprintln!("usage: rust-eda-bench produce|consume|http|pipeline key=value...");
@@ -153,7 +162,7 @@ async fn produce(o: &HashMap<String, String>) -> Result<Value, Error> {
             use rskafka::client::partition::{Compression, UnknownTopicHandling};
             use rskafka::record::Record;
             let kafka = ClientBuilder::new(vec![brokers.to_owned()]).build().await?;
-            let partitions = partitions_of(&kafka, &topic).await?;
+            let partitions = partitions_of(&kafka, topic).await?;
             // Hand-made batches: records split by the same partitioner, sent in
             // batches of up to 1 MiB, one request in flight per partition.
             let per_batch = (1024 * 1024 / (size + 64)).max(1);
@@ -253,7 +262,8 @@ async fn consume(o: &HashMap<String, String>) -> Result<Value, Error> {
             let mut config =
                 ConsumerConfig::new(format!("bench-{}", std::process::id()), [topic.clone()]);
             config.fetch_max_wait = Duration::from_millis(100);
-            config.rebalance_grace = Duration::from_millis(100);
+            // A lone member: nobody to wait for (Java: group.initial.rebalance.delay.ms=0).
+            config.rebalance_grace = Duration::ZERO;
             config.broker_offsets = false;
             let consumer = Consumer::new(cluster, config).await?;
             let (trigger, shutdown) = ShutdownTrigger::new();
