@@ -236,12 +236,17 @@ impl SharedLedger {
     fn apply(&self, message: &Message) {
         match message.topic.as_str() {
             topics::INVENTORY_LEDGER => {
+                let mut ledger = self.ledger.lock();
+                if message.offset < *self.applied.borrow() {
+                    // This instance wrote it and applied it on acknowledgement.
+                    return;
+                }
                 match message
                     .value
                     .as_deref()
                     .map(serde_json::from_slice::<LedgerRecord>)
                 {
-                    Some(Ok(record)) => self.ledger.lock().apply(record),
+                    Some(Ok(record)) => ledger.apply(record),
                     other => log::warn!(
                         "ledger record {}@{} skipped: {:?}",
                         message.topic,
@@ -260,6 +265,19 @@ impl SharedLedger {
                 }
             }
         }
+    }
+
+    /// Applies this instance's own `record`, acknowledged at `offset`, if every
+    /// record before it is applied already: then nothing else can come between,
+    /// and reading it back would only add a fetch's wait. `false` otherwise.
+    fn apply_own(&self, offset: i64, record: LedgerRecord) -> bool {
+        let mut ledger = self.ledger.lock();
+        if *self.applied.borrow() != offset {
+            return false;
+        }
+        ledger.apply(record);
+        self.applied.send_replace(offset + 1);
+        true
     }
 
     /// Waits until the ledger was applied up to (excluding) `offset`.
@@ -304,7 +322,9 @@ impl ReserveStock {
                     correlation_id: event.correlation_id.clone(),
                 };
                 let delivery = self.producer.send(request.to_record()).await?;
-                self.shared.wait_applied(delivery.offset + 1).await?;
+                if !self.shared.apply_own(delivery.offset, request) {
+                    self.shared.wait_applied(delivery.offset + 1).await?;
+                }
                 self.shared
                     .ledger
                     .lock()
@@ -465,6 +485,42 @@ mod tests {
             quantities: BTreeMap::from([("a".into(), 5), ("b".into(), 1)]),
         });
         l
+    }
+
+    fn ledger_message(offset: i64, record: &LedgerRecord) -> Message {
+        Message {
+            topic: topics::INVENTORY_LEDGER.to_owned(),
+            partition: 0,
+            offset,
+            key: None,
+            value: Some(serde_json::to_vec(record).unwrap()),
+            headers: BTreeMap::new(),
+            timestamp: crate::clock::now().parse().unwrap(),
+            attempt: 1,
+        }
+    }
+
+    #[test]
+    fn an_own_request_is_applied_on_acknowledgement_only_when_caught_up() {
+        let shared = SharedLedger::new();
+        let stock = LedgerRecord::Stock {
+            quantities: BTreeMap::from([("a".into(), 1)]),
+        };
+        shared.apply(&ledger_message(0, &stock));
+        let (first, second) = (OrderId::new(), OrderId::new());
+
+        // Offset 1 follows what was read: applied at once.
+        assert!(shared.apply_own(1, request(first, &[("a", 1)])));
+        assert!(shared.ledger.lock().decision(&first).is_some());
+        // Reading it back later changes nothing.
+        shared.apply(&ledger_message(1, &request(first, &[("a", 1)])));
+        assert_eq!(*shared.applied.borrow(), 2);
+        assert_eq!(shared.ledger.lock().available("a"), 0);
+
+        // Offset 3 with offset 2 unread: the request must wait for the log.
+        assert!(!shared.apply_own(3, request(second, &[("a", 1)])));
+        assert!(shared.ledger.lock().decision(&second).is_none());
+        assert_eq!(*shared.applied.borrow(), 2);
     }
 
     fn request(order: OrderId, items: &[(&str, u64)]) -> LedgerRecord {
