@@ -68,6 +68,15 @@ for r in section("pipeline"):
         continue
     w(f"| {r['instances']} | {r['phase']} | {offered} | {r['accepted_per_s']:.0f} | {r['orders_per_s']:.0f} | "
       f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} | {r['errors']} |")
+w("\nSaturation is a closed loop: 64 clients, each sending its next order once the last one reached "
+  "the webhook, so the pipeline sets the pace and no backlog builds up. Half load is an open loop at "
+  "half the saturation rate. Latency is from sending the POST to the webhook call.")
+cpu = section("cpu")
+if cpu:
+    w("\nCPU during the saturation run, in cores (the machine has " + machine.split(",")[0] + "):\n")
+    w("| " + " | ".join(r["process"] for r in cpu) + " |")
+    w("|" + " ---: |" * len(cpu))
+    w("| " + " | ".join(f"{r['ticks'] / r['hz'] / (r['wall_ms'] / 1000):.2f}" for r in cpu) + " |")
 half = [r for r in section("pipeline") if r["phase"] == "half"]
 if half:
     h = half[-1]

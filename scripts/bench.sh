@@ -142,8 +142,21 @@ peak=$scratch/peak
     sleep 0.5
   done >"$peak" ) &
 sampler=$!; pids+=($sampler)
+# CPU time of the broker and each service over the saturation run: which one
+# bounds the pipeline on this machine.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+broker_pid=$(cat "$EDA_BROKER_DATA/broker.pid")
+declare -A cpu_before
+for s in order inventory notification; do cpu_before[$s]=$(cpu_ticks "${svc_pid[$s]}"); done
+cpu_before[broker]=$(cpu_ticks "$broker_pid")
+cpu_started=$(date +%s%N)
 record pipeline '{"instances":1,"phase":"saturation"}' "$bench" pipeline apis="$api" webhook="$webhook_port" \
   rate=0 concurrency=64 seconds="$load_seconds"
+cpu_seconds=$(( ($(date +%s%N) - cpu_started) / 1000000 ))
+for s in order inventory notification broker; do
+  p=${svc_pid[$s]:-$broker_pid}
+  echo "{\"section\":\"cpu\",\"process\":\"$s\",\"ticks\":$(( $(cpu_ticks "$p") - ${cpu_before[$s]} )),\"wall_ms\":$cpu_seconds,\"hz\":$(getconf CLK_TCK)}" >>"$results"
+done
 kill $sampler
 for s in order inventory notification; do
   kib=$(awk -v s="$s" '$1==s && $2>m {m=$2} END {print m+0}' "$peak")
@@ -153,10 +166,6 @@ saturation=$(python3 -c 'import json,sys; print(max(1, int([json.loads(l) for l 
 record pipeline "{\"instances\":1,\"phase\":\"half\"}" "$bench" pipeline apis="$api" webhook="$webhook_port" \
   rate="$saturation" concurrency=64 seconds="$load_seconds"
 
-echo "== HTTP" >&2
-record http '{}' "$bench" http url="$api" target=health concurrency=32 seconds=$((load_seconds / 2))
-record http '{}' "$bench" http url="$api" target=order concurrency=32 seconds=$((load_seconds / 2))
-
 echo "== scaling the inventory" >&2
 for n in 2 3; do
   start_service scale "inventory-$n" inventory-service APP_METRICS_PORT "$(free_port)"
@@ -164,6 +173,12 @@ for n in 2 3; do
   record pipeline "{\"instances\":$n,\"phase\":\"saturation\"}" "$bench" pipeline apis="$api" \
     webhook="$webhook_port" rate=0 concurrency=64 seconds="$load_seconds"
 done
+
+# Last while the services run: the POSTs outpace the pipeline and leave a
+# backlog, which would delay any pipeline measurement after them.
+echo "== HTTP" >&2
+record http '{}' "$bench" http url="$api" target=health concurrency=32 seconds=$((load_seconds / 2))
+record http '{}' "$bench" http url="$api" target=order concurrency=32 seconds=$((load_seconds / 2))
 
 echo "== the order view rebuilt from 100,000 orders" >&2
 # Alone on the broker: the services stop, so that only the seeding loads it.

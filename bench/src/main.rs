@@ -135,6 +135,10 @@ async fn produce(o: &HashMap<String, String>) -> Result<Value, Error> {
                 cluster,
                 ProducerConfig {
                     linger: Duration::from_millis(5),
+                    batch_max_bytes: o
+                        .get("batch_bytes")
+                        .and_then(|b| b.parse().ok())
+                        .unwrap_or(ProducerConfig::default().batch_max_bytes),
                     compression: if snappy {
                         Compression::Snappy
                     } else {
@@ -468,18 +472,15 @@ async fn pipeline(o: &HashMap<String, String>) -> Result<Value, Error> {
     let concurrency = num(o, "concurrency")?.max(1);
     let seconds = num(o, "seconds")?;
 
-    // The webhook receiver: when each order's outcome arrived.
-    let arrived: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    // The webhook receiver: when each order's outcome arrived, and who waits for it.
+    let outcomes: Arc<Mutex<Outcomes>> = Arc::default();
     let route = {
-        let arrived = Arc::clone(&arrived);
+        let outcomes = Arc::clone(&outcomes);
         warp::post()
             .and(warp::body::json::<Value>())
             .map(move |body: Value| {
                 if let Some(id) = body["order_id"].as_str() {
-                    arrived
-                        .lock()
-                        .entry(id.to_owned())
-                        .or_insert_with(Instant::now);
+                    outcomes.lock().arrive(id);
                 }
                 warp::reply()
             })
@@ -493,6 +494,9 @@ async fn pipeline(o: &HashMap<String, String>) -> Result<Value, Error> {
     let deadline = started + Duration::from_secs(seconds);
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
+    // rate=0 is saturation: a closed loop in which each client sends its next
+    // order only when the last one came out at the webhook, so the pipeline
+    // runs at its own pace and no backlog builds up behind the API.
     let clients = if rate == 0 {
         concurrency
     } else {
@@ -500,11 +504,12 @@ async fn pipeline(o: &HashMap<String, String>) -> Result<Value, Error> {
     };
     let interval = (rate > 0).then(|| Duration::from_secs_f64(1.0 / rate as f64));
     for _ in 0..clients {
-        let (posted, errors, next, apis) = (
+        let (posted, errors, next, apis, outcomes) = (
             Arc::clone(&posted),
             Arc::clone(&errors),
             Arc::clone(&next),
             apis.clone(),
+            Arc::clone(&outcomes),
         );
         tasks.spawn(async move {
             loop {
@@ -522,7 +527,16 @@ async fn pipeline(o: &HashMap<String, String>) -> Result<Value, Error> {
                 let t = Instant::now();
                 match post_order(&apis[i as usize % apis.len()], i).await {
                     Ok(id) => {
-                        posted.lock().insert(id, t);
+                        posted.lock().insert(id.clone(), t);
+                        if interval.is_none() {
+                            let done = outcomes.lock().wait(id);
+                            if tokio::time::timeout(Duration::from_secs(30), done)
+                                .await
+                                .is_err()
+                            {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
                     }
                     Err(_) => {
                         errors.fetch_add(1, Ordering::Relaxed);
@@ -536,11 +550,11 @@ async fn pipeline(o: &HashMap<String, String>) -> Result<Value, Error> {
     let accepted = posted.lock().len();
     // Let the pipeline drain (at most a minute).
     let drain_deadline = Instant::now() + Duration::from_secs(60);
-    while arrived.lock().len() < accepted && Instant::now() < drain_deadline {
+    while outcomes.lock().arrived.len() < accepted && Instant::now() < drain_deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let posted = posted.lock().clone();
-    let arrived = arrived.lock().clone();
+    let arrived = outcomes.lock().arrived.clone();
     let mut latencies: Vec<f64> = posted
         .iter()
         .filter_map(|(id, t)| {
@@ -563,6 +577,35 @@ async fn pipeline(o: &HashMap<String, String>) -> Result<Value, Error> {
         "max_ms": latencies.last().copied().unwrap_or(0.0),
         "errors": errors.load(Ordering::Relaxed),
     }))
+}
+
+/// Outcomes seen at the webhook, and clients waiting for theirs.
+#[derive(Default)]
+struct Outcomes {
+    arrived: HashMap<String, Instant>,
+    waiting: HashMap<String, tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Outcomes {
+    fn arrive(&mut self, id: &str) {
+        self.arrived
+            .entry(id.to_owned())
+            .or_insert_with(Instant::now);
+        if let Some(waiter) = self.waiting.remove(id) {
+            let _ = waiter.send(());
+        }
+    }
+
+    /// Resolves when `id` arrived (at once if it already has).
+    fn wait(&mut self, id: String) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.arrived.contains_key(&id) {
+            let _ = tx.send(());
+        } else {
+            self.waiting.insert(id, tx);
+        }
+        rx
+    }
 }
 
 async fn create(o: &HashMap<String, String>) -> Result<Value, Error> {
