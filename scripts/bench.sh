@@ -197,7 +197,7 @@ done
 mkdir -p bench
 python3 "$root/scripts/bench-report.py" "$results" bench/results.md bench/results.json \
   "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -m)" \
-  "$(scripts/broker.sh path 2>/dev/null | xargs -r basename) $("$(scripts/broker.sh path)" --version 2>/dev/null | head -1)" \
+  "$("$(scripts/broker.sh path)" --version 2>/dev/null | head -1)" \
   "$(rustc --version)" "$small" "$large"
 ok=1
 cat bench/results.md
