@@ -263,11 +263,14 @@ enum Command {
     Flush(oneshot::Sender<()>),
 }
 
+/// Where a record's caller waits for its delivery.
+type Reply = oneshot::Sender<Result<Delivery, ProduceError>>;
+
 struct Pending {
     record: Record,
     size: usize,
     enqueued: Instant,
-    reply: oneshot::Sender<Result<Delivery, ProduceError>>,
+    reply: Reply,
     /// Buffer space, given back when the record's batch is answered.
     permit: Option<OwnedSemaphorePermit>,
 }
@@ -550,8 +553,7 @@ impl PartitionWorker {
                     }
                 } => {
                     if let Some((_, n)) = in_flight.take() {
-                        queue.done += n;
-                        queue.answer_flushes(queue.done);
+                        queue.batch_done(n);
                     }
                 }
                 // Not while a batch is on its way: the records wait in the channel
@@ -574,10 +576,8 @@ impl PartitionWorker {
         let Some(first) = batch.first() else { return };
         let deadline = first.enqueued + self.config.delivery_timeout;
         let size: u64 = batch.iter().map(|p| p.size as u64).sum();
-        let (records, batch): (Vec<Record>, Vec<Answer>) = batch
-            .into_iter()
-            .map(|p| (p.record, Answer { reply: p.reply }))
-            .unzip();
+        let (records, replies): (Vec<Record>, Vec<Reply>) =
+            batch.into_iter().map(|p| (p.record, p.reply)).unzip();
         let compression = self.config.compression.into();
         let mut backoff = Backoff::new(self.config.retry_backoff);
         let started = Instant::now();
@@ -634,12 +634,12 @@ impl PartitionWorker {
         };
 
         match outcome {
-            Ok(offsets) if offsets.len() == batch.len() => {
+            Ok(offsets) if offsets.len() == replies.len() => {
                 self.metrics.latency.observe(started.elapsed());
-                self.metrics.records.add(batch.len() as u64);
+                self.metrics.records.add(replies.len() as u64);
                 self.metrics.bytes.add(size);
-                for (p, offset) in batch.into_iter().zip(offsets) {
-                    let _ = p.reply.send(Ok(Delivery {
+                for (reply, offset) in replies.into_iter().zip(offsets) {
+                    let _ = reply.send(Ok(Delivery {
                         partition: self.partition,
                         offset,
                     }));
@@ -652,28 +652,23 @@ impl PartitionWorker {
                     error: format!(
                         "broker acknowledged {} offsets for {} records",
                         offsets.len(),
-                        batch.len()
+                        replies.len()
                     ),
                 };
-                self.metrics.errors.add(batch.len() as u64);
-                for p in batch {
-                    let _ = p.reply.send(Err(error.clone()));
+                self.metrics.errors.add(replies.len() as u64);
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
                 }
             }
             Err(error) => {
-                self.metrics.errors.add(batch.len() as u64);
+                self.metrics.errors.add(replies.len() as u64);
                 log::error!("{error}");
-                for p in batch {
-                    let _ = p.reply.send(Err(error.clone()));
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
                 }
             }
         }
     }
-}
-
-/// A record's way back to its caller, once it left the queue for a request.
-struct Answer {
-    reply: oneshot::Sender<Result<Delivery, ProduceError>>,
 }
 
 /// Records of one partition waiting for a request, and flushes waiting for them.
@@ -735,6 +730,12 @@ impl Queue {
         }
         self.bytes -= bytes;
         (batch, permit)
+    }
+
+    /// Counts `n` more records answered, and answers the flushes waiting for them.
+    fn batch_done(&mut self, n: u64) {
+        self.done += n;
+        self.answer_flushes(self.done);
     }
 
     fn answer_flushes(&mut self, done: u64) {
