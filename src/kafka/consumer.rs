@@ -401,12 +401,10 @@ impl Consumer {
             let mut react = false;
             tokio::select! {
                 records = coordinator.next_records() => match records {
-                    Some(records) => {
-                        coordinator.apply(&records);
-                        // Act on what the log just said (this member joined, a claim
-                        // or handoff landed) at once, not a tick later.
-                        react = true;
-                    }
+                    // Act on what the log just said about this group (this member
+                    // joined, a claim or handoff landed) at once, not a tick later;
+                    // the records of the other groups sharing the topic wait for it.
+                    Some(records) => react = coordinator.apply(&records),
                     None => break,
                 },
                 _ = reconcile.tick() => react = true,

@@ -174,8 +174,9 @@ impl Coordinator {
         self.log.recv().await
     }
 
-    pub(crate) fn apply(&mut self, records: &[RecordAndOffset]) {
-        self.state.apply_all(records);
+    /// Applies records of the log; whether any was one of this group's.
+    pub(crate) fn apply(&mut self, records: &[RecordAndOffset]) -> bool {
+        self.state.apply_all(records)
     }
 
     /// Whether this member's own record is in the state yet.

@@ -51,14 +51,15 @@ impl GroupState {
         self.log_time_ms
     }
 
-    /// Applies one coordination record. Records of other groups only advance log time.
-    pub fn apply(&mut self, key: Option<&[u8]>, value: Option<&[u8]>, timestamp_ms: i64) {
+    /// Applies one coordination record; whether it was one of this group's.
+    /// Records of other groups only advance log time.
+    pub fn apply(&mut self, key: Option<&[u8]>, value: Option<&[u8]>, timestamp_ms: i64) -> bool {
         self.log_time_ms = self.log_time_ms.max(timestamp_ms);
         let Some(key) = key.and_then(Key::decode) else {
-            return;
+            return false;
         };
         if key.group() != self.group {
-            return;
+            return false;
         }
         match key {
             Key::Member { member, .. } => match value.map(serde_json::from_slice::<MemberValue>) {
@@ -105,17 +106,21 @@ impl GroupState {
                 }
             }
         }
+        true
     }
 
     /// Applies coordination records as read from the log, in order.
-    pub fn apply_all(&mut self, records: &[RecordAndOffset]) {
+    /// Whether any of them was one of this group's.
+    pub fn apply_all(&mut self, records: &[RecordAndOffset]) -> bool {
+        let mut ours = false;
         for r in records {
-            self.apply(
+            ours |= self.apply(
                 r.record.key.as_deref(),
                 r.record.value.as_deref(),
                 r.record.timestamp.timestamp_millis(),
             );
         }
+        ours
     }
 
     pub fn member(&self, id: &str) -> Option<&Member> {
