@@ -220,6 +220,10 @@ pub fn read_stock_file(path: &Path) -> Result<BTreeMap<String, u64>, ServiceErro
 #[derive(Clone)]
 struct SharedLedger {
     ledger: Arc<Mutex<Ledger>>,
+    /// This instance's own requests, acknowledged at offsets beyond what is
+    /// applied: each is applied as soon as the records before it are. Locked
+    /// after `ledger`, never before it.
+    acked: Arc<Mutex<BTreeMap<i64, LedgerRecord>>>,
     /// The next ledger offset to apply.
     applied: watch::Sender<i64>,
 }
@@ -228,8 +232,22 @@ impl SharedLedger {
     fn new() -> Self {
         Self {
             ledger: Arc::default(),
+            acked: Arc::default(),
             applied: watch::channel(0).0,
         }
+    }
+
+    /// Applies the acknowledged requests that follow `next` without a gap, and
+    /// returns the next offset to apply.
+    fn apply_acked(&self, ledger: &mut Ledger, mut next: i64) -> i64 {
+        let mut acked = self.acked.lock();
+        // Those the log delivered first are applied already.
+        *acked = acked.split_off(&next);
+        while let Some(record) = acked.remove(&next) {
+            ledger.apply(record);
+            next += 1;
+        }
+        next
     }
 
     /// Applies a record of the ledger or of an outcome topic.
@@ -254,7 +272,8 @@ impl SharedLedger {
                         other.map(|r| r.map(|_| ()))
                     ),
                 }
-                self.applied.send_replace(message.offset + 1);
+                let next = self.apply_acked(&mut ledger, message.offset + 1);
+                self.applied.send_replace(next);
             }
             _ => {
                 if let Some(id) = message
@@ -267,17 +286,22 @@ impl SharedLedger {
         }
     }
 
-    /// Applies this instance's own `record`, acknowledged at `offset`, if every
-    /// record before it is applied already: then nothing else can come between,
-    /// and reading it back would only add a fetch's wait. `false` otherwise.
+    /// Applies this instance's own `record`, acknowledged at `offset`, as soon as
+    /// every record before it is applied: nothing else can come between, so
+    /// reading it back would only add a fetch's wait. The records before it may
+    /// be this instance's too, acknowledged in the same batch but not yet handed
+    /// over; those fill the gap when they are. Says whether it is applied now;
+    /// otherwise [`Self::wait_applied`] says when.
     fn apply_own(&self, offset: i64, record: LedgerRecord) -> bool {
         let mut ledger = self.ledger.lock();
-        if *self.applied.borrow() != offset {
-            return false;
+        let next = *self.applied.borrow();
+        if offset < next {
+            return true;
         }
-        ledger.apply(record);
-        self.applied.send_replace(offset + 1);
-        true
+        self.acked.lock().insert(offset, record);
+        let next = self.apply_acked(&mut ledger, next);
+        self.applied.send_replace(next);
+        next > offset
     }
 
     /// Waits until the ledger was applied up to (excluding) `offset`.
@@ -501,7 +525,7 @@ mod tests {
     }
 
     #[test]
-    fn an_own_request_is_applied_on_acknowledgement_only_when_caught_up() {
+    fn an_own_request_is_applied_on_acknowledgement_once_the_records_before_it_are() {
         let shared = SharedLedger::new();
         let stock = LedgerRecord::Stock {
             quantities: BTreeMap::from([("a".into(), 1)]),
@@ -521,6 +545,57 @@ mod tests {
         assert!(!shared.apply_own(3, request(second, &[("a", 1)])));
         assert!(shared.ledger.lock().decision(&second).is_none());
         assert_eq!(*shared.applied.borrow(), 2);
+
+        // Reading offset 2 (another instance's) lets the waiting one follow.
+        let third = OrderId::new();
+        shared.apply(&ledger_message(2, &request(third, &[("a", 1)])));
+        assert_eq!(*shared.applied.borrow(), 4);
+        assert!(shared.ledger.lock().decision(&second).is_some());
+        // Reading offset 3 back changes nothing.
+        shared.apply(&ledger_message(3, &request(second, &[("a", 1)])));
+        assert_eq!(*shared.applied.borrow(), 4);
+        assert!(shared.acked.lock().is_empty());
+    }
+
+    #[test]
+    fn own_requests_acknowledged_together_apply_in_log_order_whoever_comes_first() {
+        let shared = SharedLedger::new();
+        shared.apply(&ledger_message(
+            0,
+            &LedgerRecord::Stock {
+                quantities: BTreeMap::from([("a".into(), 1)]),
+            },
+        ));
+        let (first, second) = (OrderId::new(), OrderId::new());
+        // Offsets 1 and 2 came back in one batch; the handler of 2 runs first.
+        assert!(!shared.apply_own(2, request(second, &[("a", 1)])));
+        assert!(shared.apply_own(1, request(first, &[("a", 1)])));
+        assert_eq!(*shared.applied.borrow(), 3);
+        let ledger = shared.ledger.lock();
+        assert!(matches!(
+            ledger.decision(&first).unwrap().outcome,
+            Outcome::Reserved(_)
+        ));
+        assert!(matches!(
+            ledger.decision(&second).unwrap().outcome,
+            Outcome::Rejected(_)
+        ));
+    }
+
+    #[test]
+    fn an_acknowledgement_the_log_delivered_first_is_not_applied_twice() {
+        let shared = SharedLedger::new();
+        let stock = LedgerRecord::Stock {
+            quantities: BTreeMap::from([("a".into(), 2)]),
+        };
+        shared.apply(&ledger_message(0, &stock));
+        let first = OrderId::new();
+        let own = request(first, &[("a", 1)]);
+        shared.apply(&ledger_message(1, &own));
+        assert!(shared.apply_own(1, own));
+        assert_eq!(*shared.applied.borrow(), 2);
+        assert_eq!(shared.ledger.lock().available("a"), 1);
+        assert!(shared.acked.lock().is_empty());
     }
 
     fn request(order: OrderId, items: &[(&str, u64)]) -> LedgerRecord {
