@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::kafka::{ClusterConfig, Compression, ConsumerConfig, Sasl, Security, Tls};
+use crate::kafka::{
+    ClusterConfig, Compression, ConsumerConfig, ProducerConfig, Sasl, Security, Tls,
+};
 pub use crate::secret::Secret;
 
 /// The env files tried, in order, when no `--config FILE` is given.
@@ -119,12 +121,23 @@ pub struct KafkaConfig {
     /// member's partitions.
     pub rebalance_grace: Duration,
     /// `APP_KAFKA_FETCH_MAX_WAIT_MS`, default 500: how long the broker may hold a
-    /// fetch open waiting for data. Kafka answers as soon as data arrives; nisshi
-    /// holds the fetch for the whole wait, so local setups use a short one.
+    /// fetch on an order's path open waiting for data. Kafka answers as soon as data
+    /// arrives; nisshi looks again only at half the remaining wait, so local setups
+    /// use a short one.
     pub fetch_max_wait: Duration,
+    /// `APP_KAFKA_VIEW_MAX_WAIT_MS`, default 500: the same for the readers that only
+    /// keep a view up to date (order status; what was already published or
+    /// notified), which are off an order's path. Kafka answers them as soon as data
+    /// arrives whatever the wait; on nisshi this bounds how stale a view gets.
+    pub view_max_wait: Duration,
     /// `APP_KAFKA_MAX_ATTEMPTS`, default 10: a consumed record that failed this many
     /// times (with backoff between attempts) is parked in its dead-letter topic.
     pub max_attempts: u32,
+    /// `APP_KAFKA_LINGER_MS`, default 0: how long a record may wait for others to
+    /// join its batch. Every event a service sends is awaited before it goes on (a
+    /// handler commits only once its events are written), so a linger adds its whole
+    /// length to each hop; batches still form while a request is in flight.
+    pub linger: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -210,6 +223,15 @@ impl Config {
         consumer.rebalance_grace = self.kafka.rebalance_grace;
         consumer.fetch_max_wait = self.kafka.fetch_max_wait;
         consumer
+    }
+
+    /// Producer settings for a service's events.
+    pub fn producer(&self) -> ProducerConfig {
+        ProducerConfig {
+            compression: self.kafka.compression,
+            linger: self.kafka.linger,
+            ..ProducerConfig::default()
+        }
     }
 
     /// The cluster settings for a service named `service`.
@@ -299,6 +321,8 @@ struct Raw {
     kafka_heartbeat_interval_ms: Option<String>,
     kafka_rebalance_grace_ms: Option<String>,
     kafka_fetch_max_wait_ms: Option<String>,
+    kafka_linger_ms: Option<String>,
+    kafka_view_max_wait_ms: Option<String>,
     logger_level: Option<String>,
     logger_encoding: Option<String>,
     order_publish_timeout_ms: Option<String>,
@@ -635,12 +659,19 @@ impl Raw {
                     &self.kafka_fetch_max_wait_ms,
                     500,
                 )?,
+                view_max_wait: millis(
+                    "APP_KAFKA_VIEW_MAX_WAIT_MS",
+                    &self.kafka_view_max_wait_ms,
+                    500,
+                )?,
                 max_attempts: number(
                     "APP_KAFKA_MAX_ATTEMPTS",
                     &self.kafka_max_attempts,
                     crate::kafka::dead_letter::DEFAULT_MAX_ATTEMPTS,
                     1..=1000,
                 )?,
+                linger: number("APP_KAFKA_LINGER_MS", &self.kafka_linger_ms, 0, 0..=60_000)
+                    .map(Duration::from_millis)?,
             },
             logger: LoggerConfig { level, encoding },
             order: OrderConfig {
@@ -702,6 +733,22 @@ mod tests {
         assert_eq!(c.logger.level, log::LevelFilter::Info);
         assert_eq!(c.logger.encoding, LogEncoding::Json);
         assert!(c.notification.webhook_url.is_none());
+    }
+
+    #[test]
+    fn services_send_without_linger_and_views_wait_like_kafka_by_default() {
+        let c = load(&[]).unwrap();
+        assert_eq!(c.producer().linger, Duration::ZERO);
+        assert_eq!(c.kafka.view_max_wait, Duration::from_millis(500));
+        let c = load(&[
+            ("APP_KAFKA_LINGER_MS", "5"),
+            ("APP_KAFKA_VIEW_MAX_WAIT_MS", "100"),
+        ])
+        .unwrap();
+        assert_eq!(c.producer().linger, Duration::from_millis(5));
+        assert_eq!(c.kafka.view_max_wait, Duration::from_millis(100));
+        let e = load(&[("APP_KAFKA_LINGER_MS", "-1")]).unwrap_err();
+        assert!(e.to_string().starts_with("APP_KAFKA_LINGER_MS"), "{e}");
     }
 
     #[test]

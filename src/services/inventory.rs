@@ -416,7 +416,7 @@ impl ReserveStock {
 pub struct InventoryService {
     work: ConsumerLoop<ReserveStock>,
     /// Keeps following until the service is dropped.
-    _follower: Follower,
+    _followers: [Follower; 2],
 }
 
 /// Default of `APP_METRICS_PORT` for this service.
@@ -432,21 +432,24 @@ impl Service for InventoryService {
         let producer = producer(&config, &cluster);
 
         let shared = SharedLedger::new();
-        let follower = {
+        // Another instance's requests must be read before this one's can be
+        // decided, so the ledger is read with the pipeline's wait; the outcomes
+        // only mark what was published.
+        let follow = |topics: &'static [&'static str], wait| {
             let shared = shared.clone();
-            Follower::start(
-                &cluster,
-                &[
-                    topics::INVENTORY_LEDGER,
-                    topics::INVENTORY_RESERVED,
-                    topics::INVENTORY_FAILED,
-                ],
-                config.kafka.fetch_max_wait,
-                move |m| shared.apply(&m),
-            )
-            .await?
+            Follower::start(&cluster, topics, wait, move |m| shared.apply(&m))
         };
-        follower.caught_up().await;
+        let followers = [
+            follow(&[topics::INVENTORY_LEDGER], config.kafka.fetch_max_wait).await?,
+            follow(
+                &[topics::INVENTORY_RESERVED, topics::INVENTORY_FAILED],
+                config.kafka.view_max_wait,
+            )
+            .await?,
+        ];
+        for follower in &followers {
+            follower.caught_up().await;
+        }
 
         if !shared.ledger.lock().is_seeded() {
             let seed = LedgerRecord::Stock {
@@ -487,7 +490,7 @@ impl Service for InventoryService {
         };
         Ok(Self {
             work: ConsumerLoop::new(consumer, handler, producer, ops, config.kafka.max_attempts),
-            _follower: follower,
+            _followers: followers,
         })
     }
 

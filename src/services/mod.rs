@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::events::topic_specs;
 use crate::kafka::{
     Admin, AdminError, Cluster, ClusterError, Consumer, ConsumerError, DeadLetter, Handler,
-    ProduceError, Producer, ProducerConfig, ReadError,
+    ProduceError, Producer, ReadError,
 };
 use crate::shutdown::Shutdown;
 
@@ -132,11 +132,5 @@ impl<H: Handler> ConsumerLoop<H> {
 
 /// The producer of a service's events.
 pub fn producer(config: &Config, cluster: &Cluster) -> Producer {
-    Producer::new(
-        cluster.clone(),
-        ProducerConfig {
-            compression: config.kafka.compression,
-            ..ProducerConfig::default()
-        },
-    )
+    Producer::new(cluster.clone(), config.producer())
 }

@@ -255,7 +255,7 @@ impl Service for NotificationService {
             Follower::start(
                 &cluster,
                 &[topics::NOTIFICATION_SENT],
-                config.kafka.fetch_max_wait,
+                config.kafka.view_max_wait,
                 move |m| {
                     if let Ok(e) = Envelope::<NotificationSent>::decode(&m) {
                         notified.lock().insert(e.payload.source_event_id);

@@ -40,10 +40,9 @@ impl Service for OrderService {
         let producer = Producer::new(
             cluster.clone(),
             ProducerConfig {
-                compression: config.kafka.compression,
                 // A POST waits for the acknowledgement; this bounds the wait.
                 delivery_timeout: config.order.publish_timeout,
-                ..ProducerConfig::default()
+                ..config.producer()
             },
         );
 
@@ -53,7 +52,7 @@ impl Service for OrderService {
             Follower::start(
                 &cluster,
                 &topics::ALL,
-                config.kafka.fetch_max_wait,
+                config.kafka.view_max_wait,
                 move |message| views.apply(&message),
             )
             .await?
