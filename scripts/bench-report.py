@@ -71,6 +71,21 @@ for r in section("pipeline"):
 w("\nSaturation is a closed loop: 64 clients, each sending its next order once the last one reached "
   "the webhook, so the pipeline sets the pace and no backlog builds up. Half load is an open loop at "
   "half the saturation rate. Latency is from sending the POST to the webhook call.")
+hops = [r for r in section("pipeline") if r.get("hops")]
+if hops:
+    names = [("post_to_created", "POST → order.created sent"),
+             ("created_to_ledger", "→ ledger request sent"),
+             ("ledger_to_outcome", "→ outcome sent"),
+             ("outcome_to_webhook", "→ webhook called")]
+    w("\nWhere an order's time goes, hop by hop (p50 / p99 ms), from the timestamps the services "
+      "give the records they send (whole milliseconds, so a hop of under 1 ms can show as negative). The second hop holds the order service's produce, the "
+      "inventory's fetch and its queue; the third, the ledger's produce; the last, the outcome's "
+      "produce, the notification's fetch and the webhook call.\n")
+    w("| inventory instances | load | " + " | ".join(n for _, n in names) + " |")
+    w("| ---: | --- |" + " ---: |" * len(names))
+    for r in hops:
+        cells = [f"{r['hops'][k]['p50_ms']:.1f} / {r['hops'][k]['p99_ms']:.1f}" for k, _ in names]
+        w(f"| {r['instances']} | {r['phase']} | " + " | ".join(cells) + " |")
 cpu = section("cpu")
 if cpu:
     w("\nCPU during the saturation run, in cores (the machine has " + machine.split(",")[0] + "):\n")

@@ -124,13 +124,29 @@ start_service() { # section name binary port-variable port: records start to /re
   echo "{\"section\":\"$1\",\"service\":\"$2\",\"ready_ms\":$ms}" >>"$results"
 }
 stop_service() { kill "${svc_pid[$1]}" 2>/dev/null || true; wait "${svc_pid[$1]}" 2>/dev/null || true; }
+# A fresh broker and fresh services for each phase: nisshi's memory engine reads
+# a partition in time proportional to its number of batches (docs/nisshi.md), so
+# a phase after another would measure the log the one before left behind.
+pipeline_services() { # inventory instances, section for the start-up times
+  for s in "${!svc_pid[@]}"; do stop_service "$s"; done
+  svc_pid=() svc_port=()
+  broker memory
+  start_service "$2" order order-service APP_SERVER_PORT "$api_port"
+  start_service "$2" inventory inventory-service APP_METRICS_PORT "$(free_port)"
+  for n in $(seq 2 "$1"); do
+    start_service "$2" "inventory-$n" inventory-service APP_METRICS_PORT "$(free_port)"
+  done
+  start_service "$2" notification notification-service APP_METRICS_PORT "$(free_port)"
+  sleep 3
+}
+pipeline_run() { # extra JSON fields, rate (0: saturation)
+  record pipeline "$1" "$bench" pipeline apis="$api" webhook="$webhook_port" brokers="$brokers" \
+    rate="$2" concurrency=64 seconds="$load_seconds"
+}
 
 echo "== the pipeline, memory storage" >&2
-broker memory
-start_service start order order-service APP_SERVER_PORT "$api_port"
-start_service start inventory inventory-service APP_METRICS_PORT "$(free_port)"
-start_service start notification notification-service APP_METRICS_PORT "$(free_port)"
-sleep 5
+pipeline_services 1 start
+sleep 2
 for s in order inventory notification; do
   echo "{\"section\":\"rss_idle\",\"service\":\"$s\",\"kib\":$(rss_kib "${svc_pid[$s]}")}" >>"$results"
 done
@@ -150,8 +166,7 @@ declare -A cpu_before
 for s in order inventory notification; do cpu_before[$s]=$(cpu_ticks "${svc_pid[$s]}"); done
 cpu_before[broker]=$(cpu_ticks "$broker_pid")
 cpu_started=$(date +%s%N)
-record pipeline '{"instances":1,"phase":"saturation"}' "$bench" pipeline apis="$api" webhook="$webhook_port" \
-  rate=0 concurrency=64 seconds="$load_seconds"
+pipeline_run '{"instances":1,"phase":"saturation"}' 0
 cpu_seconds=$(( ($(date +%s%N) - cpu_started) / 1000000 ))
 for s in order inventory notification broker; do
   p=${svc_pid[$s]:-$broker_pid}
@@ -163,16 +178,15 @@ for s in order inventory notification; do
   echo "{\"section\":\"rss_load\",\"service\":\"$s\",\"kib\":$kib}" >>"$results"
 done
 saturation=$(python3 -c 'import json,sys; print(max(1, int([json.loads(l) for l in open(sys.argv[1]) if "saturation" in l][-1]["orders_per_s"] / 2)))' "$results")
-record pipeline "{\"instances\":1,\"phase\":\"half\"}" "$bench" pipeline apis="$api" webhook="$webhook_port" \
-  rate="$saturation" concurrency=64 seconds="$load_seconds"
+pipeline_services 1 restart
+pipeline_run '{"instances":1,"phase":"half"}' "$saturation"
 
 echo "== scaling the inventory" >&2
 for n in 2 3; do
-  start_service scale "inventory-$n" inventory-service APP_METRICS_PORT "$(free_port)"
-  sleep 3
-  record pipeline "{\"instances\":$n,\"phase\":\"saturation\"}" "$bench" pipeline apis="$api" \
-    webhook="$webhook_port" rate=0 concurrency=64 seconds="$load_seconds"
+  pipeline_services "$n" restart
+  pipeline_run "{\"instances\":$n,\"phase\":\"saturation\"}" 0
 done
+pipeline_services 1 restart
 
 # Last while the services run: the POSTs outpace the pipeline and leave a
 # backlog, which would delay any pipeline measurement after them.

@@ -3,7 +3,9 @@
 //! - `produce client=ours|rskafka|rdkafka brokers=.. topic=.. records=N size=B compression=none|snappy`
 //! - `consume client=ours|rskafka|rdkafka brokers=.. topic=.. records=N`
 //! - `http url=http://host:port target=health|order concurrency=C seconds=S`
-//! - `pipeline apis=URL[,URL] webhook=PORT rate=R|0 concurrency=C seconds=S`
+//! - `pipeline apis=URL[,URL] webhook=PORT rate=R|0 concurrency=C seconds=S [brokers=..]`:
+//!   with `brokers`, also where each order's time went, hop by hop, from the
+//!   timestamps of the records it caused
 //! - `create brokers=.. topic=.. partitions=P`
 //! - `seed-orders brokers=.. count=N`: real `order.created` events, for the view rebuild
 //!
@@ -487,8 +489,12 @@ async fn pipeline(o: &HashMap<String, String>) -> Result<Value, Error> {
     };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", webhook_port)).await?;
     tokio::spawn(warp::serve(route).incoming(listener).run());
+    let trail = match o.get("brokers") {
+        Some(brokers) => Some(Trail::start(brokers).await?),
+        None => None,
+    };
 
-    let posted: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let posted: Arc<Mutex<HashMap<String, (Instant, f64)>>> = Arc::default();
     let errors = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
@@ -525,9 +531,10 @@ async fn pipeline(o: &HashMap<String, String>) -> Result<Value, Error> {
                     break;
                 }
                 let t = Instant::now();
+                let wall = epoch_ms();
                 match post_order(&apis[i as usize % apis.len()], i).await {
                     Ok(id) => {
-                        posted.lock().insert(id.clone(), t);
+                        posted.lock().insert(id.clone(), (t, wall));
                         if interval.is_none() {
                             let done = outcomes.lock().wait(id);
                             if tokio::time::timeout(Duration::from_secs(30), done)
@@ -557,14 +564,18 @@ async fn pipeline(o: &HashMap<String, String>) -> Result<Value, Error> {
     let arrived = outcomes.lock().arrived.clone();
     let mut latencies: Vec<f64> = posted
         .iter()
-        .filter_map(|(id, t)| {
+        .filter_map(|(id, (t, _))| {
             arrived
                 .get(id)
-                .map(|a| a.duration_since(*t).as_secs_f64() * 1e3)
+                .map(|(a, _)| a.duration_since(*t).as_secs_f64() * 1e3)
         })
         .collect();
     latencies.sort_by(f64::total_cmp);
-    let last = arrived.values().max().copied().unwrap_or(started);
+    let last = arrived.values().map(|(a, _)| *a).max().unwrap_or(started);
+    let hops = match trail {
+        Some(trail) => trail.hops(&posted, &arrived).await?,
+        None => Value::Null,
+    };
     let through = arrived.len() as f64 / last.duration_since(started).as_secs_f64().max(1e-3);
     Ok(json!({
         "offered_rate": rate,
@@ -576,13 +587,133 @@ async fn pipeline(o: &HashMap<String, String>) -> Result<Value, Error> {
         "p99_ms": percentile(&latencies, 0.99),
         "max_ms": latencies.last().copied().unwrap_or(0.0),
         "errors": errors.load(Ordering::Relaxed),
+        "hops": hops,
     }))
+}
+
+fn epoch_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+}
+
+/// The topics an order passes through, in order, and where each holds its order id.
+const TRAIL: [(&str, &str); 4] = [
+    ("order.created", "/payload/order_id"),
+    ("inventory.ledger", "/order_id"),
+    ("inventory.reserved", "/payload/order_id"),
+    ("inventory.failed", "/payload/order_id"),
+];
+
+/// Where the pipeline's topics ended when the load began: the records after
+/// that are this run's, and their timestamps (set by the producing service when
+/// it sends) split each order's latency into hops.
+struct Trail {
+    kafka: rskafka::client::Client,
+    from: Vec<(&'static str, i32, i64)>,
+}
+
+impl Trail {
+    async fn start(brokers: &str) -> Result<Self, Error> {
+        use rskafka::client::partition::{OffsetAt, UnknownTopicHandling};
+        let kafka = rskafka::client::ClientBuilder::new(vec![brokers.to_owned()])
+            .build()
+            .await?;
+        let mut from = Vec::new();
+        for (topic, _) in TRAIL {
+            for p in 0..partitions_of(&kafka, topic).await? {
+                let pc = kafka
+                    .partition_client(topic, p, UnknownTopicHandling::Retry)
+                    .await?;
+                from.push((topic, p, pc.get_offset(OffsetAt::Latest).await?));
+            }
+        }
+        Ok(Self { kafka, from })
+    }
+
+    /// p50 and p99 of each hop: POST → `order.created` sent → ledger request
+    /// sent → outcome sent → webhook called.
+    async fn hops(
+        &self,
+        posted: &HashMap<String, (Instant, f64)>,
+        arrived: &HashMap<String, (Instant, f64)>,
+    ) -> Result<Value, Error> {
+        use rskafka::client::partition::{OffsetAt, UnknownTopicHandling};
+        // order id → epoch ms at each stage
+        let mut stages: HashMap<String, [f64; 5]> = HashMap::new();
+        for (id, (_, wall)) in posted {
+            stages.entry(id.clone()).or_insert([f64::NAN; 5])[0] = *wall;
+        }
+        for (id, (_, wall)) in arrived {
+            if let Some(s) = stages.get_mut(id) {
+                s[4] = *wall;
+            }
+        }
+        for &(topic, p, start) in &self.from {
+            let stage = match topic {
+                "order.created" => 1,
+                "inventory.ledger" => 2,
+                _ => 3,
+            };
+            let pointer = TRAIL.iter().find(|(t, _)| *t == topic).map_or("", |t| t.1);
+            let pc = self
+                .kafka
+                .partition_client(topic, p, UnknownTopicHandling::Retry)
+                .await?;
+            let end = pc.get_offset(OffsetAt::Latest).await?;
+            let mut offset = start;
+            while offset < end {
+                let (batch, _) = pc.fetch_records(offset, 1..4 * 1024 * 1024, 100).await?;
+                for r in &batch {
+                    let id = r
+                        .record
+                        .value
+                        .as_deref()
+                        .and_then(|v| serde_json::from_slice::<Value>(v).ok())
+                        .and_then(|v| {
+                            v.pointer(pointer)
+                                .and_then(Value::as_str)
+                                .map(str::to_owned)
+                        });
+                    if let Some(s) = id.and_then(|id| stages.get_mut(&id))
+                        && s[stage].is_nan()
+                    {
+                        s[stage] = r.record.timestamp.timestamp_micros() as f64 / 1e3;
+                    }
+                }
+                match batch.last() {
+                    Some(last) => offset = last.offset + 1,
+                    None => break,
+                }
+            }
+        }
+        let names = [
+            "post_to_created",
+            "created_to_ledger",
+            "ledger_to_outcome",
+            "outcome_to_webhook",
+        ];
+        let mut out = serde_json::Map::new();
+        for (i, name) in names.iter().enumerate() {
+            let mut d: Vec<f64> = stages
+                .values()
+                .map(|s| s[i + 1] - s[i])
+                .filter(|d| d.is_finite())
+                .collect();
+            d.sort_by(f64::total_cmp);
+            out.insert(
+                (*name).to_owned(),
+                json!({"p50_ms": percentile(&d, 0.5), "p99_ms": percentile(&d, 0.99)}),
+            );
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 /// Outcomes seen at the webhook, and clients waiting for theirs.
 #[derive(Default)]
 struct Outcomes {
-    arrived: HashMap<String, Instant>,
+    arrived: HashMap<String, (Instant, f64)>,
     waiting: HashMap<String, tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -590,7 +721,7 @@ impl Outcomes {
     fn arrive(&mut self, id: &str) {
         self.arrived
             .entry(id.to_owned())
-            .or_insert_with(Instant::now);
+            .or_insert_with(|| (Instant::now(), epoch_ms()));
         if let Some(waiter) = self.waiting.remove(id) {
             let _ = waiter.send(());
         }
