@@ -597,20 +597,26 @@ fn epoch_ms() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64() * 1e3)
 }
 
-/// The topics an order passes through, in order, and where each holds its order id.
-const TRAIL: [(&str, &str); 4] = [
-    ("order.created", "/payload/order_id"),
-    ("inventory.ledger", "/order_id"),
-    ("inventory.reserved", "/payload/order_id"),
-    ("inventory.failed", "/payload/order_id"),
+/// The topics an order passes through: where each holds its order id, and the
+/// stage of the order's trail that its record marks.
+const TRAIL: [(&str, &str, usize); 4] = [
+    ("order.created", "/payload/order_id", 1),
+    ("inventory.ledger", "/order_id", 2),
+    ("inventory.reserved", "/payload/order_id", 3),
+    ("inventory.failed", "/payload/order_id", 3),
 ];
 
 /// Where the pipeline's topics ended when the load began: the records after
 /// that are this run's, and their timestamps (set by the producing service when
 /// it sends) split each order's latency into hops.
 struct Trail {
-    kafka: rskafka::client::Client,
-    from: Vec<(&'static str, i32, i64)>,
+    /// Each partition of the trail's topics, with its pointer, stage and start.
+    from: Vec<(
+        rskafka::client::partition::PartitionClient,
+        &'static str,
+        usize,
+        i64,
+    )>,
 }
 
 impl Trail {
@@ -620,15 +626,16 @@ impl Trail {
             .build()
             .await?;
         let mut from = Vec::new();
-        for (topic, _) in TRAIL {
+        for (topic, pointer, stage) in TRAIL {
             for p in 0..partitions_of(&kafka, topic).await? {
                 let pc = kafka
                     .partition_client(topic, p, UnknownTopicHandling::Retry)
                     .await?;
-                from.push((topic, p, pc.get_offset(OffsetAt::Latest).await?));
+                let start = pc.get_offset(OffsetAt::Latest).await?;
+                from.push((pc, pointer, stage, start));
             }
         }
-        Ok(Self { kafka, from })
+        Ok(Self { from })
     }
 
     /// p50 and p99 of each hop: POST → `order.created` sent → ledger request
@@ -638,7 +645,7 @@ impl Trail {
         posted: &HashMap<String, (Instant, f64)>,
         arrived: &HashMap<String, (Instant, f64)>,
     ) -> Result<Value, Error> {
-        use rskafka::client::partition::{OffsetAt, UnknownTopicHandling};
+        use rskafka::client::partition::OffsetAt;
         // order id → epoch ms at each stage
         let mut stages: HashMap<String, [f64; 5]> = HashMap::new();
         for (id, (_, wall)) in posted {
@@ -649,17 +656,7 @@ impl Trail {
                 s[4] = *wall;
             }
         }
-        for &(topic, p, start) in &self.from {
-            let stage = match topic {
-                "order.created" => 1,
-                "inventory.ledger" => 2,
-                _ => 3,
-            };
-            let pointer = TRAIL.iter().find(|(t, _)| *t == topic).map_or("", |t| t.1);
-            let pc = self
-                .kafka
-                .partition_client(topic, p, UnknownTopicHandling::Retry)
-                .await?;
+        for &(ref pc, pointer, stage, start) in &self.from {
             let end = pc.get_offset(OffsetAt::Latest).await?;
             let mut offset = start;
             while offset < end {
