@@ -237,9 +237,9 @@ impl SharedLedger {
         }
     }
 
-    /// Applies the acknowledged requests that follow `next` without a gap, and
-    /// returns the next offset to apply.
-    fn apply_acked(&self, ledger: &mut Ledger, mut next: i64) -> i64 {
+    /// Moves the applied position to `next`, and past the acknowledged requests
+    /// that follow it without a gap, applying them. Returns the new position.
+    fn advance(&self, ledger: &mut Ledger, mut next: i64) -> i64 {
         let mut acked = self.acked.lock();
         // Those the log delivered first are applied already.
         *acked = acked.split_off(&next);
@@ -247,6 +247,7 @@ impl SharedLedger {
             ledger.apply(record);
             next += 1;
         }
+        self.applied.send_replace(next);
         next
     }
 
@@ -272,8 +273,7 @@ impl SharedLedger {
                         other.map(|r| r.map(|_| ()))
                     ),
                 }
-                let next = self.apply_acked(&mut ledger, message.offset + 1);
-                self.applied.send_replace(next);
+                self.advance(&mut ledger, message.offset + 1);
             }
             _ => {
                 if let Some(id) = message
@@ -299,9 +299,7 @@ impl SharedLedger {
             return true;
         }
         self.acked.lock().insert(offset, record);
-        let next = self.apply_acked(&mut ledger, next);
-        self.applied.send_replace(next);
-        next > offset
+        self.advance(&mut ledger, next) > offset
     }
 
     /// Waits until the ledger was applied up to (excluding) `offset`.
@@ -527,13 +525,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_own_request_is_applied_on_acknowledgement_once_the_records_before_it_are() {
+    /// A shared ledger that has read the stock record `a` × `quantity` at offset 0.
+    fn stocked_with_a(quantity: u64) -> SharedLedger {
         let shared = SharedLedger::new();
         let stock = LedgerRecord::Stock {
-            quantities: BTreeMap::from([("a".into(), 1)]),
+            quantities: BTreeMap::from([("a".into(), quantity)]),
         };
         shared.apply(&ledger_message(0, &stock));
+        shared
+    }
+
+    #[test]
+    fn an_own_request_is_applied_on_acknowledgement_once_the_records_before_it_are() {
+        let shared = stocked_with_a(1);
         let (first, second) = (OrderId::new(), OrderId::new());
 
         // Offset 1 follows what was read: applied at once.
@@ -562,13 +566,7 @@ mod tests {
 
     #[test]
     fn own_requests_acknowledged_together_apply_in_log_order_whoever_comes_first() {
-        let shared = SharedLedger::new();
-        shared.apply(&ledger_message(
-            0,
-            &LedgerRecord::Stock {
-                quantities: BTreeMap::from([("a".into(), 1)]),
-            },
-        ));
+        let shared = stocked_with_a(1);
         let (first, second) = (OrderId::new(), OrderId::new());
         // Offsets 1 and 2 came back in one batch; the handler of 2 runs first.
         assert!(!shared.apply_own(2, request(second, &[("a", 1)])));
@@ -587,11 +585,7 @@ mod tests {
 
     #[test]
     fn an_acknowledgement_the_log_delivered_first_is_not_applied_twice() {
-        let shared = SharedLedger::new();
-        let stock = LedgerRecord::Stock {
-            quantities: BTreeMap::from([("a".into(), 2)]),
-        };
-        shared.apply(&ledger_message(0, &stock));
+        let shared = stocked_with_a(2);
         let first = OrderId::new();
         let own = request(first, &[("a", 1)]);
         shared.apply(&ledger_message(1, &own));
