@@ -417,14 +417,21 @@ impl Consumer {
                 () = shutdown.recv() => break,
             }
             if react {
-                self.reconcile(
-                    &coordinator,
-                    &mut running,
-                    &mut pending,
-                    &handler,
-                    &shutdown,
-                )
-                .await;
+                loop {
+                    self.reconcile(
+                        &coordinator,
+                        &mut running,
+                        &mut pending,
+                        &handler,
+                        &shutdown,
+                    )
+                    .await;
+                    // Owner records just written may follow the state directly;
+                    // then they count now, and what they change is acted on now.
+                    if !coordinator.catch_up() {
+                        break;
+                    }
+                }
                 group_metrics.update(&coordinator, running.len());
             }
         }

@@ -35,6 +35,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
 use rskafka::record::RecordAndOffset;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -93,19 +95,54 @@ pub(crate) struct Coordinator {
     config: ConsumerConfig,
     producer: Producer,
     log: mpsc::Receiver<Vec<RecordAndOffset>>,
+    /// Where the state stands in the log, and owner records written ahead of it.
+    cursor: Mutex<Cursor>,
     leaving: Arc<AtomicBool>,
     _tail: AbortOnDrop,
     heartbeat: Option<AbortOnDrop>,
 }
 
 impl Coordinator {
-    /// Reads the coordination log, starts tailing it and heartbeating.
+    /// Announces this member, reads the coordination log, starts tailing it and
+    /// heartbeating.
     pub(crate) async fn join(
         cluster: Cluster,
         config: ConsumerConfig,
         member: String,
         shutdown: Shutdown,
     ) -> Result<Self, ConsumerError> {
+        // Coordination records are few and latency matters: send each at once.
+        let producer = Producer::new(
+            cluster.clone(),
+            ProducerConfig {
+                linger: Duration::ZERO,
+                delivery_timeout: config.session_timeout / 3,
+                ..ProducerConfig::default()
+            },
+        );
+        // The member record goes first, so the log read next already holds it: the
+        // member can act on the first reading instead of waiting to read itself
+        // back, which on brokers that re-check a held fetch only now and then
+        // (nisshi) costs most of a fetch wait.
+        let lease = Arc::new(Lease::new());
+        let record = member_record(
+            &config,
+            &member,
+            &subscription(&cluster, &config).await,
+            false,
+        );
+        let sent = Instant::now();
+        let first_beat = match producer.send(record).await {
+            Ok(_) => {
+                lease.renew(sent + lease_span(&config));
+                sent + config.heartbeat_interval
+            }
+            Err(e) => {
+                log::warn!("announcing member {member} failed; the heartbeat tries again: {e}");
+                sent
+            }
+        };
+
         let topic = config.offsets_topic.clone();
         let mut state = GroupState::new(&config.group_id);
         let (records, high_watermark) = read_partition(&cluster, &topic, LOG_PARTITION)
@@ -126,28 +163,20 @@ impl Coordinator {
         };
         let tail = AbortOnDrop(tokio::spawn(fetcher.run(high_watermark, tx, shutdown)));
 
-        // Coordination records are few and latency matters: send each at once.
-        let producer = Producer::new(
-            cluster.clone(),
-            ProducerConfig {
-                linger: Duration::ZERO,
-                delivery_timeout: config.session_timeout / 3,
-                ..ProducerConfig::default()
-            },
-        );
         let mut coordinator = Self {
             member,
             state,
-            lease: Arc::new(Lease::new()),
+            lease,
             cluster,
             config,
             producer,
             log,
+            cursor: Mutex::new(Cursor::at(high_watermark)),
             leaving: Arc::new(AtomicBool::new(false)),
             _tail: tail,
             heartbeat: None,
         };
-        coordinator.start_heartbeat();
+        coordinator.start_heartbeat(first_beat);
         log::info!(
             "member {} joining group {} ({} coordination records read)",
             coordinator.member,
@@ -157,7 +186,7 @@ impl Coordinator {
         Ok(coordinator)
     }
 
-    fn start_heartbeat(&mut self) {
+    fn start_heartbeat(&mut self, first: Instant) {
         let beat = Heartbeat {
             cluster: self.cluster.clone(),
             config: self.config.clone(),
@@ -166,7 +195,7 @@ impl Coordinator {
             lease: Arc::clone(&self.lease),
             leaving: Arc::clone(&self.leaving),
         };
-        self.heartbeat = Some(AbortOnDrop(tokio::spawn(beat.run())));
+        self.heartbeat = Some(AbortOnDrop(tokio::spawn(beat.run(first))));
     }
 
     /// The next records of the log; `None` once the tail stopped (shutdown).
@@ -174,9 +203,23 @@ impl Coordinator {
         self.log.recv().await
     }
 
-    /// Applies records of the log; whether any was one of this group's.
+    /// Applies records of the log, skipping those applied already when they were
+    /// acknowledged; whether any was one of this group's.
     pub(crate) fn apply(&mut self, records: &[RecordAndOffset]) -> bool {
-        self.state.apply_all(records)
+        let fresh = self.cursor.get_mut().read(records);
+        let ours = self.state.apply_all(fresh);
+        ours | self.catch_up()
+    }
+
+    /// Applies the owner records this member wrote that directly follow what the
+    /// state has read; whether there were any.
+    pub(crate) fn catch_up(&mut self) -> bool {
+        let ready = self.cursor.get_mut().ready();
+        for r in &ready {
+            self.state
+                .apply(Some(&r.key), Some(&r.value), r.timestamp_ms);
+        }
+        !ready.is_empty()
     }
 
     /// Whether this member's own record is in the state yet.
@@ -194,16 +237,31 @@ impl Coordinator {
             group: self.config.group_id.clone(),
             topic: tp.topic.clone(),
             partition: tp.partition,
-        };
-        self.producer
+        }
+        .encode();
+        let value = encode(&owner);
+        // The timestamp is set here so that the one applied on acknowledgement is
+        // the one in the log (CreateTime, the topic's default).
+        let timestamp = DateTime::<Utc>::from(std::time::SystemTime::now());
+        let delivery = self
+            .producer
             .send(
                 ProducerRecord::new(&self.config.offsets_topic)
                     .partition(LOG_PARTITION)
-                    .key(key.encode())
-                    .value(encode(&owner)),
+                    .key(key.clone())
+                    .value(value.clone())
+                    .timestamp(timestamp),
             )
-            .await
-            .map(|_| ())
+            .await?;
+        self.cursor.lock().acknowledged(
+            delivery.offset,
+            OwnRecord {
+                key,
+                value,
+                timestamp_ms: timestamp.timestamp_millis(),
+            },
+        );
+        Ok(())
     }
 
     /// Announces that this member is leaving: it takes nothing new and hands over
@@ -249,6 +307,76 @@ impl Coordinator {
         state.apply(Some(&key.encode()), None, self.state.log_time_ms());
         state.target()
     }
+}
+
+/// An owner record as written, to apply once the state reaches its offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OwnRecord {
+    key: Vec<u8>,
+    value: Vec<u8>,
+    timestamp_ms: i64,
+}
+
+/// Where a member's state stands in the coordination log, with the records it
+/// wrote that the state has not reached yet.
+///
+/// A record acknowledged at exactly the next offset is what reading the log
+/// would return next, so applying it at once keeps the state a prefix of the log
+/// while sparing the wait to read it back. One behind a gap waits for the tail to
+/// fill the gap, since the records in it come first.
+#[derive(Debug)]
+struct Cursor {
+    /// The offset of the next record the state has yet to apply.
+    next: i64,
+    acknowledged: BTreeMap<i64, OwnRecord>,
+}
+
+impl Cursor {
+    fn at(next: i64) -> Self {
+        Self {
+            next,
+            acknowledged: BTreeMap::new(),
+        }
+    }
+
+    /// The part of `records` (read from the log, in order) not applied yet.
+    fn read<'a>(&mut self, records: &'a [RecordAndOffset]) -> &'a [RecordAndOffset] {
+        let fresh = records.partition_point(|r| r.offset < self.next);
+        if let Some(last) = records.last() {
+            self.next = self.next.max(last.offset + 1);
+        }
+        &records[fresh..]
+    }
+
+    fn acknowledged(&mut self, offset: i64, record: OwnRecord) {
+        if offset >= self.next {
+            self.acknowledged.insert(offset, record);
+        }
+    }
+
+    /// The acknowledged records that now follow the state, in order; they count
+    /// as applied.
+    fn ready(&mut self) -> Vec<OwnRecord> {
+        let mut ready = Vec::new();
+        while let Some(entry) = self.acknowledged.first_entry() {
+            if *entry.key() > self.next {
+                break;
+            }
+            let (offset, record) = entry.remove_entry();
+            if offset == self.next {
+                ready.push(record);
+                self.next += 1;
+            }
+        }
+        ready
+    }
+}
+
+/// How long an acknowledged heartbeat keeps the lease: others call a member dead
+/// one session timeout after its record; the lease ends well before, so a member
+/// stops before anyone takes over.
+fn lease_span(config: &ConsumerConfig) -> Duration {
+    config.session_timeout * 2 / 3
 }
 
 /// The subscription as this member sees it: each topic with its partition count.
@@ -298,12 +426,10 @@ struct Heartbeat {
 }
 
 impl Heartbeat {
-    async fn run(self) {
-        let mut ticker = tokio::time::interval(self.config.heartbeat_interval);
+    async fn run(self, first: Instant) {
+        let mut ticker = tokio::time::interval_at(first, self.config.heartbeat_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Others call a member dead one session timeout after its record; the lease
-        // ends well before, so a member stops before anyone takes over.
-        let lease_span = self.config.session_timeout * 2 / 3;
+        let lease_span = lease_span(&self.config);
         loop {
             ticker.tick().await;
             let topics = subscription(&self.cluster, &self.config).await;
@@ -319,5 +445,77 @@ impl Heartbeat {
                 Err(e) => log::warn!("heartbeat of {} failed: {e}", self.member),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rskafka::record::Record;
+
+    fn own(n: u8) -> OwnRecord {
+        OwnRecord {
+            key: vec![n],
+            value: vec![n],
+            timestamp_ms: i64::from(n),
+        }
+    }
+
+    fn read(offsets: std::ops::Range<i64>) -> Vec<RecordAndOffset> {
+        offsets
+            .map(|offset| RecordAndOffset {
+                record: Record {
+                    key: Some(vec![offset as u8]),
+                    value: None,
+                    headers: BTreeMap::new(),
+                    timestamp: DateTime::<Utc>::UNIX_EPOCH,
+                },
+                offset,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_record_acknowledged_right_after_the_state_counts_at_once() {
+        let mut cursor = Cursor::at(10);
+        cursor.acknowledged(10, own(1));
+        assert_eq!(cursor.ready(), [own(1)]);
+        // The tail delivers it later: nothing of it is applied twice.
+        let log = read(10..12);
+        assert_eq!(
+            cursor
+                .read(&log)
+                .iter()
+                .map(|r| r.offset)
+                .collect::<Vec<_>>(),
+            [11]
+        );
+    }
+
+    #[test]
+    fn a_record_behind_a_gap_waits_for_the_log_to_fill_it() {
+        let mut cursor = Cursor::at(10);
+        cursor.acknowledged(12, own(2));
+        cursor.acknowledged(13, own(3));
+        assert!(cursor.ready().is_empty(), "10 and 11 come first");
+        let log = read(10..12);
+        assert_eq!(cursor.read(&log).len(), 2);
+        assert_eq!(cursor.ready(), [own(2), own(3)]);
+        assert_eq!(cursor.next, 14);
+    }
+
+    #[test]
+    fn an_acknowledgement_the_log_delivered_first_is_dropped() {
+        let mut cursor = Cursor::at(10);
+        let log = read(10..13);
+        assert_eq!(cursor.read(&log).len(), 3);
+        cursor.acknowledged(11, own(1));
+        assert!(cursor.ready().is_empty());
+        // Read first, then acknowledged while still queued.
+        cursor.acknowledged(13, own(3));
+        let log = read(13..14);
+        assert_eq!(cursor.read(&log).len(), 1);
+        assert!(cursor.ready().is_empty());
+        assert!(cursor.acknowledged.is_empty());
     }
 }
