@@ -273,7 +273,7 @@ mod tests {
 
     fn message(record: ProducerRecord) -> Message {
         Message {
-            topic: record.topic,
+            topic: record.topic.into(),
             partition: 0,
             offset: 0,
             key: record.key,

@@ -5,36 +5,51 @@
 //! checks it between units of work, so that stopping never interrupts a record in
 //! the middle of being handled.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio::sync::watch;
 
 /// Fires the shutdown signal for every [`Shutdown`] created from it.
 #[derive(Debug)]
 pub struct ShutdownTrigger {
     tx: watch::Sender<bool>,
+    fired: Arc<AtomicBool>,
 }
 
 /// Listens for the shutdown signal. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Shutdown {
     rx: watch::Receiver<bool>,
+    /// The same signal for [`Shutdown::is_shutdown`], which consumers ask before
+    /// every record: a plain load, where reading the channel takes its lock, a
+    /// line every partition's task would otherwise write to.
+    fired: Arc<AtomicBool>,
 }
 
 impl ShutdownTrigger {
     /// A trigger that has not fired, and the first listener of it.
     pub fn new() -> (Self, Shutdown) {
         let (tx, rx) = watch::channel(false);
-        (Self { tx }, Shutdown { rx })
+        let fired = Arc::new(AtomicBool::new(false));
+        let shutdown = Shutdown {
+            rx,
+            fired: Arc::clone(&fired),
+        };
+        (Self { tx, fired }, shutdown)
     }
 
     /// A new listener.
     pub fn subscribe(&self) -> Shutdown {
         Shutdown {
             rx: self.tx.subscribe(),
+            fired: Arc::clone(&self.fired),
         }
     }
 
     /// Signals every listener. Idempotent.
     pub fn trigger(&self) {
+        self.fired.store(true, Ordering::Release);
         self.tx.send_replace(true);
     }
 }
@@ -45,12 +60,15 @@ impl Shutdown {
         let (tx, rx) = watch::channel(false);
         // Keeping the sender alive would leak; a closed channel with `false` never fires.
         drop(tx);
-        Self { rx }
+        Self {
+            rx,
+            fired: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     /// Whether shutdown was requested.
     pub fn is_shutdown(&self) -> bool {
-        *self.rx.borrow()
+        self.fired.load(Ordering::Acquire)
     }
 
     /// Resolves once shutdown is requested; pending forever if it never is.

@@ -157,7 +157,8 @@ fn default_member_id() -> String {
 /// A consumed record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
-    pub topic: String,
+    /// Shared by the messages of a partition: naming the topic costs no copy.
+    pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
     pub key: Option<Vec<u8>>,
@@ -171,10 +172,10 @@ pub struct Message {
 }
 
 impl Message {
-    pub(crate) fn new(tp: &TopicPartition, r: RecordAndOffset) -> Self {
+    pub(crate) fn new(topic: &Arc<str>, partition: i32, r: RecordAndOffset) -> Self {
         Self {
-            topic: tp.topic.clone(),
-            partition: tp.partition,
+            topic: Arc::clone(topic),
+            partition,
             offset: r.offset,
             key: r.record.key,
             value: r.record.value,
@@ -871,7 +872,26 @@ struct PartitionMetrics {
 
 const LAG: &str = "eda_consumer_lag";
 
+/// What a partition's handler did in one batch, added to the shared series (one
+/// per topic) once per batch rather than with an atomic add per record.
+#[derive(Debug, Default)]
+struct Tally {
+    records: u64,
+    bytes: u64,
+    latency: metrics::LocalHistogram,
+}
+
 impl PartitionMetrics {
+    fn add(&self, tally: &mut Tally) {
+        if tally.records > 0 {
+            self.records.add(tally.records);
+            self.bytes.add(tally.bytes);
+        }
+        self.latency.add(&mut tally.latency);
+        tally.records = 0;
+        tally.bytes = 0;
+    }
+
     fn new(group: &str, tp: &TopicPartition) -> Self {
         let labels = [("group", group), ("topic", tp.topic.as_str())];
         let partition = tp.partition.to_string();
@@ -938,6 +958,8 @@ impl PartitionRunner {
         };
         // Aborted with this task too, when the partition is fenced or the consumer dropped.
         let _fetch_task = AbortOnDrop(tokio::spawn(fetcher.run(start, tx, stop.clone())));
+        let topic: Arc<str> = Arc::from(self.tp.topic.as_str());
+        let mut tally = Tally::default();
 
         'batches: loop {
             let batch = tokio::select! {
@@ -965,8 +987,11 @@ impl PartitionRunner {
                     );
                     break 'batches;
                 }
-                let mut message = Message::new(&self.tp, record);
-                match self.handle(&*handler, &mut message, now, &mut stop).await {
+                let mut message = Message::new(&topic, self.tp.partition, record);
+                match self
+                    .handle(&*handler, &mut message, now, &mut stop, &mut tally)
+                    .await
+                {
                     Some(done_at) => now = done_at,
                     None => break 'batches,
                 }
@@ -974,7 +999,10 @@ impl PartitionRunner {
                     .next
                     .fetch_max(message.offset + 1, Ordering::AcqRel);
             }
+            self.metrics.add(&mut tally);
         }
+        // What was handled before a stop.
+        self.metrics.add(&mut tally);
     }
 
     /// Offers `message` (first at `started`) until the handler accepts it; the time
@@ -985,19 +1013,20 @@ impl PartitionRunner {
         message: &mut Message,
         mut started: Instant,
         stop: &mut Shutdown,
+        tally: &mut Tally,
     ) -> Option<Instant> {
         let mut backoff = Backoff::new(self.config.retry_backoff);
         loop {
             message.attempt = backoff.attempts() + 1;
             let outcome = handler.handle(message).await;
             let ended = Instant::now();
-            self.metrics.latency.observe(ended - started);
+            tally.latency.observe(ended - started);
             match outcome {
                 Ok(()) => {
-                    self.metrics.records.inc();
-                    let size = message.key.as_ref().map_or(0, Vec::len)
-                        + message.value.as_ref().map_or(0, Vec::len);
-                    self.metrics.bytes.add(size as u64);
+                    tally.records += 1;
+                    tally.bytes += (message.key.as_ref().map_or(0, Vec::len)
+                        + message.value.as_ref().map_or(0, Vec::len))
+                        as u64;
                     return Some(ended);
                 }
                 Err(e) => {

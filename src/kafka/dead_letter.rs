@@ -83,7 +83,7 @@ impl<H: Handler> Handler for DeadLetter<H> {
         record.timestamp = Some(message.timestamp);
         let record = record
             .header(headers::ERROR, error.to_string())
-            .header(headers::TOPIC, message.topic.clone())
+            .header(headers::TOPIC, message.topic.as_bytes())
             .header(headers::PARTITION, message.partition.to_string())
             .header(headers::OFFSET, message.offset.to_string())
             .header(headers::ATTEMPTS, message.attempt.to_string())
@@ -93,7 +93,7 @@ impl<H: Handler> Handler for DeadLetter<H> {
         metrics::counter(
             "eda_dead_letter_records_total",
             "Records parked in a dead-letter topic, by original topic.",
-            &[("topic", message.topic.as_str())],
+            &[("topic", &*message.topic)],
         )
         .inc();
         log::error!(

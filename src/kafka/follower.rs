@@ -84,10 +84,11 @@ impl Follower {
                 let (tx, mut rx) = mpsc::channel(1);
                 let _fetch = AbortOnDrop(tokio::spawn(fetcher.run(start, tx, shutdown)));
                 let mut behind = start < end;
+                let topic: Arc<str> = Arc::from(tp.topic.as_str());
                 while let Some(batch) = rx.recv().await {
                     for record in batch {
                         let offset = record.offset;
-                        apply(Message::new(&tp, record));
+                        apply(Message::new(&topic, tp.partition, record));
                         if behind && offset + 1 >= end {
                             behind = false;
                             if pending.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -168,10 +169,10 @@ pub async fn read_topic(cluster: &Cluster, topic: &str) -> Result<Vec<Message>, 
             source,
         })?;
     let mut messages = Vec::new();
+    let name: Arc<str> = Arc::from(topic);
     for p in 0..partitions {
-        let tp = TopicPartition::new(topic, p);
         for record in read_partition(cluster, topic, p).await?.0 {
-            messages.push(Message::new(&tp, record));
+            messages.push(Message::new(&name, p, record));
         }
     }
     Ok(messages)

@@ -253,7 +253,7 @@ impl SharedLedger {
 
     /// Applies a record of the ledger or of an outcome topic.
     fn apply(&self, message: &Message) {
-        match message.topic.as_str() {
+        match &*message.topic {
             topics::INVENTORY_LEDGER => {
                 let mut ledger = self.ledger.lock();
                 if message.offset < *self.applied.borrow() {
@@ -514,7 +514,7 @@ mod tests {
 
     fn ledger_message(offset: i64, record: &LedgerRecord) -> Message {
         Message {
-            topic: topics::INVENTORY_LEDGER.to_owned(),
+            topic: topics::INVENTORY_LEDGER.into(),
             partition: 0,
             offset,
             key: None,

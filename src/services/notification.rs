@@ -143,7 +143,7 @@ struct Notice {
 
 impl Handler for Notify {
     async fn handle(&self, message: &Message) -> Result<(), HandlerError> {
-        let outcome = match message.topic.as_str() {
+        let outcome = match &*message.topic {
             topics::INVENTORY_RESERVED => {
                 let e = Envelope::<InventoryReserved>::decode(message)?;
                 Notice {

@@ -119,7 +119,7 @@ impl OrderViews {
     /// Applies one record of the event topics. Records that are not events of the
     /// expected type are skipped: the view is a reader, not the judge of events.
     pub fn apply(&self, message: &Message) {
-        let applied = match message.topic.as_str() {
+        let applied = match &*message.topic {
             topics::ORDER_CREATED => Envelope::<OrderCreated>::decode(message).map(|e| {
                 self.created(&e.payload);
             }),
@@ -180,7 +180,7 @@ mod tests {
     fn message<P: crate::events::Payload>(event: &Envelope<P>) -> Message {
         let r = event.to_record();
         Message {
-            topic: r.topic,
+            topic: r.topic.into(),
             partition: 0,
             offset: 0,
             key: r.key,
