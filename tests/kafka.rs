@@ -457,6 +457,30 @@ async fn close_delivers_everything_accepted() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_producer_still_delivers_what_it_accepted() {
+    let cluster = cluster().await;
+    let topic = create_topic(&cluster, 2).await;
+    // A linger far longer than the test: only the drop can send these batches.
+    let producer = Producer::new(
+        cluster.clone(),
+        ProducerConfig {
+            linger: Duration::from_secs(600),
+            ..ProducerConfig::default()
+        },
+    );
+    let mut futures = Vec::new();
+    for i in 0..20 {
+        futures.push(producer.enqueue(keyed(&topic, i)).await.unwrap());
+    }
+    drop(producer);
+    for f in futures {
+        within(30, "delivery after the drop", f)
+            .await
+            .expect("delivered");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn flush_waits_for_earlier_records_only() {
     let cluster = cluster().await;
     let topic = create_topic(&cluster, 2).await;

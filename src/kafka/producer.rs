@@ -275,6 +275,14 @@ impl Shared {
     }
 }
 
+/// A producer dropped without `close` still delivers what it accepted, and its
+/// workers end once they have.
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.shared.close();
+    }
+}
+
 /// Where a record's caller waits for its delivery.
 type Reply = oneshot::Sender<Result<Delivery, ProduceError>>;
 
@@ -470,10 +478,10 @@ impl Producer {
             .drain()
             .flat_map(|(_, by_partition)| by_partition.into_values())
             .collect();
-        for worker in workers {
+        for mut worker in workers {
             // The worker finishes its queue and exits.
             worker.shared.close();
-            if let Err(e) = worker.task.await {
+            if let Err(e) = (&mut worker.task).await {
                 log::error!("producer worker ended abnormally: {e}");
             }
         }
