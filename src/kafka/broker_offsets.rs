@@ -67,6 +67,22 @@ impl BrokerOffsets {
         }
     }
 
+    /// Lets the copy send what it has not sent yet, waiting up to `within`, then
+    /// stops it.
+    pub(crate) async fn finish(self, within: Duration) {
+        let Self {
+            latest,
+            _task: mut task,
+        } = self;
+        // With the sender gone, the task copies the last offsets and ends.
+        drop(latest);
+        if tokio::time::timeout(within, &mut task.0).await.is_err() {
+            log::warn!(
+                "the last offsets were not copied to the broker's group offsets within {within:?}; Kafka tools show the previous ones"
+            );
+        }
+    }
+
     /// Offsets just committed to our topic (the next offset to read, per partition).
     pub(crate) fn publish(&self, offsets: &[(TopicPartition, i64)]) {
         if offsets.is_empty() {

@@ -443,6 +443,10 @@ impl Consumer {
             self.member_id,
             self.config.group_id
         );
+        // The commits made while leaving are the ones Kafka tools should show.
+        if let Some(copy) = self.broker_offsets {
+            copy.finish(self.config.shutdown_commit_timeout).await;
+        }
         Ok(())
     }
 
