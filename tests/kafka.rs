@@ -10,9 +10,10 @@ use std::time::Duration;
 use rust_eda::kafka::offsets::offsets_topic_spec;
 use rust_eda::kafka::partitioner::partition_for_key;
 use rust_eda::kafka::{
-    Admin, ClusterError, Compression, ConsumerConfig, DeadLetter, Delivery, Follower, Message,
-    OffsetReset, OffsetStore, Poison, ProduceError, Producer, ProducerConfig, ProducerRecord,
-    TopicOutcome, TopicPartition, TopicSpec, dead_letter, handler_fn, read_topic, replay,
+    Admin, ClusterError, Compression, ConsumerConfig, DeadLetter, Delivery, DeliveryFuture,
+    Follower, Message, OffsetReset, OffsetStore, Poison, ProduceError, Producer, ProducerConfig,
+    ProducerRecord, TopicOutcome, TopicPartition, TopicSpec, dead_letter, handler_fn, read_topic,
+    replay,
 };
 use support::{PrivateBroker, RunningConsumer, cluster, connect, create_topic, unique, within};
 
@@ -456,22 +457,28 @@ async fn close_delivers_everything_accepted() {
     assert!(matches!(err, ProduceError::Closed), "{err:?}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_dropped_producer_still_delivers_what_it_accepted() {
+/// A producer whose linger outlasts any test, with `n` records enqueued: only a
+/// flush, a close or a drop sends them.
+async fn lingering(n: usize) -> (Producer, Vec<DeliveryFuture>) {
     let cluster = cluster().await;
     let topic = create_topic(&cluster, 2).await;
-    // A linger far longer than the test: only the drop can send these batches.
     let producer = Producer::new(
-        cluster.clone(),
+        cluster,
         ProducerConfig {
             linger: Duration::from_secs(600),
             ..ProducerConfig::default()
         },
     );
     let mut futures = Vec::new();
-    for i in 0..20 {
+    for i in 0..n {
         futures.push(producer.enqueue(keyed(&topic, i)).await.unwrap());
     }
+    (producer, futures)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_producer_still_delivers_what_it_accepted() {
+    let (producer, futures) = lingering(20).await;
     drop(producer);
     for f in futures {
         within(30, "delivery after the drop", f)
@@ -482,20 +489,7 @@ async fn a_dropped_producer_still_delivers_what_it_accepted() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn flush_waits_for_earlier_records_only() {
-    let cluster = cluster().await;
-    let topic = create_topic(&cluster, 2).await;
-    // A linger far longer than the test: only flush can send these batches.
-    let producer = Producer::new(
-        cluster.clone(),
-        ProducerConfig {
-            linger: Duration::from_secs(600),
-            ..ProducerConfig::default()
-        },
-    );
-    let mut futures = Vec::new();
-    for i in 0..50 {
-        futures.push(producer.enqueue(keyed(&topic, i)).await.unwrap());
-    }
+    let (producer, futures) = lingering(50).await;
     within(30, "flush", producer.flush()).await;
     for f in futures {
         tokio::time::timeout(Duration::from_millis(100), f)
