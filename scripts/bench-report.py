@@ -88,10 +88,19 @@ if hops:
         w(f"| {r['instances']} | {r['phase']} | " + " | ".join(cells) + " |")
 cpu = section("cpu")
 if cpu:
-    w("\nCPU during the saturation run, in cores (the machine has " + machine.split(",")[0] + "):\n")
-    w("| " + " | ".join(r["process"] for r in cpu) + " |")
-    w("|" + " ---: |" * len(cpu))
-    w("| " + " | ".join(f"{r['ticks'] / r['hz'] / (r['wall_ms'] / 1000):.2f}" for r in cpu) + " |")
+    w("\nCPU during each saturation run, in cores (the machine has " + machine.split(",")[0] +
+      "; every inventory instance counted under inventory):\n")
+    procs = ["order", "inventory", "notification", "broker"]
+    w("| inventory instances | " + " | ".join(procs) + " | all |")
+    w("| ---: |" + " ---: |" * (len(procs) + 1))
+    for n in sorted({r.get("instances", 1) for r in cpu}):
+        cores = {p: 0.0 for p in procs}
+        for r in cpu:
+            if r.get("instances", 1) == n:
+                p = r["process"].split("-")[0]
+                cores[p] = cores.get(p, 0.0) + r["ticks"] / r["hz"] / (r["wall_ms"] / 1000)
+        w(f"| {n} | " + " | ".join(f"{cores[p]:.2f}" for p in procs) +
+          f" | {sum(cores.values()):.2f} |")
 half = [r for r in section("pipeline") if r["phase"] == "half"]
 if half:
     h = half[-1]

@@ -143,6 +143,23 @@ pipeline_run() { # extra JSON fields, rate (0: saturation)
   record pipeline "$1" "$bench" pipeline apis="$api" webhook="$webhook_port" brokers="$brokers" \
     rate="$2" concurrency=64 seconds="$load_seconds"
 }
+# A saturation run with the CPU time of the broker and of every service over it:
+# which one bounds the pipeline on this machine.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+saturation_run() { # inventory instances
+  local -A before
+  local broker_pid s p started wall
+  broker_pid=$(cat "$EDA_BROKER_DATA/broker.pid")
+  for s in "${!svc_pid[@]}"; do before[$s]=$(cpu_ticks "${svc_pid[$s]}"); done
+  before[broker]=$(cpu_ticks "$broker_pid")
+  started=$(date +%s%N)
+  pipeline_run "{\"instances\":$1,\"phase\":\"saturation\"}" 0
+  wall=$(( ($(date +%s%N) - started) / 1000000 ))
+  for s in "${!before[@]}"; do
+    p=${svc_pid[$s]:-$broker_pid}
+    echo "{\"section\":\"cpu\",\"instances\":$1,\"process\":\"$s\",\"ticks\":$(( $(cpu_ticks "$p") - ${before[$s]} )),\"wall_ms\":$wall,\"hz\":$(getconf CLK_TCK)}" >>"$results"
+  done
+}
 
 echo "== the pipeline, memory storage" >&2
 pipeline_services 1 start
@@ -158,20 +175,7 @@ peak=$scratch/peak
     sleep 0.5
   done >"$peak" ) &
 sampler=$!; pids+=($sampler)
-# CPU time of the broker and each service over the saturation run: which one
-# bounds the pipeline on this machine.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
-broker_pid=$(cat "$EDA_BROKER_DATA/broker.pid")
-declare -A cpu_before
-for s in order inventory notification; do cpu_before[$s]=$(cpu_ticks "${svc_pid[$s]}"); done
-cpu_before[broker]=$(cpu_ticks "$broker_pid")
-cpu_started=$(date +%s%N)
-pipeline_run '{"instances":1,"phase":"saturation"}' 0
-cpu_seconds=$(( ($(date +%s%N) - cpu_started) / 1000000 ))
-for s in order inventory notification broker; do
-  p=${svc_pid[$s]:-$broker_pid}
-  echo "{\"section\":\"cpu\",\"process\":\"$s\",\"ticks\":$(( $(cpu_ticks "$p") - ${cpu_before[$s]} )),\"wall_ms\":$cpu_seconds,\"hz\":$(getconf CLK_TCK)}" >>"$results"
-done
+saturation_run 1
 kill $sampler
 for s in order inventory notification; do
   kib=$(awk -v s="$s" '$1==s && $2>m {m=$2} END {print m+0}' "$peak")
@@ -184,7 +188,7 @@ pipeline_run '{"instances":1,"phase":"half"}' "$saturation"
 echo "== scaling the inventory" >&2
 for n in 2 3; do
   pipeline_services "$n" restart
-  pipeline_run "{\"instances\":$n,\"phase\":\"saturation\"}" 0
+  saturation_run "$n"
 done
 pipeline_services 1 restart
 
