@@ -22,6 +22,8 @@
 //!   processed ([`Poison`]) in `<topic>.dlq`, so their partition moves on.
 //! - [`follower`]: reads topics from the start without committing, to rebuild
 //!   in-memory state (views, ledgers) at every start.
+//! - [`log_cursor`]: applies a process's own records to state derived from a log
+//!   as soon as the log before them is read, without waiting to read them back.
 //! - [`security`]: TLS (rustls with pure-Rust cryptography) and SASL settings;
 //!   rskafka's connections are encrypted by a loopback tunnel (`tunnel`), because
 //!   rskafka's own TLS feature compiles C.
@@ -40,6 +42,7 @@ pub mod consumer;
 pub mod dead_letter;
 pub mod follower;
 pub mod group;
+pub mod log_cursor;
 pub mod offsets;
 pub mod partitioner;
 pub mod producer;
@@ -56,6 +59,7 @@ pub use consumer::{
 };
 pub use dead_letter::DeadLetter;
 pub use follower::{Follower, ReadError, read_topic};
+pub use log_cursor::LogCursor;
 pub use offsets::{DEFAULT_OFFSETS_TOPIC, OffsetError, OffsetStore};
 pub use producer::{
     Compression, Delivery, DeliveryFuture, ProduceError, Producer, ProducerConfig, ProducerRecord,

@@ -36,7 +36,9 @@ use crate::events::{
     Envelope, InventoryFailed, InventoryReserved, OrderCreated, ProductQuantity, Shortage, headers,
     topics,
 };
-use crate::kafka::{Consumer, Follower, Handler, HandlerError, Message, Producer, ProducerRecord};
+use crate::kafka::{
+    Consumer, Follower, Handler, HandlerError, LogCursor, Message, Producer, ProducerRecord,
+};
 use crate::logging::with_correlation_id;
 use crate::shutdown::Shutdown;
 
@@ -220,11 +222,10 @@ pub fn read_stock_file(path: &Path) -> Result<BTreeMap<String, u64>, ServiceErro
 #[derive(Clone)]
 struct SharedLedger {
     ledger: Arc<Mutex<Ledger>>,
-    /// This instance's own requests, acknowledged at offsets beyond what is
-    /// applied: each is applied as soon as the records before it are. Locked
-    /// after `ledger`, never before it.
-    acked: Arc<Mutex<BTreeMap<i64, LedgerRecord>>>,
-    /// The next ledger offset to apply.
+    /// Where the ledger stands in its topic, with this instance's own requests
+    /// acknowledged ahead of it. Locked after `ledger`, never before it.
+    cursor: Arc<Mutex<LogCursor<LedgerRecord>>>,
+    /// The cursor's next offset, for handlers waiting for the ledger to get there.
     applied: watch::Sender<i64>,
 }
 
@@ -232,23 +233,18 @@ impl SharedLedger {
     fn new() -> Self {
         Self {
             ledger: Arc::default(),
-            acked: Arc::default(),
+            cursor: Arc::new(Mutex::new(LogCursor::at(0))),
             applied: watch::channel(0).0,
         }
     }
 
-    /// Moves the applied position to `next`, and past the acknowledged requests
-    /// that follow it without a gap, applying them. Returns the new position.
-    fn advance(&self, ledger: &mut Ledger, mut next: i64) -> i64 {
-        let mut acked = self.acked.lock();
-        // Those the log delivered first are applied already.
-        *acked = acked.split_off(&next);
-        while let Some(record) = acked.remove(&next) {
+    /// Applies the acknowledged requests that now follow the ledger, and
+    /// publishes the new position.
+    fn advance(&self, ledger: &mut Ledger, cursor: &mut LogCursor<LedgerRecord>) {
+        for record in cursor.ready() {
             ledger.apply(record);
-            next += 1;
         }
-        self.applied.send_replace(next);
-        next
+        self.applied.send_replace(cursor.next());
     }
 
     /// Applies a record of the ledger or of an outcome topic.
@@ -256,7 +252,8 @@ impl SharedLedger {
         match &*message.topic {
             topics::INVENTORY_LEDGER => {
                 let mut ledger = self.ledger.lock();
-                if message.offset < *self.applied.borrow() {
+                let mut cursor = self.cursor.lock();
+                if !cursor.read(message.offset) {
                     // This instance wrote it and applied it on acknowledgement.
                     return;
                 }
@@ -273,7 +270,7 @@ impl SharedLedger {
                         other.map(|r| r.map(|_| ()))
                     ),
                 }
-                self.advance(&mut ledger, message.offset + 1);
+                self.advance(&mut ledger, &mut cursor);
             }
             _ => {
                 if let Some(id) = message
@@ -294,12 +291,10 @@ impl SharedLedger {
     /// otherwise [`Self::wait_applied`] says when.
     fn apply_own(&self, offset: i64, record: LedgerRecord) -> bool {
         let mut ledger = self.ledger.lock();
-        let next = *self.applied.borrow();
-        if offset < next {
-            return true;
-        }
-        self.acked.lock().insert(offset, record);
-        self.advance(&mut ledger, next) > offset
+        let mut cursor = self.cursor.lock();
+        cursor.acknowledged(offset, record);
+        self.advance(&mut ledger, &mut cursor);
+        cursor.next() > offset
     }
 
     /// Waits until the ledger was applied up to (excluding) `offset`.
@@ -561,7 +556,7 @@ mod tests {
         // Reading offset 3 back changes nothing.
         shared.apply(&ledger_message(3, &request(second, &[("a", 1)])));
         assert_eq!(*shared.applied.borrow(), 4);
-        assert!(shared.acked.lock().is_empty());
+        assert_eq!(shared.cursor.lock().waiting(), 0);
     }
 
     #[test]
@@ -592,7 +587,7 @@ mod tests {
         assert!(shared.apply_own(1, own));
         assert_eq!(*shared.applied.borrow(), 2);
         assert_eq!(shared.ledger.lock().available("a"), 1);
-        assert!(shared.acked.lock().is_empty());
+        assert_eq!(shared.cursor.lock().waiting(), 0);
     }
 
     fn request(order: OrderId, items: &[(&str, u64)]) -> LedgerRecord {

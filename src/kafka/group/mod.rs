@@ -47,6 +47,7 @@ use super::TopicPartition;
 use super::cluster::Cluster;
 use super::consumer::{AbortOnDrop, ConsumerConfig, ConsumerError, Fetcher};
 use super::follower::read_partition;
+use super::log_cursor::LogCursor;
 use super::producer::{ProduceError, Producer, ProducerConfig, ProducerRecord};
 use crate::shutdown::Shutdown;
 
@@ -96,7 +97,7 @@ pub(crate) struct Coordinator {
     producer: Producer,
     log: mpsc::Receiver<Vec<RecordAndOffset>>,
     /// Where the state stands in the log, and owner records written ahead of it.
-    cursor: Mutex<Cursor>,
+    cursor: Mutex<LogCursor<OwnRecord>>,
     leaving: Arc<AtomicBool>,
     _tail: AbortOnDrop,
     heartbeat: Option<AbortOnDrop>,
@@ -171,7 +172,7 @@ impl Coordinator {
             config,
             producer,
             log,
-            cursor: Mutex::new(Cursor::at(high_watermark)),
+            cursor: Mutex::new(LogCursor::at(high_watermark)),
             leaving: Arc::new(AtomicBool::new(false)),
             _tail: tail,
             heartbeat: None,
@@ -206,13 +207,22 @@ impl Coordinator {
     /// Applies records of the log, skipping those applied already when they were
     /// acknowledged; whether any was one of this group's.
     pub(crate) fn apply(&mut self, records: &[RecordAndOffset]) -> bool {
-        let fresh = self.cursor.get_mut().read(records);
-        let ours = self.state.apply_all(fresh);
+        let cursor = self.cursor.get_mut();
+        let mut ours = false;
+        for r in records {
+            if cursor.read(r.offset) {
+                ours |= self.state.apply(
+                    r.record.key.as_deref(),
+                    r.record.value.as_deref(),
+                    r.record.timestamp.timestamp_millis(),
+                );
+            }
+        }
         ours | self.catch_up()
     }
 
     /// Applies the owner records this member wrote that directly follow what the
-    /// state has read; whether there were any.
+    /// state has read ([`LogCursor`]); whether there were any.
     pub(crate) fn catch_up(&mut self) -> bool {
         let ready = self.cursor.get_mut().ready();
         for r in &ready {
@@ -310,66 +320,11 @@ impl Coordinator {
 }
 
 /// An owner record as written, to apply once the state reaches its offset.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 struct OwnRecord {
     key: Vec<u8>,
     value: Vec<u8>,
     timestamp_ms: i64,
-}
-
-/// Where a member's state stands in the coordination log, with the records it
-/// wrote that the state has not reached yet.
-///
-/// A record acknowledged at exactly the next offset is what reading the log
-/// would return next, so applying it at once keeps the state a prefix of the log
-/// while sparing the wait to read it back. One behind a gap waits for the tail to
-/// fill the gap, since the records in it come first.
-#[derive(Debug)]
-struct Cursor {
-    /// The offset of the next record the state has yet to apply.
-    next: i64,
-    acknowledged: BTreeMap<i64, OwnRecord>,
-}
-
-impl Cursor {
-    fn at(next: i64) -> Self {
-        Self {
-            next,
-            acknowledged: BTreeMap::new(),
-        }
-    }
-
-    /// The part of `records` (read from the log, in order) not applied yet.
-    fn read<'a>(&mut self, records: &'a [RecordAndOffset]) -> &'a [RecordAndOffset] {
-        let fresh = records.partition_point(|r| r.offset < self.next);
-        if let Some(last) = records.last() {
-            self.next = self.next.max(last.offset + 1);
-        }
-        &records[fresh..]
-    }
-
-    fn acknowledged(&mut self, offset: i64, record: OwnRecord) {
-        if offset >= self.next {
-            self.acknowledged.insert(offset, record);
-        }
-    }
-
-    /// The acknowledged records that now follow the state, in order; they count
-    /// as applied.
-    fn ready(&mut self) -> Vec<OwnRecord> {
-        let mut ready = Vec::new();
-        while let Some(entry) = self.acknowledged.first_entry() {
-            if *entry.key() > self.next {
-                break;
-            }
-            let (offset, record) = entry.remove_entry();
-            if offset == self.next {
-                ready.push(record);
-                self.next += 1;
-            }
-        }
-        ready
-    }
 }
 
 /// How long an acknowledged heartbeat keeps the lease: others call a member dead
@@ -445,77 +400,5 @@ impl Heartbeat {
                 Err(e) => log::warn!("heartbeat of {} failed: {e}", self.member),
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rskafka::record::Record;
-
-    fn own(n: u8) -> OwnRecord {
-        OwnRecord {
-            key: vec![n],
-            value: vec![n],
-            timestamp_ms: i64::from(n),
-        }
-    }
-
-    fn read(offsets: std::ops::Range<i64>) -> Vec<RecordAndOffset> {
-        offsets
-            .map(|offset| RecordAndOffset {
-                record: Record {
-                    key: Some(vec![offset as u8]),
-                    value: None,
-                    headers: BTreeMap::new(),
-                    timestamp: DateTime::<Utc>::UNIX_EPOCH,
-                },
-                offset,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn a_record_acknowledged_right_after_the_state_counts_at_once() {
-        let mut cursor = Cursor::at(10);
-        cursor.acknowledged(10, own(1));
-        assert_eq!(cursor.ready(), [own(1)]);
-        // The tail delivers it later: nothing of it is applied twice.
-        let log = read(10..12);
-        assert_eq!(
-            cursor
-                .read(&log)
-                .iter()
-                .map(|r| r.offset)
-                .collect::<Vec<_>>(),
-            [11]
-        );
-    }
-
-    #[test]
-    fn a_record_behind_a_gap_waits_for_the_log_to_fill_it() {
-        let mut cursor = Cursor::at(10);
-        cursor.acknowledged(12, own(2));
-        cursor.acknowledged(13, own(3));
-        assert!(cursor.ready().is_empty(), "10 and 11 come first");
-        let log = read(10..12);
-        assert_eq!(cursor.read(&log).len(), 2);
-        assert_eq!(cursor.ready(), [own(2), own(3)]);
-        assert_eq!(cursor.next, 14);
-    }
-
-    #[test]
-    fn an_acknowledgement_the_log_delivered_first_is_dropped() {
-        let mut cursor = Cursor::at(10);
-        let log = read(10..13);
-        assert_eq!(cursor.read(&log).len(), 3);
-        cursor.acknowledged(11, own(1));
-        assert!(cursor.ready().is_empty());
-        // Read first, then acknowledged while still queued.
-        cursor.acknowledged(13, own(3));
-        let log = read(13..14);
-        assert_eq!(cursor.read(&log).len(), 1);
-        assert!(cursor.ready().is_empty());
-        assert!(cursor.acknowledged.is_empty());
     }
 }
