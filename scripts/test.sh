@@ -36,6 +36,14 @@ export EDA_TEST_BROKERS=127.0.0.1:$EDA_BROKER_PORT
 scripts/fuzz.sh --install
 cargo test "$@"
 
+# The vendored rskafka carries changes to its decoder (vendor/README.md): its own
+# unit tests, with the features the services build it with.
+if [[ $# -eq 0 ]]; then
+  echo "== the vendored rskafka's unit tests" >&2
+  CARGO_TARGET_DIR=$root/target/vendor-rskafka cargo test --manifest-path vendor/rskafka/Cargo.toml \
+    --lib --no-default-features --features compression-gzip,compression-snappy,transport-socks5
+fi
+
 # The whole suite also runs the end-to-end tests on ARM: the static aarch64
 # binaries under qemu-aarch64-static. EDA_TEST_ARM=0 leaves that out.
 if [[ $# -eq 0 && ${EDA_TEST_ARM:-1} != 0 ]]; then

@@ -69,8 +69,15 @@ where
             });
         }
 
-        let mut buf = vec![0u8; len];
-        self.read_exact(&mut buf).await?;
+        // Changed for rust-eda (not in rskafka 0.6.0): read into reserved capacity instead of
+        // zero-filling it first.
+        let mut buf = Vec::with_capacity(len);
+        while buf.len() < len {
+            let rest = (len - buf.len()) as u64;
+            if (&mut *self).take(rest).read_buf(&mut buf).await? == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+        }
         Ok(buf)
     }
 }

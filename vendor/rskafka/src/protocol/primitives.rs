@@ -807,14 +807,32 @@ pub struct Records(
     pub Vec<RecordBatch>,
 );
 
-impl<R> ReadType<R> for Records
+// Changed for rust-eda (not in rskafka 0.6.0): the batches are decoded in place from the
+// in-memory response instead of from a copy of their bytes (`NullableBytes`).
+impl<T> ReadType<Cursor<T>> for Records
 where
-    R: Read,
+    T: AsRef<[u8]>,
 {
-    fn read(reader: &mut R) -> Result<Self, ReadError> {
-        let buf = NullableBytes::read(reader)?.0.unwrap_or_default();
-        let len = u64::try_from(buf.len())?;
-        let mut buf = Cursor::new(buf);
+    fn read(reader: &mut Cursor<T>) -> Result<Self, ReadError> {
+        let len = match Int32::read(reader)?.0 {
+            l if l < -1 => {
+                return Err(ReadError::Malformed(
+                    format!("Invalid negative length for nullable bytes: {}", l).into(),
+                ));
+            }
+            -1 => 0,
+            l => usize::try_from(l)?,
+        };
+        let start = usize::try_from(reader.position())?;
+        let bytes = reader
+            .get_ref()
+            .as_ref()
+            .get(start..)
+            .and_then(|rest| rest.get(..len))
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+        let len = u64::try_from(len)?;
+        let end = reader.position() + len;
+        let mut buf = Cursor::new(bytes);
 
         let mut batches = vec![];
         while buf.position() < len {
@@ -831,6 +849,7 @@ where
             batches.push(batch);
         }
 
+        reader.set_position(end);
         Ok(Self(batches))
     }
 }
@@ -1117,6 +1136,27 @@ mod tests {
 
         let records = Records::read(&mut Cursor::new(buf)).unwrap();
         assert_eq!(records.0, vec![batch_1]);
+    }
+
+    // Added for rust-eda: batches are decoded in place, so the reader must end up
+    // after the records (whole or cut off) for the fields that follow them.
+    #[test]
+    fn test_records_leave_the_reader_after_them() {
+        for cut in [0, 1] {
+            let mut inner = vec![];
+            record_batch(1).write(&mut inner).unwrap();
+            record_batch(2).write(&mut inner).unwrap();
+            inner.truncate(inner.len() - cut);
+
+            let mut buf = vec![];
+            NullableBytes(Some(inner)).write(&mut buf).unwrap();
+            Int32(42).write(&mut buf).unwrap();
+
+            let mut reader = Cursor::new(buf);
+            let records = Records::read(&mut reader).unwrap();
+            assert_eq!(records.0.len(), 2 - cut);
+            assert_eq!(Int32::read(&mut reader).unwrap(), Int32(42));
+        }
     }
 
     fn record_batch(base_offset: i64) -> RecordBatch {

@@ -342,11 +342,14 @@ pub struct RecordBatch {
     pub timestamp_type: RecordBatchTimestampType,
 }
 
-impl<R> ReadType<R> for RecordBatch
+// Changed for rust-eda (not in rskafka 0.6.0): a batch is read from an in-memory cursor (the
+// response is always in memory) so that its CRC is checked and its body decoded in place,
+// instead of copying the whole batch into a buffer of its own first.
+impl<T> ReadType<Cursor<T>> for RecordBatch
 where
-    R: Read,
+    T: AsRef<[u8]>,
 {
-    fn read(reader: &mut R) -> Result<Self, ReadError> {
+    fn read(reader: &mut Cursor<T>) -> Result<Self, ReadError> {
         // baseOffset
         let base_offset = Int64::read(reader)?.0;
 
@@ -382,10 +385,16 @@ where
         let crc = u32::from_be_bytes(crc.to_be_bytes());
 
         // data
-        let mut data = VecBuilder::new(len);
-        data = data.read_exact(reader)?;
-        let data: Vec<u8> = data.into();
-        let actual_crc = crc32c::crc32c(&data);
+        let start =
+            usize::try_from(reader.position()).map_err(|e| ReadError::Malformed(Box::new(e)))?;
+        let data = reader
+            .get_ref()
+            .as_ref()
+            .get(start..)
+            .and_then(|rest| rest.get(..len))
+            // Cut off, likely by `FetchRequest::max_bytes`: `Records` relies on this error kind.
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+        let actual_crc = crc32c::crc32c(data);
         if crc != actual_crc {
             return Err(ReadError::Malformed(
                 format!("CRC error, got 0x{:x}, expected 0x{:x}", actual_crc, crc).into(),
@@ -406,6 +415,7 @@ where
                 format!("Found {} trailing bytes after RecordBatch", bytes_left).into(),
             ));
         }
+        reader.set_position(reader.position() + bytes_total);
 
         // ==========================================================================================
         // ==========================================================================================

@@ -91,10 +91,14 @@ impl VecBuilder<u8> {
                 .remaining_elements
                 .min(self.elements_per_block - buf.len());
 
-            let buf_start_pos = buf.len();
-            buf.resize(buf.len() + to_read, 0);
-
-            reader.read_exact(&mut buf[buf_start_pos..])?;
+            // Changed for rust-eda (not in rskafka 0.6.0): read into reserved capacity instead
+            // of zero-filling it first; the fill cost as much as the copy for each fetched record.
+            use std::io::Read as _;
+            buf.reserve_exact(to_read);
+            let read = reader.by_ref().take(to_read as u64).read_to_end(buf)?;
+            if read < to_read {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
             self.remaining_elements -= to_read;
         }
 

@@ -1,4 +1,4 @@
-use std::io::{Read, Write};
+use std::io::{Cursor, Read, Write};
 
 use crate::protocol::{
     api_key::ApiKey,
@@ -216,11 +216,16 @@ pub struct FetchResponsePartition {
     pub records: Records,
 }
 
-impl<R> ReadVersionedType<R> for FetchResponsePartition
+// Changed for rust-eda (not in rskafka 0.6.0): the response parts that hold records are read
+// from the in-memory response (see `Records`), so that their batches are decoded in place.
+impl<T> ReadVersionedType<Cursor<T>> for FetchResponsePartition
 where
-    R: Read,
+    T: AsRef<[u8]>,
 {
-    fn read_versioned(reader: &mut R, version: ApiVersion) -> Result<Self, ReadVersionedError> {
+    fn read_versioned(
+        reader: &mut Cursor<T>,
+        version: ApiVersion,
+    ) -> Result<Self, ReadVersionedError> {
         let v = version.0.0;
         assert!(v <= 4);
 
@@ -248,11 +253,14 @@ pub struct FetchResponseTopic {
     pub partitions: Vec<FetchResponsePartition>,
 }
 
-impl<R> ReadVersionedType<R> for FetchResponseTopic
+impl<T> ReadVersionedType<Cursor<T>> for FetchResponseTopic
 where
-    R: Read,
+    T: AsRef<[u8]>,
 {
-    fn read_versioned(reader: &mut R, version: ApiVersion) -> Result<Self, ReadVersionedError> {
+    fn read_versioned(
+        reader: &mut Cursor<T>,
+        version: ApiVersion,
+    ) -> Result<Self, ReadVersionedError> {
         let v = version.0.0;
         assert!(v <= 4);
 
@@ -274,11 +282,14 @@ pub struct FetchResponse {
     pub responses: Vec<FetchResponseTopic>,
 }
 
-impl<R> ReadVersionedType<R> for FetchResponse
+impl<T> ReadVersionedType<Cursor<T>> for FetchResponse
 where
-    R: Read,
+    T: AsRef<[u8]>,
 {
-    fn read_versioned(reader: &mut R, version: ApiVersion) -> Result<Self, ReadVersionedError> {
+    fn read_versioned(
+        reader: &mut Cursor<T>,
+        version: ApiVersion,
+    ) -> Result<Self, ReadVersionedError> {
         let v = version.0.0;
         assert!(v <= 4);
 
