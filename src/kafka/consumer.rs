@@ -45,7 +45,7 @@ use super::cluster::{Cluster, ClusterError, Lane};
 use super::group::records::OwnerValue;
 use super::group::{Coordinator, Lease};
 use super::offsets::{DEFAULT_OFFSETS_TOPIC, OffsetError, OffsetStore, offsets_topic_spec};
-use super::producer::{Producer, ProducerConfig};
+use super::producer::{ProduceError, Producer, ProducerConfig};
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 
 /// Where to start a partition that has no committed offset.
@@ -262,6 +262,8 @@ pub enum ConsumerError {
     Admin(#[from] AdminError),
     #[error(transparent)]
     Offsets(#[from] OffsetError),
+    #[error("writing a partition's owner record failed: {0}")]
+    Claim(#[from] ProduceError),
 }
 
 /// A member of a consumer group over a set of topics.
@@ -541,34 +543,26 @@ impl Consumer {
         claims.retain(|tp, _| {
             target.get(tp).map(String::as_str) == Some(me) && state.is_claimable(tp)
         });
+        let mut due = Vec::new();
         for (tp, member) in &target {
             if member != me || !state.is_claimable(tp) || running.contains_key(tp) {
                 continue;
             }
             let since = *claims.entry(tp.clone()).or_insert(now);
-            if now < since + self.config.rebalance_grace {
-                continue;
+            if now >= since + self.config.rebalance_grace {
+                due.push(tp);
             }
-            let epoch = state.owner(tp).map_or(0, |o| o.epoch + 1);
-            let start = match state.committed(tp) {
-                Some(offset) => offset,
-                None => {
-                    match reset_offset(&self.cluster, tp, self.config.auto_offset_reset).await {
-                        Ok(offset) => offset,
-                        Err(e) => {
-                            log::warn!("{tp}: cannot look up where to start: {e}");
-                            continue;
-                        }
-                    }
-                }
-            };
-            let claim = OwnerValue {
-                member: me.to_owned(),
-                epoch,
-                start,
-            };
-            match coordinator.write_owner(tp, claim).await {
-                Ok(()) => {
+        }
+        // All at once: each claim may open a connection and looks up its start, so
+        // one after another they kept a starting member idle for milliseconds each.
+        let outcomes = futures_util::future::join_all(
+            due.into_iter()
+                .map(|tp| async move { (tp, self.claim(coordinator, tp).await) }),
+        )
+        .await;
+        for (tp, outcome) in outcomes {
+            match outcome {
+                Ok((epoch, start)) => {
                     log::info!("{tp}: claimed by {me} (epoch {epoch}, from offset {start})");
                     // Not again until the claim is read back (or a grace later, if lost).
                     claims.insert(tp.clone(), now + self.config.rebalance_grace * 4);
@@ -576,6 +570,28 @@ impl Consumer {
                 Err(e) => log::warn!("{tp}: claim failed: {e}"),
             }
         }
+    }
+
+    /// Writes this member as the owner of `tp`, from its committed offset or the
+    /// reset position; the epoch and start claimed.
+    async fn claim(
+        &self,
+        coordinator: &Coordinator,
+        tp: &TopicPartition,
+    ) -> Result<(i64, i64), ConsumerError> {
+        let state = &coordinator.state;
+        let epoch = state.owner(tp).map_or(0, |o| o.epoch + 1);
+        let start = match state.committed(tp) {
+            Some(offset) => offset,
+            None => reset_offset(&self.cluster, tp, self.config.auto_offset_reset).await?,
+        };
+        let claim = OwnerValue {
+            member: coordinator.member.clone(),
+            epoch,
+            start,
+        };
+        coordinator.write_owner(tp, claim).await?;
+        Ok((epoch, start))
     }
 
     fn start_partition<H: Handler>(
@@ -953,6 +969,7 @@ impl Drop for PartitionMetrics {
 impl PartitionRunner {
     async fn run<H: Handler>(self, handler: Arc<H>, mut stop: Shutdown, mut shutdown: Shutdown) {
         let start = self.progress.next.load(Ordering::Acquire);
+        let mut next = start;
         let (tx, mut rx) = mpsc::channel::<Vec<RecordAndOffset>>(1);
         let fetcher = Fetcher {
             cluster: self.cluster.clone(),
@@ -999,9 +1016,12 @@ impl PartitionRunner {
                     Some(done_at) => now = done_at,
                     None => break 'batches,
                 }
-                self.progress
-                    .next
-                    .fetch_max(message.offset + 1, Ordering::AcqRel);
+                // This task is the only writer: a plain store, not a read-modify-write,
+                // which cost as much as the rest of the record's bookkeeping.
+                if message.offset >= next {
+                    next = message.offset + 1;
+                    self.progress.next.store(next, Ordering::Release);
+                }
             }
             self.metrics.add(&mut tally);
         }
