@@ -249,19 +249,54 @@ async fn produce(o: &HashMap<String, String>) -> Result<Value, Error> {
     Ok(report(client, records, bytes, started, cpu))
 }
 
+/// What a consumer saw, counted per partition in slots of their own: every client
+/// counts each record and its bytes as it is handed over, and the count must not
+/// be what is measured (one shared counter is a cache line all threads fight for).
+struct Seen {
+    slots: Vec<Slot>,
+}
+
+#[repr(align(128))]
+#[derive(Default)]
+struct Slot {
+    records: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Seen {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            slots: (0..64).map(|_| Slot::default()).collect(),
+        })
+    }
+
+    fn add(&self, partition: i32, bytes: usize) {
+        let slot = &self.slots[partition.unsigned_abs() as usize % self.slots.len()];
+        slot.records.fetch_add(1, Ordering::Relaxed);
+        slot.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn records(&self) -> u64 {
+        self.slots.iter().map(|s| s.records.load(Ordering::Relaxed)).sum()
+    }
+
+    fn bytes(&self) -> u64 {
+        self.slots.iter().map(|s| s.bytes.load(Ordering::Relaxed)).sum()
+    }
+}
+
 async fn consume(o: &HashMap<String, String>) -> Result<Value, Error> {
     let client = opt(o, "client")?;
     let brokers = opt(o, "brokers")?;
     let topic = opt(o, "topic")?.to_owned();
     let records = num(o, "records")?;
-    let seen = Arc::new(AtomicU64::new(0));
-    let bytes = Arc::new(AtomicU64::new(0));
+    let seen = Seen::new();
     let cpu = cpu_seconds();
     let started = Instant::now();
     match client {
         "ours" => {
             use rust_eda::kafka::{
-                Cluster, ClusterConfig, Consumer, ConsumerConfig, Message, handler_fn,
+                Cluster, ClusterConfig, Consumer, ConsumerConfig, Handler, HandlerError, Message,
             };
             use rust_eda::shutdown::ShutdownTrigger;
             let cluster = Cluster::connect(ClusterConfig::from_broker_list(brokers)).await?;
@@ -273,22 +308,26 @@ async fn consume(o: &HashMap<String, String>) -> Result<Value, Error> {
             config.broker_offsets = false;
             let consumer = Consumer::new(cluster, config).await?;
             let (trigger, shutdown) = ShutdownTrigger::new();
-            let trigger = Arc::new(Mutex::new(Some(trigger)));
-            let handler = {
-                let (seen, bytes, trigger) =
-                    (Arc::clone(&seen), Arc::clone(&bytes), Arc::clone(&trigger));
-                handler_fn(move |m: Message| {
-                    let n = seen.fetch_add(1, Ordering::Relaxed) + 1;
-                    bytes.fetch_add(m.value.map_or(0, |v| v.len()) as u64, Ordering::Relaxed);
-                    if n == records
-                        && let Some(t) = trigger.lock().take()
-                    {
-                        t.trigger();
-                    }
-                    async { Ok(()) }
-                })
-            };
-            consumer.run(handler, shutdown).await?;
+            // A `Handler` over `&Message`, as the services write theirs: `handler_fn`
+            // would hand the closure a copy of every record.
+            struct Count(Arc<Seen>);
+            impl Handler for Count {
+                async fn handle(&self, m: &Message) -> Result<(), HandlerError> {
+                    self.0
+                        .add(m.partition, m.value.as_ref().map_or(0, Vec::len));
+                    Ok(())
+                }
+            }
+            // The consumer runs until stopped: stop it once everything was seen.
+            let watch = Arc::clone(&seen);
+            let stopper = tokio::spawn(async move {
+                while watch.records() < records {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                trigger.trigger();
+            });
+            consumer.run(Count(Arc::clone(&seen)), shutdown).await?;
+            stopper.abort();
         }
         "rskafka" => {
             use rskafka::client::ClientBuilder;
@@ -300,19 +339,15 @@ async fn consume(o: &HashMap<String, String>) -> Result<Value, Error> {
                 let pc = kafka
                     .partition_client(&topic, p, UnknownTopicHandling::Retry)
                     .await?;
-                let (seen, bytes) = (Arc::clone(&seen), Arc::clone(&bytes));
+                let seen = Arc::clone(&seen);
                 tasks.spawn(async move {
                     let mut offset = pc.get_offset(OffsetAt::Earliest).await?;
                     let end = pc.get_offset(OffsetAt::Latest).await?;
                     while offset < end {
                         let (batch, _) = pc.fetch_records(offset, 1..1024 * 1024, 100).await?;
                         for r in &batch {
-                            bytes.fetch_add(
-                                r.record.value.as_ref().map_or(0, Vec::len) as u64,
-                                Ordering::Relaxed,
-                            );
+                            seen.add(p, r.record.value.as_ref().map_or(0, Vec::len));
                         }
-                        seen.fetch_add(batch.len() as u64, Ordering::Relaxed);
                         if let Some(last) = batch.last() {
                             offset = last.offset + 1;
                         }
@@ -340,16 +375,14 @@ async fn consume(o: &HashMap<String, String>) -> Result<Value, Error> {
                 list.add_partition_offset(&topic, p, Offset::Beginning)?;
             }
             consumer.assign(&list)?;
-            let (seen, bytes) = (Arc::clone(&seen), Arc::clone(&bytes));
+            let seen = Arc::clone(&seen);
             tokio::task::spawn_blocking(move || {
-                while seen.load(Ordering::Relaxed) < records {
+                let mut n = 0;
+                while n < records {
                     if let Some(m) = consumer.poll(Duration::from_millis(100)) {
                         let m = m?;
-                        bytes.fetch_add(
-                            m.payload().map_or(0, <[u8]>::len) as u64,
-                            Ordering::Relaxed,
-                        );
-                        seen.fetch_add(1, Ordering::Relaxed);
+                        seen.add(m.partition(), m.payload().map_or(0, <[u8]>::len));
+                        n += 1;
                     }
                 }
                 Ok::<_, Error>(())
@@ -358,14 +391,8 @@ async fn consume(o: &HashMap<String, String>) -> Result<Value, Error> {
         }
         other => return Err(format!("unknown client {other}").into()),
     }
-    let n = seen.load(Ordering::Relaxed);
-    Ok(report(
-        client,
-        n,
-        bytes.load(Ordering::Relaxed) + n * 9,
-        started,
-        cpu,
-    ))
+    let n = seen.records();
+    Ok(report(client, n, seen.bytes() + n * 9, started, cpu))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
