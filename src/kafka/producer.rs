@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use rskafka::chrono::{DateTime, Utc};
-use rskafka::client::partition::Compression as WireCompression;
+use rskafka::client::partition::{Compression as WireCompression, ProduceBatch};
 use rskafka::record::Record;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, oneshot};
 use tokio::task::JoinHandle;
@@ -603,7 +603,14 @@ impl PartitionWorker {
         let size: u64 = batch.iter().map(|p| p.size as u64).sum();
         let (records, replies): (Vec<Record>, Vec<Reply>) =
             batch.into_iter().map(|p| (p.record, p.reply)).unzip();
-        let compression = self.config.compression.into();
+        // Made into a request once and sent by reference: a retry (or an attempt cut
+        // off by a timeout) needs no copy of the records.
+        let records = ProduceBatch::new(
+            &self.topic,
+            self.partition,
+            records,
+            self.config.compression.into(),
+        );
         let mut backoff = Backoff::new(self.config.retry_backoff);
         let started = Instant::now();
 
@@ -614,7 +621,7 @@ impl PartitionWorker {
                     .partition_client(&self.topic, self.partition, Lane::Write)
                     .await?;
                 self.cluster
-                    .timed("produce", client.produce(records.clone(), compression))
+                    .timed("produce", client.produce_batch(&records))
                     .await
             };
             let error = match tokio::time::timeout_at(deadline, attempt).await {

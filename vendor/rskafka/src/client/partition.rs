@@ -201,8 +201,19 @@ impl PartitionClient {
             return Ok(vec![]);
         }
 
-        let n = records.len() as i64;
-        let request = &build_produce_request(self.partition, &self.topic, records, compression);
+        let batch = ProduceBatch::new(&self.topic, self.partition, records, compression);
+        self.produce_batch(&batch).await
+    }
+
+    /// Changed for rust-eda (not in rskafka 0.6.0): sends a batch made once with
+    /// [`ProduceBatch::new`]. A caller that retries beyond rskafka's own retries (with
+    /// a deadline, say) sends the same batch again instead of keeping a copy of every
+    /// record for the next attempt; a cancelled attempt loses nothing.
+    pub async fn produce_batch(&self, batch: &ProduceBatch) -> Result<Vec<i64>> {
+        let Some(request) = &batch.request else {
+            return Ok(vec![]);
+        };
+        let n = batch.records;
 
         maybe_retry(
             &self.backoff_config,
@@ -641,6 +652,41 @@ where
         })
         .await
         .map_err(Error::RetryFailed)?
+}
+
+/// Changed for rust-eda (not in rskafka 0.6.0): records made into a produce request
+/// for one partition, to send with [`PartitionClient::produce_batch`].
+#[derive(Debug)]
+pub struct ProduceBatch {
+    /// `None` without records: an empty request is never sent.
+    request: Option<ProduceRequest>,
+    records: i64,
+}
+
+impl ProduceBatch {
+    pub fn new(
+        topic: &str,
+        partition: i32,
+        records: Vec<Record>,
+        compression: Compression,
+    ) -> Self {
+        let n = records.len() as i64;
+        let request = (!records.is_empty())
+            .then(|| build_produce_request(partition, topic, records, compression));
+        Self {
+            request,
+            records: n,
+        }
+    }
+
+    /// The number of records in the batch.
+    pub fn len(&self) -> usize {
+        self.records as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
 }
 
 fn build_produce_request(
