@@ -72,20 +72,20 @@ fn num(o: &HashMap<String, String>, key: &str) -> Result<u64, Error> {
     Ok(opt(o, key)?.parse()?)
 }
 
-/// CPU seconds (user + system) this process used so far.
+/// CPU seconds (user + system) this process used so far, to the nanosecond:
+/// `/proc/self/stat` counts in 10 ms ticks, a tenth of a short run's CPU time.
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
     };
-    // utime and stime are fields 14 and 15 of stat: 12 and 13 after the name.
-    (ticks(11) + ticks(12)) / 100.0
+    // SAFETY: `t` is a valid timespec for the call to fill.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) } == 0;
+    if ok {
+        t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+    } else {
+        0.0
+    }
 }
 
 async fn partitions_of(kafka: &rskafka::client::Client, topic: &str) -> Result<i32, Error> {
@@ -97,6 +97,21 @@ async fn partitions_of(kafka: &rskafka::client::Client, topic: &str) -> Result<i
         .ok_or("no such topic")?
         .partitions
         .len() as i32)
+}
+
+/// The end offset of each partition of `topic`, in partition order.
+async fn end_offsets(brokers: &str, topic: &str) -> Result<Vec<i64>, Error> {
+    use rskafka::client::ClientBuilder;
+    use rskafka::client::partition::{OffsetAt, UnknownTopicHandling};
+    let kafka = ClientBuilder::new(vec![brokers.to_owned()]).build().await?;
+    let mut ends = Vec::new();
+    for p in 0..partitions_of(&kafka, topic).await? {
+        let pc = kafka
+            .partition_client(topic, p, UnknownTopicHandling::Retry)
+            .await?;
+        ends.push(pc.get_offset(OffsetAt::Latest).await?);
+    }
+    Ok(ends)
 }
 
 fn key(i: u64) -> String {
@@ -291,6 +306,13 @@ async fn consume(o: &HashMap<String, String>) -> Result<Value, Error> {
     let topic = opt(o, "topic")?.to_owned();
     let records = num(o, "records")?;
     let seen = Seen::new();
+    // Where each partition ends, looked up before the clock starts: the harness's
+    // way to know when our consumer, which runs until stopped, has read everything.
+    let ends = if client == "ours" {
+        end_offsets(brokers, &topic).await?
+    } else {
+        Vec::new()
+    };
     let cpu = cpu_seconds();
     let started = Instant::now();
     match client {
@@ -309,25 +331,37 @@ async fn consume(o: &HashMap<String, String>) -> Result<Value, Error> {
             let consumer = Consumer::new(cluster, config).await?;
             let (trigger, shutdown) = ShutdownTrigger::new();
             // A `Handler` over `&Message`, as the services write theirs: `handler_fn`
-            // would hand the closure a copy of every record.
-            struct Count(Arc<Seen>);
+            // would hand the closure a copy of every record. The consumer runs until
+            // stopped: the handler that sees the last record of the last partition
+            // to finish stops it.
+            struct Count {
+                seen: Arc<Seen>,
+                ends: Vec<i64>,
+                finished: AtomicU64,
+                trigger: Mutex<Option<ShutdownTrigger>>,
+            }
             impl Handler for Count {
                 async fn handle(&self, m: &Message) -> Result<(), HandlerError> {
-                    self.0
+                    self.seen
                         .add(m.partition, m.value.as_ref().map_or(0, Vec::len));
+                    let end = self.ends.get(m.partition as usize).copied();
+                    if end == Some(m.offset + 1)
+                        && self.finished.fetch_add(1, Ordering::Relaxed) + 1
+                            == self.ends.iter().filter(|&&e| e > 0).count() as u64
+                        && let Some(t) = self.trigger.lock().take()
+                    {
+                        t.trigger();
+                    }
                     Ok(())
                 }
             }
-            // The consumer runs until stopped: stop it once everything was seen.
-            let watch = Arc::clone(&seen);
-            let stopper = tokio::spawn(async move {
-                while watch.records() < records {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                trigger.trigger();
-            });
-            consumer.run(Count(Arc::clone(&seen)), shutdown).await?;
-            stopper.abort();
+            let handler = Count {
+                seen: Arc::clone(&seen),
+                ends: ends.clone(),
+                finished: AtomicU64::new(0),
+                trigger: Mutex::new(Some(trigger)),
+            };
+            consumer.run(handler, shutdown).await?;
         }
         "rskafka" => {
             use rskafka::client::ClientBuilder;
