@@ -605,7 +605,7 @@ impl PartitionWorker {
             batch.into_iter().map(|p| (p.record, p.reply)).unzip();
         // Made into a request once and sent by reference: a retry (or an attempt cut
         // off by a timeout) needs no copy of the records.
-        let records = ProduceBatch::new(
+        let request = ProduceBatch::new(
             &self.topic,
             self.partition,
             records,
@@ -621,7 +621,7 @@ impl PartitionWorker {
                     .partition_client(&self.topic, self.partition, Lane::Write)
                     .await?;
                 self.cluster
-                    .timed("produce", client.produce_batch(&records))
+                    .timed("produce", client.produce_batch(&request))
                     .await
             };
             let error = match tokio::time::timeout_at(deadline, attempt).await {
