@@ -503,12 +503,19 @@ impl Consumer {
             .filter(|tp| target.get(*tp).map(String::as_str) != Some(me))
             .cloned()
             .collect();
-        for tp in moving {
-            if let Some(r) = running.remove(&tp) {
-                let to = target.get(&tp).cloned().unwrap_or_default();
-                if let Some(epoch) = self.hand_over(coordinator, &tp, r, &to).await {
-                    pending.handed.insert(tp, epoch);
-                }
+        // All at once, like the claims: each waits for its record in flight, a commit
+        // and an owner record, and the new owner waits for the last of them.
+        let handoffs = moving.into_iter().filter_map(|tp| {
+            let r = running.remove(&tp)?;
+            let to = target.get(&tp).cloned().unwrap_or_default();
+            Some(async move {
+                let epoch = self.hand_over(coordinator, &tp, r, &to).await;
+                (tp, epoch)
+            })
+        });
+        for (tp, epoch) in futures_util::future::join_all(handoffs).await {
+            if let Some(epoch) = epoch {
+                pending.handed.insert(tp, epoch);
             }
         }
 
@@ -774,18 +781,20 @@ impl Consumer {
                 }
             }
         }
-        for (tp, r) in running {
+        let timeout = self.config.shutdown_commit_timeout;
+        let handoffs = running.into_iter().map(|(tp, r)| {
             let to = target.get(&tp).cloned().unwrap_or_default();
-            if tokio::time::timeout_at(deadline, self.hand_over(&coordinator, &tp, r, &to))
-                .await
-                .is_err()
-            {
-                log::error!(
-                    "{tp}: handoff did not finish within {:?}; it moves after the session timeout, and records since the last commit are delivered again",
-                    self.config.shutdown_commit_timeout
-                );
+            let coordinator = &coordinator;
+            async move {
+                let handoff = self.hand_over(coordinator, &tp, r, &to);
+                if tokio::time::timeout_at(deadline, handoff).await.is_err() {
+                    log::error!(
+                        "{tp}: handoff did not finish within {timeout:?}; it moves after the session timeout, and records since the last commit are delivered again"
+                    );
+                }
             }
-        }
+        });
+        futures_util::future::join_all(handoffs).await;
         coordinator.leave().await;
     }
 }
