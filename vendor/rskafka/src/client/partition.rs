@@ -655,7 +655,8 @@ where
 }
 
 /// Changed for rust-eda (not in rskafka 0.6.0): records made into a produce request
-/// for one partition, to send with [`PartitionClient::produce_batch`].
+/// for one partition, to send with [`PartitionClient::produce_batch`] of that
+/// partition's client.
 #[derive(Debug)]
 pub struct ProduceBatch {
     /// `None` without records: an empty request is never sent.
@@ -677,15 +678,6 @@ impl ProduceBatch {
             request,
             records: n,
         }
-    }
-
-    /// The number of records in the batch.
-    pub fn len(&self) -> usize {
-        self.records as usize
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.records == 0
     }
 }
 
