@@ -807,6 +807,23 @@ pub struct Records(
     pub Vec<RecordBatch>,
 );
 
+/// Added for rust-eda (not in rskafka 0.6.0): the next `len` bytes of an in-memory
+/// reader, without moving it; `UnexpectedEof` if there are fewer, which is how
+/// `Records` tells a batch cut off by `FetchRequest::max_bytes`.
+pub(crate) fn next_bytes<T: AsRef<[u8]>>(
+    reader: &Cursor<T>,
+    len: usize,
+) -> Result<&[u8], ReadError> {
+    let start =
+        usize::try_from(reader.position()).map_err(|e| ReadError::Malformed(Box::new(e)))?;
+    reader
+        .get_ref()
+        .as_ref()
+        .get(start..)
+        .and_then(|rest| rest.get(..len))
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into())
+}
+
 // Changed for rust-eda (not in rskafka 0.6.0): the batches are decoded in place from the
 // in-memory response instead of from a copy of their bytes (`NullableBytes`).
 impl<T> ReadType<Cursor<T>> for Records
@@ -823,13 +840,7 @@ where
             -1 => 0,
             l => usize::try_from(l)?,
         };
-        let start = usize::try_from(reader.position())?;
-        let bytes = reader
-            .get_ref()
-            .as_ref()
-            .get(start..)
-            .and_then(|rest| rest.get(..len))
-            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+        let bytes = next_bytes(reader, len)?;
         let len = u64::try_from(len)?;
         let end = reader.position() + len;
         let mut buf = Cursor::new(bytes);

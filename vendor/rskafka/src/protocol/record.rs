@@ -25,7 +25,7 @@ use std::io::{Cursor, Read, Write};
 use proptest::prelude::*;
 
 use super::{
-    primitives::{Int8, Int16, Int32, Int64, Varint, Varlong},
+    primitives::{Int8, Int16, Int32, Int64, Varint, Varlong, next_bytes},
     traits::{ReadError, ReadType, WriteError, WriteType},
     vec_builder::VecBuilder,
 };
@@ -385,15 +385,7 @@ where
         let crc = u32::from_be_bytes(crc.to_be_bytes());
 
         // data
-        let start =
-            usize::try_from(reader.position()).map_err(|e| ReadError::Malformed(Box::new(e)))?;
-        let data = reader
-            .get_ref()
-            .as_ref()
-            .get(start..)
-            .and_then(|rest| rest.get(..len))
-            // Cut off, likely by `FetchRequest::max_bytes`: `Records` relies on this error kind.
-            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+        let data = next_bytes(reader, len)?;
         let actual_crc = crc32c::crc32c(data);
         if crc != actual_crc {
             return Err(ReadError::Malformed(
