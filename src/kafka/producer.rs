@@ -478,9 +478,11 @@ impl Producer {
             .drain()
             .flat_map(|(_, by_partition)| by_partition.into_values())
             .collect();
-        for mut worker in workers {
-            // The worker finishes its queue and exits.
+        // Every worker first, so that they finish their queues side by side.
+        for worker in &workers {
             worker.shared.close();
+        }
+        for mut worker in workers {
             if let Err(e) = (&mut worker.task).await {
                 log::error!("producer worker ended abnormally: {e}");
             }
