@@ -911,14 +911,18 @@ struct Tally {
 }
 
 impl PartitionMetrics {
+    /// Adds what `tally` counted, and empties it.
     fn add(&self, tally: &mut Tally) {
-        if tally.records > 0 {
-            self.records.add(tally.records);
-            self.bytes.add(tally.bytes);
+        let Tally {
+            records,
+            bytes,
+            mut latency,
+        } = std::mem::take(tally);
+        if records > 0 {
+            self.records.add(records);
+            self.bytes.add(bytes);
         }
-        self.latency.add(&mut tally.latency);
-        tally.records = 0;
-        tally.bytes = 0;
+        self.latency.add(&mut latency);
     }
 
     fn new(group: &str, tp: &TopicPartition) -> Self {
