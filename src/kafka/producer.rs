@@ -2,14 +2,16 @@
 //!
 //! [`Producer::enqueue`] picks the partition (Java-compatible, see
 //! [`partitioner`](super::partitioner)), reserves room in a bounded buffer and hands
-//! the record to the worker task of its partition. Each worker gathers records into
-//! a batch until the batch is full or the oldest record has waited `linger`, then
-//! sends it with `acks=all` and answers every record of the batch. A worker keeps
-//! one request in flight, so a retried batch can never overtake a later one: the
-//! order of records within a partition is the order in which they were enqueued.
-//! While that request is on its way the next batch gathers in the channel, and is
-//! taken in one step when the answer comes, so a busy partition sends full batches
-//! back to back and its worker wakes once per batch, not once per record.
+//! the record to the queue of its partition, where it joins the newest batch (a new
+//! one when it does not fit), as in the Java client's accumulator. The partition's
+//! worker task sends a batch once it is full or has waited `linger`, with
+//! `acks=all`, and answers all its records at once: they share one outcome, so a
+//! record costs no channel or allocation of its own. A worker keeps one request in
+//! flight, so a retried batch can never overtake a later one: the order of records
+//! within a partition is the order in which they were enqueued. While that request
+//! is on its way the next batches fill, and the worker looks at them when the
+//! answer comes, so a busy partition sends full batches back to back and its worker
+//! wakes once per batch, not once per record.
 //!
 //! Failures that may pass (a broker restarting, a leader moving, a timeout) are
 //! retried with backoff after refreshing the metadata, until the record's delivery
@@ -20,16 +22,16 @@
 use crate::metrics;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use rskafka::chrono::{DateTime, Utc};
 use rskafka::client::partition::{Compression as WireCompression, ProduceBatch};
 use rskafka::record::Record;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, oneshot};
+use tokio::sync::{Notify, Semaphore, TryAcquireError, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -88,7 +90,8 @@ pub struct ProducerConfig {
     /// Codec for batches.
     pub compression: Compression,
     /// From `enqueue` to acknowledgement, retries included; then the record fails
-    /// (Java: `delivery.timeout.ms`).
+    /// (Java: `delivery.timeout.ms`). Counted, as there, from the first record of
+    /// the record's batch.
     pub delivery_timeout: Duration,
     /// Waits between retries.
     pub retry_backoff: BackoffConfig,
@@ -221,18 +224,103 @@ impl From<ClusterError> for ProduceError {
 }
 
 /// Resolves once the broker acknowledged the record, or it failed for good.
-#[derive(Debug)]
 pub struct DeliveryFuture {
-    rx: oneshot::Receiver<Result<Delivery, ProduceError>>,
+    outcome: Arc<BatchOutcome>,
+    partition: i32,
+    /// The record's place in its batch, and so its offset's.
+    index: usize,
+    /// Where this future's waker sits among the batch's waiters, once it waited.
+    waiter: Option<usize>,
+}
+
+impl std::fmt::Debug for DeliveryFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeliveryFuture")
+            .field("partition", &self.partition)
+            .field("done", &self.outcome.result.get().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeliveryFuture {
+    fn delivery(&self, result: &Result<Vec<i64>, ProduceError>) -> Result<Delivery, ProduceError> {
+        match result {
+            Ok(offsets) => Ok(Delivery {
+                partition: self.partition,
+                // The batch is answered with an error instead when counts differ.
+                offset: offsets.get(self.index).copied().unwrap_or(-1),
+            }),
+            Err(e) => Err(e.clone()),
+        }
+    }
 }
 
 impl Future for DeliveryFuture {
     type Output = Result<Delivery, ProduceError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.rx)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Err(ProduceError::Closed)))
+        if let Some(result) = self.outcome.result.get() {
+            return Poll::Ready(self.delivery(result));
+        }
+        let outcome = Arc::clone(&self.outcome);
+        let mut waiters = outcome.waiters.lock();
+        // Looked at again under the lock the answer takes to wake the waiters.
+        if let Some(result) = outcome.result.get() {
+            return Poll::Ready(self.delivery(result));
+        }
+        match self.waiter.and_then(|i| waiters.get_mut(i)) {
+            Some(waker) => waker.clone_from(cx.waker()),
+            None => {
+                self.waiter = Some(waiters.len());
+                waiters.push(cx.waker().clone());
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// The outcome of one batch, shared by the delivery futures of its records.
+#[derive(Default)]
+struct BatchOutcome {
+    /// The offset of each record, or why the batch failed.
+    result: OnceLock<Result<Vec<i64>, ProduceError>>,
+    waiters: Mutex<Vec<Waker>>,
+}
+
+impl BatchOutcome {
+    /// The first outcome set is the one kept.
+    fn set(&self, result: Result<Vec<i64>, ProduceError>) {
+        if self.result.set(result).is_ok() {
+            let waiters = std::mem::take(&mut *self.waiters.lock());
+            for waker in waiters {
+                waker.wake();
+            }
+        }
+    }
+}
+
+/// Answers a batch's records exactly once, and gives back their buffer space.
+/// Dropped unanswered (its worker ended or was aborted), it answers `Closed`, so
+/// no caller waits on a record nobody sends.
+struct Answer {
+    outcome: Arc<BatchOutcome>,
+    buffer: Arc<Semaphore>,
+    /// Buffer space held by the batch's records.
+    permits: usize,
+}
+
+impl Answer {
+    fn send(mut self, result: Result<Vec<i64>, ProduceError>) {
+        // Room first, so that the callers woken can enqueue at once.
+        self.buffer.add_permits(std::mem::take(&mut self.permits));
+        self.outcome.set(result);
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        self.buffer.add_permits(std::mem::take(&mut self.permits));
+        self.outcome.set(Err(ProduceError::Closed));
     }
 }
 
@@ -283,16 +371,14 @@ impl Drop for Worker {
     }
 }
 
-/// Where a record's caller waits for its delivery.
-type Reply = oneshot::Sender<Result<Delivery, ProduceError>>;
-
-struct Pending {
-    record: Record,
-    size: usize,
-    enqueued: Instant,
-    reply: Reply,
-    /// Buffer space, given back when the record's batch is answered.
-    permit: Option<OwnedSemaphorePermit>,
+/// Records of one partition gathered for one request.
+struct OpenBatch {
+    records: Vec<Record>,
+    /// Record sizes summed, as counted against `batch_max_bytes`.
+    bytes: usize,
+    /// When its first record came: its linger and delivery timeout count from here.
+    created: Instant,
+    answer: Answer,
 }
 
 impl std::fmt::Debug for Producer {
@@ -343,13 +429,13 @@ impl Producer {
         }
         let partition = self.choose_partition(&record, size).await?;
 
-        let permit = match Arc::clone(&self.inner.buffer).try_acquire_many_owned(size as u32) {
+        let permit = match self.inner.buffer.try_acquire_many(size as u32) {
             Ok(permit) => permit,
             Err(TryAcquireError::Closed) => return Err(ProduceError::Closed),
             // The buffer is full: wait for acknowledgements to free room.
             Err(TryAcquireError::NoPermits) => tokio::time::timeout(
                 self.inner.config.delivery_timeout,
-                Arc::clone(&self.inner.buffer).acquire_many_owned(size as u32),
+                self.inner.buffer.acquire_many(size as u32),
             )
             .await
             .map_err(|_| ProduceError::DeliveryTimeout {
@@ -361,21 +447,14 @@ impl Producer {
             .map_err(|_| ProduceError::Closed)?,
         };
 
-        let (reply, rx) = oneshot::channel();
         let topic = record.topic;
-        let pending = Pending {
-            record: Record {
-                key: record.key,
-                value: record.value,
-                headers: record.headers,
-                timestamp: record
-                    .timestamp
-                    .unwrap_or_else(|| DateTime::<Utc>::from(std::time::SystemTime::now())),
-            },
-            size,
-            enqueued: Instant::now(),
-            reply,
-            permit: Some(permit),
+        let record = Record {
+            key: record.key,
+            value: record.value,
+            headers: record.headers,
+            timestamp: record
+                .timestamp
+                .unwrap_or_else(|| DateTime::<Utc>::from(std::time::SystemTime::now())),
         };
 
         let shared = {
@@ -393,17 +472,29 @@ impl Producer {
                 .or_insert_with(|| self.spawn_worker(topic, partition));
             Arc::clone(&worker.shared)
         };
-        let wake = {
+        let (pushed, wake) = {
             let mut queue = shared.queue.lock();
             if queue.closed {
                 return Err(ProduceError::Closed);
             }
-            queue.push(pending, self.inner.config.batch_max_bytes)
+            queue.push(
+                record,
+                size,
+                &self.inner.buffer,
+                self.inner.config.batch_max_bytes,
+            )
         };
+        // The batch's answer gives the room back.
+        permit.forget();
         if wake {
             shared.wake.notify_one();
         }
-        Ok(DeliveryFuture { rx })
+        Ok(DeliveryFuture {
+            outcome: pushed.outcome,
+            partition,
+            index: pushed.index,
+            waiter: None,
+        })
     }
 
     async fn choose_partition(
@@ -556,12 +647,14 @@ impl PartitionWorker {
         loop {
             let linger_end = {
                 let mut queue = shared.queue.lock();
-                if in_flight.is_none() && queue.ready(Instant::now(), &self.config) {
-                    let (batch, permit) = queue.take_batch(self.config.batch_max_bytes);
-                    let n = batch.len() as u64;
-                    in_flight = Some((Box::pin(self.send_batch(batch, permit)), n));
+                if in_flight.is_none()
+                    && queue.ready(Instant::now(), &self.config)
+                    && let Some(batch) = queue.take_batch()
+                {
+                    let n = batch.records.len() as u64;
+                    in_flight = Some((Box::pin(self.send_batch(batch)), n));
                 }
-                if in_flight.is_none() && queue.records.is_empty() {
+                if in_flight.is_none() && queue.batches.is_empty() {
                     // Nothing pending: every earlier flush is satisfied.
                     queue.answer_flushes(u64::MAX);
                     if queue.closed {
@@ -569,8 +662,8 @@ impl PartitionWorker {
                     }
                 }
                 // Only an idle worker with records waits for their linger to end.
-                match (&in_flight, queue.records.front()) {
-                    (None, Some(first)) => Some(first.enqueued + self.config.linger),
+                match (&in_flight, queue.batches.front()) {
+                    (None, Some(first)) => Some(first.created + self.config.linger),
                     _ => None,
                 }
             };
@@ -595,22 +688,19 @@ impl PartitionWorker {
         }
     }
 
-    /// Sends one batch until it is acknowledged, fails for good, or its oldest
-    /// record runs out of delivery time; then answers every record in it.
-    ///
-    /// The buffer space of the whole batch (`_permit`) is given back at the end.
-    async fn send_batch(&self, batch: Vec<Pending>, _permit: Option<OwnedSemaphorePermit>) {
-        let Some(first) = batch.first() else { return };
-        let deadline = first.enqueued + self.config.delivery_timeout;
-        let size: u64 = batch.iter().map(|p| p.size as u64).sum();
-        let (records, replies): (Vec<Record>, Vec<Reply>) =
-            batch.into_iter().map(|p| (p.record, p.reply)).unzip();
+    /// Sends one batch until it is acknowledged, fails for good, or runs out of
+    /// delivery time; then answers every record in it, and gives back their room.
+    async fn send_batch(&self, batch: OpenBatch) {
+        let deadline = batch.created + self.config.delivery_timeout;
+        let records = batch.records.len();
+        let size = batch.bytes as u64;
+        let answer = batch.answer;
         // Made into a request once and sent by reference: a retry (or an attempt cut
         // off by a timeout) needs no copy of the records.
         let request = ProduceBatch::new(
             &self.topic,
             self.partition,
-            records,
+            batch.records,
             self.config.compression.into(),
         );
         let mut backoff = Backoff::new(self.config.retry_backoff);
@@ -667,126 +757,137 @@ impl PartitionWorker {
                 .await;
         };
 
-        match outcome {
-            Ok(offsets) if offsets.len() == replies.len() => {
+        let outcome = match outcome {
+            Ok(offsets) if offsets.len() == records => Ok(offsets),
+            Ok(offsets) => Err(ProduceError::Rejected {
+                topic: self.topic.clone(),
+                partition: self.partition,
+                error: format!(
+                    "broker acknowledged {} offsets for {records} records",
+                    offsets.len(),
+                ),
+            }),
+            Err(error) => Err(error),
+        };
+        match &outcome {
+            Ok(_) => {
                 self.metrics.latency.observe(started.elapsed());
-                self.metrics.records.add(replies.len() as u64);
+                self.metrics.records.add(records as u64);
                 self.metrics.bytes.add(size);
-                for (reply, offset) in replies.into_iter().zip(offsets) {
-                    let _ = reply.send(Ok(Delivery {
-                        partition: self.partition,
-                        offset,
-                    }));
-                }
-            }
-            Ok(offsets) => {
-                let error = ProduceError::Rejected {
-                    topic: self.topic.clone(),
-                    partition: self.partition,
-                    error: format!(
-                        "broker acknowledged {} offsets for {} records",
-                        offsets.len(),
-                        replies.len()
-                    ),
-                };
-                self.metrics.errors.add(replies.len() as u64);
-                for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
-                }
             }
             Err(error) => {
-                self.metrics.errors.add(replies.len() as u64);
+                self.metrics.errors.add(records as u64);
                 log::error!("{error}");
-                for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
-                }
             }
         }
+        answer.send(outcome);
     }
 }
 
-/// Empties a partition's queue when its worker ends, dropping the replies, so
-/// every caller still waiting hears `Closed` (also when the task is aborted).
+/// Empties a partition's queue when its worker ends, dropping the batches' answers,
+/// so every caller still waiting hears `Closed` (also when the task is aborted).
 struct DrainOnDrop<'a>(&'a Shared);
 
 impl Drop for DrainOnDrop<'_> {
     fn drop(&mut self) {
         let mut queue = self.0.queue.lock();
         queue.closed = true;
-        queue.records.clear();
+        queue.batches.clear();
         queue.flushes.clear();
     }
 }
 
-/// Records of one partition waiting for a request, and flushes waiting for them.
+/// Records of one partition waiting for a request, in batches, and flushes
+/// waiting for them.
 #[derive(Default)]
 struct Queue {
-    records: VecDeque<Pending>,
-    bytes: usize,
+    /// Oldest first; only the newest takes more records.
+    batches: VecDeque<OpenBatch>,
     /// Flush waiters, with the number of records that must be done before them.
     flushes: VecDeque<(u64, oneshot::Sender<()>)>,
     received: u64,
     done: u64,
+    /// Records in the batch taken last: a new batch starts with room for as many.
+    last_batch_len: usize,
     /// No more records: the worker sends what it has and ends.
     closed: bool,
 }
 
+/// Where `Queue::push` put a record.
+struct Pushed {
+    outcome: Arc<BatchOutcome>,
+    index: usize,
+}
+
 impl Queue {
-    /// Adds a record; whether an idle worker must wake for it (the first record,
-    /// or the one that fills a batch). Otherwise its linger or the request in
-    /// flight brings the worker back anyway.
-    fn push(&mut self, p: Pending, batch_max_bytes: usize) -> bool {
-        let was_empty = self.records.is_empty();
-        let was_full = self.bytes >= batch_max_bytes;
-        self.bytes += p.size;
+    /// Adds a record of `size` bytes, holding as much room of `buffer`, to the
+    /// newest batch, or to a new one when it does not fit there. Also says whether
+    /// an idle worker must wake for it: for the first record, or a batch that
+    /// filled; otherwise its linger or the request in flight brings it back anyway.
+    fn push(
+        &mut self,
+        record: Record,
+        size: usize,
+        buffer: &Arc<Semaphore>,
+        batch_max_bytes: usize,
+    ) -> (Pushed, bool) {
+        let was_empty = self.batches.is_empty();
+        let fits = self
+            .batches
+            .back()
+            .is_some_and(|b| b.bytes + size <= batch_max_bytes);
+        if !fits {
+            self.batches.push_back(OpenBatch {
+                records: Vec::with_capacity(self.last_batch_len.max(1)),
+                bytes: 0,
+                created: Instant::now(),
+                answer: Answer {
+                    outcome: Arc::default(),
+                    buffer: Arc::clone(buffer),
+                    permits: 0,
+                },
+            });
+        }
+        let last = self.batches.len() - 1;
+        let batch = &mut self.batches[last];
+        let index = batch.records.len();
+        batch.records.push(record);
+        batch.bytes += size;
+        batch.answer.permits += size;
         self.received += 1;
-        self.records.push_back(p);
-        was_empty || (!was_full && self.bytes >= batch_max_bytes)
+        let pushed = Pushed {
+            outcome: Arc::clone(&batch.answer.outcome),
+            index,
+        };
+        let filled = batch.bytes >= batch_max_bytes;
+        (pushed, was_empty || !fits || filled)
     }
 
     /// Answers `tx` once every record pushed before is done; at once when closed.
     fn flush(&mut self, tx: oneshot::Sender<()>) {
-        if !self.closed || !self.records.is_empty() {
+        if !self.closed || !self.batches.is_empty() {
             self.flushes.push_back((self.received, tx));
         }
     }
 
-    /// Whether to send now: a full batch, an oldest record that waited its
+    /// Whether to send now: a full batch, an oldest batch that waited its
     /// linger, someone flushing, or the producer closing.
     fn ready(&self, now: Instant, config: &ProducerConfig) -> bool {
-        let Some(first) = self.records.front() else {
+        let Some(first) = self.batches.front() else {
             return false;
         };
         self.closed
             || !self.flushes.is_empty()
-            || self.bytes >= config.batch_max_bytes
-            || now >= first.enqueued + config.linger
+            || self.batches.len() > 1
+            || first.bytes >= config.batch_max_bytes
+            || now >= first.created + config.linger
     }
 
-    /// The oldest records up to `max_bytes` (at least one), with their buffer
-    /// space merged into one permit so it is given back in one step.
-    fn take_batch(&mut self, max_bytes: usize) -> (Vec<Pending>, Option<OwnedSemaphorePermit>) {
-        let mut batch = Vec::new();
-        let mut permit: Option<OwnedSemaphorePermit> = None;
-        let mut bytes = 0;
-        while let Some(p) = self.records.front() {
-            if !batch.is_empty() && bytes + p.size > max_bytes {
-                break;
-            }
-            bytes += p.size;
-            let Some(mut p) = self.records.pop_front() else {
-                break;
-            };
-            if let Some(taken) = p.permit.take() {
-                match permit.as_mut() {
-                    Some(all) => all.merge(taken),
-                    None => permit = Some(taken),
-                }
-            }
-            batch.push(p);
-        }
-        self.bytes -= bytes;
-        (batch, permit)
+    /// The oldest batch.
+    fn take_batch(&mut self) -> Option<OpenBatch> {
+        let batch = self.batches.pop_front()?;
+        self.last_batch_len = batch.records.len();
+        Some(batch)
     }
 
     /// Counts `n` more records answered, and answers the flushes waiting for them.
@@ -817,24 +918,19 @@ mod tests {
         assert!(err.contains("none, gzip or snappy"), "{err}");
     }
 
-    fn pending(size: usize, enqueued: Instant, buffer: &Arc<Semaphore>) -> Pending {
-        let (reply, _) = oneshot::channel();
-        Pending {
-            record: Record {
-                key: None,
-                value: Some(vec![0; size]),
-                headers: BTreeMap::new(),
-                timestamp: DateTime::<Utc>::from(std::time::SystemTime::UNIX_EPOCH),
-            },
-            size,
-            enqueued,
-            reply,
-            permit: Some(
-                Arc::clone(buffer)
-                    .try_acquire_many_owned(size as u32)
-                    .unwrap(),
-            ),
+    fn record(size: usize) -> Record {
+        Record {
+            key: None,
+            value: Some(vec![0; size]),
+            headers: BTreeMap::new(),
+            timestamp: DateTime::<Utc>::from(std::time::SystemTime::UNIX_EPOCH),
         }
+    }
+
+    /// Pushes a record the way `enqueue` does, its room taken from `buffer`.
+    fn push(queue: &mut Queue, size: usize, buffer: &Arc<Semaphore>) -> (Pushed, bool) {
+        buffer.try_acquire_many(size as u32).unwrap().forget();
+        queue.push(record(size), size, buffer, 100)
     }
 
     #[test]
@@ -849,68 +945,108 @@ mod tests {
         let mut queue = Queue::default();
         assert!(!queue.ready(t0, &config), "nothing to send");
 
-        assert!(
-            queue.push(pending(40, t0, &buffer), 100),
-            "wake for the first"
-        );
+        assert!(push(&mut queue, 40, &buffer).1, "wake for the first");
         assert!(!queue.ready(t0, &config), "lingering");
-        assert!(queue.ready(t0 + config.linger, &config), "lingered");
-
         assert!(
-            queue.push(pending(60, t0, &buffer), 100),
-            "wake for a full batch"
+            queue.ready(Instant::now() + config.linger, &config),
+            "lingered"
         );
+
+        assert!(push(&mut queue, 60, &buffer).1, "wake for a full batch");
         assert!(queue.ready(t0, &config), "a full batch");
-        assert!(!queue.push(pending(1, t0, &buffer), 100), "full already");
+        assert!(push(&mut queue, 1, &buffer).1, "wake for a batch behind");
+        assert!(!push(&mut queue, 1, &buffer).1, "the full one woke already");
 
         let mut queue = Queue::default();
-        queue.push(pending(10, t0, &buffer), 100);
-        assert!(
-            !queue.push(pending(10, t0, &buffer), 100),
-            "the linger wakes"
-        );
+        push(&mut queue, 10, &buffer);
+        assert!(!push(&mut queue, 10, &buffer).1, "the linger wakes");
         let (tx, _rx) = oneshot::channel();
         queue.flush(tx);
         assert!(queue.ready(t0, &config), "flushing");
 
         let mut queue = Queue::default();
-        queue.push(pending(10, t0, &buffer), 100);
+        push(&mut queue, 10, &buffer);
         queue.closed = true;
         assert!(queue.ready(t0, &config), "closing");
     }
 
     #[test]
-    fn a_batch_takes_the_oldest_records_up_to_the_limit_and_one_permit() {
+    fn records_fill_the_newest_batch_up_to_the_limit() {
         let buffer = Arc::new(Semaphore::new(1000));
-        let t0 = Instant::now();
         let mut queue = Queue::default();
-        for size in [150, 40, 50, 30] {
-            queue.push(pending(size, t0, &buffer), 100);
-        }
-        assert_eq!(buffer.available_permits(), 1000 - 270);
+        let places: Vec<usize> = [40, 50, 30, 70, 1]
+            .into_iter()
+            .map(|size| push(&mut queue, size, &buffer).0.index)
+            .collect();
+        assert_eq!(places, [0, 1, 0, 1, 0]);
+        assert_eq!(buffer.available_permits(), 1000 - 191);
 
-        // An oversized first record still goes alone rather than blocking the queue.
-        let (batch, permit) = queue.take_batch(100);
-        assert_eq!(batch.iter().map(|p| p.size).collect::<Vec<_>>(), [150]);
-        assert_eq!(permit.as_ref().map(|p| p.num_permits()), Some(150));
+        let first = queue.take_batch().unwrap();
+        let sizes: Vec<usize> = first
+            .records
+            .iter()
+            .map(|r| r.value.as_ref().unwrap().len())
+            .collect();
+        assert_eq!(sizes, [40, 50]);
+        assert_eq!(first.answer.permits, 90);
+        assert_eq!(queue.batches.len(), 2, "[30, 70] and [1]");
 
-        let (batch, permit) = queue.take_batch(100);
-        assert_eq!(batch.iter().map(|p| p.size).collect::<Vec<_>>(), [40, 50]);
-        assert_eq!(permit.as_ref().map(|p| p.num_permits()), Some(90));
-        assert_eq!(queue.bytes, 30);
+        // The batch's answer gives its room back, answered or dropped.
+        first.answer.send(Ok(vec![7, 8]));
+        assert_eq!(buffer.available_permits(), 1000 - 101);
+        drop(queue.take_batch());
+        assert_eq!(buffer.available_permits(), 1000 - 1);
+    }
 
-        drop(permit);
-        assert_eq!(buffer.available_permits(), 1000 - 180);
+    #[tokio::test]
+    async fn a_batch_answers_each_record_with_its_offset_or_closed() {
+        let buffer = Arc::new(Semaphore::new(1000));
+        let mut queue = Queue::default();
+        let futures: Vec<DeliveryFuture> = (0..3)
+            .map(|_| {
+                let pushed = push(&mut queue, 10, &buffer).0;
+                DeliveryFuture {
+                    outcome: pushed.outcome,
+                    partition: 2,
+                    index: pushed.index,
+                    waiter: None,
+                }
+            })
+            .collect();
+        let waiting = tokio::spawn(futures_util::future::join_all(futures));
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "nothing answered yet");
+
+        queue.take_batch().unwrap().answer.send(Ok(vec![5, 6, 7]));
+        let offsets: Vec<i64> = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap()
+            .into_iter()
+            .map(|d| d.unwrap().offset)
+            .collect();
+        assert_eq!(offsets, [5, 6, 7]);
+
+        let pushed = push(&mut queue, 10, &buffer).0;
+        let future = DeliveryFuture {
+            outcome: pushed.outcome,
+            partition: 2,
+            index: pushed.index,
+            waiter: None,
+        };
+        queue.batches.clear();
+        assert!(matches!(future.await, Err(ProduceError::Closed)));
+        assert_eq!(buffer.available_permits(), 1000);
     }
 
     #[test]
     fn flushes_are_answered_once_their_records_are_done() {
         let buffer = Arc::new(Semaphore::new(1000));
         let mut queue = Queue::default();
-        queue.push(pending(1, Instant::now(), &buffer), 100);
+        push(&mut queue, 1, &buffer);
         let (first, mut first_rx) = oneshot::channel();
         queue.flush(first);
-        queue.push(pending(1, Instant::now(), &buffer), 100);
+        push(&mut queue, 1, &buffer);
         let (second, mut second_rx) = oneshot::channel();
         queue.flush(second);
 
