@@ -17,9 +17,23 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-/// Latency buckets, in seconds: 1 ms to 10 s.
-const LATENCY_BUCKETS: [f64; 14] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0,
+/// Latency buckets, 1 ms to 10 s, in nanoseconds: an observation is placed by
+/// integer comparisons, since the consumer observes every record.
+const LATENCY_BUCKETS_NS: [u64; 14] = [
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    7_500_000_000,
+    10_000_000_000,
 ];
 
 /// Label pairs of one series, sorted by name.
@@ -147,34 +161,39 @@ pub struct Histogram(Arc<HistogramInner>);
 /// share, would cost more than the work measured.
 #[derive(Debug, Default)]
 pub struct LocalHistogram {
-    buckets: [u64; LATENCY_BUCKETS.len()],
+    buckets: [u64; LATENCY_BUCKETS_NS.len()],
     count: u64,
-    sum_micros: u64,
+    sum_nanos: u64,
 }
 
 impl LocalHistogram {
     pub fn observe(&mut self, elapsed: Duration) {
-        if let Some(i) = bucket(elapsed) {
+        let nanos = nanos(elapsed);
+        if let Some(i) = bucket(nanos) {
             self.buckets[i] += 1;
         }
         self.count += 1;
-        self.sum_micros = self.sum_micros.saturating_add(micros(elapsed));
+        self.sum_nanos = self.sum_nanos.saturating_add(nanos);
     }
 }
 
-fn bucket(elapsed: Duration) -> Option<usize> {
-    let seconds = elapsed.as_secs_f64();
-    LATENCY_BUCKETS.iter().position(|&b| seconds <= b)
+fn bucket(nanos: u64) -> Option<usize> {
+    LATENCY_BUCKETS_NS.iter().position(|&b| nanos <= b)
 }
 
-fn micros(elapsed: Duration) -> u64 {
-    u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)
+/// Nanoseconds rather than microseconds in the sum: a handler of a few hundred
+/// nanoseconds must not add up to nothing. `u64` holds 584 years of them.
+fn nanos(elapsed: Duration) -> u64 {
+    elapsed
+        .as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(elapsed.subsec_nanos()))
 }
 
 struct HistogramInner {
-    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    buckets: [AtomicU64; LATENCY_BUCKETS_NS.len()],
     count: AtomicU64,
-    sum_micros: AtomicU64,
+    sum_nanos: AtomicU64,
 }
 
 impl Default for Histogram {
@@ -182,7 +201,7 @@ impl Default for Histogram {
         Self(Arc::new(HistogramInner {
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             count: AtomicU64::new(0),
-            sum_micros: AtomicU64::new(0),
+            sum_nanos: AtomicU64::new(0),
         }))
     }
 }
@@ -190,13 +209,12 @@ impl Default for Histogram {
 impl Histogram {
     pub fn observe(&self, elapsed: Duration) {
         // Buckets are stored non-cumulatively and summed when rendered.
-        if let Some(i) = bucket(elapsed) {
+        let nanos = nanos(elapsed);
+        if let Some(i) = bucket(nanos) {
             self.0.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.0.count.fetch_add(1, Ordering::Relaxed);
-        self.0
-            .sum_micros
-            .fetch_add(micros(elapsed), Ordering::Relaxed);
+        self.0.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
     /// Adds what `local` gathered, and empties it.
@@ -211,8 +229,8 @@ impl Histogram {
         }
         self.0.count.fetch_add(local.count, Ordering::Relaxed);
         self.0
-            .sum_micros
-            .fetch_add(local.sum_micros, Ordering::Relaxed);
+            .sum_nanos
+            .fetch_add(local.sum_nanos, Ordering::Relaxed);
         *local = LocalHistogram::default();
     }
 
@@ -289,9 +307,9 @@ pub fn render() -> String {
 
 fn render_histogram(out: &mut String, name: &str, labels: &Labels, h: &Histogram) {
     let mut cumulative = 0;
-    for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+    for (i, bound) in LATENCY_BUCKETS_NS.iter().enumerate() {
         cumulative += h.0.buckets[i].load(Ordering::Relaxed);
-        let le = bound.to_string();
+        let le = (*bound as f64 / 1e9).to_string();
         let _ = writeln!(
             out,
             "{name}_bucket{} {cumulative}",
@@ -304,7 +322,7 @@ fn render_histogram(out: &mut String, name: &str, labels: &Labels, h: &Histogram
         "{name}_bucket{} {count}",
         format_labels(labels, Some("+Inf"))
     );
-    let sum = h.0.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+    let sum = h.0.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
     let _ = writeln!(out, "{name}_sum{} {sum}", format_labels(labels, None));
     let _ = writeln!(out, "{name}_count{} {count}", format_labels(labels, None));
 }
@@ -448,6 +466,26 @@ mod tests {
             "{page}"
         );
         assert!(page.contains("eda_test_latency_seconds_count{route=\"/r\"} 2"));
+        assert!(page.contains("eda_test_latency_seconds_sum{route=\"/r\"} 60.003\n"));
+        let bounds: Vec<&str> = page
+            .lines()
+            .filter(|l| l.starts_with("eda_test_latency_seconds_bucket"))
+            .filter_map(|l| l.split("le=\"").nth(1)?.split('"').next())
+            .collect();
+        assert_eq!(
+            bounds,
+            [
+                "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1",
+                "2.5", "5", "7.5", "10", "+Inf"
+            ]
+        );
+
+        // Fast handlers add up: 1,000 × 300 ns is 0.3 ms, not nothing.
+        let fast = histogram("eda_test_fast_seconds", "Fast.", &[]);
+        for _ in 0..1000 {
+            fast.observe(Duration::from_nanos(300));
+        }
+        assert!(render().contains("eda_test_fast_seconds_sum 0.0003\n"));
         assert!(page.contains("process_resident_memory_bytes "), "{page}");
         assert!(page.contains("process_open_fds "), "{page}");
 
@@ -473,7 +511,7 @@ mod tests {
             (
                 h.0.buckets.each_ref().map(|b| b.load(Ordering::Relaxed)),
                 h.count(),
-                h.0.sum_micros.load(Ordering::Relaxed),
+                h.0.sum_nanos.load(Ordering::Relaxed),
             )
         };
         assert_eq!(counts(&each), counts(&batched));
