@@ -172,9 +172,9 @@ pub struct Message {
 }
 
 impl Message {
-    pub(crate) fn new(topic: &Arc<str>, partition: i32, r: RecordAndOffset) -> Self {
+    pub(crate) fn new(topic: Arc<str>, partition: i32, r: RecordAndOffset) -> Self {
         Self {
-            topic: Arc::clone(topic),
+            topic,
             partition,
             offset: r.offset,
             key: r.record.key,
@@ -992,7 +992,9 @@ impl PartitionRunner {
         };
         // Aborted with this task too, when the partition is fenced or the consumer dropped.
         let _fetch_task = AbortOnDrop(tokio::spawn(fetcher.run(start, tx, stop.clone())));
-        let topic: Arc<str> = Arc::from(self.tp.topic.as_str());
+        // Handed from each message to the next rather than cloned for each: counting
+        // an Arc up and down per record showed in the profile.
+        let mut topic: Arc<str> = Arc::from(self.tp.topic.as_str());
         let mut tally = Tally::default();
 
         'batches: loop {
@@ -1021,7 +1023,7 @@ impl PartitionRunner {
                     );
                     break 'batches;
                 }
-                let mut message = Message::new(&topic, self.tp.partition, record);
+                let mut message = Message::new(topic, self.tp.partition, record);
                 match self
                     .handle(&*handler, &mut message, now, &mut stop, &mut tally)
                     .await
@@ -1035,6 +1037,7 @@ impl PartitionRunner {
                     next = message.offset + 1;
                     self.progress.next.store(next, Ordering::Release);
                 }
+                topic = message.topic;
             }
             self.metrics.add(&mut tally);
         }

@@ -88,7 +88,7 @@ impl Follower {
                 while let Some(batch) = rx.recv().await {
                     for record in batch {
                         let offset = record.offset;
-                        apply(Message::new(&topic, tp.partition, record));
+                        apply(Message::new(Arc::clone(&topic), tp.partition, record));
                         if behind && offset + 1 >= end {
                             behind = false;
                             if pending.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -172,7 +172,7 @@ pub async fn read_topic(cluster: &Cluster, topic: &str) -> Result<Vec<Message>, 
     let name: Arc<str> = Arc::from(topic);
     for p in 0..partitions {
         for record in read_partition(cluster, topic, p).await?.0 {
-            messages.push(Message::new(&name, p, record));
+            messages.push(Message::new(Arc::clone(&name), p, record));
         }
     }
     Ok(messages)
