@@ -258,20 +258,20 @@ impl DeliveryFuture {
 impl Future for DeliveryFuture {
     type Output = Result<Delivery, ProduceError>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Some(result) = self.outcome.result.get() {
-            return Poll::Ready(self.delivery(result));
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Some(result) = this.outcome.result.get() {
+            return Poll::Ready(this.delivery(result));
         }
-        let outcome = Arc::clone(&self.outcome);
-        let mut waiters = outcome.waiters.lock();
+        let mut waiters = this.outcome.waiters.lock();
         // Looked at again under the lock the answer takes to wake the waiters.
-        if let Some(result) = outcome.result.get() {
-            return Poll::Ready(self.delivery(result));
+        if let Some(result) = this.outcome.result.get() {
+            return Poll::Ready(this.delivery(result));
         }
-        match self.waiter.and_then(|i| waiters.get_mut(i)) {
+        match this.waiter.and_then(|i| waiters.get_mut(i)) {
             Some(waker) => waker.clone_from(cx.waker()),
             None => {
-                self.waiter = Some(waiters.len());
+                this.waiter = Some(waiters.len());
                 waiters.push(cx.waker().clone());
             }
         }
