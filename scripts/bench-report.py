@@ -26,14 +26,33 @@ w(f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {ma
   "The machine is shared and noisy: compare the clients with each other (ratios), "
   "not with other runs.\n")
 
+def median_run(runs):
+    """The run with the median records/s, with the range over all runs."""
+    runs = sorted(runs, key=lambda r: r["records_per_s"])
+    median = dict(runs[len(runs) // 2])
+    median["runs"] = len(runs)
+    median["range"] = (runs[0]["records_per_s"], runs[-1]["records_per_s"])
+    return median
+
+
+def spread(r):
+    lo, hi = r["range"]
+    return f" ({lo / 1e6:.2f}–{hi / 1e6:.2f} M/s)" if r["runs"] > 1 else ""
+
+
 targets = []
 for kind in ("producer", "consumer"):
     w(f"## {kind.capitalize()}\n")
-    w("| storage | size | compression | client | records/s | MB/s | CPU s per million | vs librdkafka | vs raw rskafka |")
-    w("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
-    groups = {}
+    if kind == "consumer":
+        w("Each client read its topic several times, the clients taking turns: a run lasts a "
+          "fraction of a second. The row is each client's median run; the last column is the "
+          "range of records/s over its runs.\n")
+    w("| storage | size | compression | client | records/s | MB/s | CPU s per million | vs librdkafka | vs raw rskafka | runs |")
+    w("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    runs = {}
     for r in section(kind):
-        groups.setdefault((r["storage"], r["size"], r["compression"]), {})[r["client"]] = r
+        runs.setdefault((r["storage"], r["size"], r["compression"]), {}).setdefault(r["client"], []).append(r)
+    groups = {key: {client: median_run(rs) for client, rs in by.items()} for key, by in runs.items()}
     for (storage, size, comp), by in groups.items():
         rd, raw = by.get("rdkafka"), by.get("rskafka")
         for client in ("ours", "rskafka", "rdkafka"):
@@ -43,7 +62,8 @@ for kind in ("producer", "consumer"):
             vs_rd = r["records_per_s"] / rd["records_per_s"] if rd else float("nan")
             vs_raw = r["records_per_s"] / raw["records_per_s"] if raw else float("nan")
             w(f"| {storage} | {size} B | {comp} | {client} | {r['records_per_s']:,.0f} | "
-              f"{r['mb_per_s']:.1f} | {r['cpu_s_per_million']:.2f} | {vs_rd:.2f}× | {vs_raw:.2f}× |")
+              f"{r['mb_per_s']:.1f} | {r['cpu_s_per_million']:.2f} | {vs_rd:.2f}× | {vs_raw:.2f}× | "
+              f"{r['runs']}{spread(r)} |")
         ours = by.get("ours")
         if ours and rd and raw:
             targets.append((f"{kind} {storage} {size} B {comp}: ours ≥ 1.0× librdkafka records/s",

@@ -3,6 +3,7 @@
 # (tables, with the machine and settings) and bench/results.json:
 #   1. producer and 2. consumer: ours, raw rskafka with hand-made batches, and
 #      librdkafka (rust-rdkafka), 6 partitions, acks=all, linger 5 ms, none and snappy;
+#      each client reads back three times, taking turns, and its median run counts;
 #   3. the pipeline: saturation, and POST → webhook latency at half of it;
 #   4. HTTP: POST /api/v1/orders against GET /health;
 #   5. footprint: RSS idle and under load, binary sizes, start to /ready, and the
@@ -73,15 +74,24 @@ broker() { # storage
 }
 
 clients=(ours rskafka rdkafka)
+# Reading back takes a fraction of a second, the shortest measurement here and
+# so the noisiest: each client reads its topic this many times, the clients
+# taking turns, and the report shows each client's median run with the range.
+consume_runs=3
 kafka_round() { # storage, records, size, compression
   local storage=$1 n=$2 size=$3 comp=$4
+  local extra="{\"storage\":\"$storage\",\"size\":$size,\"compression\":\"$comp\"}"
+  local -A topic
   for client in "${clients[@]}"; do
-    local topic=bench-$storage-$client-$size-$comp-$RANDOM
-    "$bench" create brokers="$brokers" topic="$topic" partitions=6 >/dev/null
-    local extra="{\"storage\":\"$storage\",\"size\":$size,\"compression\":\"$comp\"}"
-    record producer "$extra" "$bench" produce client="$client" brokers="$brokers" topic="$topic" \
+    topic[$client]=bench-$storage-$client-$size-$comp-$RANDOM
+    "$bench" create brokers="$brokers" topic="${topic[$client]}" partitions=6 >/dev/null
+    record producer "$extra" "$bench" produce client="$client" brokers="$brokers" topic="${topic[$client]}" \
       records="$n" size="$size" compression="$comp"
-    record consumer "$extra" "$bench" consume client="$client" brokers="$brokers" topic="$topic" records="$n"
+  done
+  for _ in $(seq 1 "$consume_runs"); do
+    for client in "${clients[@]}"; do
+      record consumer "$extra" "$bench" consume client="$client" brokers="$brokers" topic="${topic[$client]}" records="$n"
+    done
   done
 }
 
