@@ -374,11 +374,17 @@ impl Drop for Worker {
 /// Records of one partition gathered for one request.
 struct OpenBatch {
     records: Vec<Record>,
-    /// Record sizes summed, as counted against `batch_max_bytes`.
-    bytes: usize,
     /// When its first record came: its linger and delivery timeout count from here.
     created: Instant,
     answer: Answer,
+}
+
+impl OpenBatch {
+    /// Record sizes summed, as counted against `batch_max_bytes`: the buffer room
+    /// its records hold.
+    fn bytes(&self) -> usize {
+        self.answer.permits
+    }
 }
 
 impl std::fmt::Debug for Producer {
@@ -693,7 +699,7 @@ impl PartitionWorker {
     async fn send_batch(&self, batch: OpenBatch) {
         let deadline = batch.created + self.config.delivery_timeout;
         let records = batch.records.len();
-        let size = batch.bytes as u64;
+        let size = batch.bytes() as u64;
         let answer = batch.answer;
         // Made into a request once and sent by reference: a retry (or an attempt cut
         // off by a timeout) needs no copy of the records.
@@ -835,11 +841,10 @@ impl Queue {
         let fits = self
             .batches
             .back()
-            .is_some_and(|b| b.bytes + size <= batch_max_bytes);
+            .is_some_and(|b| b.bytes() + size <= batch_max_bytes);
         if !fits {
             self.batches.push_back(OpenBatch {
                 records: Vec::with_capacity(self.last_batch_len.max(1)),
-                bytes: 0,
                 created: Instant::now(),
                 answer: Answer {
                     outcome: Arc::default(),
@@ -852,14 +857,13 @@ impl Queue {
         let batch = &mut self.batches[last];
         let index = batch.records.len();
         batch.records.push(record);
-        batch.bytes += size;
         batch.answer.permits += size;
         self.received += 1;
         let pushed = Pushed {
             outcome: Arc::clone(&batch.answer.outcome),
             index,
         };
-        let filled = batch.bytes >= batch_max_bytes;
+        let filled = batch.bytes() >= batch_max_bytes;
         (pushed, was_empty || !fits || filled)
     }
 
@@ -879,7 +883,7 @@ impl Queue {
         self.closed
             || !self.flushes.is_empty()
             || self.batches.len() > 1
-            || first.bytes >= config.batch_max_bytes
+            || first.bytes() >= config.batch_max_bytes
             || now >= first.created + config.linger
     }
 
