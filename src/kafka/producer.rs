@@ -495,12 +495,7 @@ impl Producer {
         if wake {
             shared.wake.notify_one();
         }
-        Ok(DeliveryFuture {
-            outcome: pushed.outcome,
-            partition,
-            index: pushed.index,
-            waiter: None,
-        })
+        Ok(pushed.into_future(partition))
     }
 
     async fn choose_partition(
@@ -825,11 +820,24 @@ struct Pushed {
     index: usize,
 }
 
+impl Pushed {
+    /// The record's delivery, once its batch (of `partition`) is answered.
+    fn into_future(self, partition: i32) -> DeliveryFuture {
+        DeliveryFuture {
+            outcome: self.outcome,
+            partition,
+            index: self.index,
+            waiter: None,
+        }
+    }
+}
+
 impl Queue {
     /// Adds a record of `size` bytes, holding as much room of `buffer`, to the
     /// newest batch, or to a new one when it does not fit there. Also says whether
-    /// an idle worker must wake for it: for the first record, or a batch that
-    /// filled; otherwise its linger or the request in flight brings it back anyway.
+    /// an idle worker must wake for it: for a new batch (the first, or one behind a
+    /// full one), or a batch that filled; otherwise its linger or the request in
+    /// flight brings it back anyway.
     fn push(
         &mut self,
         record: Record,
@@ -837,7 +845,6 @@ impl Queue {
         buffer: &Arc<Semaphore>,
         batch_max_bytes: usize,
     ) -> (Pushed, bool) {
-        let was_empty = self.batches.is_empty();
         let fits = self
             .batches
             .back()
@@ -864,7 +871,7 @@ impl Queue {
             index,
         };
         let filled = batch.bytes() >= batch_max_bytes;
-        (pushed, was_empty || !fits || filled)
+        (pushed, !fits || filled)
     }
 
     /// Answers `tx` once every record pushed before is done; at once when closed.
@@ -1007,15 +1014,7 @@ mod tests {
         let buffer = Arc::new(Semaphore::new(1000));
         let mut queue = Queue::default();
         let futures: Vec<DeliveryFuture> = (0..3)
-            .map(|_| {
-                let pushed = push(&mut queue, 10, &buffer).0;
-                DeliveryFuture {
-                    outcome: pushed.outcome,
-                    partition: 2,
-                    index: pushed.index,
-                    waiter: None,
-                }
-            })
+            .map(|_| push(&mut queue, 10, &buffer).0.into_future(2))
             .collect();
         let waiting = tokio::spawn(futures_util::future::join_all(futures));
         tokio::task::yield_now().await;
@@ -1031,13 +1030,7 @@ mod tests {
             .collect();
         assert_eq!(offsets, [5, 6, 7]);
 
-        let pushed = push(&mut queue, 10, &buffer).0;
-        let future = DeliveryFuture {
-            outcome: pushed.outcome,
-            partition: 2,
-            index: pushed.index,
-            waiter: None,
-        };
+        let future = push(&mut queue, 10, &buffer).0.into_future(2);
         queue.batches.clear();
         assert!(matches!(future.await, Err(ProduceError::Closed)));
         assert_eq!(buffer.available_permits(), 1000);
