@@ -184,10 +184,7 @@ fn bucket(nanos: u64) -> Option<usize> {
 /// Nanoseconds rather than microseconds in the sum: a handler of a few hundred
 /// nanoseconds must not add up to nothing. `u64` holds 584 years of them.
 fn nanos(elapsed: Duration) -> u64 {
-    elapsed
-        .as_secs()
-        .saturating_mul(1_000_000_000)
-        .saturating_add(u64::from(elapsed.subsec_nanos()))
+    u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
 }
 
 struct HistogramInner {
