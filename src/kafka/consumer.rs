@@ -1011,20 +1011,27 @@ impl PartitionRunner {
             // Handler time starts now that the batch is in hand: waiting for it is
             // the fetcher's time.
             let mut clock = Stopwatch::new(Instant::now());
+            let mut lease_held_at = None;
             let stopped = 'records: {
                 for record in batch {
                     if stop.is_shutdown() || shutdown.is_shutdown() {
                         break 'records true;
                     }
                     // A member whose lease ran out (a long pause, a lost broker) may
-                    // have been replaced: it must not touch another record.
-                    if !self.lease.is_valid_at(clock.last_reading()) {
-                        log::warn!(
-                            "{}: lease expired; not processing offset {}",
-                            self.tp,
-                            record.offset
-                        );
-                        break 'records true;
+                    // have been replaced: it must not touch another record. Asked once
+                    // per clock reading: a lease is only ever extended, so it still
+                    // holds at a reading it held at.
+                    let reading = clock.last_reading();
+                    if lease_held_at != Some(reading) {
+                        if !self.lease.is_valid_at(reading) {
+                            log::warn!(
+                                "{}: lease expired; not processing offset {}",
+                                self.tp,
+                                record.offset
+                            );
+                            break 'records true;
+                        }
+                        lease_held_at = Some(reading);
                     }
                     let mut message = Message::new(topic, self.tp.partition, record);
                     let handled = self
