@@ -3,7 +3,7 @@
 # (tables, with the machine and settings) and bench/results.json:
 #   1. producer and 2. consumer: ours, raw rskafka with hand-made batches, and
 #      librdkafka (rust-rdkafka), 6 partitions, acks=all, linger 5 ms, none and snappy;
-#      each client reads back three times, taking turns, and its median run counts;
+#      each client reads back five times, taking turns, and its median run counts;
 #   3. the pipeline: saturation, and POST → webhook latency at half of it;
 #   4. HTTP: POST /api/v1/orders against GET /health;
 #   5. footprint: RSS idle and under load, binary sizes, start to /ready, and the
@@ -77,7 +77,7 @@ clients=(ours rskafka rdkafka)
 # Reading back takes a fraction of a second, the shortest measurement here and
 # so the noisiest: each client reads its topic this many times, the clients
 # taking turns, and the report shows each client's median run with the range.
-consume_runs=3
+consume_runs=5
 kafka_round() { # storage, records, size, compression
   local storage=$1 n=$2 size=$3 comp=$4
   local extra="{\"storage\":\"$storage\",\"size\":$size,\"compression\":\"$comp\"}"

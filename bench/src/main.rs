@@ -12,8 +12,8 @@
 //! Each client runs in a process of its own, so that its CPU time is its own.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -269,6 +269,9 @@ async fn produce(o: &HashMap<String, String>) -> Result<Value, Error> {
 /// be what is measured (one shared counter is a cache line all threads fight for).
 struct Seen {
     slots: Vec<Slot>,
+    /// When the first record arrived: what a client spends before it reads
+    /// (connecting, and for ours joining its group) is reported apart.
+    first: OnceLock<Instant>,
 }
 
 #[repr(align(128))]
@@ -282,21 +285,31 @@ impl Seen {
     fn new() -> Arc<Self> {
         Arc::new(Self {
             slots: (0..64).map(|_| Slot::default()).collect(),
+            first: OnceLock::new(),
         })
     }
 
     fn add(&self, partition: i32, bytes: usize) {
+        if self.first.get().is_none() {
+            let _ = self.first.set(Instant::now());
+        }
         let slot = &self.slots[partition.unsigned_abs() as usize % self.slots.len()];
         slot.records.fetch_add(1, Ordering::Relaxed);
         slot.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     fn records(&self) -> u64 {
-        self.slots.iter().map(|s| s.records.load(Ordering::Relaxed)).sum()
+        self.slots
+            .iter()
+            .map(|s| s.records.load(Ordering::Relaxed))
+            .sum()
     }
 
     fn bytes(&self) -> u64 {
-        self.slots.iter().map(|s| s.bytes.load(Ordering::Relaxed)).sum()
+        self.slots
+            .iter()
+            .map(|s| s.bytes.load(Ordering::Relaxed))
+            .sum()
     }
 }
 
@@ -426,7 +439,11 @@ async fn consume(o: &HashMap<String, String>) -> Result<Value, Error> {
         other => return Err(format!("unknown client {other}").into()),
     }
     let n = seen.records();
-    Ok(report(client, n, seen.bytes() + n * 9, started, cpu))
+    let mut result = report(client, n, seen.bytes() + n * 9, started, cpu);
+    if let Some(first) = seen.first.get() {
+        result["first_record_ms"] = json!(first.duration_since(started).as_secs_f64() * 1e3);
+    }
+    Ok(result)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
