@@ -950,7 +950,7 @@ impl PartitionMetrics {
             ),
             latency: metrics::histogram(
                 "eda_consumer_handler_seconds",
-                "Time the handler took per record, successful or not.",
+                "Time the handler took per record, successful or not; calls that finish without waiting are timed in runs of up to 16, each at the run's mean.",
                 &labels,
             ),
             lag: metrics::gauge(
