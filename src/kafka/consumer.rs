@@ -950,7 +950,7 @@ impl PartitionMetrics {
             ),
             latency: metrics::histogram(
                 "eda_consumer_handler_seconds",
-                "Time the handler took per record, successful or not; calls that finish without waiting are timed in runs of up to 16, each at the run's mean.",
+                "Time the handler took per record, successful or not; calls that finish without waiting in under 10 µs are timed in runs of up to 16, each at the run's mean.",
                 &labels,
             ),
             lag: metrics::gauge(
@@ -998,6 +998,7 @@ impl PartitionRunner {
         // an Arc up and down per record showed in the profile.
         let mut topic: Arc<str> = Arc::from(self.tp.topic.as_str());
         let mut tally = Tally::default();
+        let mut clock = Stopwatch::new(Instant::now());
 
         loop {
             let batch = tokio::select! {
@@ -1010,7 +1011,7 @@ impl PartitionRunner {
             };
             // Handler time starts now that the batch is in hand: waiting for it is
             // the fetcher's time.
-            let mut clock = Stopwatch::new(Instant::now());
+            clock.restart(Instant::now());
             let mut lease_held_at = None;
             let stopped = 'records: {
                 for record in batch {
@@ -1108,7 +1109,7 @@ impl PartitionRunner {
                         () = stop.recv() => return false,
                     }
                     // The backoff is not handler time.
-                    *clock = Stopwatch::new(Instant::now());
+                    clock.restart(Instant::now());
                     if !self.lease.is_valid_at(clock.last_reading()) {
                         return false;
                     }
@@ -1124,17 +1125,25 @@ impl PartitionRunner {
 /// (`max.poll.records`) without looking at its membership.
 const QUICK_RUN: u32 = 16;
 
+/// How long calls may take on average and still share a reading. Slower ones are
+/// timed one by one: the clock costs them little, and the reading the lease is
+/// checked against stays at most one call old.
+const QUICK_CALL: Duration = Duration::from_micros(10);
+
 /// Times handler calls with as few clock readings as it can. A call that waits
 /// (for the network, a lock, a timer) is timed on its own. Calls that finish on
 /// their first poll are timed in runs of up to [`QUICK_RUN`], each placed in the
-/// histogram at the run's mean: reading the clock took as long as the rest of
-/// such a call's bookkeeping.
+/// histogram at the run's mean, as long as that mean stays under [`QUICK_CALL`]:
+/// reading the clock took as long as the rest of such a call's bookkeeping.
 #[derive(Debug)]
 struct Stopwatch {
     /// The latest clock reading: when the calls not timed yet began.
     mark: Instant,
     /// Calls since `mark` that finished without waiting.
     quick: u32,
+    /// How many of them share a reading: [`QUICK_RUN`] while they are quick, 1
+    /// once a run of them was not.
+    run: u32,
 }
 
 impl Stopwatch {
@@ -1142,10 +1151,18 @@ impl Stopwatch {
         Self {
             mark: now,
             quick: 0,
+            run: QUICK_RUN,
         }
     }
 
-    /// The latest clock reading, at most [`QUICK_RUN`] quick calls old.
+    /// Starts timing again at `now`, after a time that was not the handler's.
+    fn restart(&mut self, now: Instant) {
+        debug_assert_eq!(self.quick, 0, "a run is closed before a pause");
+        self.mark = now;
+    }
+
+    /// The latest clock reading, at most [`QUICK_RUN`] calls of under
+    /// [`QUICK_CALL`] each on average old.
     fn last_reading(&self) -> Instant {
         self.mark
     }
@@ -1154,7 +1171,7 @@ impl Stopwatch {
     fn finished(&mut self, waited_at: Option<Instant>, latency: &mut metrics::LocalHistogram) {
         let Some(waited_at) = waited_at else {
             self.quick += 1;
-            if self.quick >= QUICK_RUN {
+            if self.quick >= self.run {
                 self.close_run(Instant::now(), latency);
             }
             return;
@@ -1175,7 +1192,15 @@ impl Stopwatch {
 
     /// Times the quick calls not timed yet as ending at `now`.
     fn close_run(&mut self, now: Instant, latency: &mut metrics::LocalHistogram) {
-        latency.observe_run(now.saturating_duration_since(self.mark), self.quick);
+        if self.quick > 0 {
+            let took = now.saturating_duration_since(self.mark);
+            latency.observe_run(took, self.quick);
+            self.run = if took <= QUICK_CALL * self.quick {
+                QUICK_RUN
+            } else {
+                1
+            };
+        }
         self.mark = now;
         self.quick = 0;
     }
@@ -1349,6 +1374,29 @@ mod tests {
         assert!(clock.last_reading() >= before);
         clock.close_run(Instant::now(), &mut latency);
         assert_eq!(latency.count(), 1, "closing an empty run observes nothing");
+    }
+
+    #[test]
+    fn calls_that_finish_without_waiting_but_slowly_are_timed_one_by_one() {
+        let start = Instant::now() - Duration::from_secs(10);
+        let mut clock = Stopwatch::new(start);
+        let mut latency = metrics::LocalHistogram::default();
+        for _ in 0..QUICK_RUN {
+            clock.finished(None, &mut latency);
+        }
+        // 16 calls in 10 s: far slower than QUICK_CALL, so the next is timed alone.
+        assert_eq!(latency.count(), u64::from(QUICK_RUN));
+        // A mark ahead of the clock makes the next call take no time: measured
+        // quick, it lets runs grow back.
+        clock.restart(Instant::now() + Duration::from_secs(60));
+        clock.finished(None, &mut latency);
+        assert_eq!(latency.count(), u64::from(QUICK_RUN) + 1, "timed at once");
+        for _ in 1..QUICK_RUN {
+            clock.finished(None, &mut latency);
+        }
+        assert_eq!(latency.count(), u64::from(QUICK_RUN) + 1, "a run again");
+        clock.finished(None, &mut latency);
+        assert_eq!(latency.count(), 2 * u64::from(QUICK_RUN) + 1);
     }
 
     #[test]
