@@ -1337,11 +1337,19 @@ mod tests {
         );
     }
 
+    /// A stopwatch whose last reading was 10 s ago, and an empty histogram.
+    fn read_ten_seconds_ago() -> (Instant, Stopwatch, metrics::LocalHistogram) {
+        let start = Instant::now() - Duration::from_secs(10);
+        (
+            start,
+            Stopwatch::new(start),
+            metrics::LocalHistogram::default(),
+        )
+    }
+
     #[test]
     fn quick_calls_share_a_clock_reading() {
-        let start = Instant::now() - Duration::from_secs(10);
-        let mut clock = Stopwatch::new(start);
-        let mut latency = metrics::LocalHistogram::default();
+        let (start, mut clock, mut latency) = read_ten_seconds_ago();
         for _ in 1..QUICK_RUN {
             clock.finished(None, &mut latency);
         }
@@ -1355,9 +1363,7 @@ mod tests {
 
     #[test]
     fn a_call_that_waits_is_timed_from_when_the_quick_ones_before_it_ended() {
-        let start = Instant::now() - Duration::from_secs(10);
-        let mut clock = Stopwatch::new(start);
-        let mut latency = metrics::LocalHistogram::default();
+        let (start, mut clock, mut latency) = read_ten_seconds_ago();
         clock.finished(None, &mut latency);
         clock.finished(None, &mut latency);
         clock.finished(Some(start + Duration::from_secs(4)), &mut latency);
@@ -1378,9 +1384,7 @@ mod tests {
 
     #[test]
     fn calls_that_finish_without_waiting_but_slowly_are_timed_one_by_one() {
-        let start = Instant::now() - Duration::from_secs(10);
-        let mut clock = Stopwatch::new(start);
-        let mut latency = metrics::LocalHistogram::default();
+        let (_, mut clock, mut latency) = read_ten_seconds_ago();
         for _ in 0..QUICK_RUN {
             clock.finished(None, &mut latency);
         }
