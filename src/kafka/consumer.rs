@@ -26,8 +26,8 @@ use crate::metrics;
 use std::collections::{BTreeMap, HashMap};
 use std::future::{Future, poll_fn};
 use std::pin::pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -950,7 +950,7 @@ impl PartitionMetrics {
             ),
             latency: metrics::histogram(
                 "eda_consumer_handler_seconds",
-                "Time the handler took per record, successful or not; calls that finish without waiting in under 10 µs are timed in runs of up to 16, each at the run's mean.",
+                &HANDLER_SECONDS_HELP,
                 &labels,
             ),
             lag: metrics::gauge(
@@ -1129,6 +1129,14 @@ const QUICK_RUN: u32 = 16;
 /// timed one by one: the clock costs them little, and the reading the lease is
 /// checked against stays at most one call old.
 const QUICK_CALL: Duration = Duration::from_micros(10);
+
+/// The handler-latency metric's help, which says how the [`Stopwatch`] times.
+static HANDLER_SECONDS_HELP: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "Time the handler took per record, successful or not; calls that finish without waiting in under {} µs are timed in runs of up to {QUICK_RUN}, each at the run's mean.",
+        QUICK_CALL.as_micros()
+    )
+});
 
 /// Times handler calls with as few clock readings as it can. A call that waits
 /// (for the network, a lock, a timer) is timed on its own. Calls that finish on
@@ -1401,6 +1409,11 @@ mod tests {
         assert_eq!(latency.count(), u64::from(QUICK_RUN) + 1, "a run again");
         clock.finished(None, &mut latency);
         assert_eq!(latency.count(), 2 * u64::from(QUICK_RUN) + 1);
+    }
+
+    #[test]
+    fn the_latency_help_names_the_stopwatch_limits() {
+        assert!(HANDLER_SECONDS_HELP.contains("in under 10 µs are timed in runs of up to 16,"));
     }
 
     #[test]
