@@ -40,17 +40,22 @@ def spread(r):
     return f" ({lo / 1e6:.2f}–{hi / 1e6:.2f} M/s)" if r["runs"] > 1 else ""
 
 
+def first_cell(r):
+    ms = r.get("first_record_ms")
+    return f" {ms:.1f} |" if ms is not None else " – |"
+
+
 targets = []
 for kind in ("producer", "consumer"):
     w(f"## {kind.capitalize()}\n")
-    if kind == "consumer":
+    first = kind == "consumer"  # the time to the first record, for readers only
+    if first:
         w("Each client read its topic several times, the clients taking turns: a run lasts a "
           "fraction of a second. The row is each client's median run; the last column is the "
           "range of records/s over its runs. Records/s count from the client's start, so they include "
           "what it does before its first record: connecting, and for ours joining its group (raw "
           "rskafka and librdkafka are assigned their partitions); the \"first record\" column shows "
           "how long that took in the median run.\n")
-    first = kind == "consumer"
     w("| storage | size | compression | client | records/s | MB/s | CPU s per million | vs librdkafka | vs raw rskafka | runs |"
       + (" first record ms |" if first else ""))
     w("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if first else ""))
@@ -68,9 +73,7 @@ for kind in ("producer", "consumer"):
             vs_raw = r["records_per_s"] / raw["records_per_s"] if raw else float("nan")
             w(f"| {storage} | {size} B | {comp} | {client} | {r['records_per_s']:,.0f} | "
               f"{r['mb_per_s']:.1f} | {r['cpu_s_per_million']:.2f} | {vs_rd:.2f}× | {vs_raw:.2f}× | "
-              f"{r['runs']}{spread(r)} |"
-              + (f" {r['first_record_ms']:.1f} |" if first and "first_record_ms" in r else
-                 " – |" if first else ""))
+              f"{r['runs']}{spread(r)} |" + (first_cell(r) if first else ""))
         ours = by.get("ours")
         if ours and rd and raw:
             targets.append((f"{kind} {storage} {size} B {comp}: ours ≥ 1.0× librdkafka records/s",
