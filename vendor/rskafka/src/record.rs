@@ -31,6 +31,15 @@ pub struct RecordAndOffset {
     pub offset: i64,
 }
 
+/// Changed for rust-eda (not in rskafka 0.6.0): the record batches of one partition in a
+/// fetch response, not decoded: `frame[range]` holds them, the last one possibly cut off by
+/// the fetch's size limit. See `PartitionClient::fetch_raw_records`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRecords {
+    pub frame: Vec<u8>,
+    pub range: std::ops::Range<usize>,
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;

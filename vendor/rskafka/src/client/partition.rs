@@ -14,12 +14,12 @@ use crate::{
             FetchRequestTopic, FetchResponse, FetchResponsePartition, IsolationLevel,
             ListOffsetsRequest, ListOffsetsRequestPartition, ListOffsetsRequestTopic,
             ListOffsetsResponse, ListOffsetsResponsePartition, NORMAL_CONSUMER, ProduceRequest,
-            ProduceRequestPartitionData, ProduceRequestTopicData, ProduceResponse,
+            ProduceRequestPartitionData, ProduceRequestTopicData, ProduceResponse, RawFetchRequest,
         },
         primitives::*,
         record::{Record as ProtocolRecord, *},
     },
-    record::{Record, RecordAndOffset},
+    record::{RawRecords, Record, RecordAndOffset},
     throttle::maybe_throttle,
     validation::ExactlyOne,
 };
@@ -278,6 +278,52 @@ impl PartitionClient {
         let records = extract_records(partition.records.0, offset)?;
 
         Ok((records, partition.high_watermark.0))
+    }
+
+    /// Changed for rust-eda (not in rskafka 0.6.0): like [`fetch_records`](Self::fetch_records),
+    /// with the records left undecoded for the caller, who can then decode them without copying
+    /// each key and value out of the response.
+    ///
+    /// Returns the response frame and where this partition's record batches are in it, and the
+    /// current high watermark.
+    pub async fn fetch_raw_records(
+        &self,
+        offset: i64,
+        bytes: Range<i32>,
+        max_wait_ms: i32,
+    ) -> Result<(RawRecords, i64)> {
+        let request = &build_fetch_request(offset, bytes, max_wait_ms, self.partition, &self.topic);
+
+        maybe_retry(
+            &self.backoff_config,
+            self.unknown_topic_handling,
+            self,
+            "fetch_raw_records",
+            || async move {
+                let (broker, r#gen) = self
+                    .get()
+                    .await
+                    .map_err(|e| ErrorOrThrottle::Error((e, None)))?;
+                let raw = broker
+                    .request(RawFetchRequest(request))
+                    .await
+                    .map_err(|e| ErrorOrThrottle::Error((e.into(), Some(r#gen))))?;
+                maybe_throttle(raw.response.throttle_time_ms)?;
+                // One topic with one partition, or an error: so the one range is this partition's.
+                let partition =
+                    process_fetch_response(self.partition, &self.topic, raw.response, offset)
+                        .map_err(|e| ErrorOrThrottle::Error((e, Some(r#gen))))?;
+                let range = raw.records.into_iter().next().unwrap_or(0..0);
+                Ok((
+                    RawRecords {
+                        frame: raw.frame,
+                        range,
+                    },
+                    partition.high_watermark.0,
+                ))
+            },
+        )
+        .await
     }
 
     /// Get offset for this partition.

@@ -6,7 +6,7 @@ use crate::protocol::{
     error::Error as ApiError,
     messages::{IsolationLevel, read_versioned_array, write_versioned_array},
     primitives::{Int8, Int16, Int32, Int64, Records, String_},
-    traits::{ReadType, WriteType},
+    traits::{ReadError, ReadType, WriteType},
 };
 
 use super::{
@@ -297,5 +297,167 @@ where
             throttle_time_ms: (v >= 1).then(|| Int32::read(reader)).transpose()?,
             responses: read_versioned_array(reader, version)?.unwrap_or_default(),
         })
+    }
+}
+
+// Changed for rust-eda (not in rskafka 0.6.0): a fetch whose records are left for the caller
+// to decode. The response is read as usual except each partition's records, of which only
+// the place in the frame is noted; the frame itself is then handed over whole, so that the
+// caller can decode records that share its memory instead of copying each key and value.
+#[derive(Debug)]
+pub struct RawFetchRequest<'a>(pub &'a FetchRequest);
+
+impl<W> WriteVersionedType<W> for RawFetchRequest<'_>
+where
+    W: Write,
+{
+    fn write_versioned(
+        &self,
+        writer: &mut W,
+        version: ApiVersion,
+    ) -> Result<(), WriteVersionedError> {
+        self.0.write_versioned(writer, version)
+    }
+}
+
+impl RequestBody for RawFetchRequest<'_> {
+    type ResponseBody = RawFetchResponse;
+
+    const API_KEY: ApiKey = FetchRequest::API_KEY;
+    const API_VERSION_RANGE: ApiVersionRange = FetchRequest::API_VERSION_RANGE;
+    const FIRST_TAGGED_FIELD_IN_REQUEST_VERSION: ApiVersion =
+        FetchRequest::FIRST_TAGGED_FIELD_IN_REQUEST_VERSION;
+}
+
+#[derive(Debug)]
+pub struct RawFetchResponse {
+    /// The response, with every partition's `records` left empty.
+    pub response: FetchResponse,
+
+    /// Where each partition's records are in `frame`, in the order of the response's partitions.
+    pub records: Vec<std::ops::Range<usize>>,
+
+    /// The whole response frame.
+    pub frame: Vec<u8>,
+}
+
+impl ReadVersionedType<Cursor<Vec<u8>>> for RawFetchResponse {
+    fn read_versioned(
+        reader: &mut Cursor<Vec<u8>>,
+        version: ApiVersion,
+    ) -> Result<Self, ReadVersionedError> {
+        let v = version.0.0;
+        assert!(v <= 4);
+
+        let throttle_time_ms = (v >= 1).then(|| Int32::read(reader)).transpose()?;
+        let mut records = vec![];
+        let n_topics = array_len(reader)?;
+        // Capacity from the response is capped: a corrupt count must not allocate much.
+        let mut responses = Vec::with_capacity(n_topics.min(16));
+        for _ in 0..n_topics {
+            let topic = String_::read(reader)?;
+            let n_partitions = array_len(reader)?;
+            let mut partitions = Vec::with_capacity(n_partitions.min(16));
+            for _ in 0..n_partitions {
+                let partition_index = Int32::read(reader)?;
+                let error_code = ApiError::new(Int16::read(reader)?.0);
+                let high_watermark = Int64::read(reader)?;
+                let last_stable_offset = (v >= 4).then(|| Int64::read(reader)).transpose()?;
+                let aborted_transactions = (v >= 4)
+                    .then(|| read_versioned_array(reader, version))
+                    .transpose()?
+                    .flatten()
+                    .unwrap_or_default();
+                let len = array_len(reader)?;
+                let start = usize::try_from(reader.position()).map_err(ReadError::Overflow)?;
+                let end = start
+                    .checked_add(len)
+                    .filter(|end| *end <= reader.get_ref().len())
+                    .ok_or_else(|| {
+                        ReadError::IO(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
+                    })?;
+                reader.set_position(end as u64);
+                records.push(start..end);
+                partitions.push(FetchResponsePartition {
+                    partition_index,
+                    error_code,
+                    high_watermark,
+                    last_stable_offset,
+                    aborted_transactions,
+                    records: Records(vec![]),
+                });
+            }
+            responses.push(FetchResponseTopic { topic, partitions });
+        }
+
+        let read = reader.position();
+        let total = reader.get_ref().len() as u64;
+        if read != total {
+            return Err(ReadError::Malformed(
+                format!("{} bytes left after the fetch response", total - read).into(),
+            )
+            .into());
+        }
+        // The messenger then checks that the frame was read to its end; with the frame taken,
+        // the empty remainder is read to its end at position 0.
+        let frame = std::mem::take(reader.get_mut());
+        reader.set_position(0);
+
+        Ok(Self {
+            response: FetchResponse {
+                throttle_time_ms,
+                responses,
+            },
+            records,
+            frame,
+        })
+    }
+}
+
+/// An array's or a nullable field's length: -1 (null) reads as 0.
+fn array_len<R: Read>(reader: &mut R) -> Result<usize, ReadError> {
+    match Int32::read(reader)?.0 {
+        l if l < -1 => Err(ReadError::Malformed(
+            format!("Invalid negative length: {}", l).into(),
+        )),
+        -1 => Ok(0),
+        l => usize::try_from(l).map_err(ReadError::Overflow),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_raw_response_notes_where_the_records_are_and_hands_over_the_frame() {
+        let mut frame = vec![];
+        Int32(0).write(&mut frame).unwrap(); // throttle time
+        Int32(1).write(&mut frame).unwrap(); // one topic
+        String_("orders".to_owned()).write(&mut frame).unwrap();
+        Int32(1).write(&mut frame).unwrap(); // one partition
+        Int32(3).write(&mut frame).unwrap(); // partition index
+        Int16(0).write(&mut frame).unwrap(); // no error
+        Int64(42).write(&mut frame).unwrap(); // high watermark
+        Int64(42).write(&mut frame).unwrap(); // last stable offset
+        Int32(-1).write(&mut frame).unwrap(); // no aborted transactions
+        Int32(3).write(&mut frame).unwrap(); // records: 3 bytes
+        let start = frame.len();
+        frame.extend([7, 8, 9]);
+
+        let mut cursor = Cursor::new(frame.clone());
+        let raw = RawFetchResponse::read_versioned(&mut cursor, ApiVersion(Int16(4))).unwrap();
+        assert_eq!(raw.records, vec![start..start + 3]);
+        assert_eq!(raw.frame, frame);
+        let partition = &raw.response.responses[0].partitions[0];
+        assert_eq!(partition.partition_index.0, 3);
+        assert_eq!(partition.high_watermark.0, 42);
+        assert!(partition.records.0.is_empty());
+        // What the messenger checks after reading: nothing left over.
+        assert_eq!(cursor.position(), cursor.get_ref().len() as u64);
+
+        frame.push(0);
+        let mut cursor = Cursor::new(frame);
+        assert!(RawFetchResponse::read_versioned(&mut cursor, ApiVersion(Int16(4))).is_err());
     }
 }
