@@ -459,10 +459,10 @@ async fn a_paused_member_is_fenced_and_neither_processes_nor_commits_moved_parti
         .unwrap();
     let mut claimed: HashMap<i32, i64> = HashMap::new();
     for r in &records {
-        let Some(key) = r.record.key.as_deref().and_then(Key::decode) else {
+        let Some(key) = r.key.as_deref().and_then(Key::decode) else {
             continue;
         };
-        let Some(value) = r.record.value.as_deref() else {
+        let Some(value) = r.value.as_deref() else {
             continue;
         };
         match key {

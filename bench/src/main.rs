@@ -356,7 +356,7 @@ async fn consume(o: &HashMap<String, String>) -> Result<Value, Error> {
             impl Handler for Count {
                 async fn handle(&self, m: &Message) -> Result<(), HandlerError> {
                     self.seen
-                        .add(m.partition, m.value.as_ref().map_or(0, Vec::len));
+                        .add(m.partition, m.value.as_ref().map_or(0, |v| v.len()));
                     let end = self.ends.get(m.partition as usize).copied();
                     if end == Some(m.offset + 1)
                         && self.finished.fetch_add(1, Ordering::Relaxed) + 1

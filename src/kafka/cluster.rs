@@ -12,11 +12,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use rskafka::client::error::{Error as KafkaError, ProtocolError};
 use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 
+use super::records::{self, BufferPool, Fetched, RecordsError};
 use super::security::Security;
 use super::tunnel::{TlsTunnel, TunnelError};
 use super::wire::{Connection, WireError};
@@ -119,6 +121,15 @@ pub enum ClusterError {
         operation: &'static str,
         timeout: Duration,
     },
+    /// Fetched record batches could not be decoded. Fetching them again returns
+    /// the same bytes: the partition stays at this offset until they can be read.
+    #[error("cannot read the records fetched from {topic}/{partition}: {source}")]
+    Records {
+        topic: String,
+        partition: i32,
+        #[source]
+        source: RecordsError,
+    },
     /// The broker or the connection reported an error.
     #[error("Kafka {operation} failed: {source}")]
     Kafka {
@@ -144,7 +155,8 @@ impl ClusterError {
             Self::NoBrokers
             | Self::UnknownPartition { .. }
             | Self::Security(_)
-            | Self::Tunnel(_) => false,
+            | Self::Tunnel(_)
+            | Self::Records { .. } => false,
             // A topic that was just created may not be in every broker's metadata yet.
             Self::UnknownTopic(_) | Self::Timeout { .. } | Self::Unreachable { .. } => true,
             Self::Kafka { source, .. } => is_retriable(source),
@@ -230,6 +242,7 @@ struct Inner {
     _tunnel: Option<TlsTunnel>,
     partition_clients: Mutex<HashMap<(String, i32, Lane), Arc<PartitionClient>>>,
     topics: Mutex<TopicCache>,
+    decompressed: BufferPool,
 }
 
 #[derive(Default)]
@@ -302,6 +315,7 @@ impl Cluster {
                 _tunnel: tunnel,
                 partition_clients: Mutex::new(HashMap::new()),
                 topics: Mutex::new(TopicCache::default()),
+                decompressed: BufferPool::default(),
             }),
         };
         cluster.refresh_metadata().await?;
@@ -392,6 +406,40 @@ impl Cluster {
             .lock()
             .insert(key, Arc::clone(&client));
         Ok(client)
+    }
+
+    /// Fetches and decodes what `partition` holds from `offset` on: at most about
+    /// `max_bytes` (Java: `max.partition.fetch.bytes`), waiting up to `max_wait`
+    /// for the first byte. Returns the records and the partition's high watermark.
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: i32,
+        max_wait: Duration,
+    ) -> Result<(Fetched, i64), ClusterError> {
+        let client = self.partition_client(topic, partition, Lane::Read).await?;
+        let wait_ms = max_wait.as_millis().min(i32::MAX as u128) as i32;
+        let (raw, high_watermark) = self
+            .timed(
+                "fetch",
+                client.fetch_raw_records(offset, 1..max_bytes, wait_ms),
+            )
+            .await?;
+        let data = Bytes::from(raw.frame).slice(raw.range);
+        let fetched =
+            records::decode(data, offset, &self.inner.decompressed).map_err(|source| {
+                ClusterError::Records {
+                    topic: topic.to_owned(),
+                    partition,
+                    source,
+                }
+            })?;
+        if fetched.records.is_empty() {
+            self.inner.decompressed.release_if_idle(records::POOL_IDLE);
+        }
+        Ok((fetched, high_watermark))
     }
 
     /// Forgets the cached leader of a partition after an error, and refreshes the

@@ -33,10 +33,10 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use bytes::Bytes;
 use rskafka::chrono::{DateTime, Utc};
 use rskafka::client::error::ProtocolError;
 use rskafka::client::partition::OffsetAt;
-use rskafka::record::RecordAndOffset;
 use tokio::sync::mpsc;
 
 use super::TopicPartition;
@@ -48,6 +48,7 @@ use super::group::records::OwnerValue;
 use super::group::{Coordinator, Lease};
 use super::offsets::{DEFAULT_OFFSETS_TOPIC, OffsetError, OffsetStore, offsets_topic_spec};
 use super::producer::{ProduceError, Producer, ProducerConfig};
+use super::records::{Fetched, FetchedRecord};
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 
 /// Where to start a partition that has no committed offset.
@@ -163,8 +164,12 @@ pub struct Message {
     pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub value: Option<Vec<u8>>,
+    /// The key and value share the memory they were fetched in (the fetch
+    /// response, up to `fetch_max_bytes`, or a decompressed batch), which stays
+    /// allocated while either is alive: a handler that keeps a message for long
+    /// should keep a copy (`to_vec`).
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
     pub headers: BTreeMap<String, Vec<u8>>,
     pub timestamp: DateTime<Utc>,
     /// Which delivery of this record to the handler this is, from 1: the consumer
@@ -174,15 +179,15 @@ pub struct Message {
 }
 
 impl Message {
-    pub(crate) fn new(topic: Arc<str>, partition: i32, r: RecordAndOffset) -> Self {
+    pub(crate) fn new(topic: Arc<str>, partition: i32, r: FetchedRecord) -> Self {
         Self {
             topic,
             partition,
             offset: r.offset,
-            key: r.record.key,
-            value: r.record.value,
-            headers: r.record.headers,
-            timestamp: r.record.timestamp,
+            key: r.key,
+            value: r.value,
+            headers: r.headers,
+            timestamp: r.timestamp,
             attempt: 1,
         }
     }
@@ -985,7 +990,7 @@ impl PartitionRunner {
     async fn run<H: Handler>(self, handler: Arc<H>, mut stop: Shutdown, mut shutdown: Shutdown) {
         let start = self.progress.next.load(Ordering::Acquire);
         let mut next = start;
-        let (tx, mut rx) = mpsc::channel::<Vec<RecordAndOffset>>(1);
+        let (tx, mut rx) = mpsc::channel::<Vec<FetchedRecord>>(1);
         let fetcher = Fetcher {
             cluster: self.cluster.clone(),
             config: self.config.clone(),
@@ -1089,8 +1094,8 @@ impl PartitionRunner {
             match outcome {
                 Ok(()) => {
                     tally.records += 1;
-                    tally.bytes += (message.key.as_ref().map_or(0, Vec::len)
-                        + message.value.as_ref().map_or(0, Vec::len))
+                    tally.bytes += (message.key.as_ref().map_or(0, Bytes::len)
+                        + message.value.as_ref().map_or(0, Bytes::len))
                         as u64;
                     return true;
                 }
@@ -1250,7 +1255,7 @@ impl Fetcher {
     pub(crate) async fn run(
         self,
         mut offset: i64,
-        tx: mpsc::Sender<Vec<RecordAndOffset>>,
+        tx: mpsc::Sender<Vec<FetchedRecord>>,
         mut shutdown: Shutdown,
     ) {
         let mut backoff = Backoff::new(self.config.retry_backoff);
@@ -1260,11 +1265,14 @@ impl Fetcher {
                 () = shutdown.recv() => return,
             };
             match result {
-                Ok(records) => {
+                Ok(fetched) => {
                     backoff = Backoff::new(self.config.retry_backoff);
-                    let Some(last) = records.last() else { continue };
-                    offset = last.offset + 1;
-                    if tx.send(records).await.is_err() {
+                    let Some(next) = fetched.next_offset else {
+                        continue;
+                    };
+                    offset = next;
+                    // A fetch of transaction markers only moves the offset on.
+                    if !fetched.records.is_empty() && tx.send(fetched.records).await.is_err() {
                         return;
                     }
                 }
@@ -1287,24 +1295,22 @@ impl Fetcher {
         }
     }
 
-    async fn fetch(&self, offset: i64) -> Result<Vec<RecordAndOffset>, ClusterError> {
-        let client = self
+    async fn fetch(&self, offset: i64) -> Result<Fetched, ClusterError> {
+        let (fetched, high_watermark) = self
             .cluster
-            .partition_client(&self.tp.topic, self.tp.partition, Lane::Read)
-            .await?;
-        let wait_ms = self.config.fetch_max_wait.as_millis().min(i32::MAX as u128) as i32;
-        let (records, high_watermark) = self
-            .cluster
-            .timed(
-                "fetch",
-                client.fetch_records(offset, 1..self.config.fetch_max_bytes, wait_ms),
+            .fetch(
+                &self.tp.topic,
+                self.tp.partition,
+                offset,
+                self.config.fetch_max_bytes,
+                self.config.fetch_max_wait,
             )
             .await?;
         if let Some((gauge, progress)) = &self.lag {
             let committed = progress.committed.load(Ordering::Acquire);
             gauge.set((high_watermark - committed).max(0));
         }
-        Ok(records)
+        Ok(fetched)
     }
 
     async fn pause(&self, backoff: &mut Backoff, error: &ClusterError, shutdown: &mut Shutdown) {

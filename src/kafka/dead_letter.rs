@@ -77,8 +77,8 @@ impl<H: Handler> Handler for DeadLetter<H> {
             Err(e) => return Err(e),
         };
         let mut record = ProducerRecord::new(topic_for(&message.topic));
-        record.key = message.key.clone();
-        record.value = message.value.clone();
+        record.key = message.key.as_deref().map(<[u8]>::to_vec);
+        record.value = message.value.as_deref().map(<[u8]>::to_vec);
         record.headers = message.headers.clone();
         record.timestamp = Some(message.timestamp);
         let record = record

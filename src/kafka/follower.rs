@@ -13,13 +13,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rskafka::client::partition::OffsetAt;
-use rskafka::record::RecordAndOffset;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::TopicPartition;
 use super::cluster::{Cluster, ClusterError, Lane};
 use super::consumer::{AbortOnDrop, ConsumerConfig, Fetcher, Message};
+use super::records::FetchedRecord;
 use crate::shutdown::ShutdownTrigger;
 
 /// A running follower. Dropping it stops the reading.
@@ -184,7 +184,7 @@ pub async fn read_partition(
     cluster: &Cluster,
     topic: &str,
     partition: i32,
-) -> Result<(Vec<RecordAndOffset>, i64), ReadError> {
+) -> Result<(Vec<FetchedRecord>, i64), ReadError> {
     let read_error = |source| ReadError::Cluster {
         topic: topic.to_owned(),
         source,
@@ -205,18 +205,25 @@ pub async fn read_partition(
     let mut records = Vec::new();
     let mut empty_reads = 0;
     while offset < high_watermark {
-        let (batch, _) = cluster
-            .timed("fetch", client.fetch_records(offset, 1..READ_BYTES, 100))
+        let (fetched, _) = cluster
+            .fetch(
+                topic,
+                partition,
+                offset,
+                READ_BYTES,
+                Duration::from_millis(100),
+            )
             .await
             .map_err(read_error)?;
-        match batch.last() {
-            Some(last) => {
-                offset = last.offset + 1;
+        match fetched.next_offset {
+            Some(next) => {
+                offset = next;
                 empty_reads = 0;
-                records.extend(batch);
+                records.extend(fetched.records);
             }
-            // Below the high watermark there is always data; an empty answer can only
-            // be a batch of transaction markers, which rskafka hides from us.
+            // Below the high watermark the broker always returns a whole batch (even
+            // one larger than the limit); an empty answer is a leader change, or data
+            // not yet replicated, and worth a few more tries.
             None if empty_reads < 3 => {
                 empty_reads += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -11,6 +11,8 @@
 //!   retries with backoff, and a delivery future per record. Records are at-least-once.
 //! - [`consumer`]: per-partition fetch loops feeding an async [`Handler`], with
 //!   offsets committed only after the handler accepted a record.
+//! - [`records`]: decodes fetched record batches; keys and values share the
+//!   fetched buffers instead of being copied out one by one.
 //! - [`group`]: consumer groups without a broker coordinator: membership,
 //!   sticky balanced assignment, handoff and fencing, all as records in the
 //!   compacted coordination topic.
@@ -46,6 +48,7 @@ pub mod log_cursor;
 pub mod offsets;
 pub mod partitioner;
 pub mod producer;
+pub mod records;
 pub mod replay;
 pub mod security;
 mod tunnel;

@@ -132,8 +132,8 @@ pub async fn replay(
 /// The record that puts `message` back on `target`.
 fn replayed(target: &str, message: &Message, dlq_topic: &str) -> ProducerRecord {
     let mut record = ProducerRecord::new(target);
-    record.key = message.key.clone();
-    record.value = message.value.clone();
+    record.key = message.key.as_deref().map(<[u8]>::to_vec);
+    record.value = message.value.as_deref().map(<[u8]>::to_vec);
     record.headers = message
         .headers
         .iter()
@@ -157,8 +157,8 @@ mod tests {
             topic: "orders.dlq".into(),
             partition: 0,
             offset: 7,
-            key: Some(b"k".to_vec()),
-            value: Some(b"v".to_vec()),
+            key: Some(bytes::Bytes::from_static(b"k")),
+            value: Some(bytes::Bytes::from_static(b"v")),
             headers: BTreeMap::new(),
             timestamp: DateTime::from_timestamp_millis(0).unwrap(),
             attempt: 1,

@@ -513,7 +513,7 @@ mod tests {
             partition: 0,
             offset,
             key: None,
-            value: Some(serde_json::to_vec(record).unwrap()),
+            value: Some(serde_json::to_vec(record).unwrap().into()),
             headers: BTreeMap::new(),
             timestamp: crate::clock::now().parse().unwrap(),
             attempt: 1,

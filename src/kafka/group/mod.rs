@@ -35,9 +35,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::records::FetchedRecord;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
-use rskafka::record::RecordAndOffset;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -95,7 +95,7 @@ pub(crate) struct Coordinator {
     cluster: Cluster,
     config: ConsumerConfig,
     producer: Producer,
-    log: mpsc::Receiver<Vec<RecordAndOffset>>,
+    log: mpsc::Receiver<Vec<FetchedRecord>>,
     /// Where the state stands in the log, and owner records written ahead of it.
     cursor: Mutex<LogCursor<OwnRecord>>,
     leaving: Arc<AtomicBool>,
@@ -200,21 +200,21 @@ impl Coordinator {
     }
 
     /// The next records of the log; `None` once the tail stopped (shutdown).
-    pub(crate) async fn next_records(&mut self) -> Option<Vec<RecordAndOffset>> {
+    pub(crate) async fn next_records(&mut self) -> Option<Vec<FetchedRecord>> {
         self.log.recv().await
     }
 
     /// Applies records of the log, skipping those applied already when they were
     /// acknowledged; whether any was one of this group's.
-    pub(crate) fn apply(&mut self, records: &[RecordAndOffset]) -> bool {
+    pub(crate) fn apply(&mut self, records: &[FetchedRecord]) -> bool {
         let cursor = self.cursor.get_mut();
         let mut ours = false;
         for r in records {
             if cursor.read(r.offset) {
                 ours |= self.state.apply(
-                    r.record.key.as_deref(),
-                    r.record.value.as_deref(),
-                    r.record.timestamp.timestamp_millis(),
+                    r.key.as_deref(),
+                    r.value.as_deref(),
+                    r.timestamp.timestamp_millis(),
                 );
             }
         }

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rskafka::record::RecordAndOffset;
+use crate::kafka::records::FetchedRecord;
 
 use super::assignor::assign;
 use super::records::{Key, MemberValue, OffsetValue, OwnerValue};
@@ -111,13 +111,13 @@ impl GroupState {
 
     /// Applies coordination records as read from the log, in order.
     /// Whether any of them was one of this group's.
-    pub fn apply_all(&mut self, records: &[RecordAndOffset]) -> bool {
+    pub fn apply_all(&mut self, records: &[FetchedRecord]) -> bool {
         let mut ours = false;
         for r in records {
             ours |= self.apply(
-                r.record.key.as_deref(),
-                r.record.value.as_deref(),
-                r.record.timestamp.timestamp_millis(),
+                r.key.as_deref(),
+                r.value.as_deref(),
+                r.timestamp.timestamp_millis(),
             );
         }
         ours
