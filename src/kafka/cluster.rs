@@ -428,14 +428,17 @@ impl Cluster {
             )
             .await?;
         let data = Bytes::from(raw.frame).slice(raw.range);
-        let fetched =
-            records::decode(data, offset, &self.inner.decompressed).map_err(|source| {
-                ClusterError::Records {
-                    topic: topic.to_owned(),
-                    partition,
-                    source,
-                }
-            })?;
+        let fetched = records::decode(
+            data,
+            offset,
+            &raw.aborted_transactions,
+            &self.inner.decompressed,
+        )
+        .map_err(|source| ClusterError::Records {
+            topic: topic.to_owned(),
+            partition,
+            source,
+        })?;
         if fetched.records.is_empty() {
             self.inner.decompressed.release_if_idle(records::POOL_IDLE);
         }

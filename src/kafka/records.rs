@@ -90,10 +90,18 @@ pub struct Fetched {
 /// Decodes the records at and after `from` in `data`, a partition's record
 /// batches as a fetch returned them. A last batch cut off by the fetch's size
 /// limit is left for the next fetch, as Kafka's consumers do; control batches
-/// (transaction markers) are skipped.
+/// (transaction markers) are skipped, and so are the batches of the transactions
+/// in `aborted` (`(producer id, first offset)`, as the fetch response lists
+/// them), as Kafka's consumer does with `isolation.level=read_committed`.
 /// Compressed batches are decompressed into buffers from `pool`.
-pub fn decode(data: Bytes, from: i64, pool: &BufferPool) -> Result<Fetched, RecordsError> {
+pub fn decode(
+    data: Bytes,
+    from: i64,
+    aborted: &[(i64, i64)],
+    pool: &BufferPool,
+) -> Result<Fetched, RecordsError> {
     let mut fetched = Fetched::default();
+    let mut aborted = Aborted::new(aborted);
     let mut rest = data;
     // baseOffset (8) and batchLength (4) precede every batch.
     while rest.len() >= 12 {
@@ -110,10 +118,68 @@ pub fn decode(data: Bytes, from: i64, pool: &BufferPool) -> Result<Fetched, Reco
         }
         let batch = rest.slice(12..12 + length);
         rest = rest.slice(12 + length..);
-        let last_offset = decode_batch(base_offset, batch, from, pool, &mut fetched.records)?;
+        let last_offset = decode_batch(
+            base_offset,
+            batch,
+            Want {
+                from,
+                pool,
+                aborted: &mut aborted,
+            },
+            &mut fetched.records,
+        )?;
         fetched.next_offset = Some(last_offset + 1);
     }
     Ok(fetched)
+}
+
+/// Which records of a fetch are wanted, and where their buffers come from.
+struct Want<'a> {
+    from: i64,
+    pool: &'a BufferPool,
+    aborted: &'a mut Aborted,
+}
+
+/// The aborted transactions of a fetch, followed through its batches as Kafka's
+/// consumer does: a transaction is open from its first offset until its abort
+/// marker, and its producer's transactional batches in between are dropped.
+#[derive(Debug)]
+struct Aborted {
+    /// Not reached yet, by first offset, the latest first.
+    ahead: Vec<(i64, i64)>,
+    /// Producers with an aborted transaction open.
+    open: Vec<i64>,
+}
+
+impl Aborted {
+    fn new(aborted: &[(i64, i64)]) -> Self {
+        let mut ahead = aborted.to_vec();
+        ahead.sort_unstable_by_key(|&(_, first)| std::cmp::Reverse(first));
+        Self {
+            ahead,
+            open: Vec::new(),
+        }
+    }
+
+    /// Opens the transactions that begin at or before `offset`.
+    fn reach(&mut self, offset: i64) {
+        while let Some(&(producer, first)) = self.ahead.last()
+            && first <= offset
+        {
+            self.ahead.pop();
+            if !self.open.contains(&producer) {
+                self.open.push(producer);
+            }
+        }
+    }
+
+    fn is_open(&self, producer: i64) -> bool {
+        self.open.contains(&producer)
+    }
+
+    fn close(&mut self, producer: i64) {
+        self.open.retain(|&p| p != producer);
+    }
 }
 
 /// Bytes of a batch after its length: partitionLeaderEpoch, magic, crc, then the
@@ -121,8 +187,7 @@ pub fn decode(data: Bytes, from: i64, pool: &BufferPool) -> Result<Fetched, Reco
 fn decode_batch(
     base_offset: i64,
     batch: Bytes,
-    from: i64,
-    pool: &BufferPool,
+    want: Want<'_>,
     records: &mut Vec<FetchedRecord>,
 ) -> Result<i64, RecordsError> {
     let mut r = Reader::new(&batch, base_offset);
@@ -145,13 +210,26 @@ fn decode_batch(
     let last_offset_delta = r.i32("last offset delta")?;
     let first_timestamp = r.i64("first timestamp")?;
     let max_timestamp = r.i64("max timestamp")?;
-    r.take(8 + 2 + 4, "producer fields")?;
+    let producer_id = r.i64("producer id")?;
+    r.take(2 + 4, "producer epoch and base sequence")?;
     let count = r.i32("record count")?;
     let last_offset = base_offset + i64::from(last_offset_delta);
+    let is_transactional = attributes & 0x10 != 0;
     let is_control = attributes & 0x20 != 0;
-    if is_control || last_offset < from {
+    if producer_id >= 0 {
+        want.aborted.reach(last_offset);
+    }
+    if is_control {
+        if is_abort_marker(&batch[r.pos..], base_offset)? {
+            want.aborted.close(producer_id);
+        }
         return Ok(last_offset);
     }
+    if last_offset < want.from || (is_transactional && want.aborted.is_open(producer_id)) {
+        return Ok(last_offset);
+    }
+    let from = want.from;
+    let pool = want.pool;
     // LogAppendTime: the broker's time, kept once for the batch (as Kafka's own
     // consumer reports it), not the producer's per-record times.
     let log_append_time = (attributes & 0x08 != 0).then_some(max_timestamp);
@@ -243,6 +321,26 @@ fn decode_batch(
         });
     }
     Ok(last_offset)
+}
+
+/// Whether a control batch's record (its records are never compressed) is an
+/// abort marker: its key is a version (int16) and a type, 0 for abort.
+fn is_abort_marker(records: &[u8], base_offset: i64) -> Result<bool, RecordsError> {
+    let mut r = Reader::new(records, base_offset);
+    r.varint_len("control record length")?;
+    r.take(1, "control record attributes")?;
+    r.varlong("control record timestamp")?;
+    r.varint("control record offset")?;
+    let key_len = r.varint_len("control record key")?;
+    let key = r.take(key_len, "control record key")?;
+    match key {
+        [_, _, 0, 0, ..] => Ok(true),
+        [_, _, _, _, ..] => Ok(false),
+        _ => Err(RecordsError::Malformed {
+            base_offset,
+            reason: format!("control record key of {} bytes", key.len()),
+        }),
+    }
 }
 
 fn fixed<const N: usize>(bytes: &[u8]) -> [u8; N] {
@@ -555,6 +653,11 @@ mod tests {
 
     /// A batch as a broker sends it; the codec is in `attributes`' low bits.
     fn batch(base_offset: i64, attributes: i16, records: &[Rec]) -> Vec<u8> {
+        batch_by(-1, base_offset, attributes, records)
+    }
+
+    /// A batch from `producer`; a transactional one has attribute bit 4.
+    fn batch_by(producer: i64, base_offset: i64, attributes: i16, records: &[Rec]) -> Vec<u8> {
         let plain: Vec<u8> = (0..).zip(records).flat_map(|(i, r)| record(i, r)).collect();
         let data = match attributes & 7 {
             1 => {
@@ -570,7 +673,7 @@ mod tests {
         checked.extend((records.len() as i32 - 1).max(0).to_be_bytes());
         checked.extend(1_000_i64.to_be_bytes());
         checked.extend(9_000_i64.to_be_bytes());
-        checked.extend((-1_i64).to_be_bytes());
+        checked.extend(producer.to_be_bytes());
         checked.extend((-1_i16).to_be_bytes());
         checked.extend((-1_i32).to_be_bytes());
         checked.extend((records.len() as i32).to_be_bytes());
@@ -611,7 +714,7 @@ mod tests {
                 },
             ],
         ));
-        let fetched = decode(data.clone(), 0, &pool()).unwrap();
+        let fetched = decode(data.clone(), 0, &[], &pool()).unwrap();
         assert_eq!(offsets(&fetched), [40, 41]);
         assert_eq!(fetched.next_offset, Some(42));
         let [first, second] = &fetched.records[..] else {
@@ -633,11 +736,11 @@ mod tests {
     #[test]
     fn gzip_snappy_and_xerial_snappy_batches_decode_alike() {
         let records = [PLAIN, PLAIN, PLAIN];
-        let plain = decode(batch(0, 0, &records).into(), 0, &pool())
+        let plain = decode(batch(0, 0, &records).into(), 0, &[], &pool())
             .unwrap()
             .records;
         for codec in [1, 2] {
-            let fetched = decode(batch(0, codec, &records).into(), 0, &pool()).unwrap();
+            let fetched = decode(batch(0, codec, &records).into(), 0, &[], &pool()).unwrap();
             assert_eq!(fetched.records, plain, "codec {codec}");
         }
         // The xerial framing: magic, version and compatible version, then blocks.
@@ -662,7 +765,7 @@ mod tests {
     fn decompressed_buffers_come_back_once_their_records_are_dropped() {
         let pool = pool();
         let data = Bytes::from(batch(0, 2, &[PLAIN, PLAIN]));
-        let fetched = decode(data.clone(), 0, &pool).unwrap();
+        let fetched = decode(data.clone(), 0, &[], &pool).unwrap();
         assert_eq!(pool.kept(), 0, "in use");
         let [first, second] = <[FetchedRecord; 2]>::try_from(fetched.records).unwrap();
         drop(first);
@@ -671,7 +774,7 @@ mod tests {
         drop(second);
         let kept = pool.kept();
         assert!(kept > 0);
-        let again = decode(data, 0, &pool).unwrap();
+        let again = decode(data, 0, &[], &pool).unwrap();
         assert_eq!(pool.kept(), 0, "taken again");
         // The same memory, not a new allocation.
         assert_eq!(again.records[1].value.as_ref().unwrap().as_ptr(), at);
@@ -686,9 +789,9 @@ mod tests {
     fn records_before_the_fetch_offset_are_dropped() {
         let mut data = batch(10, 0, &[PLAIN, PLAIN, PLAIN]);
         data.extend(batch(13, 2, &[PLAIN, PLAIN]));
-        let fetched = decode(data.clone().into(), 12, &pool()).unwrap();
+        let fetched = decode(data.clone().into(), 12, &[], &pool()).unwrap();
         assert_eq!(offsets(&fetched), [12, 13, 14]);
-        let fetched = decode(data.into(), 14, &pool()).unwrap();
+        let fetched = decode(data.into(), 14, &[], &pool()).unwrap();
         assert_eq!(offsets(&fetched), [14]);
         assert_eq!(fetched.next_offset, Some(15));
     }
@@ -698,28 +801,60 @@ mod tests {
         let mut data = batch(0, 0, &[PLAIN, PLAIN]);
         let second = batch(2, 0, &[PLAIN, PLAIN]);
         data.extend(&second[..second.len() - 5]);
-        let fetched = decode(data.into(), 0, &pool()).unwrap();
+        let fetched = decode(data.into(), 0, &[], &pool()).unwrap();
         assert_eq!(offsets(&fetched), [0, 1]);
         assert_eq!(fetched.next_offset, Some(2));
-        let fetched = decode(Bytes::from(second[..20].to_vec()), 2, &pool()).unwrap();
+        let fetched = decode(Bytes::from(second[..20].to_vec()), 2, &[], &pool()).unwrap();
         assert!(fetched.records.is_empty());
         assert_eq!(fetched.next_offset, None);
     }
 
+    /// A transaction marker from `producer`: a control batch (attribute bits 4
+    /// and 5) whose record's key is a version and a type, 0 abort or 1 commit.
+    fn marker(producer: i64, offset: i64, commit: bool) -> Vec<u8> {
+        let key: &'static [u8] = if commit { &[0, 0, 0, 1] } else { &[0, 0, 0, 0] };
+        let record = Rec {
+            key: Some(key),
+            value: Some(&[0, 0, 0, 0, 0, 0]),
+            headers: &[],
+        };
+        batch_by(producer, offset, 0x30, &[record])
+    }
+
     #[test]
     fn transaction_markers_are_skipped_but_moved_past() {
-        // A control batch: attribute bit 5.
-        let mut data = batch(7, 0x20, &[PLAIN]);
-        let fetched = decode(data.clone().into(), 7, &pool()).unwrap();
+        let mut data = marker(3, 7, true);
+        let fetched = decode(data.clone().into(), 7, &[], &pool()).unwrap();
         assert!(fetched.records.is_empty());
         assert_eq!(fetched.next_offset, Some(8));
         data.extend(batch(8, 0, &[PLAIN]));
-        assert_eq!(offsets(&decode(data.into(), 7, &pool()).unwrap()), [8]);
+        assert_eq!(offsets(&decode(data.into(), 7, &[], &pool()).unwrap()), [8]);
+    }
+
+    #[test]
+    fn the_batches_of_aborted_transactions_are_dropped() {
+        // Producer 5 aborts a transaction at 0..=1 (marker at 2), then commits one
+        // at 3 (marker at 4); producer 6's transaction at 5 commits. Batches of
+        // producers without a listed abort, and plain ones, are kept.
+        let mut data = batch_by(5, 0, 0x10, &[PLAIN, PLAIN]);
+        data.extend(marker(5, 2, false));
+        data.extend(batch_by(5, 3, 0x10, &[PLAIN]));
+        data.extend(marker(5, 4, true));
+        data.extend(batch_by(6, 5, 0x10, &[PLAIN]));
+        data.extend(batch(6, 0, &[PLAIN]));
+        data.extend(marker(6, 7, true));
+        let aborted = [(5, 0)];
+        let fetched = decode(data.clone().into(), 0, &aborted, &pool()).unwrap();
+        assert_eq!(offsets(&fetched), [3, 5, 6]);
+        assert_eq!(fetched.next_offset, Some(8));
+        // Without the list (read_uncommitted), everything but the markers.
+        let fetched = decode(data.into(), 0, &[], &pool()).unwrap();
+        assert_eq!(offsets(&fetched), [0, 1, 3, 5, 6]);
     }
 
     #[test]
     fn log_append_time_is_the_batch_time() {
-        let fetched = decode(batch(0, 0x08, &[PLAIN, PLAIN]).into(), 0, &pool()).unwrap();
+        let fetched = decode(batch(0, 0x08, &[PLAIN, PLAIN]).into(), 0, &[], &pool()).unwrap();
         for r in &fetched.records {
             assert_eq!(r.timestamp.timestamp_millis(), 9_000);
         }
@@ -730,15 +865,15 @@ mod tests {
         let mut data = batch(5, 0, &[PLAIN]);
         let last = data.len() - 1;
         data[last] ^= 0xff;
-        let e = decode(data.into(), 0, &pool()).unwrap_err();
+        let e = decode(data.into(), 0, &[], &pool()).unwrap_err();
         assert!(matches!(e, RecordsError::Crc { base_offset: 5, .. }), "{e}");
 
-        let e = decode(batch(6, 3, &[PLAIN]).into(), 0, &pool()).unwrap_err();
+        let e = decode(batch(6, 3, &[PLAIN]).into(), 0, &[], &pool()).unwrap_err();
         assert!(e.to_string().contains("lz4"), "{e}");
 
         let mut data = batch(7, 0, &[PLAIN]);
         data[16] = 1; // magic
-        let e = decode(data.into(), 0, &pool()).unwrap_err();
+        let e = decode(data.into(), 0, &[], &pool()).unwrap_err();
         assert!(matches!(e, RecordsError::Magic { magic: 1, .. }), "{e}");
     }
 

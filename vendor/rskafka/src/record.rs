@@ -38,6 +38,9 @@ pub struct RecordAndOffset {
 pub struct RawRecords {
     pub frame: Vec<u8>,
     pub range: std::ops::Range<usize>,
+    /// The aborted transactions among them, as `(producer id, first offset)`: the request
+    /// asks for committed records only, and it is for the reader to drop these.
+    pub aborted_transactions: Vec<(i64, i64)>,
 }
 
 #[cfg(test)]

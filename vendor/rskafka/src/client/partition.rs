@@ -314,10 +314,16 @@ impl PartitionClient {
                     process_fetch_response(self.partition, &self.topic, raw.response, offset)
                         .map_err(|e| ErrorOrThrottle::Error((e, Some(r#gen))))?;
                 let range = raw.records.into_iter().next().unwrap_or(0..0);
+                let aborted_transactions = partition
+                    .aborted_transactions
+                    .iter()
+                    .map(|t| (t.producer_id.0, t.first_offset.0))
+                    .collect();
                 Ok((
                     RawRecords {
                         frame: raw.frame,
                         range,
+                        aborted_transactions,
                     },
                     partition.high_watermark.0,
                 ))
