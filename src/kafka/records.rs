@@ -10,9 +10,9 @@
 //! frame for an uncompressed batch, the batch's decompressed data otherwise.
 //!
 //! The format is Kafka's record batch, magic 2 (Kafka 0.11 and later); older
-//! message sets are refused, as rskafka does. Codecs are the pure-Rust ones the
-//! services build with: none, gzip and snappy (raw, and the xerial framing older
-//! Java clients wrote).
+//! message sets are refused, as rskafka does. Every codec Kafka has is read, by
+//! pure-Rust decoders: gzip, snappy (raw, and the xerial framing older Java
+//! clients wrote), lz4 (frames, KIP-57) and zstd.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -46,14 +46,9 @@ pub enum RecordsError {
         "record batch at offset {base_offset} has magic {magic}; only magic 2 (Kafka 0.11+) is supported"
     )]
     Magic { base_offset: i64, magic: i8 },
-    /// A codec the services are built without (lz4 and zstd compile C).
-    #[error(
-        "record batch at offset {base_offset} is compressed with {codec}, which this build cannot read; produce with gzip, snappy or none"
-    )]
-    Codec {
-        base_offset: i64,
-        codec: &'static str,
-    },
+    /// A compression code Kafka does not define.
+    #[error("record batch at offset {base_offset} has unknown compression code {codec}")]
+    Codec { base_offset: i64, codec: i16 },
     /// The compressed data is invalid.
     #[error("record batch at offset {base_offset} cannot be decompressed: {reason}")]
     Decompress { base_offset: i64, reason: String },
@@ -248,16 +243,9 @@ fn decode_batch(
         0 => body,
         1 => decompress(gunzip)?,
         2 => decompress(unsnappy)?,
-        codec => {
-            return Err(RecordsError::Codec {
-                base_offset,
-                codec: match codec {
-                    3 => "lz4",
-                    4 => "zstd",
-                    _ => "an unknown codec",
-                },
-            });
-        }
+        3 => decompress(unlz4)?,
+        4 => decompress(unzstd)?,
+        codec => return Err(RecordsError::Codec { base_offset, codec }),
     };
     let count = usize::try_from(count).unwrap_or(0);
     // Capped: the count comes from the wire, and each record takes 7 bytes at least.
@@ -532,12 +520,51 @@ impl Drop for Pooled {
     }
 }
 
+/// The most a streamed codec (gzip, lz4, zstd) may decompress one batch to: they
+/// give no length up front, and corrupt or hostile data must not exhaust memory.
+const MAX_DECOMPRESSED: usize = 256 << 20;
+
+/// Reads `decoder` to its end onto `out`, up to [`MAX_DECOMPRESSED`] in all.
+fn read_limited(decoder: impl Read, out: &mut Vec<u8>) -> Result<(), String> {
+    let room = MAX_DECOMPRESSED.saturating_sub(out.len()) as u64;
+    decoder
+        .take(room + 1)
+        .read_to_end(out)
+        .map_err(|e| e.to_string())?;
+    if out.len() > MAX_DECOMPRESSED {
+        return Err(format!(
+            "it decompresses to more than {} MiB",
+            MAX_DECOMPRESSED >> 20
+        ));
+    }
+    Ok(())
+}
+
 /// Decompresses `data` into `out`, whose old contents are overwritten.
 fn gunzip(data: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
     out.clear();
-    flate2::read::MultiGzDecoder::new(data)
-        .read_to_end(out)
-        .map_err(|e| e.to_string())?;
+    read_limited(flate2::read::MultiGzDecoder::new(data), out)
+}
+
+/// Decompresses LZ4 frames (Kafka's framing since KIP-57) into `out`.
+fn unlz4(data: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    out.clear();
+    read_limited(lz4_flex::frame::FrameDecoder::new(data), out)
+}
+
+/// Decompresses zstd frames, one after another, into `out`.
+fn unzstd(data: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    out.clear();
+    let mut rest = data;
+    while !rest.is_empty() {
+        let before = rest.len();
+        let decoder =
+            ruzstd::decoding::StreamingDecoder::new(&mut rest).map_err(|e| e.to_string())?;
+        read_limited(decoder, out)?;
+        if rest.len() == before {
+            return Err("a zstd frame read no input".to_owned());
+        }
+    }
     Ok(())
 }
 
@@ -666,6 +693,15 @@ mod tests {
                 gz.finish().unwrap()
             }
             2 => snap::raw::Encoder::new().compress_vec(&plain).unwrap(),
+            3 => {
+                let mut lz4 = lz4_flex::frame::FrameEncoder::new(Vec::new());
+                lz4.write_all(&plain).unwrap();
+                lz4.finish().unwrap()
+            }
+            4 => ruzstd::encoding::compress_to_vec(
+                &plain[..],
+                ruzstd::encoding::CompressionLevel::Fastest,
+            ),
             _ => plain,
         };
         let mut checked = Vec::new();
@@ -734,12 +770,12 @@ mod tests {
     }
 
     #[test]
-    fn gzip_snappy_and_xerial_snappy_batches_decode_alike() {
+    fn batches_of_every_codec_decode_alike() {
         let records = [PLAIN, PLAIN, PLAIN];
         let plain = decode(batch(0, 0, &records).into(), 0, &[], &pool())
             .unwrap()
             .records;
-        for codec in [1, 2] {
+        for codec in [1, 2, 3, 4] {
             let fetched = decode(batch(0, codec, &records).into(), 0, &[], &pool()).unwrap();
             assert_eq!(fetched.records, plain, "codec {codec}");
         }
@@ -868,13 +904,19 @@ mod tests {
         let e = decode(data.into(), 0, &[], &pool()).unwrap_err();
         assert!(matches!(e, RecordsError::Crc { base_offset: 5, .. }), "{e}");
 
-        let e = decode(batch(6, 3, &[PLAIN]).into(), 0, &[], &pool()).unwrap_err();
-        assert!(e.to_string().contains("lz4"), "{e}");
+        let e = decode(batch(6, 5, &[PLAIN]).into(), 0, &[], &pool()).unwrap_err();
+        assert!(matches!(e, RecordsError::Codec { codec: 5, .. }), "{e}");
 
         let mut data = batch(7, 0, &[PLAIN]);
         data[16] = 1; // magic
         let e = decode(data.into(), 0, &[], &pool()).unwrap_err();
         assert!(matches!(e, RecordsError::Magic { magic: 1, .. }), "{e}");
+    }
+
+    #[test]
+    fn a_stream_that_decompresses_without_end_is_cut_off() {
+        let e = read_limited(std::io::repeat(0), &mut Vec::new()).unwrap_err();
+        assert!(e.contains("more than 256 MiB"), "{e}");
     }
 
     #[test]
