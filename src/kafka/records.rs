@@ -12,7 +12,9 @@
 //! The format is Kafka's record batch, magic 2 (Kafka 0.11 and later); older
 //! message sets are refused, as rskafka does. Every codec Kafka has is read, by
 //! pure-Rust decoders: gzip, snappy (raw, and the xerial framing older Java
-//! clients wrote), lz4 (frames, KIP-57) and zstd.
+//! clients wrote), lz4 (frames, KIP-57) and zstd. As Kafka's consumer does with
+//! `read_committed`, which is what the fetch asks for, transaction markers are
+//! stepped over and the batches of aborted transactions dropped.
 
 use std::collections::BTreeMap;
 use std::io::Read;
