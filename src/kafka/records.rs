@@ -118,23 +118,14 @@ pub fn decode(
         let last_offset = decode_batch(
             base_offset,
             batch,
-            Want {
-                from,
-                pool,
-                aborted: &mut aborted,
-            },
+            from,
+            pool,
+            &mut aborted,
             &mut fetched.records,
         )?;
         fetched.next_offset = Some(last_offset + 1);
     }
     Ok(fetched)
-}
-
-/// Which records of a fetch are wanted, and where their buffers come from.
-struct Want<'a> {
-    from: i64,
-    pool: &'a BufferPool,
-    aborted: &'a mut Aborted,
 }
 
 /// The aborted transactions of a fetch, followed through its batches as Kafka's
@@ -184,7 +175,9 @@ impl Aborted {
 fn decode_batch(
     base_offset: i64,
     batch: Bytes,
-    want: Want<'_>,
+    from: i64,
+    pool: &BufferPool,
+    aborted: &mut Aborted,
     records: &mut Vec<FetchedRecord>,
 ) -> Result<i64, RecordsError> {
     let mut r = Reader::new(&batch, base_offset);
@@ -214,19 +207,17 @@ fn decode_batch(
     let is_transactional = attributes & 0x10 != 0;
     let is_control = attributes & 0x20 != 0;
     if producer_id >= 0 {
-        want.aborted.reach(last_offset);
+        aborted.reach(last_offset);
     }
     if is_control {
         if is_abort_marker(&batch[r.pos..], base_offset)? {
-            want.aborted.close(producer_id);
+            aborted.close(producer_id);
         }
         return Ok(last_offset);
     }
-    if last_offset < want.from || (is_transactional && want.aborted.is_open(producer_id)) {
+    if last_offset < from || (is_transactional && aborted.is_open(producer_id)) {
         return Ok(last_offset);
     }
-    let from = want.from;
-    let pool = want.pool;
     // LogAppendTime: the broker's time, kept once for the batch (as Kafka's own
     // consumer reports it), not the producer's per-record times.
     let log_append_time = (attributes & 0x08 != 0).then_some(max_timestamp);
@@ -491,7 +482,8 @@ impl BufferPool {
     }
 
     /// Bytes kept for reuse.
-    pub fn kept(&self) -> usize {
+    #[cfg(test)]
+    fn kept(&self) -> usize {
         self.0.lock().bytes
     }
 }

@@ -35,7 +35,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::records::FetchedRecord;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -49,6 +48,7 @@ use super::consumer::{AbortOnDrop, ConsumerConfig, ConsumerError, Fetcher};
 use super::follower::read_partition;
 use super::log_cursor::LogCursor;
 use super::producer::{ProduceError, Producer, ProducerConfig, ProducerRecord};
+use super::records::FetchedRecord;
 use crate::shutdown::Shutdown;
 
 /// The partition of the coordination topic that holds every record.
