@@ -226,22 +226,32 @@ where
         reader: &mut Cursor<T>,
         version: ApiVersion,
     ) -> Result<Self, ReadVersionedError> {
-        let v = version.0.0;
-        assert!(v <= 4);
-
-        Ok(Self {
-            partition_index: Int32::read(reader)?,
-            error_code: ApiError::new(Int16::read(reader)?.0),
-            high_watermark: Int64::read(reader)?,
-            last_stable_offset: (v >= 4).then(|| Int64::read(reader)).transpose()?,
-            aborted_transactions: (v >= 4)
-                .then(|| read_versioned_array(reader, version))
-                .transpose()?
-                .flatten()
-                .unwrap_or_default(),
-            records: Records::read(reader)?,
-        })
+        let mut partition = read_partition_head(reader, version)?;
+        partition.records = Records::read(reader)?;
+        Ok(partition)
     }
+}
+
+/// A partition of a fetch response up to its records, which are left empty.
+fn read_partition_head<R: Read>(
+    reader: &mut R,
+    version: ApiVersion,
+) -> Result<FetchResponsePartition, ReadVersionedError> {
+    let v = version.0.0;
+    assert!(v <= 4);
+
+    Ok(FetchResponsePartition {
+        partition_index: Int32::read(reader)?,
+        error_code: ApiError::new(Int16::read(reader)?.0),
+        high_watermark: Int64::read(reader)?,
+        last_stable_offset: (v >= 4).then(|| Int64::read(reader)).transpose()?,
+        aborted_transactions: (v >= 4)
+            .then(|| read_versioned_array(reader, version))
+            .transpose()?
+            .flatten()
+            .unwrap_or_default(),
+        records: Records(vec![]),
+    })
 }
 
 #[derive(Debug)]
@@ -359,15 +369,7 @@ impl ReadVersionedType<Cursor<Vec<u8>>> for RawFetchResponse {
             let n_partitions = array_len(reader)?;
             let mut partitions = Vec::with_capacity(n_partitions.min(16));
             for _ in 0..n_partitions {
-                let partition_index = Int32::read(reader)?;
-                let error_code = ApiError::new(Int16::read(reader)?.0);
-                let high_watermark = Int64::read(reader)?;
-                let last_stable_offset = (v >= 4).then(|| Int64::read(reader)).transpose()?;
-                let aborted_transactions = (v >= 4)
-                    .then(|| read_versioned_array(reader, version))
-                    .transpose()?
-                    .flatten()
-                    .unwrap_or_default();
+                partitions.push(read_partition_head(reader, version)?);
                 let len = array_len(reader)?;
                 let start = usize::try_from(reader.position()).map_err(ReadError::Overflow)?;
                 let end = start
@@ -378,14 +380,6 @@ impl ReadVersionedType<Cursor<Vec<u8>>> for RawFetchResponse {
                     })?;
                 reader.set_position(end as u64);
                 records.push(start..end);
-                partitions.push(FetchResponsePartition {
-                    partition_index,
-                    error_code,
-                    high_watermark,
-                    last_stable_offset,
-                    aborted_transactions,
-                    records: Records(vec![]),
-                });
             }
             responses.push(FetchResponseTopic { topic, partitions });
         }
