@@ -10,12 +10,14 @@
 //!
 //! - [`kafka`]: our Kafka layer (producer, consumer, offsets, admin) over rskafka.
 //! - [`shutdown`]: the cooperative shutdown signal passed down to every task.
+//! - [`health`]: why the process is not ready, as `/ready` reports it.
 
 pub mod app;
 pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod events;
+pub mod health;
 pub mod http_client;
 pub mod kafka;
 pub mod logging;

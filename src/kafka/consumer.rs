@@ -22,15 +22,15 @@
 //! Graceful shutdown stops fetching, lets the record in flight finish, commits,
 //! hands the partitions over to the remaining members, and returns.
 
-use crate::metrics;
+use crate::{health, metrics};
 use std::collections::{BTreeMap, HashMap};
 use std::future::{Future, poll_fn};
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, LazyLock};
+use std::task::Poll;
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use bytes::Bytes;
@@ -44,6 +44,7 @@ use super::admin::{Admin, AdminError};
 use super::backoff::{Backoff, BackoffConfig, sleep_until_or_never};
 use super::broker_offsets::BrokerOffsets;
 use super::cluster::{Cluster, ClusterError, Lane};
+use super::group::planner::{Plan, Planner};
 use super::group::records::OwnerValue;
 use super::group::{Coordinator, Lease};
 use super::offsets::{DEFAULT_OFFSETS_TOPIC, OffsetError, OffsetStore, offsets_topic_spec};
@@ -113,6 +114,10 @@ pub struct ConsumerConfig {
     /// Also copy commits to the broker's own offsets of a group of this name, so
     /// Kafka UI and `kafka-consumer-groups.sh` show the lag (see `broker_offsets`).
     pub broker_offsets: bool,
+    /// A partition this member owns that has had no live task, or records waiting
+    /// and no progress, for this long is reported as stalled: in
+    /// `eda_consumer_stalled_partitions` and by `/ready`, which answers `503`.
+    pub stall_after: Duration,
 }
 
 impl ConsumerConfig {
@@ -139,6 +144,7 @@ impl ConsumerConfig {
             heartbeat_interval: Duration::from_secs(1),
             rebalance_grace: Duration::from_secs(1),
             broker_offsets: true,
+            stall_after: Duration::from_secs(60),
         }
     }
 }
@@ -271,6 +277,38 @@ pub enum ConsumerError {
     Offsets(#[from] OffsetError),
     #[error("writing a partition's owner record failed: {0}")]
     Claim(#[from] ProduceError),
+    #[error(
+        "the coordination topic {topic} has message.timestamp.type={found}, so members' clocks would decide who is alive; set it to LogAppendTime: kafka-configs.sh --bootstrap-server BROKER --alter --entity-type topics --entity-name {topic} --add-config message.timestamp.type=LogAppendTime"
+    )]
+    CreateTimeCoordination { topic: String, found: String },
+}
+
+/// Checks that the broker stamps the coordination topic's records
+/// (`LogAppendTime`): liveness is measured in those timestamps, and a member
+/// whose clock runs ahead would otherwise make every other member look dead.
+async fn check_timestamps(admin: &Admin, topic: &str) -> Result<(), ConsumerError> {
+    let (name, wanted) = super::offsets::TIMESTAMP_TYPE;
+    match admin.topic_configs(topic).await {
+        Ok(configs) => match configs.get(name) {
+            Some(found) if found == wanted => Ok(()),
+            Some(found) => Err(ConsumerError::CreateTimeCoordination {
+                topic: topic.to_owned(),
+                found: found.clone(),
+            }),
+            None => {
+                log::warn!(
+                    "the broker does not report {name} of {topic}; the group protocol assumes {wanted}"
+                );
+                Ok(())
+            }
+        },
+        Err(e) => {
+            log::warn!(
+                "could not check {name} of {topic} ({e}); the group protocol assumes {wanted}"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// A member of a consumer group over a set of topics.
@@ -288,19 +326,59 @@ struct Running {
     epoch: i64,
     progress: Arc<Progress>,
     stop: ShutdownTrigger,
-    task: JoinHandle<()>,
+    /// Aborted when dropped: a partition nobody tracks must not go on running.
+    task: AbortOnDrop<RunnerExit>,
 }
 
 impl Running {
     /// Stops after the record in flight; returns when the task ended.
-    async fn finish(self) -> Arc<Progress> {
+    async fn finish(mut self) -> Arc<Progress> {
         self.stop.trigger();
-        if let Err(e) = self.task.await
-            && !e.is_cancelled()
-        {
-            log::error!("a partition task ended abnormally: {e}");
+        let why = self.exit().await;
+        if !matches!(why, ExitReason::Ended(RunnerExit::Stopped)) {
+            log::warn!("a partition task ended before it was stopped: {why}");
         }
         self.progress
+    }
+
+    /// Why the task ended; waits for it to end.
+    async fn exit(&mut self) -> ExitReason {
+        match (&mut self.task.0).await {
+            Ok(exit) => ExitReason::Ended(exit),
+            Err(e) if e.is_panic() => ExitReason::Panicked,
+            Err(_) => ExitReason::Aborted,
+        }
+    }
+}
+
+/// Why a partition task returned by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunnerExit {
+    /// Its stop signal or the consumer's shutdown fired.
+    Stopped,
+    /// The member's lease ran out: another member may own the partition by now.
+    LeaseLost,
+    /// Its fetcher stopped.
+    FetchEnded,
+}
+
+/// How a partition task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ExitReason {
+    Ended(RunnerExit),
+    Panicked,
+    Aborted,
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Ended(RunnerExit::Stopped) => "stopped",
+            Self::Ended(RunnerExit::LeaseLost) => "the member's lease ran out",
+            Self::Ended(RunnerExit::FetchEnded) => "its fetcher stopped",
+            Self::Panicked => "the handler panicked",
+            Self::Aborted => "aborted",
+        })
     }
 }
 
@@ -319,10 +397,11 @@ impl Consumer {
         }
         // Created only when missing: an account that may not create topics can still
         // consume from a prepared cluster.
+        let admin = Admin::new(cluster.config().clone());
         match cluster.partition_count(&config.offsets_topic).await {
-            Ok(_) => {}
+            Ok(_) => check_timestamps(&admin, &config.offsets_topic).await?,
             Err(ClusterError::UnknownTopic(_)) => {
-                Admin::new(cluster.config().clone())
+                admin
                     .ensure_topics(&[offsets_topic_spec(&config.offsets_topic)])
                     .await?;
             }
@@ -388,7 +467,14 @@ impl Consumer {
         };
 
         let mut running: BTreeMap<TopicPartition, Running> = BTreeMap::new();
-        let mut pending = Pending::default();
+        let mut planner = Planner::new(
+            self.member_id.clone(),
+            self.config.rebalance_grace,
+            (
+                self.config.retry_backoff.initial,
+                self.config.retry_backoff.max,
+            ),
+        );
         let mut reconcile = tokio::time::interval(
             (self.config.heartbeat_interval / 4)
                 .clamp(Duration::from_millis(20), Duration::from_millis(250)),
@@ -396,18 +482,12 @@ impl Consumer {
         reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut commit = tokio::time::interval(self.config.commit_interval);
         commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut group_metrics = GroupMetrics::new(&self.config.group_id);
+        let mut group_metrics = GroupMetrics::new(&self.config.group_id, &self.member_id);
 
         loop {
-            // Claims wait out the grace; wake when the first one may be written
-            // rather than at the next tick.
-            let now = Instant::now();
-            let claim_due = pending
-                .claims
-                .values()
-                .map(|since| *since + self.config.rebalance_grace)
-                .filter(|at| *at > now)
-                .min();
+            // Claims wait out the grace and restarts their backoff; wake when the
+            // first is due rather than at the next tick.
+            let due = planner.next_due(Instant::now());
             let mut react = false;
             tokio::select! {
                 records = coordinator.next_records() => match records {
@@ -418,10 +498,14 @@ impl Consumer {
                     None => break,
                 },
                 _ = reconcile.tick() => react = true,
-                () = sleep_until_or_never(claim_due) => react = true,
+                () = sleep_until_or_never(due) => react = true,
                 _ = commit.tick() => {
-                    if let Err(e) = self.commit(&coordinator, &running).await {
-                        log::warn!("commit failed, will retry: {e}");
+                    // Bounded well below the session timeout: while this waits, the
+                    // loop reads no coordination record.
+                    match tokio::time::timeout(self.main_loop_bound(), self.commit(&coordinator, &running)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => log::warn!("commit failed, will retry: {e}"),
+                        Err(_) => log::warn!("commit not acknowledged within {:?}; will retry", self.main_loop_bound()),
                     }
                 }
                 () = shutdown.recv() => break,
@@ -429,9 +513,9 @@ impl Consumer {
             if react {
                 loop {
                     self.reconcile(
-                        &coordinator,
+                        &mut coordinator,
                         &mut running,
-                        &mut pending,
+                        &mut planner,
                         &handler,
                         &shutdown,
                     )
@@ -442,11 +526,11 @@ impl Consumer {
                         break;
                     }
                 }
-                group_metrics.update(&coordinator, running.len());
+                group_metrics.update(&coordinator, &running, &self.config);
             }
         }
 
-        self.leave(coordinator, running).await;
+        self.leave(coordinator, running, &planner).await;
         log::info!(
             "member {} left consumer group {}",
             self.member_id,
@@ -459,129 +543,140 @@ impl Consumer {
         Ok(())
     }
 
-    /// Brings what this member runs in line with the group state: stops what it
-    /// no longer owns, hands over what belongs to others, starts what it owns, and
-    /// claims what it should own from dead members.
+    /// How long one wait of the main loop may take: while it waits, the member
+    /// reads no coordination record, so it stays well below the session timeout.
+    fn main_loop_bound(&self) -> Duration {
+        self.config.session_timeout / 3
+    }
+
+    /// Brings what this member runs in line with the group state: restarts what
+    /// ended by itself, stops what it no longer owns, hands over what belongs to
+    /// others, starts what it owns, and claims what it should own from dead
+    /// members. The decisions are the [`Planner`]'s; this carries them out.
     async fn reconcile<H: Handler>(
         &self,
-        coordinator: &Coordinator,
+        coordinator: &mut Coordinator,
         running: &mut BTreeMap<TopicPartition, Running>,
-        pending: &mut Pending,
+        planner: &mut Planner<Instant>,
         handler: &Arc<H>,
         shutdown: &Shutdown,
     ) {
-        let me = coordinator.member.as_str();
-        let state = &coordinator.state;
-        let lease_ok = coordinator.lease.is_valid();
-        // Owner records we wrote count as soon as they are acknowledged, not only
-        // once read back: acting on the older state would write a second, stale one.
-        pending
-            .handed
-            .retain(|tp, epoch| state.owner(tp).is_some_and(|o| o.epoch < *epoch));
-
-        // Fencing: a partition that moved while we were away stops at once, uncommitted.
-        let fenced: Vec<TopicPartition> = running
+        let now = Instant::now();
+        // Supervision: a partition task that ended by itself (its lease lapsed, its
+        // handler panicked) is started again from the last commit, if still ours.
+        let ended: Vec<TopicPartition> = running
             .iter()
-            .filter(|(tp, r)| {
-                !lease_ok
-                    || !state
-                        .owner(tp)
-                        .is_some_and(|o| o.member == me && o.epoch == r.epoch)
-            })
+            .filter(|(_, r)| r.task.0.is_finished())
             .map(|(tp, _)| tp.clone())
             .collect();
-        for tp in fenced {
+        for tp in ended {
+            if let Some(mut r) = running.remove(&tp) {
+                let why = r.exit().await;
+                log::warn!(
+                    "{tp}: partition task ended ({why}); it starts again from the last commit while {} owns it",
+                    coordinator.member
+                );
+                PartitionMetrics::restarted(&self.config.group_id, &tp);
+                planner.ended(tp, now);
+            }
+        }
+
+        let epochs: BTreeMap<TopicPartition, i64> = running
+            .iter()
+            .map(|(tp, r)| (tp.clone(), r.epoch))
+            .collect();
+        let lease_ok = coordinator.lease.is_valid();
+        let joined = coordinator.has_joined();
+        let plan = planner.plan(&mut coordinator.state, &epochs, lease_ok, joined, now);
+        let coordinator = &*coordinator;
+        let me = coordinator.member.as_str();
+        let Plan {
+            fence,
+            hand_over,
+            pass_on,
+            start,
+            claim,
+            reassert,
+        } = plan;
+
+        for tp in fence {
             if let Some(r) = running.remove(&tp) {
-                r.task.abort();
+                r.task.0.abort();
                 log::warn!(
                     "{tp}: no longer owned by {me} (lease {}); stopped without committing",
                     if lease_ok { "valid" } else { "expired" }
                 );
             }
         }
-        if !lease_ok || !coordinator.has_joined() {
-            return;
-        }
 
-        let target = state.target();
-        // Handoff: partitions the assignment gives to someone else.
-        let moving: Vec<TopicPartition> = running
-            .keys()
-            .filter(|tp| target.get(*tp).map(String::as_str) != Some(me))
-            .cloned()
-            .collect();
         // All at once, like the claims: each waits for its record in flight, a commit
-        // and an owner record, and the new owner waits for the last of them.
-        let handoffs = moving.into_iter().filter_map(|tp| {
+        // and an owner record, and the new owner waits for the last of them. A
+        // handoff that does not finish in time is dropped, which stops its task; the
+        // partition is then passed on from its last commit.
+        let handoffs = hand_over.into_iter().filter_map(|(tp, to)| {
             let r = running.remove(&tp)?;
-            let to = target.get(&tp).cloned().unwrap_or_default();
             Some(async move {
                 let epoch = self.hand_over(coordinator, &tp, r, &to).await;
                 (tp, epoch)
             })
         });
-        for (tp, epoch) in futures_util::future::join_all(handoffs).await {
-            if let Some(epoch) = epoch {
-                pending.handed.insert(tp, epoch);
+        match tokio::time::timeout(
+            self.main_loop_bound(),
+            futures_util::future::join_all(handoffs),
+        )
+        .await
+        {
+            Ok(done) => {
+                for (tp, epoch) in done {
+                    if let Some(epoch) = epoch {
+                        planner.handed(tp, epoch);
+                    }
+                }
+            }
+            Err(_) => log::warn!(
+                "handoffs did not finish within {:?}; the partitions not handed over are passed on from their last commit",
+                self.main_loop_bound()
+            ),
+        }
+
+        for (tp, owner, to) in pass_on {
+            if let Some(epoch) = self.pass_on(coordinator, &tp, &owner, &to).await {
+                planner.handed(tp, epoch);
             }
         }
 
-        // Start what the log says is ours. A partition ours in the log but meant for
-        // someone else by now (the group changed between our claim and reading it
-        // back) is passed on without running it; its new owner waits for exactly that.
-        for (tp, owner) in state.owned_by(me) {
-            if running.contains_key(&tp) || pending.handed.contains_key(&tp) {
-                continue;
-            }
-            if target.get(&tp).map(String::as_str) != Some(me) {
-                let to = target.get(&tp).cloned().unwrap_or_default();
-                if let Some(epoch) = self.pass_on(coordinator, &tp, &owner, &to).await {
-                    pending.handed.insert(tp, epoch);
-                }
-                continue;
-            }
-            let start = state.committed(&tp).unwrap_or(owner.start);
-            log::info!(
-                "{tp}: {me} starts at offset {start} (epoch {})",
-                owner.epoch
-            );
+        for (tp, epoch, offset) in start {
+            log::info!("{tp}: {me} starts at offset {offset} (epoch {epoch})");
             running.insert(
                 tp.clone(),
-                self.start_partition(tp, owner.epoch, start, coordinator, handler, shutdown),
+                self.start_partition(tp, epoch, offset, coordinator, handler, shutdown),
             );
         }
 
-        // Claim partitions of dead members (or nobody's) that the assignment gives us.
-        let now = Instant::now();
-        let claims = &mut pending.claims;
-        claims.retain(|tp, _| {
-            target.get(tp).map(String::as_str) == Some(me) && state.is_claimable(tp)
-        });
-        let mut due = Vec::new();
-        for (tp, member) in &target {
-            if member != me || !state.is_claimable(tp) || running.contains_key(tp) {
-                continue;
-            }
-            let since = *claims.entry(tp.clone()).or_insert(now);
-            if now >= since + self.config.rebalance_grace {
-                due.push(tp);
-            }
-        }
         // All at once: each claim may open a connection and looks up its start, so
         // one after another they kept a starting member idle for milliseconds each.
         let outcomes = futures_util::future::join_all(
-            due.into_iter()
+            claim
+                .iter()
                 .map(|tp| async move { (tp, self.claim(coordinator, tp).await) }),
-        )
-        .await;
+        );
+        let outcomes = tokio::time::timeout(self.main_loop_bound(), outcomes)
+            .await
+            .unwrap_or_default();
         for (tp, outcome) in outcomes {
             match outcome {
                 Ok((epoch, start)) => {
                     log::info!("{tp}: claimed by {me} (epoch {epoch}, from offset {start})");
-                    // Not again until the claim is read back (or a grace later, if lost).
-                    claims.insert(tp.clone(), now + self.config.rebalance_grace * 4);
+                    planner.claimed(tp.clone(), now);
                 }
                 Err(e) => log::warn!("{tp}: claim failed: {e}"),
+            }
+        }
+
+        // A rival owner record that did not count must not be the one compaction keeps.
+        for (tp, owner) in reassert {
+            if let Err(e) = coordinator.write_owner(&tp, owner).await {
+                log::warn!("{tp}: writing its owner record again failed: {e}");
             }
         }
     }
@@ -603,6 +698,7 @@ impl Consumer {
             member: coordinator.member.clone(),
             epoch,
             start,
+            by: Some(coordinator.member.clone()),
         };
         coordinator.write_owner(tp, claim).await?;
         Ok((epoch, start))
@@ -627,7 +723,11 @@ impl Consumer {
             progress: Arc::clone(&progress),
             lease: Arc::clone(&coordinator.lease),
         };
-        let task = tokio::spawn(runner.run(Arc::clone(handler), stop_signal, shutdown.clone()));
+        let task = AbortOnDrop(tokio::spawn(runner.run(
+            Arc::clone(handler),
+            stop_signal,
+            shutdown.clone(),
+        )));
         Running {
             epoch,
             progress,
@@ -681,6 +781,7 @@ impl Consumer {
             member: to.to_owned(),
             epoch: epoch + 1,
             start,
+            by: Some(coordinator.member.clone()),
         };
         match coordinator.write_owner(tp, owner).await {
             Ok(()) if to.is_empty() => log::info!("{tp}: released at offset {start}"),
@@ -709,6 +810,7 @@ impl Consumer {
             member: to.to_owned(),
             epoch: owner.epoch + 1,
             start,
+            by: Some(coordinator.member.clone()),
         };
         match coordinator.write_owner(tp, next).await {
             Ok(()) => {
@@ -776,13 +878,22 @@ impl Consumer {
 
     /// Announces the leave, stops every partition after its record in flight,
     /// commits, hands each partition to its next owner, and removes the member.
-    async fn leave(&self, coordinator: Coordinator, running: BTreeMap<TopicPartition, Running>) {
+    async fn leave(
+        &self,
+        coordinator: Coordinator,
+        running: BTreeMap<TopicPartition, Running>,
+        planner: &Planner<Instant>,
+    ) {
         coordinator.announce_leaving().await;
         let target = coordinator.target_without_me();
         let deadline = Instant::now() + self.config.shutdown_commit_timeout;
         if coordinator.lease.is_valid() {
+            // Partitions handed over whose records the log does not show yet are
+            // someone else's already: a second record would restart them from an
+            // older offset.
+            let handed: Vec<&TopicPartition> = planner.handed_partitions().collect();
             for (tp, owner) in coordinator.state.owned_by(&coordinator.member) {
-                if !running.contains_key(&tp) {
+                if !running.contains_key(&tp) && !handed.contains(&&tp) {
                     let to = target.get(&tp).cloned().unwrap_or_default();
                     self.pass_on(&coordinator, &tp, &owner, &to).await;
                 }
@@ -806,21 +917,14 @@ impl Consumer {
     }
 }
 
-/// Owner records written but not yet read back, and claims waiting for their grace.
-#[derive(Debug, Default)]
-struct Pending {
-    /// Partitions handed over or passed on, with the epoch of the record written.
-    handed: HashMap<TopicPartition, i64>,
-    /// Partitions to claim, with when they became claimable for this member.
-    claims: HashMap<TopicPartition, Instant>,
-}
-
 /// How far a partition got. `next` is the offset after the last record handled,
 /// `committed` the last value stored; `-1` means unknown.
 #[derive(Debug)]
 pub(crate) struct Progress {
     next: AtomicI64,
     committed: AtomicI64,
+    /// The partition's high watermark at the latest fetch; `-1` before the first.
+    high_watermark: AtomicI64,
 }
 
 impl Progress {
@@ -829,6 +933,7 @@ impl Progress {
         Self {
             next: AtomicI64::new(start),
             committed: AtomicI64::new(start),
+            high_watermark: AtomicI64::new(-1),
         }
     }
 
@@ -848,16 +953,22 @@ struct PartitionRunner {
     metrics: PartitionMetrics,
 }
 
-/// What a member reports about its group on `/metrics`.
+/// What a member reports about its group on `/metrics` and `/ready`.
 struct GroupMetrics {
     members: metrics::Gauge,
     owned: metrics::Gauge,
     generation: metrics::Gauge,
+    stalled: metrics::Gauge,
     last_members: Vec<String>,
+    /// Per partition this member owns: where it stood (`None`: no live task)
+    /// and since when.
+    progress: HashMap<TopicPartition, (Option<i64>, Instant)>,
+    /// Set while a partition this member owns makes no progress.
+    ready: health::Condition,
 }
 
 impl GroupMetrics {
-    fn new(group: &str) -> Self {
+    fn new(group: &str, member: &str) -> Self {
         let labels = [("group", group)];
         Self {
             members: metrics::gauge(
@@ -875,11 +986,23 @@ impl GroupMetrics {
                 "Membership changes this member has seen since it joined; like Kafka's generation id, it moves at every rebalance.",
                 &labels,
             ),
+            stalled: metrics::gauge(
+                "eda_consumer_stalled_partitions",
+                "Partitions this member owns that have had no live task, or records waiting and no progress, for longer than the stall bound.",
+                &labels,
+            ),
             last_members: Vec::new(),
+            progress: HashMap::new(),
+            ready: health::Condition::new(format!("consumer group {group} member {member}")),
         }
     }
 
-    fn update(&mut self, coordinator: &Coordinator, owned: usize) {
+    fn update(
+        &mut self,
+        coordinator: &Coordinator,
+        running: &BTreeMap<TopicPartition, Running>,
+        config: &ConsumerConfig,
+    ) {
         // Runs at every reconcile tick: allocate only when membership changed.
         let members = coordinator.state.active_members();
         if !members
@@ -891,7 +1014,41 @@ impl GroupMetrics {
             self.last_members = members.into_iter().map(str::to_owned).collect();
         }
         self.members.set(self.last_members.len() as i64);
-        self.owned.set(owned as i64);
+        self.owned.set(running.len() as i64);
+
+        // A partition this member owns is stalled when, for longer than the bound,
+        // it had no live task, or records were waiting and it did not move.
+        let now = Instant::now();
+        let owned = coordinator.state.owned_by(&coordinator.member);
+        self.progress
+            .retain(|tp, _| owned.iter().any(|(owned, _)| owned == tp));
+        let mut stalled = Vec::new();
+        for (tp, _) in owned {
+            let r = running.get(&tp).filter(|r| !r.task.0.is_finished());
+            let at = r.map(|r| r.progress.next.load(Ordering::Acquire));
+            let waiting = r.is_none_or(|r| {
+                r.progress.high_watermark.load(Ordering::Acquire)
+                    > r.progress.next.load(Ordering::Acquire)
+            });
+            let entry = self.progress.entry(tp.clone()).or_insert((at, now));
+            if entry.0 != at {
+                *entry = (at, now);
+            }
+            if waiting && now.saturating_duration_since(entry.1) >= config.stall_after {
+                stalled.push(match at {
+                    None => format!("{tp} (no live task)"),
+                    Some(offset) => format!("{tp} (at offset {offset})"),
+                });
+            }
+        }
+        self.stalled.set(stalled.len() as i64);
+        self.ready.set((!stalled.is_empty()).then(|| {
+            format!(
+                "no progress for {:?} on {}",
+                config.stall_after,
+                stalled.join(", ")
+            )
+        }));
     }
 }
 
@@ -918,6 +1075,16 @@ struct Tally {
 }
 
 impl PartitionMetrics {
+    /// Counts a partition task that ended by itself and is started again.
+    fn restarted(group: &str, tp: &TopicPartition) {
+        metrics::counter(
+            "eda_consumer_partition_restarts_total",
+            "Partition tasks that ended by themselves (lease lapsed, fetcher stopped, handler panicked) and were started again from the last commit.",
+            &[("group", group), ("topic", tp.topic.as_str())],
+        )
+        .inc();
+    }
+
     /// Adds what `tally` counted, and empties it.
     fn add(&self, tally: &mut Tally) {
         let Tally {
@@ -987,7 +1154,14 @@ impl Drop for PartitionMetrics {
 }
 
 impl PartitionRunner {
-    async fn run<H: Handler>(self, handler: Arc<H>, mut stop: Shutdown, mut shutdown: Shutdown) {
+    /// Hands the partition's records to `handler` in order until stopped, or
+    /// until the lease runs out or the fetcher stops; says which.
+    async fn run<H: Handler>(
+        self,
+        handler: Arc<H>,
+        mut stop: Shutdown,
+        mut shutdown: Shutdown,
+    ) -> RunnerExit {
         let start = self.progress.next.load(Ordering::Acquire);
         let mut next = start;
         let (tx, mut rx) = mpsc::channel::<Vec<FetchedRecord>>(1);
@@ -1009,19 +1183,20 @@ impl PartitionRunner {
             let batch = tokio::select! {
                 batch = rx.recv() => match batch {
                     Some(b) => b,
-                    None => break,
+                    None if stop.is_shutdown() || shutdown.is_shutdown() => return RunnerExit::Stopped,
+                    None => return RunnerExit::FetchEnded,
                 },
-                () = stop.recv() => break,
-                () = shutdown.recv() => break,
+                () = stop.recv() => return RunnerExit::Stopped,
+                () = shutdown.recv() => return RunnerExit::Stopped,
             };
             // Handler time starts now that the batch is in hand: waiting for it is
             // the fetcher's time.
             clock.restart(Instant::now());
             let mut lease_held_at = None;
-            let stopped = 'records: {
+            let exit = 'records: {
                 for record in batch {
                     if stop.is_shutdown() || shutdown.is_shutdown() {
-                        break 'records true;
+                        break 'records Some(RunnerExit::Stopped);
                     }
                     // A member whose lease ran out (a long pause, a lost broker) may
                     // have been replaced: it must not touch another record. Asked once
@@ -1035,7 +1210,7 @@ impl PartitionRunner {
                                 self.tp,
                                 record.offset
                             );
-                            break 'records true;
+                            break 'records Some(RunnerExit::LeaseLost);
                         }
                         lease_held_at = Some(reading);
                     }
@@ -1044,8 +1219,8 @@ impl PartitionRunner {
                         .handle(&*handler, &mut message, &mut clock, &mut stop, &mut tally)
                         .await;
                     topic = message.topic;
-                    if !handled {
-                        break 'records true;
+                    if let Some(exit) = handled {
+                        break 'records Some(exit);
                     }
                     // This task is the only writer: a plain store, not a
                     // read-modify-write, which cost as much as the rest of the
@@ -1055,18 +1230,21 @@ impl PartitionRunner {
                         self.progress.next.store(next, Ordering::Release);
                     }
                 }
-                false
+                None
             };
             clock.close_run(Instant::now(), &mut tally.latency);
             self.metrics.add(&mut tally);
-            if stopped {
-                break;
+            if let Some(exit) = exit {
+                return exit;
             }
         }
     }
 
-    /// Offers `message` until the handler accepts it; `false` if stopped first or
-    /// the lease ran out while waiting to retry.
+    /// Offers `message` until the handler accepts it (`None`), or says why it
+    /// stopped first: the stop signal, or the lease ran out during a call or
+    /// while waiting to retry. A call still waiting when the lease runs out is
+    /// dropped there, so a member cut off from the group never finishes a record
+    /// that another member may have taken over by then.
     async fn handle<H: Handler>(
         &self,
         handler: &H,
@@ -1074,32 +1252,57 @@ impl PartitionRunner {
         clock: &mut Stopwatch,
         stop: &mut Shutdown,
         tally: &mut Tally,
-    ) -> bool {
+    ) -> Option<RunnerExit> {
         let mut backoff = Backoff::new(self.config.retry_backoff);
         loop {
             message.attempt = backoff.attempts() + 1;
             let mut waited_at = None;
             let outcome = {
                 let mut call = pin!(handler.handle(message));
+                // Made only for a call that waits: most finish on their first poll.
+                let mut lease_end: Option<Pin<Box<tokio::time::Sleep>>> = None;
                 poll_fn(|cx| {
-                    let poll = call.as_mut().poll(cx);
-                    if poll.is_pending() && waited_at.is_none() {
+                    if let Poll::Ready(outcome) = call.as_mut().poll(cx) {
+                        return Poll::Ready(Some(outcome));
+                    }
+                    if waited_at.is_none() {
                         waited_at = Some(Instant::now());
                     }
-                    poll
+                    loop {
+                        let until = self.lease.valid_until();
+                        let end = lease_end
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+                        if end.deadline() != until {
+                            end.as_mut().reset(until);
+                        }
+                        if end.as_mut().poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                        if !self.lease.is_valid() {
+                            return Poll::Ready(None);
+                        }
+                    }
                 })
                 .await
             };
             clock.finished(waited_at, &mut tally.latency);
             match outcome {
-                Ok(()) => {
+                Some(Ok(())) => {
                     tally.records += 1;
                     tally.bytes += (message.key.as_ref().map_or(0, Bytes::len)
                         + message.value.as_ref().map_or(0, Bytes::len))
                         as u64;
-                    return true;
+                    return None;
                 }
-                Err(e) => {
+                None => {
+                    log::warn!(
+                        "{}: lease expired while the handler worked on offset {}; the call was abandoned",
+                        self.tp,
+                        message.offset
+                    );
+                    return Some(RunnerExit::LeaseLost);
+                }
+                Some(Err(e)) => {
                     clock.close_run(Instant::now(), &mut tally.latency);
                     self.metrics.errors.inc();
                     let delay = backoff.next_delay();
@@ -1111,12 +1314,12 @@ impl PartitionRunner {
                     );
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
-                        () = stop.recv() => return false,
+                        () = stop.recv() => return Some(RunnerExit::Stopped),
                     }
                     // The backoff is not handler time.
                     clock.restart(Instant::now());
                     if !self.lease.is_valid_at(clock.last_reading()) {
-                        return false;
+                        return Some(RunnerExit::LeaseLost);
                     }
                 }
             }
@@ -1234,9 +1437,10 @@ pub(crate) async fn reset_offset(
     cluster.timed("list offsets", client.get_offset(at)).await
 }
 
-pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+/// A task that is aborted when its handle is dropped.
+pub(crate) struct AbortOnDrop<T = ()>(pub(crate) tokio::task::JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
@@ -1307,6 +1511,9 @@ impl Fetcher {
             )
             .await?;
         if let Some((gauge, progress)) = &self.lag {
+            progress
+                .high_watermark
+                .store(high_watermark, Ordering::Release);
             let committed = progress.committed.load(Ordering::Acquire);
             gauge.set((high_watermark - committed).max(0));
         }

@@ -43,9 +43,21 @@ pub enum OffsetError {
     },
 }
 
-/// The spec of an offsets topic named `name`.
+/// The topic config that makes the broker stamp every record with its own
+/// clock, which is what the group protocol measures liveness in.
+pub const TIMESTAMP_TYPE: (&str, &str) = ("message.timestamp.type", "LogAppendTime");
+
+/// The spec of an offsets topic named `name`: compacted, one partition, and
+/// stamped with the broker's time, so no member's clock decides who is alive.
+/// Records stay uncompacted for 5 minutes, many session timeouts: an owner
+/// record that did not count is then always followed by the owner's record
+/// again before compaction could keep it instead of the one that counts
+/// (`docs/consumer-groups.md`).
 pub fn offsets_topic_spec(name: &str) -> TopicSpec {
-    TopicSpec::new(name, 1).compacted()
+    TopicSpec::new(name, 1)
+        .compacted()
+        .config(TIMESTAMP_TYPE.0, TIMESTAMP_TYPE.1)
+        .config("min.compaction.lag.ms", "300000")
 }
 
 /// Reads and writes committed offsets.
@@ -165,5 +177,6 @@ mod tests {
         let spec = offsets_topic_spec(DEFAULT_OFFSETS_TOPIC);
         assert_eq!(spec.partitions, 1);
         assert_eq!(spec.configs["cleanup.policy"], "compact");
+        assert_eq!(spec.configs["message.timestamp.type"], "LogAppendTime");
     }
 }

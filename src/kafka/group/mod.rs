@@ -27,7 +27,10 @@
 //! `docs/consumer-groups.md`.
 
 pub mod assignor;
+pub(crate) mod planner;
 pub mod records;
+#[cfg(test)]
+mod sim;
 pub mod state;
 
 use std::collections::BTreeMap;
@@ -35,7 +38,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -54,11 +56,20 @@ use crate::shutdown::Shutdown;
 /// The partition of the coordination topic that holds every record.
 pub(crate) const LOG_PARTITION: i32 = 0;
 
-/// A lease on the monotonic clock: valid until a point the heartbeat task moves.
+/// A lease on the monotonic clock: valid until a point that heartbeats move.
+///
+/// An acknowledged heartbeat extends the lease only once the member's state
+/// has read the log up to it ([`Lease::read_through`]). A member back from a
+/// pause or an outage therefore acts again only on a state that holds every
+/// record written before its heartbeat, claims of its partitions included;
+/// without that, it could restart a partition from a stale state that still
+/// names it the owner.
 #[derive(Debug)]
 pub(crate) struct Lease {
     origin: Instant,
     valid_until_ns: AtomicU64,
+    /// Acknowledged heartbeats the state has not read yet: offset, lease granted.
+    granted: Mutex<Vec<(i64, Instant)>>,
 }
 
 impl Lease {
@@ -66,17 +77,50 @@ impl Lease {
         Self {
             origin: Instant::now(),
             valid_until_ns: AtomicU64::new(0),
+            granted: Mutex::new(Vec::new()),
         }
     }
 
     /// Extends the lease to `until`, never shortening it.
-    pub(crate) fn renew(&self, until: Instant) {
+    fn renew(&self, until: Instant) {
         let ns = until.saturating_duration_since(self.origin).as_nanos() as u64;
         self.valid_until_ns.fetch_max(ns, Ordering::AcqRel);
     }
 
+    /// The heartbeat at `offset` was acknowledged: the lease extends to `until`
+    /// once the state has read that far.
+    pub(crate) fn grant(&self, offset: i64, until: Instant) {
+        self.granted.lock().push((offset, until));
+    }
+
+    /// The state holds every record before `next`: the heartbeats among them
+    /// extend the lease.
+    pub(crate) fn read_through(&self, next: i64) {
+        let mut granted = self.granted.lock();
+        if granted.is_empty() {
+            return;
+        }
+        let mut until = None;
+        granted.retain(|(offset, u)| {
+            if *offset < next {
+                until = until.max(Some(*u));
+                false
+            } else {
+                true
+            }
+        });
+        if let Some(until) = until {
+            self.renew(until);
+        }
+    }
+
     pub(crate) fn is_valid(&self) -> bool {
         self.is_valid_at(Instant::now())
+    }
+
+    /// When the lease ends unless it is renewed first.
+    pub(crate) fn valid_until(&self) -> Instant {
+        self.origin + Duration::from_nanos(self.valid_until_ns.load(Ordering::Acquire))
     }
 
     /// Whether the lease holds at `now`, for callers that have just read the clock.
@@ -134,8 +178,8 @@ impl Coordinator {
         );
         let sent = Instant::now();
         let first_beat = match producer.send(record).await {
-            Ok(_) => {
-                lease.renew(sent + lease_span(&config));
+            Ok(delivery) => {
+                lease.grant(delivery.offset, sent + lease_span(&config));
                 sent + config.heartbeat_interval
             }
             Err(e) => {
@@ -150,6 +194,7 @@ impl Coordinator {
             .await
             .map_err(super::OffsetError::from)?;
         state.apply_all(&records);
+        lease.read_through(high_watermark);
 
         let (tx, log) = mpsc::channel(16);
         let mut tail_config = config.clone();
@@ -214,11 +259,13 @@ impl Coordinator {
                 ours |= self.state.apply(
                     r.key.as_deref(),
                     r.value.as_deref(),
-                    r.timestamp.timestamp_millis(),
+                    Some(r.timestamp.timestamp_millis()),
                 );
             }
         }
-        ours | self.catch_up()
+        let caught_up = self.catch_up();
+        self.lease.read_through(self.cursor.get_mut().next());
+        ours | caught_up
     }
 
     /// Applies the owner records this member wrote that directly follow what the
@@ -226,8 +273,7 @@ impl Coordinator {
     pub(crate) fn catch_up(&mut self) -> bool {
         let ready = self.cursor.get_mut().ready();
         for r in &ready {
-            self.state
-                .apply(Some(&r.key), Some(&r.value), r.timestamp_ms);
+            self.state.apply(Some(&r.key), Some(&r.value), None);
         }
         !ready.is_empty()
     }
@@ -237,12 +283,19 @@ impl Coordinator {
         self.state.member(&self.member).is_some()
     }
 
-    /// Writes an owner record for `tp`.
+    /// Writes an owner record for `tp`. It counts at once if acknowledged right
+    /// after what the state has read, unless it is a claim over another member:
+    /// whether that counts depends on log time where it lands (the owner must be
+    /// dead there), which only reading it back tells.
     pub(crate) async fn write_owner(
         &self,
         tp: &TopicPartition,
         owner: OwnerValue,
     ) -> Result<(), ProduceError> {
+        let early = self
+            .state
+            .owner(tp)
+            .is_none_or(|o| o.member.is_empty() || o.member == self.member);
         let key = Key::Owner {
             group: self.config.group_id.clone(),
             topic: tp.topic.clone(),
@@ -250,27 +303,20 @@ impl Coordinator {
         }
         .encode();
         let value = encode(&owner);
-        // The timestamp is set here so that the one applied on acknowledgement is
-        // the one in the log (CreateTime, the topic's default).
-        let timestamp = DateTime::<Utc>::from(std::time::SystemTime::now());
         let delivery = self
             .producer
             .send(
                 ProducerRecord::new(&self.config.offsets_topic)
                     .partition(LOG_PARTITION)
                     .key(key.clone())
-                    .value(value.clone())
-                    .timestamp(timestamp),
+                    .value(value.clone()),
             )
             .await?;
-        self.cursor.lock().acknowledged(
-            delivery.offset,
-            OwnRecord {
-                key,
-                value,
-                timestamp_ms: timestamp.timestamp_millis(),
-            },
-        );
+        if early {
+            self.cursor
+                .lock()
+                .acknowledged(delivery.offset, OwnRecord { key, value });
+        }
         Ok(())
     }
 
@@ -314,7 +360,7 @@ impl Coordinator {
             group: self.config.group_id.clone(),
             member: self.member.clone(),
         };
-        state.apply(Some(&key.encode()), None, self.state.log_time_ms());
+        state.apply(Some(&key.encode()), None, None);
         state.target()
     }
 }
@@ -324,7 +370,6 @@ impl Coordinator {
 struct OwnRecord {
     key: Vec<u8>,
     value: Vec<u8>,
-    timestamp_ms: i64,
 }
 
 /// How long an acknowledged heartbeat keeps the lease: others call a member dead
@@ -396,7 +441,7 @@ impl Heartbeat {
             );
             let sent = Instant::now();
             match self.producer.send(record).await {
-                Ok(_) => self.lease.renew(sent + lease_span),
+                Ok(delivery) => self.lease.grant(delivery.offset, sent + lease_span),
                 Err(e) => log::warn!("heartbeat of {} failed: {e}", self.member),
             }
         }

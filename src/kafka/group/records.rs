@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! {"type":"member","group":"g","member":"m1"}                 {"topics":{"orders":6},"session_timeout_ms":10000,"leaving":false}
-//! {"type":"owner","group":"g","topic":"orders","partition":3}  {"member":"m1","epoch":4,"start":1200}
+//! {"type":"owner","group":"g","topic":"orders","partition":3}  {"member":"m1","epoch":4,"start":1200,"by":"m1"}
 //! {"type":"offset","group":"g","topic":"orders","partition":3} {"offset":1342,"member":"m1","epoch":4,"committed_at":"…"}
 //! ```
 //!
@@ -76,6 +76,12 @@ pub struct OwnerValue {
     pub epoch: i64,
     /// Where this owner starts: the committed offset when ownership changed.
     pub start: i64,
+    /// Who wrote the record: the previous owner for a handoff, the new one for a
+    /// claim. A claim counts only while the owner it replaces is dead in log
+    /// time where the claim lands, not where the claimant decided; absent in
+    /// records of older versions, which count as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 /// A committed offset: the next offset to consume.

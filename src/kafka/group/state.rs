@@ -1,12 +1,21 @@
 //! A group's state as a deterministic function of the coordination log.
 //!
 //! Records are applied in log order; the state keeps the latest value per key and
-//! the *log time*, the newest record timestamp seen. Everything else is derived:
-//! who is alive (a record within its session timeout of log time), who takes part
-//! in the assignment (alive and not leaving), who owns what, which commits count,
-//! and the target assignment. Two members that read the same prefix of the log
-//! compute the same answers, and because only the latest record per key matters,
-//! compaction does not change them.
+//! the *log time*, the newest record timestamp seen. The coordination topic uses
+//! `LogAppendTime`, so log time is the broker's clock and no member's clock can
+//! move it. Everything else is derived: who is alive (a record within its session
+//! timeout of log time), who takes part in the assignment (alive and not
+//! leaving), who owns what, which commits count, and the target assignment. Two
+//! members that read the same prefix of the log compute the same answers.
+//!
+//! Ownership changes by compare-and-set: an owner record counts only if its epoch
+//! is the current one plus one (or it repeats the current owner record exactly).
+//! Two members that claim a partition at once both write epoch E+1, and only the
+//! first in the log counts, for every reader alike. Because compaction keeps the
+//! *latest* record of a key, a record that did not count could outlive the one
+//! that did; the owner therefore writes its record again when it reads a rival
+//! one ([`GroupState::take_contested`]), so the latest record is again the one
+//! that counts.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -32,6 +41,9 @@ pub struct GroupState {
     owners: BTreeMap<TopicPartition, OwnerValue>,
     commits: BTreeMap<TopicPartition, OffsetValue>,
     log_time_ms: i64,
+    /// Partitions for which an owner record did not count since the last
+    /// [`GroupState::take_contested`].
+    contested: BTreeSet<TopicPartition>,
 }
 
 impl GroupState {
@@ -52,9 +64,20 @@ impl GroupState {
     }
 
     /// Applies one coordination record; whether it was one of this group's.
-    /// Records of other groups only advance log time.
-    pub fn apply(&mut self, key: Option<&[u8]>, value: Option<&[u8]>, timestamp_ms: i64) -> bool {
-        self.log_time_ms = self.log_time_ms.max(timestamp_ms);
+    /// Records of other groups only advance log time. `timestamp_ms` is `None`
+    /// for a record applied on its acknowledgement, before it was read back: the
+    /// broker stamps it (`LogAppendTime`) with a time its writer does not know,
+    /// and the next record read moves log time past it anyway.
+    pub fn apply(
+        &mut self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        timestamp_ms: Option<i64>,
+    ) -> bool {
+        if let Some(ts) = timestamp_ms {
+            self.log_time_ms = self.log_time_ms.max(ts);
+        }
+        let timestamp_ms = timestamp_ms.unwrap_or(self.log_time_ms);
         let Some(key) = key.and_then(Key::decode) else {
             return false;
         };
@@ -83,7 +106,11 @@ impl GroupState {
                 let tp = TopicPartition::new(topic, partition);
                 match value.map(serde_json::from_slice::<OwnerValue>) {
                     Some(Ok(v)) => {
-                        self.owners.insert(tp, v);
+                        if self.owner_record_counts(&tp, &v) {
+                            self.owners.insert(tp, v);
+                        } else {
+                            self.contested.insert(tp);
+                        }
                     }
                     None => {
                         self.owners.remove(&tp);
@@ -109,6 +136,34 @@ impl GroupState {
         true
     }
 
+    /// Compare-and-set: an owner record counts if it names the next epoch, and
+    /// either its writer is the current owner (a handoff), or the current owner
+    /// is nobody or dead at this point of the log (a claim). A record that only
+    /// repeats the current one counts too and changes nothing.
+    fn owner_record_counts(&self, tp: &TopicPartition, v: &OwnerValue) -> bool {
+        let Some(current) = self.owners.get(tp) else {
+            return true;
+        };
+        if v == current {
+            return true;
+        }
+        let counts = v.epoch == current.epoch + 1
+            && (current.member.is_empty()
+                || v.by.as_deref().is_none_or(|by| by == current.member)
+                || !self.is_alive(&current.member));
+        if !counts {
+            log::debug!(
+                "{tp}: owner record for {:?} in epoch {} by {:?} does not count: {:?} owns epoch {}",
+                v.member,
+                v.epoch,
+                v.by,
+                current.member,
+                current.epoch
+            );
+        }
+        counts
+    }
+
     /// Applies coordination records as read from the log, in order.
     /// Whether any of them was one of this group's.
     pub fn apply_all(&mut self, records: &[FetchedRecord]) -> bool {
@@ -117,7 +172,7 @@ impl GroupState {
             ours |= self.apply(
                 r.key.as_deref(),
                 r.value.as_deref(),
-                r.timestamp.timestamp_millis(),
+                Some(r.timestamp.timestamp_millis()),
             );
         }
         ours
@@ -216,6 +271,17 @@ impl GroupState {
         assign(&members, &self.partitions(), &current)
     }
 
+    /// The partitions whose owner records did not all count since the last call,
+    /// with the owner that counts. Whoever that owner is writes its record again,
+    /// so that compaction, which keeps the latest record of a key, keeps the one
+    /// that counts.
+    pub fn take_contested(&mut self) -> Vec<(TopicPartition, OwnerValue)> {
+        std::mem::take(&mut self.contested)
+            .into_iter()
+            .filter_map(|tp| self.owners.get(&tp).map(|o| (tp, o.clone())))
+            .collect()
+    }
+
     /// The partitions whose latest owner record names `id`.
     pub fn owned_by(&self, id: &str) -> Vec<(TopicPartition, OwnerValue)> {
         self.owners
@@ -253,6 +319,7 @@ mod tests {
             member: member.into(),
             epoch,
             start,
+            by: None,
         };
         (key.encode(), super::super::records::encode(&value))
     }
@@ -273,7 +340,7 @@ mod tests {
     }
 
     fn apply(s: &mut GroupState, (k, v): (Vec<u8>, Vec<u8>), ts: i64) {
-        s.apply(Some(&k), Some(&v), ts);
+        s.apply(Some(&k), Some(&v), Some(ts));
     }
 
     #[test]
@@ -349,12 +416,82 @@ mod tests {
             group: "h".into(),
             member: "x".into(),
         };
-        s.apply(Some(&other.encode()), Some(b"{}"), 5_000);
+        s.apply(Some(&other.encode()), Some(b"{}"), Some(5_000));
         assert!(s.active_members().is_empty());
         assert_eq!(s.log_time_ms(), 5_000);
         apply(&mut s, member("a", false), 5_000);
         let (k, _) = member("a", false);
-        s.apply(Some(&k), None, 5_001);
+        s.apply(Some(&k), None, Some(5_001));
         assert!(s.member("a").is_none());
+    }
+
+    #[test]
+    fn of_two_claims_in_the_same_epoch_the_first_in_the_log_counts() {
+        let tp = TopicPartition::new("t", 0);
+        let mut s = GroupState::new("g");
+        apply(&mut s, owner(0, "a", 3, 10), 0);
+        apply(&mut s, owner(0, "b", 4, 12), 0);
+        apply(&mut s, owner(0, "c", 4, 12), 0);
+        assert_eq!(s.owner(&tp).map(|o| o.member.as_str()), Some("b"));
+        // Neither a record from the past nor one that skips an epoch counts.
+        apply(&mut s, owner(0, "a", 3, 10), 0);
+        apply(&mut s, owner(0, "c", 6, 12), 0);
+        assert_eq!(
+            s.owner(&tp).map(|o| (o.member.as_str(), o.epoch)),
+            Some(("b", 4))
+        );
+        // The owner that counts is told, and writing its record again changes nothing.
+        let contested = s.take_contested();
+        assert_eq!(contested.len(), 1);
+        assert_eq!(contested[0].1.member, "b");
+        assert!(s.take_contested().is_empty());
+        apply(&mut s, owner(0, "b", 4, 12), 0);
+        assert!(s.take_contested().is_empty());
+        apply(&mut s, owner(0, "c", 5, 20), 0);
+        assert_eq!(
+            s.owner(&tp).map(|o| (o.member.as_str(), o.epoch)),
+            Some(("c", 5))
+        );
+    }
+
+    #[test]
+    fn a_record_applied_on_acknowledgement_does_not_move_log_time() {
+        let mut s = GroupState::new("g");
+        apply(&mut s, member("a", false), 1_000);
+        let (k, v) = owner(0, "a", 0, 0);
+        s.apply(Some(&k), Some(&v), None);
+        assert_eq!(s.log_time_ms(), 1_000);
+        assert!(s.owner(&TopicPartition::new("t", 0)).is_some());
+    }
+
+    #[test]
+    fn a_claim_counts_only_while_the_owner_it_replaces_is_dead_where_it_lands() {
+        let tp = TopicPartition::new("t", 0);
+        let claim = |by: &str, epoch| {
+            let key = Key::Owner {
+                group: "g".into(),
+                topic: "t".into(),
+                partition: 0,
+            };
+            let value = OwnerValue {
+                member: by.into(),
+                epoch,
+                start: 0,
+                by: Some(by.into()),
+            };
+            (key.encode(), super::super::records::encode(&value))
+        };
+        let mut s = GroupState::new("g");
+        apply(&mut s, member("a", false), 0);
+        apply(&mut s, member("b", false), 0);
+        apply(&mut s, owner(0, "a", 1, 0), 0);
+        // b decided while a looked dead, but a heartbeat of a's landed first.
+        apply(&mut s, member("a", false), 900);
+        apply(&mut s, claim("b", 2), 1_200);
+        assert_eq!(s.owner(&tp).map(|o| o.member.as_str()), Some("a"));
+        // Once a is dead where the claim lands, it counts.
+        apply(&mut s, member("b", false), 2_000);
+        apply(&mut s, claim("b", 2), 2_000);
+        assert_eq!(s.owner(&tp).map(|o| o.member.as_str()), Some("b"));
     }
 }

@@ -1,0 +1,333 @@
+//! What a member does next, decided from the group state alone.
+//!
+//! The consumer's main loop and the protocol's simulation (`sim.rs`) drive the
+//! same [`Planner`]: it owns no clock, no log and no task. It is given the state
+//! read from the log, what the member runs, whether its lease holds and the time,
+//! and answers with a [`Plan`]: partitions to stop without committing (fenced),
+//! to hand over, to pass on without running, to start, to claim, and owner
+//! records to write again because a rival record for them did not count. The
+//! caller carries the plan out and reports back what it wrote
+//! ([`Planner::handed`], [`Planner::claimed`]) and which partition tasks ended by
+//! themselves ([`Planner::ended`]), which are started again after a backoff.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Add;
+use std::time::Duration;
+
+use super::GroupState;
+use super::records::OwnerValue;
+use crate::kafka::TopicPartition;
+
+/// What to do now, in this order: fence, hand over, pass on, start, claim.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Plan {
+    /// Running partitions this member no longer owns in their epoch, or all of
+    /// them when its lease ran out: stop at once and commit nothing.
+    pub fence: Vec<TopicPartition>,
+    /// Running partitions the target gives to someone else (empty: nobody):
+    /// finish the record in flight, commit, write the next owner.
+    pub hand_over: Vec<(TopicPartition, String)>,
+    /// Partitions the log says are ours but that the target gives to someone
+    /// else: name the next owner without running them.
+    pub pass_on: Vec<(TopicPartition, OwnerValue, String)>,
+    /// Partitions to start: the epoch they are owned in and the offset to start at.
+    pub start: Vec<(TopicPartition, i64, i64)>,
+    /// Partitions to claim now: the grace passed and they are still claimable.
+    pub claim: Vec<TopicPartition>,
+    /// Owner records of ours to write again: a rival record for the same
+    /// partition did not count, and compaction must not keep it instead.
+    pub reassert: Vec<(TopicPartition, OwnerValue)>,
+}
+
+/// A member's bookkeeping between plans. `T` is the caller's clock: tokio's
+/// `Instant` in the consumer, simulated time in the simulation.
+#[derive(Debug)]
+pub(crate) struct Planner<T> {
+    me: String,
+    grace: Duration,
+    restart_backoff: (Duration, Duration),
+    /// Owner records written (handoffs, passes) and not yet read back: the epoch
+    /// written. Until the log shows them, acting on the older state would write a
+    /// second record for the same change.
+    handed: HashMap<TopicPartition, i64>,
+    /// Partitions to claim, with when they became claimable for this member.
+    claims: HashMap<TopicPartition, T>,
+    /// Partitions whose task ended by itself: when they may start again, and the
+    /// next wait.
+    restarts: HashMap<TopicPartition, (T, Duration)>,
+}
+
+impl<T> Planner<T>
+where
+    T: Copy + Ord + Add<Duration, Output = T>,
+{
+    /// A planner for member `me`, which claims a partition only after it stayed
+    /// claimable for `grace`, and starts a partition whose task ended again after
+    /// a wait from `restart_backoff.0`, doubling to `restart_backoff.1`.
+    pub(crate) fn new(
+        me: impl Into<String>,
+        grace: Duration,
+        restart_backoff: (Duration, Duration),
+    ) -> Self {
+        Self {
+            me: me.into(),
+            grace,
+            restart_backoff,
+            handed: HashMap::new(),
+            claims: HashMap::new(),
+            restarts: HashMap::new(),
+        }
+    }
+
+    /// Decides what to do. `running` maps each partition this member has a live
+    /// task for to the epoch it runs in; `lease_ok` is whether the lease holds
+    /// now; `joined` whether the state holds this member's own record yet.
+    pub(crate) fn plan(
+        &mut self,
+        state: &mut GroupState,
+        running: &BTreeMap<TopicPartition, i64>,
+        lease_ok: bool,
+        joined: bool,
+        now: T,
+    ) -> Plan {
+        let me = self.me.as_str();
+        let mut plan = Plan::default();
+        // Owner records we wrote count as soon as the log shows them.
+        self.handed
+            .retain(|tp, epoch| state.owner(tp).is_some_and(|o| o.epoch < *epoch));
+
+        // Fencing: a partition that moved while we were away stops at once, uncommitted.
+        plan.fence = running
+            .iter()
+            .filter(|(tp, epoch)| {
+                !lease_ok
+                    || !state
+                        .owner(tp)
+                        .is_some_and(|o| o.member == me && o.epoch == **epoch)
+            })
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        if !lease_ok || !joined {
+            return plan;
+        }
+        // Taken only now: one that arrived while the lease was out waits for it.
+        plan.reassert = state
+            .take_contested()
+            .into_iter()
+            .filter(|(_, owner)| owner.member == me)
+            .collect();
+
+        let target = state.target();
+        let target_of = |tp: &TopicPartition| target.get(tp).map(String::as_str);
+        let live = |tp: &TopicPartition| running.contains_key(tp) && !plan.fence.contains(tp);
+        plan.hand_over = running
+            .keys()
+            .filter(|tp| live(tp) && target_of(tp) != Some(me))
+            .map(|tp| (tp.clone(), target_of(tp).unwrap_or_default().to_owned()))
+            .collect();
+
+        // Start what the log says is ours. A partition ours in the log but meant
+        // for someone else by now (the group changed between our claim and reading
+        // it back) is passed on without running it; its new owner waits for that.
+        self.restarts
+            .retain(|tp, _| state.owner(tp).is_some_and(|o| o.member == me));
+        for (tp, owner) in state.owned_by(me) {
+            if running.contains_key(&tp) || self.handed.contains_key(&tp) {
+                continue;
+            }
+            if target_of(&tp) != Some(me) {
+                let to = target_of(&tp).unwrap_or_default().to_owned();
+                plan.pass_on.push((tp, owner, to));
+                continue;
+            }
+            if self.restarts.get(&tp).is_some_and(|(at, _)| now < *at) {
+                continue;
+            }
+            let start = state.committed(&tp).unwrap_or(owner.start);
+            plan.start.push((tp, owner.epoch, start));
+        }
+
+        // Claim partitions of dead members (or nobody's) that the target gives us,
+        // once they stayed claimable for the grace.
+        self.claims
+            .retain(|tp, _| target_of(tp) == Some(me) && state.is_claimable(tp));
+        for (tp, member) in &target {
+            if member != me || !state.is_claimable(tp) || running.contains_key(tp) {
+                continue;
+            }
+            let since = *self.claims.entry(tp.clone()).or_insert(now);
+            if now >= since + self.grace {
+                plan.claim.push(tp.clone());
+            }
+        }
+        plan
+    }
+
+    /// An owner record naming the next owner of `tp` in `epoch` was acknowledged.
+    pub(crate) fn handed(&mut self, tp: TopicPartition, epoch: i64) {
+        self.handed.insert(tp, epoch);
+    }
+
+    /// Partitions handed over or passed on whose records the log does not show yet.
+    pub(crate) fn handed_partitions(&self) -> impl Iterator<Item = &TopicPartition> {
+        self.handed.keys()
+    }
+
+    /// A claim of `tp` was written at `now`: not again until it is read back, or
+    /// four graces later if it was lost.
+    pub(crate) fn claimed(&mut self, tp: TopicPartition, now: T) {
+        self.claims.insert(tp, now + self.grace * 4);
+    }
+
+    /// The task of `tp` ended by itself at `now` (its lease lapsed, its fetcher
+    /// stopped, its handler panicked): it starts again, if still ours, after a
+    /// wait that doubles with every end that follows, so a handler that panics
+    /// on every record does not spin.
+    pub(crate) fn ended(&mut self, tp: TopicPartition, now: T) {
+        let (initial, max) = self.restart_backoff;
+        let entry = self.restarts.entry(tp).or_insert((now, Duration::ZERO));
+        let wait = if entry.1.is_zero() {
+            initial
+        } else {
+            (entry.1 * 2).min(max)
+        };
+        *entry = (now + wait, wait);
+    }
+
+    /// The earliest time a waiting claim or restart becomes due after `now`.
+    pub(crate) fn next_due(&self, now: T) -> Option<T> {
+        let claims = self.claims.values().map(|since| *since + self.grace);
+        let restarts = self.restarts.values().map(|(at, _)| *at);
+        claims.chain(restarts).filter(|at| *at > now).min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::records::{Key, MemberValue, encode};
+    use super::*;
+
+    const GRACE: Duration = Duration::from_millis(100);
+
+    fn state_with(records: &[(Key, Option<Vec<u8>>)], ts: i64) -> GroupState {
+        let mut s = GroupState::new("g");
+        for (k, v) in records {
+            s.apply(Some(&k.encode()), v.as_deref(), Some(ts));
+        }
+        s
+    }
+
+    fn member(id: &str) -> (Key, Option<Vec<u8>>) {
+        let key = Key::Member {
+            group: "g".into(),
+            member: id.into(),
+        };
+        let value = MemberValue {
+            topics: BTreeMap::from([("t".into(), 2)]),
+            session_timeout_ms: 1_000,
+            leaving: false,
+        };
+        (key, Some(encode(&value)))
+    }
+
+    fn owner(p: i32, id: &str, epoch: i64) -> (Key, Option<Vec<u8>>) {
+        let key = Key::Owner {
+            group: "g".into(),
+            topic: "t".into(),
+            partition: p,
+        };
+        let value = OwnerValue {
+            member: id.into(),
+            epoch,
+            start: 0,
+            by: Some(id.into()),
+        };
+        (key, Some(encode(&value)))
+    }
+
+    fn tp(p: i32) -> TopicPartition {
+        TopicPartition::new("t", p)
+    }
+
+    #[test]
+    fn a_lone_member_claims_after_the_grace_and_starts_what_it_owns() {
+        let mut s = state_with(&[member("a")], 0);
+        let mut planner = Planner::new("a", GRACE, (GRACE, GRACE * 8));
+        let t0 = Duration::ZERO;
+        let plan = planner.plan(&mut s, &BTreeMap::new(), true, true, t0);
+        assert!(plan.claim.is_empty(), "not before the grace");
+        assert_eq!(planner.next_due(t0), Some(t0 + GRACE));
+        let plan = planner.plan(&mut s, &BTreeMap::new(), true, true, t0 + GRACE);
+        assert_eq!(plan.claim, [tp(0), tp(1)]);
+        planner.claimed(tp(0), t0 + GRACE);
+
+        let mut s = state_with(&[member("a"), owner(0, "a", 0)], 0);
+        let plan = planner.plan(&mut s, &BTreeMap::new(), true, true, t0 + GRACE);
+        assert_eq!(plan.start, [(tp(0), 0, 0)]);
+    }
+
+    #[test]
+    fn an_expired_lease_fences_everything_and_plans_nothing_else() {
+        let mut s = state_with(&[member("a"), owner(0, "a", 0), owner(1, "a", 0)], 0);
+        let mut planner = Planner::new("a", GRACE, (GRACE, GRACE * 8));
+        let running = BTreeMap::from([(tp(0), 0), (tp(1), 0)]);
+        let plan = planner.plan(&mut s, &running, false, true, Duration::ZERO);
+        assert_eq!(
+            plan,
+            Plan {
+                fence: vec![tp(0), tp(1)],
+                ..Plan::default()
+            }
+        );
+    }
+
+    #[test]
+    fn a_task_that_ended_by_itself_starts_again_after_a_growing_wait() {
+        let mut s = state_with(&[member("a"), owner(0, "a", 0), owner(1, "a", 0)], 0);
+        let mut planner = Planner::new("a", GRACE, (GRACE, GRACE * 3));
+        let running = BTreeMap::from([(tp(1), 0)]);
+        let t0 = Duration::from_secs(1);
+        planner.ended(tp(0), t0);
+        let plan = planner.plan(&mut s, &running, true, true, t0);
+        assert!(plan.start.is_empty(), "waits first");
+        let plan = planner.plan(&mut s, &running, true, true, t0 + GRACE);
+        assert_eq!(plan.start, [(tp(0), 0, 0)]);
+        // It ends again at once: the wait doubles, up to the cap.
+        planner.ended(tp(0), t0 + GRACE);
+        assert_eq!(planner.next_due(t0 + GRACE), Some(t0 + GRACE * 3));
+        planner.ended(tp(0), t0 + GRACE * 3);
+        assert_eq!(planner.next_due(t0 + GRACE * 3), Some(t0 + GRACE * 6));
+    }
+
+    #[test]
+    fn records_written_and_not_read_back_are_not_written_again() {
+        // a owns both partitions in the log, b joined: one of them moves to b.
+        let mut s = state_with(
+            &[member("a"), member("b"), owner(0, "a", 0), owner(1, "a", 0)],
+            0,
+        );
+        let mut planner = Planner::new("a", GRACE, (GRACE, GRACE * 8));
+        let plan = planner.plan(&mut s, &BTreeMap::new(), true, true, Duration::ZERO);
+        assert_eq!(plan.pass_on.len(), 1);
+        let (moved, _, to) = &plan.pass_on[0];
+        assert_eq!(to, "b");
+        planner.handed(moved.clone(), 1);
+        let plan = planner.plan(&mut s, &BTreeMap::new(), true, true, Duration::ZERO);
+        assert!(plan.pass_on.is_empty());
+        assert_eq!(planner.handed_partitions().count(), 1);
+    }
+
+    #[test]
+    fn the_owner_writes_its_record_again_when_a_rival_one_did_not_count() {
+        let mut s = state_with(&[member("a"), member("b"), owner(0, "a", 1)], 0);
+        let (k, v) = owner(0, "b", 1);
+        s.apply(Some(&k.encode()), v.as_deref(), Some(0));
+        let mut a = Planner::new("a", GRACE, (GRACE, GRACE * 8));
+        let plan = a.plan(&mut s.clone(), &BTreeMap::new(), true, true, Duration::ZERO);
+        assert_eq!(plan.reassert.len(), 1);
+        assert_eq!(plan.reassert[0].1.member, "a");
+        let mut b = Planner::new("b", GRACE, (GRACE, GRACE * 8));
+        let plan = b.plan(&mut s, &BTreeMap::new(), true, true, Duration::ZERO);
+        assert!(plan.reassert.is_empty());
+    }
+}
