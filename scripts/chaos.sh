@@ -4,14 +4,30 @@
 # and restarted every few seconds and the broker restarts once. Prints a table
 # and exits non-zero if any order was lost or doubled, or the stock went wrong.
 #
-#   scripts/chaos.sh                 5,000 orders at 25/s
-#   scripts/chaos.sh 20000 50        orders, orders per second
+#   scripts/chaos.sh                   5,000 orders at 25/s, one seed
+#   scripts/chaos.sh 20000 50          orders, orders per second
+#   scripts/chaos.sh --seeds 5 1000    five runs in a row, seeds 1 to 5 (or from
+#                                      EDA_CHAOS_SEED), stopping at the first failure
 #   EDA_CHAOS_SEED=42 scripts/chaos.sh
 #
 # The test suite runs the same test with 1,000 orders.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
+seeds=0
+if [[ ${1:-} == --seeds ]]; then
+  seeds=${2:?--seeds takes a count}
+  shift 2
+fi
 export EDA_CHAOS_ORDERS=${1:-5000}
 export EDA_CHAOS_RATE=${2:-25}
-exec cargo test --release --test chaos -- --nocapture
+if [[ $seeds -eq 0 ]]; then
+  exec cargo test --release --test chaos -- --nocapture
+fi
+first=${EDA_CHAOS_SEED:-1}
+for ((seed = first; seed < first + seeds; seed++)); do
+  echo "== chaos run with EDA_CHAOS_SEED=$seed" >&2
+  EDA_CHAOS_SEED=$seed cargo test --release --test chaos -- --nocapture ||
+    { echo "chaos run failed with EDA_CHAOS_SEED=$seed" >&2; exit 1; }
+done
+echo "chaos: seeds $first to $((first + seeds - 1)) passed" >&2

@@ -115,15 +115,23 @@ impl OpsServer {
         })
     }
 
-    /// Serves until `shutdown`; ready while the broker answers.
+    /// Serves until `shutdown`; ready while the broker answers and no part of
+    /// the service reports a problem ([`crate::health`]).
     pub async fn serve(self, cluster: Cluster, shutdown: Shutdown) {
         let ready = warp::path!("ready").and(warp::get()).then(move || {
             let cluster = cluster.clone();
             async move {
+                let problems = crate::health::problems();
                 match broker_check(&cluster).await {
-                    Ok(()) => warp::reply::json(&json!({"status": "ready"})).into_response(),
-                    Err(broker) => warp::reply::with_status(
-                        warp::reply::json(&json!({"status": "not ready", "broker": broker})),
+                    Ok(()) if problems.is_empty() => {
+                        warp::reply::json(&json!({"status": "ready"})).into_response()
+                    }
+                    broker => warp::reply::with_status(
+                        warp::reply::json(&json!({
+                            "status": "not ready",
+                            "broker": broker.err().unwrap_or_else(|| "ok".to_owned()),
+                            "problems": problems,
+                        })),
                         StatusCode::SERVICE_UNAVAILABLE,
                     )
                     .into_response(),

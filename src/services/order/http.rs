@@ -35,7 +35,7 @@ use warp::{Filter, Rejection, Reply};
 use super::view::OrderViews;
 use crate::domain::{FieldError, IdempotencyKey, NewOrder, OrderId, total};
 use crate::events::{self, Envelope, OrderCreated};
-use crate::kafka::{Cluster, Follower, Producer};
+use crate::kafka::{Cluster, Follower, ProduceError, Producer};
 use crate::logging::with_correlation_id;
 use crate::services::ops;
 use crate::services::server::{error_response as error, retry_after};
@@ -319,12 +319,29 @@ async fn create_order(state: Arc<AppState>, request: CreateRequest<'_>) -> Respo
             );
             created_response(&state, order_id, false)
         }
-        Err(e) => {
-            log::error!("order not accepted, the broker did not acknowledge it: {e}");
+        // A batch that timed out may still have reached the broker: the order is
+        // then in the log, and saying "not accepted" would be wrong.
+        Err(e @ ProduceError::DeliveryTimeout { .. }) => {
+            log::error!(
+                "order {order_id}: outcome unknown, the broker did not acknowledge it in time: {e}"
+            );
             retry_after(
                 error(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "the event broker did not confirm the order in time, so it was not accepted; retry later, with the same Idempotency-Key so that it is created at most once",
+                    format!(
+                        "outcome unknown: the event broker did not confirm order {order_id} in time, and it may still have been recorded; retry with the same Idempotency-Key, which answers with the order if it was, or check GET /api/v1/orders/{order_id}"
+                    ),
+                    Vec::new(),
+                ),
+                "5",
+            )
+        }
+        Err(e) => {
+            log::error!("order not accepted, the broker refused or could not take it: {e}");
+            retry_after(
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the event broker could not take the order, so it was not accepted; retry later, with the same Idempotency-Key so that it is created at most once",
                     Vec::new(),
                 ),
                 "5",
