@@ -474,6 +474,9 @@ impl Consumer {
                 self.config.retry_backoff.initial,
                 self.config.retry_backoff.max,
             ),
+            // The coordination producer gives up after a third of the session
+            // timeout; a request in flight then may still land a little later.
+            self.config.session_timeout,
         );
         let mut reconcile = tokio::time::interval(
             (self.config.heartbeat_interval / 4)
@@ -613,6 +616,14 @@ impl Consumer {
         // and an owner record, and the new owner waits for the last of them. A
         // handoff that does not finish in time is dropped, which stops its task; the
         // partition is then passed on from its last commit.
+        for (tp, _) in &hand_over {
+            if let Some(r) = running.get(tp) {
+                planner.handing(tp.clone(), r.epoch + 1, now);
+            }
+        }
+        for (tp, owner, _) in &pass_on {
+            planner.handing(tp.clone(), owner.epoch + 1, now);
+        }
         let handoffs = hand_over.into_iter().filter_map(|(tp, to)| {
             let r = running.remove(&tp)?;
             Some(async move {

@@ -47,9 +47,13 @@ pub(crate) struct Planner<T> {
     grace: Duration,
     restart_backoff: (Duration, Duration),
     /// Owner records written (handoffs, passes) and not yet read back: the epoch
-    /// written. Until the log shows them, acting on the older state would write a
-    /// second record for the same change.
-    handed: HashMap<TopicPartition, i64>,
+    /// written, and until when to wait for a record whose outcome is unknown (a
+    /// timed-out write may still land). Until the log shows them, acting on the
+    /// older state would start the partition, or write a second record, beside
+    /// its new owner.
+    handed: HashMap<TopicPartition, (i64, Option<T>)>,
+    /// How long a write whose outcome is unknown may still land.
+    unknown_for: Duration,
     /// Partitions to claim, with when they became claimable for this member.
     claims: HashMap<TopicPartition, T>,
     /// Partitions whose task ended by itself: when they may start again, and the
@@ -64,15 +68,19 @@ where
     /// A planner for member `me`, which claims a partition only after it stayed
     /// claimable for `grace`, and starts a partition whose task ended again after
     /// a wait from `restart_backoff.0`, doubling to `restart_backoff.1`.
+    /// A handoff written with an unknown outcome blocks the partition for
+    /// `unknown_for`, the longest a write may take to land.
     pub(crate) fn new(
         me: impl Into<String>,
         grace: Duration,
         restart_backoff: (Duration, Duration),
+        unknown_for: Duration,
     ) -> Self {
         Self {
             me: me.into(),
             grace,
             restart_backoff,
+            unknown_for,
             handed: HashMap::new(),
             claims: HashMap::new(),
             restarts: HashMap::new(),
@@ -93,8 +101,9 @@ where
         let me = self.me.as_str();
         let mut plan = Plan::default();
         // Owner records we wrote count as soon as the log shows them.
-        self.handed
-            .retain(|tp, epoch| state.owner(tp).is_some_and(|o| o.epoch < *epoch));
+        self.handed.retain(|tp, (epoch, expiry)| {
+            state.owner(tp).is_some_and(|o| o.epoch < *epoch) && expiry.is_none_or(|e| now < e)
+        });
 
         // Fencing: a partition that moved while we were away stops at once, uncommitted.
         plan.fence = running
@@ -163,9 +172,17 @@ where
         plan
     }
 
+    /// An owner record naming the next owner of `tp` in `epoch` is about to be
+    /// written at `now`: until it is acknowledged, or could no longer land, the
+    /// partition is neither started nor passed on again.
+    pub(crate) fn handing(&mut self, tp: TopicPartition, epoch: i64, now: T) {
+        self.handed
+            .insert(tp, (epoch, Some(now + self.unknown_for)));
+    }
+
     /// An owner record naming the next owner of `tp` in `epoch` was acknowledged.
     pub(crate) fn handed(&mut self, tp: TopicPartition, epoch: i64) {
-        self.handed.insert(tp, epoch);
+        self.handed.insert(tp, (epoch, None));
     }
 
     /// Partitions handed over or passed on whose records the log does not show yet.
@@ -252,7 +269,7 @@ mod tests {
     #[test]
     fn a_lone_member_claims_after_the_grace_and_starts_what_it_owns() {
         let mut s = state_with(&[member("a")], 0);
-        let mut planner = Planner::new("a", GRACE, (GRACE, GRACE * 8));
+        let mut planner = Planner::new("a", GRACE, (GRACE, GRACE * 8), GRACE * 10);
         let t0 = Duration::ZERO;
         let plan = planner.plan(&mut s, &BTreeMap::new(), true, true, t0);
         assert!(plan.claim.is_empty(), "not before the grace");
@@ -269,7 +286,7 @@ mod tests {
     #[test]
     fn an_expired_lease_fences_everything_and_plans_nothing_else() {
         let mut s = state_with(&[member("a"), owner(0, "a", 0), owner(1, "a", 0)], 0);
-        let mut planner = Planner::new("a", GRACE, (GRACE, GRACE * 8));
+        let mut planner = Planner::new("a", GRACE, (GRACE, GRACE * 8), GRACE * 10);
         let running = BTreeMap::from([(tp(0), 0), (tp(1), 0)]);
         let plan = planner.plan(&mut s, &running, false, true, Duration::ZERO);
         assert_eq!(
@@ -284,7 +301,7 @@ mod tests {
     #[test]
     fn a_task_that_ended_by_itself_starts_again_after_a_growing_wait() {
         let mut s = state_with(&[member("a"), owner(0, "a", 0), owner(1, "a", 0)], 0);
-        let mut planner = Planner::new("a", GRACE, (GRACE, GRACE * 3));
+        let mut planner = Planner::new("a", GRACE, (GRACE, GRACE * 3), GRACE * 10);
         let running = BTreeMap::from([(tp(1), 0)]);
         let t0 = Duration::from_secs(1);
         planner.ended(tp(0), t0);
@@ -306,7 +323,7 @@ mod tests {
             &[member("a"), member("b"), owner(0, "a", 0), owner(1, "a", 0)],
             0,
         );
-        let mut planner = Planner::new("a", GRACE, (GRACE, GRACE * 8));
+        let mut planner = Planner::new("a", GRACE, (GRACE, GRACE * 8), GRACE * 10);
         let plan = planner.plan(&mut s, &BTreeMap::new(), true, true, Duration::ZERO);
         assert_eq!(plan.pass_on.len(), 1);
         let (moved, _, to) = &plan.pass_on[0];
@@ -318,15 +335,34 @@ mod tests {
     }
 
     #[test]
+    fn a_handoff_of_unknown_outcome_blocks_the_partition_until_it_could_no_longer_land() {
+        let mut s = state_with(&[member("a"), owner(0, "a", 0), owner(1, "a", 0)], 0);
+        let mut planner = Planner::new("a", GRACE, (GRACE, GRACE * 8), GRACE * 10);
+        let t0 = Duration::from_secs(1);
+        planner.handing(tp(0), 1, t0);
+        let plan = planner.plan(
+            &mut s,
+            &BTreeMap::from([(tp(1), 0)]),
+            true,
+            true,
+            t0 + GRACE,
+        );
+        assert!(plan.start.is_empty(), "the record may still land");
+        let later = t0 + GRACE * 10;
+        let plan = planner.plan(&mut s, &BTreeMap::from([(tp(1), 0)]), true, true, later);
+        assert_eq!(plan.start, [(tp(0), 0, 0)]);
+    }
+
+    #[test]
     fn the_owner_writes_its_record_again_when_a_rival_one_did_not_count() {
         let mut s = state_with(&[member("a"), member("b"), owner(0, "a", 1)], 0);
         let (k, v) = owner(0, "b", 1);
         s.apply(Some(&k.encode()), v.as_deref(), Some(0));
-        let mut a = Planner::new("a", GRACE, (GRACE, GRACE * 8));
+        let mut a = Planner::new("a", GRACE, (GRACE, GRACE * 8), GRACE * 10);
         let plan = a.plan(&mut s.clone(), &BTreeMap::new(), true, true, Duration::ZERO);
         assert_eq!(plan.reassert.len(), 1);
         assert_eq!(plan.reassert[0].1.member, "a");
-        let mut b = Planner::new("b", GRACE, (GRACE, GRACE * 8));
+        let mut b = Planner::new("b", GRACE, (GRACE, GRACE * 8), GRACE * 10);
         let plan = b.plan(&mut s, &BTreeMap::new(), true, true, Duration::ZERO);
         assert!(plan.reassert.is_empty());
     }

@@ -48,6 +48,8 @@ const HEARTBEAT: u64 = 50;
 const GRACE: u64 = 50;
 const COMMIT: u64 = 60;
 const RECONCILE: u64 = 25;
+/// The longest a write takes to land (its acknowledgement follows within 6 ms).
+const MAX_DELAY: u64 = 450;
 const FAULTS_UNTIL: u64 = 15_000;
 const SETTLE_UNTIL: u64 = 25_000;
 const RECORDS: i64 = 600;
@@ -170,6 +172,7 @@ impl Member {
                 format!("m{slot}-{incarnation}"),
                 ms(GRACE),
                 (ms(10), ms(200)),
+                ms(MAX_DELAY),
             ),
             lease_until: 0,
             grants: Vec::new(),
@@ -280,7 +283,7 @@ impl World {
             .unwrap_or(0);
         let slow = self.faulty() && self.rng.chance(50_000);
         let delay = if slow {
-            30 + self.rng.below(400)
+            30 + self.rng.below(MAX_DELAY - 40)
         } else {
             1 + self.rng.below(8)
         };
@@ -656,6 +659,7 @@ impl World {
             let Some(r) = m.running.remove(&tp) else {
                 continue;
             };
+            m.planner.handing(tp.clone(), r.epoch + 1, ms(now));
             if r.next > r.committed {
                 let entry = commit_entry(&tp, r.next, &me, r.epoch);
                 let purpose = Purpose::Commit {
@@ -683,6 +687,9 @@ impl World {
                 .state
                 .committed(&tp)
                 .unwrap_or(owner.start);
+            self.members[slot]
+                .planner
+                .handing(tp.clone(), owner.epoch + 1, ms(now));
             let value = OwnerValue {
                 member: to,
                 epoch: owner.epoch + 1,
