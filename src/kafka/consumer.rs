@@ -616,14 +616,6 @@ impl Consumer {
         // and an owner record, and the new owner waits for the last of them. A
         // handoff that does not finish in time is dropped, which stops its task; the
         // partition is then passed on from its last commit.
-        for (tp, _) in &hand_over {
-            if let Some(r) = running.get(tp) {
-                planner.handing(tp.clone(), r.epoch + 1, now);
-            }
-        }
-        for (tp, owner, _) in &pass_on {
-            planner.handing(tp.clone(), owner.epoch + 1, now);
-        }
         let handoffs = hand_over.into_iter().filter_map(|(tp, to)| {
             let r = running.remove(&tp)?;
             Some(async move {
@@ -673,7 +665,13 @@ impl Consumer {
         );
         let outcomes = tokio::time::timeout(self.main_loop_bound(), outcomes)
             .await
-            .unwrap_or_default();
+            .unwrap_or_else(|_| {
+                log::warn!(
+                    "claims did not finish within {:?}; they are tried again",
+                    self.main_loop_bound()
+                );
+                Vec::new()
+            });
         for (tp, outcome) in outcomes {
             match outcome {
                 Ok((epoch, start)) => {
@@ -902,9 +900,8 @@ impl Consumer {
             // Partitions handed over whose records the log does not show yet are
             // someone else's already: a second record would restart them from an
             // older offset.
-            let handed: Vec<&TopicPartition> = planner.handed_partitions().collect();
             for (tp, owner) in coordinator.state.owned_by(&coordinator.member) {
-                if !running.contains_key(&tp) && !handed.contains(&&tp) {
+                if !running.contains_key(&tp) && !planner.handed_partitions().any(|h| *h == tp) {
                     let to = target.get(&tp).cloned().unwrap_or_default();
                     self.pass_on(&coordinator, &tp, &owner, &to).await;
                 }
@@ -1030,18 +1027,22 @@ impl GroupMetrics {
         // A partition this member owns is stalled when, for longer than the bound,
         // it had no live task, or records were waiting and it did not move.
         let now = Instant::now();
-        let owned = coordinator.state.owned_by(&coordinator.member);
+        let me = coordinator.member.as_str();
+        let state = &coordinator.state;
         self.progress
-            .retain(|tp, _| owned.iter().any(|(owned, _)| owned == tp));
+            .retain(|tp, _| state.owner(tp).is_some_and(|o| o.member == me));
         let mut stalled = Vec::new();
-        for (tp, _) in owned {
-            let r = running.get(&tp).filter(|r| !r.task.0.is_finished());
+        for tp in state.partitions_of(me) {
+            let r = running.get(tp).filter(|r| !r.task.0.is_finished());
             let at = r.map(|r| r.progress.next.load(Ordering::Acquire));
             let waiting = r.is_none_or(|r| {
                 r.progress.high_watermark.load(Ordering::Acquire)
                     > r.progress.next.load(Ordering::Acquire)
             });
-            let entry = self.progress.entry(tp.clone()).or_insert((at, now));
+            let entry = match self.progress.get_mut(tp) {
+                Some(entry) => entry,
+                None => self.progress.entry(tp.clone()).or_insert((at, now)),
+            };
             if entry.0 != at {
                 *entry = (at, now);
             }

@@ -292,10 +292,7 @@ impl Coordinator {
         tp: &TopicPartition,
         owner: OwnerValue,
     ) -> Result<(), ProduceError> {
-        let early = self
-            .state
-            .owner(tp)
-            .is_none_or(|o| o.member.is_empty() || o.member == self.member);
+        let early = self.state.settled_by_writer(tp, &self.member);
         let key = Key::Owner {
             group: self.config.group_id.clone(),
             topic: tp.topic.clone(),

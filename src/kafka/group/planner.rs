@@ -169,13 +169,21 @@ where
                 plan.claim.push(tp.clone());
             }
         }
+        // Handoffs and passes count as written from now on: their records may
+        // land even if the caller never learns that they did.
+        for (tp, _) in &plan.hand_over {
+            self.handing(tp.clone(), running[tp] + 1, now);
+        }
+        for (tp, owner, _) in &plan.pass_on {
+            self.handing(tp.clone(), owner.epoch + 1, now);
+        }
         plan
     }
 
     /// An owner record naming the next owner of `tp` in `epoch` is about to be
     /// written at `now`: until it is acknowledged, or could no longer land, the
     /// partition is neither started nor passed on again.
-    pub(crate) fn handing(&mut self, tp: TopicPartition, epoch: i64, now: T) {
+    fn handing(&mut self, tp: TopicPartition, epoch: i64, now: T) {
         self.handed
             .insert(tp, (epoch, Some(now + self.unknown_for)));
     }
@@ -185,7 +193,8 @@ where
         self.handed.insert(tp, (epoch, None));
     }
 
-    /// Partitions handed over or passed on whose records the log does not show yet.
+    /// Partitions handed over or passed on whose records the log does not show
+    /// yet (or, written with an unknown outcome, may still land).
     pub(crate) fn handed_partitions(&self) -> impl Iterator<Item = &TopicPartition> {
         self.handed.keys()
     }

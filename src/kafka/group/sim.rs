@@ -98,6 +98,8 @@ enum Purpose {
         tp: TopicPartition,
         epoch: i64,
     },
+    /// The owner's record written again after a rival one did not count.
+    Reassert,
     Claim {
         tp: TopicPartition,
         at: u64,
@@ -482,9 +484,12 @@ impl World {
             Purpose::Owner { tp, epoch } => {
                 if let Some(offset) = landed {
                     m.cursor.acknowledged(offset as i64, w.entry);
-                    if epoch >= 0 {
-                        m.planner.handed(tp, epoch);
-                    }
+                    m.planner.handed(tp, epoch);
+                }
+            }
+            Purpose::Reassert => {
+                if let Some(offset) = landed {
+                    m.cursor.acknowledged(offset as i64, w.entry);
                 }
             }
             Purpose::Claim { tp, at, early } => {
@@ -648,6 +653,25 @@ impl World {
         }
     }
 
+    /// A handoff or a pass-on: the owner names `to` in `epoch`, from `start`.
+    fn name_next_owner(
+        &mut self,
+        slot: usize,
+        tp: TopicPartition,
+        to: String,
+        epoch: i64,
+        start: i64,
+    ) {
+        let value = OwnerValue {
+            member: to,
+            epoch,
+            start,
+            by: Some(self.members[slot].id.clone()),
+        };
+        let entry = Self::owner_entry(&tp, &value);
+        self.send(slot, entry, Purpose::Owner { tp, epoch }, true);
+    }
+
     fn carry_out(&mut self, slot: usize, plan: Plan) {
         let now = self.now;
         let me = self.members[slot].id.clone();
@@ -659,7 +683,6 @@ impl World {
             let Some(r) = m.running.remove(&tp) else {
                 continue;
             };
-            m.planner.handing(tp.clone(), r.epoch + 1, ms(now));
             if r.next > r.committed {
                 let entry = commit_entry(&tp, r.next, &me, r.epoch);
                 let purpose = Purpose::Commit {
@@ -669,39 +692,14 @@ impl World {
                 };
                 self.send(slot, entry, purpose, true);
             }
-            let value = OwnerValue {
-                member: to,
-                epoch: r.epoch + 1,
-                start: r.next,
-                by: Some(me.clone()),
-            };
-            let entry = Self::owner_entry(&tp, &value);
-            let purpose = Purpose::Owner {
-                tp,
-                epoch: r.epoch + 1,
-            };
-            self.send(slot, entry, purpose, true);
+            self.name_next_owner(slot, tp, to, r.epoch + 1, r.next);
         }
         for (tp, owner, to) in plan.pass_on {
             let start = self.members[slot]
                 .state
                 .committed(&tp)
                 .unwrap_or(owner.start);
-            self.members[slot]
-                .planner
-                .handing(tp.clone(), owner.epoch + 1, ms(now));
-            let value = OwnerValue {
-                member: to,
-                epoch: owner.epoch + 1,
-                start,
-                by: Some(me.clone()),
-            };
-            let entry = Self::owner_entry(&tp, &value);
-            let purpose = Purpose::Owner {
-                tp,
-                epoch: owner.epoch + 1,
-            };
-            self.send(slot, entry, purpose, true);
+            self.name_next_owner(slot, tp, to, owner.epoch + 1, start);
         }
         for (tp, epoch, start) in plan.start {
             let id = self.next_run;
@@ -724,15 +722,13 @@ impl World {
                 start: state.committed(&tp).unwrap_or(0),
                 by: Some(me.clone()),
             };
-            // Whether a claim counts over a dead owner depends on log time where
-            // it lands, which its writer learns only by reading it back.
-            let early = state.owner(&tp).is_none_or(|o| o.member.is_empty());
+            let early = state.settled_by_writer(&tp, &me);
             let entry = Self::owner_entry(&tp, &value);
             self.send(slot, entry, Purpose::Claim { tp, at: now, early }, true);
         }
         for (tp, value) in plan.reassert {
             let entry = Self::owner_entry(&tp, &value);
-            self.send(slot, entry, Purpose::Owner { tp, epoch: -1 }, true);
+            self.send(slot, entry, Purpose::Reassert, true);
         }
     }
 

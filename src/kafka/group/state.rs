@@ -9,9 +9,10 @@
 //! members that read the same prefix of the log compute the same answers.
 //!
 //! Ownership changes by compare-and-set: an owner record counts only if its epoch
-//! is the current one plus one (or it repeats the current owner record exactly).
-//! Two members that claim a partition at once both write epoch E+1, and only the
-//! first in the log counts, for every reader alike. Because compaction keeps the
+//! is the current one plus one and it is a handoff by the current owner or a
+//! claim over an owner that is dead where the record lands (or it repeats the
+//! current owner record exactly). Two members that claim a partition at once both
+//! write epoch E+1, and only the first in the log counts, for every reader alike. Because compaction keeps the
 //! *latest* record of a key, a record that did not count could outlive the one
 //! that did; the owner therefore writes its record again when it reads a rival
 //! one ([`GroupState::take_contested`]), so the latest record is again the one
@@ -284,11 +285,27 @@ impl GroupState {
 
     /// The partitions whose latest owner record names `id`.
     pub fn owned_by(&self, id: &str) -> Vec<(TopicPartition, OwnerValue)> {
+        self.partitions_of(id)
+            .map(|tp| (tp.clone(), self.owners[tp].clone()))
+            .collect()
+    }
+
+    /// The partitions whose latest owner record names `id`, without copying them.
+    pub fn partitions_of<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a TopicPartition> {
         self.owners
             .iter()
-            .filter(|(_, o)| o.member == id)
-            .map(|(tp, o)| (tp.clone(), o.clone()))
-            .collect()
+            .filter(move |(_, o)| o.member == id)
+            .map(|(tp, _)| tp)
+    }
+
+    /// Whether an owner record for `tp` by `writer` counts or not regardless of
+    /// where it lands in log time: nobody owns `tp`, or `writer` does. A claim
+    /// over another member counts only if that member is dead where it lands,
+    /// which its writer learns only by reading it back.
+    pub fn settled_by_writer(&self, tp: &TopicPartition, writer: &str) -> bool {
+        self.owners
+            .get(tp)
+            .is_none_or(|o| o.member.is_empty() || o.member == writer)
     }
 }
 
