@@ -591,8 +591,8 @@ impl Consumer {
         let lease_ok = coordinator.lease.is_valid();
         let joined = coordinator.has_joined();
         let plan = planner.plan(&mut coordinator.state, &epochs, lease_ok, joined, now);
-        let coordinator = &*coordinator;
-        let me = coordinator.member.as_str();
+        let group = &*coordinator;
+        let me = group.member.as_str();
         let Plan {
             fence,
             hand_over,
@@ -619,7 +619,7 @@ impl Consumer {
         let handoffs = hand_over.into_iter().filter_map(|(tp, to)| {
             let r = running.remove(&tp)?;
             Some(async move {
-                let epoch = self.hand_over(coordinator, &tp, r, &to).await;
+                let epoch = self.hand_over(group, &tp, r, &to).await;
                 (tp, epoch)
             })
         });
@@ -643,7 +643,7 @@ impl Consumer {
         }
 
         for (tp, owner, to) in pass_on {
-            if let Some(epoch) = self.pass_on(coordinator, &tp, &owner, &to).await {
+            if let Some(epoch) = self.pass_on(group, &tp, &owner, &to).await {
                 planner.handed(tp, epoch);
             }
         }
@@ -652,7 +652,7 @@ impl Consumer {
             log::info!("{tp}: {me} starts at offset {offset} (epoch {epoch})");
             running.insert(
                 tp.clone(),
-                self.start_partition(tp, epoch, offset, coordinator, handler, shutdown),
+                self.start_partition(tp, epoch, offset, group, handler, shutdown),
             );
         }
 
@@ -661,7 +661,7 @@ impl Consumer {
         let outcomes = futures_util::future::join_all(
             claim
                 .iter()
-                .map(|tp| async move { (tp, self.claim(coordinator, tp).await) }),
+                .map(|tp| async move { (tp, self.claim(group, tp).await) }),
         );
         let outcomes = tokio::time::timeout(self.main_loop_bound(), outcomes)
             .await
@@ -682,11 +682,17 @@ impl Consumer {
             }
         }
 
-        // A rival owner record that did not count must not be the one compaction keeps.
+        // A rival owner record that did not count must not be the one compaction
+        // keeps; one that could not be written again is tried at the next plan.
+        let mut failed = Vec::new();
         for (tp, owner) in reassert {
-            if let Err(e) = coordinator.write_owner(&tp, owner).await {
-                log::warn!("{tp}: writing its owner record again failed: {e}");
+            if let Err(e) = group.write_owner(&tp, owner).await {
+                log::warn!("{tp}: writing its owner record again failed, will retry: {e}");
+                failed.push(tp);
             }
+        }
+        for tp in failed {
+            coordinator.state.contest(tp);
         }
     }
 

@@ -99,7 +99,9 @@ enum Purpose {
         epoch: i64,
     },
     /// The owner's record written again after a rival one did not count.
-    Reassert,
+    Reassert {
+        tp: TopicPartition,
+    },
     Claim {
         tp: TopicPartition,
         at: u64,
@@ -487,11 +489,10 @@ impl World {
                     m.planner.handed(tp, epoch);
                 }
             }
-            Purpose::Reassert => {
-                if let Some(offset) = landed {
-                    m.cursor.acknowledged(offset as i64, w.entry);
-                }
-            }
+            Purpose::Reassert { tp } => match landed {
+                Some(offset) => m.cursor.acknowledged(offset as i64, w.entry),
+                None => m.state.contest(tp),
+            },
             Purpose::Claim { tp, at, early } => {
                 if let Some(offset) = landed {
                     if early {
@@ -728,7 +729,7 @@ impl World {
         }
         for (tp, value) in plan.reassert {
             let entry = Self::owner_entry(&tp, &value);
-            self.send(slot, entry, Purpose::Reassert, true);
+            self.send(slot, entry, Purpose::Reassert { tp }, true);
         }
     }
 

@@ -283,6 +283,12 @@ impl GroupState {
             .collect()
     }
 
+    /// Marks `tp` contested again: writing the owner's record again failed, and
+    /// the next plan tries once more.
+    pub fn contest(&mut self, tp: TopicPartition) {
+        self.contested.insert(tp);
+    }
+
     /// The partitions whose latest owner record names `id`.
     pub fn owned_by(&self, id: &str) -> Vec<(TopicPartition, OwnerValue)> {
         self.partitions_of(id)
@@ -464,6 +470,9 @@ mod tests {
         assert!(s.take_contested().is_empty());
         apply(&mut s, owner(0, "b", 4, 12), 0);
         assert!(s.take_contested().is_empty());
+        // Writing it again failed: the partition is contested until it is written.
+        s.contest(tp.clone());
+        assert_eq!(s.take_contested()[0].1.member, "b");
         apply(&mut s, owner(0, "c", 5, 20), 0);
         assert_eq!(
             s.owner(&tp).map(|o| (o.member.as_str(), o.epoch)),
