@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
@@ -22,6 +22,9 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 pub struct Condition {
     id: u64,
     name: String,
+    /// Whether a reason is set: asking costs a load, not the registry's lock,
+    /// so a handler can ask before every record.
+    set: AtomicBool,
 }
 
 impl Condition {
@@ -30,12 +33,14 @@ impl Condition {
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             name: name.into(),
+            set: AtomicBool::new(false),
         }
     }
 
     /// Reports `reason`, or clears the condition with `None`.
     pub fn set(&self, reason: Option<String>) {
         let mut problems = PROBLEMS.lock();
+        self.set.store(reason.is_some(), Ordering::Release);
         match reason {
             Some(reason) => {
                 problems.insert(self.id, (self.name.clone(), reason));
@@ -44,6 +49,19 @@ impl Condition {
                 problems.remove(&self.id);
             }
         }
+    }
+}
+
+impl Condition {
+    /// The reason set now, if any.
+    pub fn reason(&self) -> Option<String> {
+        if !self.set.load(Ordering::Acquire) {
+            return None;
+        }
+        PROBLEMS
+            .lock()
+            .get(&self.id)
+            .map(|(_, reason)| reason.clone())
     }
 }
 
@@ -84,7 +102,9 @@ mod tests {
                 "test-health-b: stuck"
             ]
         );
+        assert_eq!(b.reason().as_deref(), Some("stuck"));
         a.set(None);
+        assert_eq!(a.reason(), None);
         assert_eq!(ours(problems()), ["test-health-b: stuck"]);
         drop(b);
         assert!(ours(problems()).is_empty());

@@ -513,6 +513,21 @@ impl Consumer {
                 }
                 () = shutdown.recv() => break,
             }
+            if coordinator.is_diverged() {
+                // Every partition is fenced until the state is a function of the log
+                // again (`reconcile` treats a diverged state like a lapsed lease).
+                match tokio::time::timeout(self.main_loop_bound(), coordinator.rebuild()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        log::warn!("reading the coordination log again failed, will retry: {e}")
+                    }
+                    Err(_) => log::warn!(
+                        "reading the coordination log again took over {:?}; will retry",
+                        self.main_loop_bound()
+                    ),
+                }
+                react = true;
+            }
             if react {
                 loop {
                     self.reconcile(
@@ -588,7 +603,8 @@ impl Consumer {
             .iter()
             .map(|(tp, r)| (tp.clone(), r.epoch))
             .collect();
-        let lease_ok = coordinator.lease.is_valid();
+        // A state the log no longer backs is as good as none: fence everything.
+        let lease_ok = coordinator.lease.is_valid() && !coordinator.is_diverged();
         let joined = coordinator.has_joined();
         let plan = planner.plan(&mut coordinator.state, &epochs, lease_ok, joined, now);
         let group = &*coordinator;

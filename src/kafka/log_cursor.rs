@@ -9,8 +9,28 @@
 //! offset to read is what reading would return next, so applying it at once keeps
 //! the state a prefix of the log. One behind a gap waits until the records in the
 //! gap are read (or acknowledged), then follows at once.
+//!
+//! An acknowledged record is not always in the log for good: after an unclean
+//! leader election, a failover with `min.insync.replicas=1` or a recreated
+//! topic, the log may be truncated and its offsets filled with other records.
+//! The cursor keeps what it applied early until the reader gets there, and says
+//! when the log holds something else at that offset, or hands out an offset the
+//! state is already past ([`Read::Diverged`]): the state is then no function of
+//! the log any more, and its owner rebuilds it or stops using it.
 
 use std::collections::BTreeMap;
+
+/// What a record read from the log means for the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// Not applied yet: apply it.
+    Fresh,
+    /// Applied on its acknowledgement already, and the log holds the same record.
+    Applied,
+    /// The log no longer holds what the state was built from: a record other than
+    /// the one applied on acknowledgement, or an offset the state is past.
+    Diverged,
+}
 
 /// A log reader's position and the acknowledged records ahead of it.
 #[derive(Debug)]
@@ -18,14 +38,17 @@ pub struct LogCursor<T> {
     /// The offset of the next record the state has yet to apply.
     next: i64,
     acknowledged: BTreeMap<i64, T>,
+    /// Records applied on acknowledgement that the reader has not reached yet.
+    applied_early: BTreeMap<i64, T>,
 }
 
-impl<T> LogCursor<T> {
+impl<T: Clone> LogCursor<T> {
     /// A reader whose state holds every record before `next`.
     pub fn at(next: i64) -> Self {
         Self {
             next,
             acknowledged: BTreeMap::new(),
+            applied_early: BTreeMap::new(),
         }
     }
 
@@ -34,12 +57,21 @@ impl<T> LogCursor<T> {
         self.next
     }
 
-    /// The record at `offset` was read from the log (in order): whether to apply
-    /// it, that is, whether it was not applied on its acknowledgement already.
-    pub fn read(&mut self, offset: i64) -> bool {
-        let fresh = offset >= self.next;
-        self.next = self.next.max(offset + 1);
-        fresh
+    /// The record at `offset` was read from the log (in order); `same` says
+    /// whether it is the record given, which this process applied on its
+    /// acknowledgement.
+    pub fn read(&mut self, offset: i64, same: impl FnOnce(&T) -> bool) -> Read {
+        if offset >= self.next {
+            // Records applied early below `offset` were compacted away before the
+            // reader got there: nothing is left to compare them with.
+            self.applied_early = self.applied_early.split_off(&offset);
+            self.next = offset + 1;
+            return Read::Fresh;
+        }
+        match self.applied_early.remove(&offset) {
+            Some(own) if same(&own) => Read::Applied,
+            _ => Read::Diverged,
+        }
     }
 
     /// This process's `record` was acknowledged at `offset`; [`Self::ready`] hands
@@ -60,6 +92,7 @@ impl<T> LogCursor<T> {
             }
             let (offset, record) = entry.remove_entry();
             if offset == self.next {
+                self.applied_early.insert(offset, record.clone());
                 ready.push(record);
                 self.next += 1;
             }
@@ -77,14 +110,18 @@ impl<T> LogCursor<T> {
 mod tests {
     use super::*;
 
+    fn same(c: char) -> impl FnOnce(&char) -> bool {
+        move |own| *own == c
+    }
+
     #[test]
     fn a_record_acknowledged_right_after_the_state_counts_at_once() {
         let mut cursor = LogCursor::at(10);
         cursor.acknowledged(10, 'a');
         assert_eq!(cursor.ready(), ['a']);
         // The reader delivers it later: nothing of it is applied twice.
-        assert!(!cursor.read(10));
-        assert!(cursor.read(11));
+        assert_eq!(cursor.read(10, same('a')), Read::Applied);
+        assert_eq!(cursor.read(11, same('x')), Read::Fresh);
     }
 
     #[test]
@@ -93,7 +130,8 @@ mod tests {
         cursor.acknowledged(12, 'b');
         cursor.acknowledged(13, 'c');
         assert!(cursor.ready().is_empty(), "10 and 11 come first");
-        assert!(cursor.read(10) && cursor.read(11));
+        assert_eq!(cursor.read(10, same('x')), Read::Fresh);
+        assert_eq!(cursor.read(11, same('x')), Read::Fresh);
         assert_eq!(cursor.ready(), ['b', 'c']);
         assert_eq!(cursor.next(), 14);
     }
@@ -101,13 +139,43 @@ mod tests {
     #[test]
     fn an_acknowledgement_the_log_delivered_first_is_dropped() {
         let mut cursor = LogCursor::at(10);
-        assert!((10..13).all(|offset| cursor.read(offset)));
+        assert!((10..13).all(|offset| cursor.read(offset, same('x')) == Read::Fresh));
         cursor.acknowledged(11, 'a');
         assert!(cursor.ready().is_empty());
         // Read first, then acknowledged while still queued.
         cursor.acknowledged(13, 'c');
-        assert!(cursor.read(13));
+        assert_eq!(cursor.read(13, same('c')), Read::Fresh);
         assert!(cursor.ready().is_empty());
         assert_eq!(cursor.waiting(), 0);
+    }
+
+    #[test]
+    fn a_log_that_holds_another_record_where_ours_was_applied_has_diverged() {
+        let mut cursor = LogCursor::at(10);
+        cursor.acknowledged(10, 'a');
+        assert_eq!(cursor.ready(), ['a']);
+        // The log was truncated and refilled: offset 10 is someone else's record.
+        assert_eq!(cursor.read(10, same('z')), Read::Diverged);
+    }
+
+    #[test]
+    fn an_offset_the_state_is_past_means_the_log_went_back() {
+        let mut cursor = LogCursor::at(0);
+        assert!((0..5).all(|offset| cursor.read(offset, same('x')) == Read::Fresh));
+        // A fetcher reset to the start of a recreated topic.
+        assert_eq!(cursor.read(0, same('x')), Read::Diverged);
+    }
+
+    #[test]
+    fn records_compacted_away_before_they_were_read_are_not_compared() {
+        let mut cursor = LogCursor::at(10);
+        cursor.acknowledged(10, 'a');
+        assert_eq!(cursor.ready(), ['a']);
+        assert_eq!(cursor.read(12, same('x')), Read::Fresh);
+        assert_eq!(
+            cursor.read(10, same('a')),
+            Read::Diverged,
+            "the state is past it"
+        );
     }
 }

@@ -62,7 +62,7 @@ pub use consumer::{
 };
 pub use dead_letter::DeadLetter;
 pub use follower::{Follower, ReadError, read_topic};
-pub use log_cursor::LogCursor;
+pub use log_cursor::{LogCursor, Read};
 pub use offsets::{DEFAULT_OFFSETS_TOPIC, OffsetError, OffsetStore};
 pub use producer::{
     Compression, Delivery, DeliveryFuture, ProduceError, Producer, ProducerConfig, ProducerRecord,

@@ -36,8 +36,9 @@ use crate::events::{
     Envelope, InventoryFailed, InventoryReserved, OrderCreated, ProductQuantity, Shortage, headers,
     topics,
 };
+use crate::health;
 use crate::kafka::{
-    Consumer, Follower, Handler, HandlerError, LogCursor, Message, Producer, ProducerRecord,
+    Consumer, Follower, Handler, HandlerError, LogCursor, Message, Producer, ProducerRecord, Read,
 };
 use crate::logging::with_correlation_id;
 use crate::shutdown::Shutdown;
@@ -227,6 +228,11 @@ struct SharedLedger {
     cursor: Arc<Mutex<LogCursor<LedgerRecord>>>,
     /// The cursor's next offset, for handlers waiting for the ledger to get there.
     applied: watch::Sender<i64>,
+    /// Set once the ledger topic no longer holds what the ledger was built from
+    /// (truncated after a failover, or recreated): from then on no order is
+    /// decided, since a ledger that is no function of its log could oversell,
+    /// and `/ready` says so until the instance is restarted and reads it again.
+    diverged: Arc<health::Condition>,
 }
 
 impl SharedLedger {
@@ -235,7 +241,13 @@ impl SharedLedger {
             ledger: Arc::default(),
             cursor: Arc::new(Mutex::new(LogCursor::at(0))),
             applied: watch::channel(0).0,
+            diverged: Arc::new(health::Condition::new("inventory ledger")),
         }
+    }
+
+    /// Why no order may be decided, if the ledger diverged from its topic.
+    fn divergence(&self) -> Option<String> {
+        self.diverged.reason()
     }
 
     /// Applies the acknowledged requests that now follow the ledger, and
@@ -253,15 +265,26 @@ impl SharedLedger {
             topics::INVENTORY_LEDGER => {
                 let mut ledger = self.ledger.lock();
                 let mut cursor = self.cursor.lock();
-                if !cursor.read(message.offset) {
-                    // This instance wrote it and applied it on acknowledgement.
-                    return;
-                }
-                match message
+                let decoded = message
                     .value
                     .as_deref()
-                    .map(serde_json::from_slice::<LedgerRecord>)
-                {
+                    .map(serde_json::from_slice::<LedgerRecord>);
+                let same = |own: &LedgerRecord| matches!(&decoded, Some(Ok(r)) if r == own);
+                match cursor.read(message.offset, same) {
+                    Read::Fresh => {}
+                    // This instance wrote it and applied it on acknowledgement.
+                    Read::Applied => return,
+                    Read::Diverged => {
+                        let reason = format!(
+                            "{}@{} is not what the ledger was built from (the topic was truncated after a failover, or recreated); no order is decided until this instance restarts and reads the ledger again",
+                            message.topic, message.offset
+                        );
+                        log::error!("inventory ledger: {reason}");
+                        self.diverged.set(Some(reason));
+                        return;
+                    }
+                }
+                match decoded {
                     Some(Ok(record)) => ledger.apply(record),
                     other => log::warn!(
                         "ledger record {}@{} skipped: {:?}",
@@ -326,6 +349,9 @@ impl Handler for ReserveStock {
 
 impl ReserveStock {
     async fn reserve(&self, event: Envelope<OrderCreated>) -> Result<(), HandlerError> {
+        if let Some(reason) = self.shared.divergence() {
+            return Err(reason.into());
+        }
         let order = &event.payload;
         let known = self.shared.ledger.lock().decision(&order.order_id).cloned();
         let decision = match known {
@@ -536,15 +562,17 @@ mod tests {
         let (first, second) = (OrderId::new(), OrderId::new());
 
         // Offset 1 follows what was read: applied at once.
-        assert!(shared.apply_own(1, request(first, &[("a", 1)])));
+        let own_first = request(first, &[("a", 1)]);
+        assert!(shared.apply_own(1, own_first.clone()));
         assert!(shared.ledger.lock().decision(&first).is_some());
         // Reading it back later changes nothing.
-        shared.apply(&ledger_message(1, &request(first, &[("a", 1)])));
+        shared.apply(&ledger_message(1, &own_first));
         assert_eq!(*shared.applied.borrow(), 2);
         assert_eq!(shared.ledger.lock().available("a"), 0);
 
         // Offset 3 with offset 2 unread: the request must wait for the log.
-        assert!(!shared.apply_own(3, request(second, &[("a", 1)])));
+        let own_second = request(second, &[("a", 1)]);
+        assert!(!shared.apply_own(3, own_second.clone()));
         assert!(shared.ledger.lock().decision(&second).is_none());
         assert_eq!(*shared.applied.borrow(), 2);
 
@@ -554,9 +582,27 @@ mod tests {
         assert_eq!(*shared.applied.borrow(), 4);
         assert!(shared.ledger.lock().decision(&second).is_some());
         // Reading offset 3 back changes nothing.
-        shared.apply(&ledger_message(3, &request(second, &[("a", 1)])));
+        shared.apply(&ledger_message(3, &own_second));
         assert_eq!(*shared.applied.borrow(), 4);
         assert_eq!(shared.cursor.lock().waiting(), 0);
+        assert_eq!(shared.divergence(), None);
+    }
+
+    #[test]
+    fn a_ledger_whose_topic_lost_an_own_request_decides_nothing_more() {
+        let shared = stocked_with_a(1);
+        let (first, other) = (OrderId::new(), OrderId::new());
+        assert!(shared.apply_own(1, request(first, &[("a", 1)])));
+        // After an unclean failover, offset 1 holds another instance's request.
+        shared.apply(&ledger_message(1, &request(other, &[("a", 1)])));
+        let reason = shared.divergence().expect("diverged");
+        assert!(reason.contains("inventory.ledger@1"), "{reason}");
+        assert!(
+            crate::health::problems()
+                .iter()
+                .any(|p| p.starts_with("inventory ledger: ")),
+            "/ready names it"
+        );
     }
 
     #[test]

@@ -48,7 +48,7 @@ use super::TopicPartition;
 use super::cluster::Cluster;
 use super::consumer::{AbortOnDrop, ConsumerConfig, ConsumerError, Fetcher};
 use super::follower::read_partition;
-use super::log_cursor::LogCursor;
+use super::log_cursor::{LogCursor, Read};
 use super::producer::{ProduceError, Producer, ProducerConfig, ProducerRecord};
 use super::records::FetchedRecord;
 use crate::shutdown::Shutdown;
@@ -143,8 +143,55 @@ pub(crate) struct Coordinator {
     /// Where the state stands in the log, and owner records written ahead of it.
     cursor: Mutex<LogCursor<OwnRecord>>,
     leaving: Arc<AtomicBool>,
+    /// The log no longer holds what the state was built from (it was truncated):
+    /// the state is read again before it is acted on.
+    diverged: bool,
+    shutdown: Shutdown,
     _tail: AbortOnDrop,
     heartbeat: Option<AbortOnDrop>,
+}
+
+/// A state read from the whole coordination log, and the tail that follows it.
+struct Reading {
+    state: GroupState,
+    records: usize,
+    high_watermark: i64,
+    log: mpsc::Receiver<Vec<FetchedRecord>>,
+    tail: AbortOnDrop,
+}
+
+/// Reads the coordination log from its start into a state and starts tailing it.
+async fn read_log(
+    cluster: &Cluster,
+    config: &ConsumerConfig,
+    shutdown: Shutdown,
+) -> Result<Reading, ConsumerError> {
+    let topic = config.offsets_topic.clone();
+    let mut state = GroupState::new(&config.group_id);
+    let (records, high_watermark) = read_partition(cluster, &topic, LOG_PARTITION)
+        .await
+        .map_err(super::OffsetError::from)?;
+    state.apply_all(&records);
+
+    let (tx, log) = mpsc::channel(16);
+    let mut tail_config = config.clone();
+    // Membership and ownership changes are acted on when read back: keep the
+    // wait short, and no longer than the consumer's own.
+    tail_config.fetch_max_wait = config.fetch_max_wait.min(Duration::from_millis(100));
+    let fetcher = Fetcher {
+        cluster: cluster.clone(),
+        config: tail_config,
+        tp: TopicPartition::new(topic, LOG_PARTITION),
+        lag: None,
+    };
+    let tail = AbortOnDrop(tokio::spawn(fetcher.run(high_watermark, tx, shutdown)));
+    Ok(Reading {
+        state,
+        records: records.len(),
+        high_watermark,
+        log,
+        tail,
+    })
 }
 
 impl Coordinator {
@@ -188,38 +235,21 @@ impl Coordinator {
             }
         };
 
-        let topic = config.offsets_topic.clone();
-        let mut state = GroupState::new(&config.group_id);
-        let (records, high_watermark) = read_partition(&cluster, &topic, LOG_PARTITION)
-            .await
-            .map_err(super::OffsetError::from)?;
-        state.apply_all(&records);
-        lease.read_through(high_watermark);
-
-        let (tx, log) = mpsc::channel(16);
-        let mut tail_config = config.clone();
-        // Membership and ownership changes are acted on when read back: keep the
-        // wait short, and no longer than the consumer's own.
-        tail_config.fetch_max_wait = config.fetch_max_wait.min(Duration::from_millis(100));
-        let fetcher = Fetcher {
-            cluster: cluster.clone(),
-            config: tail_config,
-            tp: TopicPartition::new(topic, LOG_PARTITION),
-            lag: None,
-        };
-        let tail = AbortOnDrop(tokio::spawn(fetcher.run(high_watermark, tx, shutdown)));
-
+        let reading = read_log(&cluster, &config, shutdown.clone()).await?;
+        lease.read_through(reading.high_watermark);
         let mut coordinator = Self {
             member,
-            state,
+            state: reading.state,
             lease,
             cluster,
             config,
             producer,
-            log,
-            cursor: Mutex::new(LogCursor::at(high_watermark)),
+            log: reading.log,
+            cursor: Mutex::new(LogCursor::at(reading.high_watermark)),
             leaving: Arc::new(AtomicBool::new(false)),
-            _tail: tail,
+            diverged: false,
+            shutdown,
+            _tail: reading.tail,
             heartbeat: None,
         };
         coordinator.start_heartbeat(first_beat);
@@ -227,7 +257,7 @@ impl Coordinator {
             "member {} joining group {} ({} coordination records read)",
             coordinator.member,
             coordinator.config.group_id,
-            records.len()
+            reading.records
         );
         Ok(coordinator)
     }
@@ -252,15 +282,34 @@ impl Coordinator {
     /// Applies records of the log, skipping those applied already when they were
     /// acknowledged; whether any was one of this group's.
     pub(crate) fn apply(&mut self, records: &[FetchedRecord]) -> bool {
+        if self.diverged {
+            return false;
+        }
         let cursor = self.cursor.get_mut();
         let mut ours = false;
         for r in records {
-            if cursor.read(r.offset) {
-                ours |= self.state.apply(
-                    r.key.as_deref(),
-                    r.value.as_deref(),
-                    Some(r.timestamp.timestamp_millis()),
-                );
+            let same = |own: &OwnRecord| {
+                r.key.as_deref() == Some(&own.key[..]) && r.value.as_deref() == Some(&own.value[..])
+            };
+            match cursor.read(r.offset, same) {
+                Read::Fresh => {
+                    ours |= self.state.apply(
+                        r.key.as_deref(),
+                        r.value.as_deref(),
+                        Some(r.timestamp.timestamp_millis()),
+                    );
+                }
+                Read::Applied => {}
+                Read::Diverged => {
+                    log::error!(
+                        "coordination log {}/{LOG_PARTITION} no longer holds what group {} was read from (at offset {}; truncated after a failover or recreated); reading it again",
+                        self.config.offsets_topic,
+                        self.config.group_id,
+                        r.offset
+                    );
+                    self.diverged = true;
+                    return true;
+                }
             }
         }
         let caught_up = self.catch_up();
@@ -276,6 +325,30 @@ impl Coordinator {
             self.state.apply(Some(&r.key), Some(&r.value), None);
         }
         !ready.is_empty()
+    }
+
+    /// Whether the state must be read again before it is acted on.
+    pub(crate) fn is_diverged(&self) -> bool {
+        self.diverged
+    }
+
+    /// Reads the coordination log again from its start, after it no longer held
+    /// what the state was built from. Owner records written ahead of the old
+    /// state are dropped: the log says whether they landed.
+    pub(crate) async fn rebuild(&mut self) -> Result<(), ConsumerError> {
+        let reading = read_log(&self.cluster, &self.config, self.shutdown.clone()).await?;
+        self.state = reading.state;
+        self.log = reading.log;
+        self._tail = reading.tail;
+        *self.cursor.get_mut() = LogCursor::at(reading.high_watermark);
+        self.lease.read_through(reading.high_watermark);
+        self.diverged = false;
+        log::warn!(
+            "group {} read again from {} coordination records",
+            self.config.group_id,
+            reading.records
+        );
+        Ok(())
     }
 
     /// Whether this member's own record is in the state yet.
@@ -363,7 +436,7 @@ impl Coordinator {
 }
 
 /// An owner record as written, to apply once the state reaches its offset.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct OwnRecord {
     key: Vec<u8>,
     value: Vec<u8>,

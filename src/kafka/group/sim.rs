@@ -34,7 +34,7 @@ use super::planner::{Plan, Planner};
 use super::records::{Key, MemberValue, OffsetValue, OwnerValue, encode};
 use super::state::GroupState;
 use crate::kafka::TopicPartition;
-use crate::kafka::log_cursor::LogCursor;
+use crate::kafka::log_cursor::{LogCursor, Read};
 
 /// Seeds run by `cargo test`.
 const CI_SEEDS: u64 = 200;
@@ -607,8 +607,14 @@ impl World {
             let end = (m.read + n).min(self.log.len());
             for offset in m.read..end {
                 let e = &self.log[offset];
-                if m.cursor.read(offset as i64) {
-                    react |= m.state.apply(Some(&e.key), e.value.as_deref(), Some(e.ts));
+                let same = |own: &Entry| own.key == e.key && own.value == e.value;
+                match m.cursor.read(offset as i64, same) {
+                    Read::Fresh => {
+                        react |= m.state.apply(Some(&e.key), e.value.as_deref(), Some(e.ts));
+                    }
+                    Read::Applied => {}
+                    // The simulated log is never truncated.
+                    Read::Diverged => panic!("{}: the log diverged at offset {offset}", m.id),
                 }
             }
             m.read = end;
