@@ -955,6 +955,8 @@ pub(crate) struct Progress {
     committed: AtomicI64,
     /// The partition's high watermark at the latest fetch; `-1` before the first.
     high_watermark: AtomicI64,
+    /// Why the latest fetch failed, until one succeeds.
+    fetch_error: parking_lot::Mutex<Option<String>>,
 }
 
 impl Progress {
@@ -964,6 +966,7 @@ impl Progress {
             next: AtomicI64::new(start),
             committed: AtomicI64::new(start),
             high_watermark: AtomicI64::new(-1),
+            fetch_error: parking_lot::Mutex::new(None),
         }
     }
 
@@ -990,9 +993,7 @@ struct GroupMetrics {
     generation: metrics::Gauge,
     stalled: metrics::Gauge,
     last_members: Vec<String>,
-    /// Per partition this member owns: where it stood (`None`: no live task)
-    /// and since when.
-    progress: HashMap<TopicPartition, (Option<i64>, Instant)>,
+    stalls: Stalls,
     /// Set while a partition this member owns makes no progress.
     ready: health::Condition,
 }
@@ -1022,7 +1023,7 @@ impl GroupMetrics {
                 &labels,
             ),
             last_members: Vec::new(),
-            progress: HashMap::new(),
+            stalls: Stalls::default(),
             ready: health::Condition::new(format!("consumer group {group} member {member}")),
         }
     }
@@ -1046,33 +1047,21 @@ impl GroupMetrics {
         self.members.set(self.last_members.len() as i64);
         self.owned.set(running.len() as i64);
 
-        // A partition this member owns is stalled when, for longer than the bound,
-        // it had no live task, or records were waiting and it did not move.
         let now = Instant::now();
         let me = coordinator.member.as_str();
         let state = &coordinator.state;
-        self.progress
-            .retain(|tp, _| state.owner(tp).is_some_and(|o| o.member == me));
+        self.stalls
+            .keep(|tp| state.owner(tp).is_some_and(|o| o.member == me));
         let mut stalled = Vec::new();
         for tp in state.partitions_of(me) {
             let r = running.get(tp).filter(|r| !r.task.0.is_finished());
-            let at = r.map(|r| r.progress.next.load(Ordering::Acquire));
-            let waiting = r.is_none_or(|r| {
-                r.progress.high_watermark.load(Ordering::Acquire)
-                    > r.progress.next.load(Ordering::Acquire)
+            let seen = r.map(|r| {
+                let next = r.progress.next.load(Ordering::Acquire);
+                let waiting = r.progress.high_watermark.load(Ordering::Acquire) > next;
+                (next, waiting, r.progress.fetch_error.lock().clone())
             });
-            let entry = match self.progress.get_mut(tp) {
-                Some(entry) => entry,
-                None => self.progress.entry(tp.clone()).or_insert((at, now)),
-            };
-            if entry.0 != at {
-                *entry = (at, now);
-            }
-            if waiting && now.saturating_duration_since(entry.1) >= config.stall_after {
-                stalled.push(match at {
-                    None => format!("{tp} (no live task)"),
-                    Some(offset) => format!("{tp} (at offset {offset})"),
-                });
+            if let Some(why) = self.stalls.observe(tp, seen, now, config.stall_after) {
+                stalled.push(why);
             }
         }
         self.stalled.set(stalled.len() as i64);
@@ -1083,6 +1072,51 @@ impl GroupMetrics {
                 stalled.join(", ")
             )
         }));
+    }
+}
+
+/// Which partitions a member owns make no progress: for longer than the bound,
+/// they had no live task, or had records waiting (or a fetch failing, such as a
+/// batch that cannot be decoded) and did not move.
+#[derive(Debug, Default)]
+struct Stalls {
+    /// Per owned partition: where it stood (`None`: no live task) and since when.
+    since: HashMap<TopicPartition, (Option<i64>, Instant)>,
+}
+
+impl Stalls {
+    /// Keeps only the partitions for which `owned` holds.
+    fn keep(&mut self, owned: impl Fn(&TopicPartition) -> bool) {
+        self.since.retain(|tp, _| owned(tp));
+    }
+
+    /// Notes what `tp` looks like at `now`: `None` without a live task, else its
+    /// next offset, whether records wait beyond it, and the fetch error if its
+    /// fetches fail. Says why it is stalled, if it is.
+    fn observe(
+        &mut self,
+        tp: &TopicPartition,
+        seen: Option<(i64, bool, Option<String>)>,
+        now: Instant,
+        bound: Duration,
+    ) -> Option<String> {
+        let at = seen.as_ref().map(|(next, _, _)| *next);
+        let entry = match self.since.get_mut(tp) {
+            Some(entry) => entry,
+            None => self.since.entry(tp.clone()).or_insert((at, now)),
+        };
+        if entry.0 != at {
+            *entry = (at, now);
+        }
+        if now.saturating_duration_since(entry.1) < bound {
+            return None;
+        }
+        match seen {
+            None => Some(format!("{tp} (no live task)")),
+            Some((next, _, Some(error))) => Some(format!("{tp} (at offset {next}: {error})")),
+            Some((next, true, None)) => Some(format!("{tp} (at offset {next})")),
+            Some((_, false, None)) => None,
+        }
     }
 }
 
@@ -1548,6 +1582,11 @@ impl Fetcher {
             progress
                 .high_watermark
                 .store(high_watermark, Ordering::Release);
+            let mut error = progress.fetch_error.lock();
+            if error.is_some() {
+                *error = None;
+            }
+            drop(error);
             let committed = progress.committed.load(Ordering::Acquire);
             gauge.set((high_watermark - committed).max(0));
         }
@@ -1555,6 +1594,9 @@ impl Fetcher {
     }
 
     async fn pause(&self, backoff: &mut Backoff, error: &ClusterError, shutdown: &mut Shutdown) {
+        if let Some((_, progress)) = &self.lag {
+            *progress.fetch_error.lock() = Some(error.to_string());
+        }
         let delay = backoff.next_delay();
         let level = if error.is_retriable() {
             log::Level::Warn
@@ -1661,6 +1703,49 @@ mod tests {
     #[test]
     fn the_latency_help_names_the_stopwatch_limits() {
         assert!(HANDLER_SECONDS_HELP.contains("in under 10 µs are timed in runs of up to 16,"));
+    }
+
+    #[test]
+    fn a_partition_is_stalled_after_the_bound_without_a_task_or_progress() {
+        let bound = Duration::from_secs(60);
+        let t0 = Instant::now();
+        let later = t0 + bound;
+        let tp = TopicPartition::new("t", 3);
+        let mut stalls = Stalls::default();
+        // No live task: stalled once the bound passed.
+        assert_eq!(stalls.observe(&tp, None, t0, bound), None);
+        assert_eq!(
+            stalls.observe(&tp, None, later, bound).as_deref(),
+            Some("t/3 (no live task)")
+        );
+        // Started again: a fresh bound; caught up, it is never stalled.
+        assert_eq!(
+            stalls.observe(&tp, Some((5, false, None)), later, bound),
+            None
+        );
+        assert_eq!(
+            stalls.observe(&tp, Some((5, false, None)), later + bound, bound),
+            None
+        );
+        // Records waiting and no move: stalled; moving clears it.
+        assert_eq!(
+            stalls
+                .observe(&tp, Some((5, true, None)), later + bound, bound)
+                .as_deref(),
+            Some("t/3 (at offset 5)")
+        );
+        let t1 = later + bound * 2;
+        assert_eq!(stalls.observe(&tp, Some((6, true, None)), t1, bound), None);
+        // A batch that cannot be decoded: the fetch error is the reason.
+        let error = Some("record batch at offset 6: CRC mismatch".to_owned());
+        assert_eq!(
+            stalls
+                .observe(&tp, Some((6, false, error)), t1 + bound, bound)
+                .as_deref(),
+            Some("t/3 (at offset 6: record batch at offset 6: CRC mismatch)")
+        );
+        stalls.keep(|_| false);
+        assert_eq!(stalls.observe(&tp, None, t1 + bound, bound), None);
     }
 
     #[test]
