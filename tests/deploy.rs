@@ -1,4 +1,4 @@
-//! The deployment files: docker-compose.yml and the Dockerfile are checked for
+//! The deployment files: docker-compose.yml, the Dockerfile and the scripts users run are checked for
 //! what matters to someone running them, without a Docker engine.
 
 use std::collections::BTreeMap;
@@ -265,4 +265,51 @@ fn the_dashboard_queries_metrics_the_services_export() {
             }
         }
     }
+}
+
+/// After `scripts/build-static.sh all`, dist/ holds binaries for both
+/// architectures; the scripts that run a service binary's own command
+/// (create-topics.sh, replay-dlq.sh) must pick the one this machine runs, not the
+/// first in glob order (aarch64 sorts before x86_64).
+#[test]
+fn the_scripts_run_the_dist_binary_of_this_machines_architecture() {
+    let root = std::env::temp_dir().join(format!(
+        "rust-eda-service-bin-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    for arch in ["aarch64", "x86_64"] {
+        let dir = root.join(format!("dist/{arch}-unknown-linux-musl"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bin = dir.join("order-service");
+        std::fs::write(&bin, "#!/bin/sh\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/service-bin.sh");
+    let out = std::process::Command::new("bash")
+        .args(["-c", r#"root="$1"; source "$2"; echo "$bin""#, "_"])
+        .arg(&root)
+        .arg(&script)
+        .env("PATH", "/usr/bin:/bin")
+        .env_remove("EDA_BIN")
+        .output()
+        .expect("bash runs");
+    std::fs::remove_dir_all(&root).ok();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let chosen = String::from_utf8(out.stdout).unwrap();
+    let host = std::env::consts::ARCH;
+    assert!(
+        chosen
+            .trim()
+            .ends_with(&format!("dist/{host}-unknown-linux-musl/order-service")),
+        "picked {chosen:?} on {host}"
+    );
 }
