@@ -676,3 +676,85 @@ impl Drop for Children {
         }
     }
 }
+
+/// Dropped with the handler's future: says whether the call was abandoned.
+struct DropFlag(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// A member cut off from the broker must not finish a record that another
+/// member may take over once its session times out: a handler call still
+/// waiting when the lease runs out is dropped, whatever the member's main loop
+/// is doing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handler_call_still_waiting_when_the_lease_runs_out_is_abandoned() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let broker = PrivateBroker::start();
+    let cluster = connect(&broker.brokers()).await;
+    let topic = unique("orders");
+    Admin::new(cluster.config().clone())
+        .ensure_topics(&[TopicSpec::new(&topic, 1)])
+        .await
+        .unwrap();
+    let producer = Producer::new(cluster.clone(), ProducerConfig::default());
+    within(
+        30,
+        "producing a record",
+        producer.send(ProducerRecord::new(&topic).value("stuck")),
+    )
+    .await
+    .unwrap();
+
+    let mut config = ConsumerConfig::new(unique("g"), [topic.clone()]);
+    config.offsets_topic = unique("offsets");
+    config.session_timeout = Duration::from_millis(SESSION_MS);
+    config.heartbeat_interval = Duration::from_millis(300);
+    config.rebalance_grace = Duration::from_millis(300);
+    config.broker_offsets = false;
+    let (started_tx, started) = tokio::sync::oneshot::channel();
+    let started_tx = Arc::new(std::sync::Mutex::new(Some(started_tx)));
+    let abandoned = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&abandoned);
+    let handler = handler_fn(move |_: Message| {
+        let guard = DropFlag(Arc::clone(&flag));
+        if let Some(tx) = started_tx.lock().unwrap().take() {
+            let _ = tx.send(());
+        }
+        async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+    });
+    let consumer = within(
+        30,
+        "preparing a consumer",
+        rust_eda::kafka::Consumer::new(cluster.clone(), config),
+    )
+    .await
+    .expect("consumer");
+    let (trigger, shutdown) = ShutdownTrigger::new();
+    let task = tokio::spawn(consumer.run(handler, shutdown));
+    within(60, "the handler getting the record", started)
+        .await
+        .unwrap();
+    assert!(!abandoned.load(Ordering::Acquire));
+
+    // No heartbeat reaches the broker from now on: the lease ends within ⅔ of
+    // the session timeout after the last one.
+    broker.stop();
+    within(20, "the waiting handler call being dropped", async {
+        while !abandoned.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    trigger.trigger();
+    task.abort();
+}
