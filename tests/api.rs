@@ -277,3 +277,37 @@ async fn fuzzing_the_api_from_its_openapi_document_finds_no_error() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("No issues found"));
     api.stop().await;
 }
+
+/// A publish that times out may still have reached the broker: the order is
+/// then in the log, and the API must not say it was not accepted. It answers
+/// 503 "outcome unknown" with the order id, and a retry with the same key
+/// answers with that order.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_publish_that_timed_out_is_answered_as_an_unknown_outcome() {
+    let broker = PrivateBroker::start();
+    let api = Api::start(&broker, &[("APP_ORDER_PUBLISH_TIMEOUT_MS", "1500")]).await;
+    broker.pause();
+    let answer = api.post_order(&order(1), Some("paused-broker")).await;
+    broker.resume();
+    assert_eq!(answer.status, 503, "{:?}", answer.json());
+    assert!(answer.header("retry-after").is_some());
+    let message = answer.json()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(message.starts_with("outcome unknown"), "{message}");
+
+    let retried = within(60, "the retry being accepted", async {
+        loop {
+            let r = api.post_order(&order(1), Some("paused-broker")).await;
+            if r.status == 201 {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    let id = retried.json()["order_id"].as_str().unwrap().to_owned();
+    assert!(message.contains(&id), "the 503 names order {id}: {message}");
+    api.stop().await;
+}

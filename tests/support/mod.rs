@@ -246,6 +246,26 @@ impl PrivateBroker {
         self.script("restart");
     }
 
+    /// Freezes the broker process (SIGSTOP): connections stay open and requests
+    /// go unanswered, as with a long GC pause or a stalled disk.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused broker go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = std::fs::read_to_string(self.data.join("broker.pid")).expect("broker.pid");
+        let status = Command::new("kill")
+            .args([signal, pid.trim()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {pid} failed");
+    }
+
     fn script(&self, command: &str) {
         self.run(&[command]);
     }
