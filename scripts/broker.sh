@@ -19,7 +19,14 @@
 #                       DATA/tls (clients trust DATA/tls/ca.pem)      (default 0)
 #   EDA_BROKER_AUTH     1: clients must authenticate with SASL/SCRAM  (default 0)
 #   NISSHI_ROOT         where nisshi is installed          (default ~/.local/share/rust-eda/nisshi-VERSION)
+#   EDA_BROKER_KIND     nisshi | kafka: kafka runs Apache Kafka instead, through
+#                       scripts/kafka-broker.sh, with the same verbs (TLS,
+#                       authentication and users not yet)      (default nisshi)
 set -euo pipefail
+
+if [[ ${EDA_BROKER_KIND:-nisshi} == kafka ]]; then
+  exec "$(dirname "${BASH_SOURCE[0]}")/kafka-broker.sh" "$@"
+fi
 
 NISSHI_VERSION=0.8.1
 # nisshi 0.8.1 needs a newer rustc than the project itself; rustup installs it beside.
@@ -168,5 +175,5 @@ case ${1:-} in
   status) status ;;
   path) install; echo "$bin" ;;
   user) shift; user "$@" ;;
-  *) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

@@ -18,8 +18,8 @@ use rust_eda::events::{Envelope, InventoryFailed, InventoryReserved, OrderCreate
 use rust_eda::kafka::group::GroupState;
 use rust_eda::kafka::group::records::{Key, OffsetValue, OwnerValue};
 use rust_eda::kafka::{
-    Admin, Cluster, ConsumerConfig, Message, OffsetStore, Producer, ProducerConfig, ProducerRecord,
-    TopicPartition, TopicSpec, handler_fn, read_topic,
+    Admin, Cluster, ClusterError, ConsumerConfig, Message, OffsetError, OffsetStore, Producer,
+    ProducerConfig, ProducerRecord, ReadError, TopicPartition, TopicSpec, handler_fn, read_topic,
 };
 use rust_eda::shutdown::ShutdownTrigger;
 use serde::{Deserialize, Serialize};
@@ -192,14 +192,21 @@ impl Group {
         .await;
     }
 
+    /// The group's state in the coordination log; empty until the first member
+    /// created the log (Apache Kafka creates no topic on a read).
     async fn state(&self) -> GroupState {
-        OffsetStore::new(
+        let store = OffsetStore::new(
             Producer::new(self.cluster.clone(), ProducerConfig::default()),
             &self.offsets,
-        )
-        .group_state(&self.group)
-        .await
-        .unwrap()
+        );
+        match store.group_state(&self.group).await {
+            Ok(state) => state,
+            Err(OffsetError::Read(ReadError::Cluster {
+                source: ClusterError::UnknownTopic(_),
+                ..
+            })) => GroupState::new(&self.group),
+            Err(e) => panic!("reading the group state: {e}"),
+        }
     }
 
     /// Waits until exactly `members` own every partition, balanced.
