@@ -45,8 +45,9 @@ logfile=$data/broker.log
 say() { printf 'broker: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
 
-pid() { [[ -f $pidfile ]] && cat "$pidfile" || true; }
-running() { local p; p=$(pid); [[ -n $p ]] && kill -0 "$p" 2>/dev/null; }
+stop_wait=15
+# shellcheck source=scripts/broker-process.sh
+source "$root/scripts/broker-process.sh"
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
 
 install() {
@@ -96,20 +97,8 @@ start() {
       --storage-engine "$engine" ${security[@]+"${security[@]}"} >>"$logfile" 2>&1 &
     echo $! >"$pidfile"
   )
-  for _ in $(seq 1 300); do
-    if ! running; then
-      tail -n 30 "$logfile" >&2 || true
-      rm -f "$pidfile"
-      die "nisshi exited during start (log: $logfile)"
-    fi
-    if answers; then
-      say "running (pid $(pid)) on 127.0.0.1:$port, $storage storage in $data${security[*]:+ (${security[*]})}"
-      return 0
-    fi
-    sleep 0.1
-  done
-  stop
-  die "nisshi did not open 127.0.0.1:$port within 30 s (log: $logfile)"
+  await_start nisshi 30 \
+    "running (pid $(pid)) on 127.0.0.1:$port, $storage storage in $data${security[*]:+ (${security[*]})}"
 }
 
 # A throwaway CA and a broker certificate for localhost and 127.0.0.1, made with
@@ -141,32 +130,6 @@ user() {
     || die "creating user $1 failed; the broker must run without EDA_BROKER_AUTH and EDA_BROKER_TLS"
 }
 
-stop() {
-  if ! running; then
-    rm -f "$pidfile"
-    say "not running"
-    return 0
-  fi
-  local p; p=$(pid)
-  kill -TERM "$p" 2>/dev/null || true
-  for _ in $(seq 1 150); do
-    kill -0 "$p" 2>/dev/null || { rm -f "$pidfile"; say "stopped"; return 0; }
-    sleep 0.1
-  done
-  say "no exit 15 s after SIGTERM; killing"
-  kill -KILL "$p" 2>/dev/null || true
-  rm -f "$pidfile"
-}
-
-status() {
-  if running; then
-    say "running (pid $(pid)) on 127.0.0.1:$port"
-  else
-    say "not running"
-    return 3
-  fi
-}
-
 case ${1:-} in
   install) install ;;
   start) start ;;
@@ -175,5 +138,5 @@ case ${1:-} in
   status) status ;;
   path) install; echo "$bin" ;;
   user) shift; user "$@" ;;
-  *) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

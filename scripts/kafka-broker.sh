@@ -41,8 +41,9 @@ java_bin() {
   echo "$java"
 }
 
-pid() { [[ -f $pidfile ]] && cat "$pidfile" || true; }
-running() { local p; p=$(pid); [[ -n $p ]] && kill -0 "$p" 2>/dev/null; }
+stop_wait=30
+# shellcheck source=scripts/broker-process.sh
+source "$root/scripts/broker-process.sh"
 
 # Whether the broker answers an ApiVersions request (v0, correlation id 1), not
 # just a TCP connect: the listener opens before the broker can serve.
@@ -94,46 +95,8 @@ start() {
     -Djava.awt.headless=true -cp "$libs/*" kafka.Kafka "$data/server.properties" \
     >>"$logfile" 2>&1 &
   echo $! >"$pidfile"
-  for _ in $(seq 1 600); do
-    if ! running; then
-      tail -n 30 "$logfile" >&2 || true
-      rm -f "$pidfile"
-      die "Apache Kafka exited during start (log: $logfile)"
-    fi
-    if answers; then
-      say "Apache Kafka $version running (pid $(pid)) on 127.0.0.1:$port, data in $data"
-      return 0
-    fi
-    sleep 0.1
-  done
-  stop
-  die "Apache Kafka did not answer on 127.0.0.1:$port within 60 s (log: $logfile)"
-}
-
-stop() {
-  if ! running; then
-    rm -f "$pidfile"
-    say "not running"
-    return 0
-  fi
-  local p; p=$(pid)
-  kill -TERM "$p" 2>/dev/null || true
-  for _ in $(seq 1 300); do
-    kill -0 "$p" 2>/dev/null || { rm -f "$pidfile"; say "stopped"; return 0; }
-    sleep 0.1
-  done
-  say "no exit 30 s after SIGTERM; killing"
-  kill -KILL "$p" 2>/dev/null || true
-  rm -f "$pidfile"
-}
-
-status() {
-  if running; then
-    say "running (pid $(pid)) on 127.0.0.1:$port"
-  else
-    say "not running"
-    return 3
-  fi
+  await_start "Apache Kafka" 60 \
+    "Apache Kafka $version running (pid $(pid)) on 127.0.0.1:$port, data in $data"
 }
 
 [[ ${EDA_BROKER_TLS:-0} == 1 || ${EDA_BROKER_AUTH:-0} == 1 ]] &&
@@ -146,5 +109,5 @@ case ${1:-} in
   restart) stop; start ;;
   status) status ;;
   path) install; echo "$libs" ;;
-  *) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

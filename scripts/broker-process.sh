@@ -1,0 +1,53 @@
+# Sourced by scripts/broker.sh and scripts/kafka-broker.sh: the broker process
+# behind $pidfile, on 127.0.0.1:$port, logging to $logfile. The caller defines
+# say(), die() and answers() (whether the broker serves), and sets $stop_wait,
+# the seconds a graceful stop may take before SIGKILL.
+
+pid() { [[ -f $pidfile ]] && cat "$pidfile" || true; }
+running() { local p; p=$(pid); [[ -n $p ]] && kill -0 "$p" 2>/dev/null; }
+
+stop() {
+  if ! running; then
+    rm -f "$pidfile"
+    say "not running"
+    return 0
+  fi
+  local p; p=$(pid)
+  kill -TERM "$p" 2>/dev/null || true
+  for _ in $(seq 1 $((stop_wait * 10))); do
+    kill -0 "$p" 2>/dev/null || { rm -f "$pidfile"; say "stopped"; return 0; }
+    sleep 0.1
+  done
+  say "no exit $stop_wait s after SIGTERM; killing"
+  kill -KILL "$p" 2>/dev/null || true
+  rm -f "$pidfile"
+}
+
+status() {
+  if running; then
+    say "running (pid $(pid)) on 127.0.0.1:$port"
+  else
+    say "not running"
+    return 3
+  fi
+}
+
+# Waits up to $2 seconds for the broker just started, named $1, to answer; says
+# $3 once it does. Stops it and fails if it exits or never answers.
+await_start() {
+  local name=$1 seconds=$2 ready=$3
+  for _ in $(seq 1 $((seconds * 10))); do
+    if ! running; then
+      tail -n 30 "$logfile" >&2 || true
+      rm -f "$pidfile"
+      die "$name exited during start (log: $logfile)"
+    fi
+    if answers; then
+      say "$ready"
+      return 0
+    fi
+    sleep 0.1
+  done
+  stop
+  die "$name did not answer on 127.0.0.1:$port within $seconds s (log: $logfile)"
+}
