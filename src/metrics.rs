@@ -255,6 +255,17 @@ impl Histogram {
     }
 }
 
+/// Counts a background task that ended when it should not have (a panic) and
+/// was started again: `eda_task_restarts_total{task}`.
+pub fn task_restarted(task: &str) {
+    counter(
+        "eda_task_restarts_total",
+        "Background tasks (heartbeats, producer workers) that ended unexpectedly and were started again.",
+        &[("task", task)],
+    )
+    .inc();
+}
+
 /// The counter `name` with `labels`, created at zero on first use.
 pub fn counter(name: &'static str, help: &'static str, labels: &[(&'static str, &str)]) -> Counter {
     match REGISTRY.series(name, help, Kind::Counter, labels, || {

@@ -500,7 +500,12 @@ impl Consumer {
                     Some(records) => react = coordinator.apply(&records),
                     None => break,
                 },
-                _ = reconcile.tick() => react = true,
+                _ = reconcile.tick() => {
+                    if coordinator.supervise() {
+                        metrics::task_restarted("consumer heartbeat");
+                    }
+                    react = true;
+                }
                 () = sleep_until_or_never(due) => react = true,
                 _ = commit.tick() => {
                     // Bounded well below the session timeout: while this waits, the
@@ -702,13 +707,13 @@ impl Consumer {
         // keeps; one that could not be written again is tried at the next plan.
         let mut failed = Vec::new();
         for (tp, owner) in reassert {
-            if let Err(e) = group.write_owner(&tp, owner).await {
+            if let Err(e) = group.write_owner(&tp, owner.clone()).await {
                 log::warn!("{tp}: writing its owner record again failed, will retry: {e}");
-                failed.push(tp);
+                failed.push((tp, owner));
             }
         }
-        for tp in failed {
-            coordinator.state.contest(tp);
+        for (tp, owner) in failed {
+            coordinator.state.contest(tp, &owner);
         }
     }
 
@@ -730,6 +735,7 @@ impl Consumer {
             epoch,
             start,
             by: Some(coordinator.member.clone()),
+            refutes: Vec::new(),
         };
         coordinator.write_owner(tp, claim).await?;
         Ok((epoch, start))
@@ -813,6 +819,7 @@ impl Consumer {
             epoch: epoch + 1,
             start,
             by: Some(coordinator.member.clone()),
+            refutes: Vec::new(),
         };
         match coordinator.write_owner(tp, owner).await {
             Ok(()) if to.is_empty() => log::info!("{tp}: released at offset {start}"),
@@ -842,6 +849,7 @@ impl Consumer {
             epoch: owner.epoch + 1,
             start,
             by: Some(coordinator.member.clone()),
+            refutes: Vec::new(),
         };
         match coordinator.write_owner(tp, next).await {
             Ok(()) => {
@@ -919,14 +927,11 @@ impl Consumer {
         let target = coordinator.target_without_me();
         let deadline = Instant::now() + self.config.shutdown_commit_timeout;
         if coordinator.lease.is_valid() {
-            // Partitions handed over whose records the log does not show yet are
-            // someone else's already: a second record would restart them from an
-            // older offset.
-            for (tp, owner) in coordinator.state.owned_by(&coordinator.member) {
-                if !running.contains_key(&tp) && !planner.handed_partitions().any(|h| *h == tp) {
-                    let to = target.get(&tp).cloned().unwrap_or_default();
-                    self.pass_on(&coordinator, &tp, &owner, &to).await;
-                }
+            for (tp, owner) in
+                planner.left_behind(&coordinator.state, |tp| running.contains_key(tp))
+            {
+                let to = target.get(&tp).cloned().unwrap_or_default();
+                self.pass_on(&coordinator, &tp, &owner, &to).await;
             }
         }
         let timeout = self.config.shutdown_commit_timeout;
@@ -961,13 +966,33 @@ pub(crate) struct Progress {
 
 impl Progress {
     /// Starting at `start`, which is committed already.
-    fn new(start: i64) -> Self {
+    pub(crate) fn new(start: i64) -> Self {
         Self {
             next: AtomicI64::new(start),
             committed: AtomicI64::new(start),
             high_watermark: AtomicI64::new(-1),
             fetch_error: parking_lot::Mutex::new(None),
         }
+    }
+
+    /// The next offset to handle.
+    pub(crate) fn next(&self) -> i64 {
+        self.next.load(Ordering::Acquire)
+    }
+
+    /// Records before `next` were handled.
+    pub(crate) fn advance_to(&self, next: i64) {
+        self.next.store(next, Ordering::Release);
+    }
+
+    /// The latest fetch failed with `error`.
+    pub(crate) fn fetch_failed(&self, error: String) {
+        *self.fetch_error.lock() = Some(error);
+    }
+
+    /// Why the latest fetch failed, until one succeeds.
+    pub(crate) fn fetch_error(&self) -> Option<String> {
+        self.fetch_error.lock().clone()
     }
 
     /// The offset to commit, if it moved since the last commit.
@@ -1237,7 +1262,8 @@ impl PartitionRunner {
             cluster: self.cluster.clone(),
             config: self.config.clone(),
             tp: self.tp.clone(),
-            lag: Some((self.metrics.lag.clone(), Arc::clone(&self.progress))),
+            progress: Some(Arc::clone(&self.progress)),
+            lag: Some(self.metrics.lag.clone()),
         };
         // Aborted with this task too, when the partition is fenced or the consumer dropped.
         let _fetch_task = AbortOnDrop(tokio::spawn(fetcher.run(start, tx, stop.clone())));
@@ -1506,6 +1532,7 @@ pub(crate) async fn reset_offset(
 }
 
 /// A task that is aborted when its handle is dropped.
+#[derive(Debug)]
 pub(crate) struct AbortOnDrop<T = ()>(pub(crate) tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
@@ -1518,8 +1545,10 @@ pub(crate) struct Fetcher {
     pub(crate) cluster: Cluster,
     pub(crate) config: ConsumerConfig,
     pub(crate) tp: TopicPartition,
-    /// Where a group member reports its lag: the gauge, and the committed offset.
-    pub(crate) lag: Option<(metrics::Gauge, Arc<Progress>)>,
+    /// Where fetches report the high watermark and their errors.
+    pub(crate) progress: Option<Arc<Progress>>,
+    /// A group member's lag gauge: high watermark minus committed offset.
+    pub(crate) lag: Option<metrics::Gauge>,
 }
 
 impl Fetcher {
@@ -1578,7 +1607,7 @@ impl Fetcher {
                 self.config.fetch_max_wait,
             )
             .await?;
-        if let Some((gauge, progress)) = &self.lag {
+        if let Some(progress) = &self.progress {
             progress
                 .high_watermark
                 .store(high_watermark, Ordering::Release);
@@ -1587,15 +1616,17 @@ impl Fetcher {
                 *error = None;
             }
             drop(error);
-            let committed = progress.committed.load(Ordering::Acquire);
-            gauge.set((high_watermark - committed).max(0));
+            if let Some(gauge) = &self.lag {
+                let committed = progress.committed.load(Ordering::Acquire);
+                gauge.set((high_watermark - committed).max(0));
+            }
         }
         Ok(fetched)
     }
 
     async fn pause(&self, backoff: &mut Backoff, error: &ClusterError, shutdown: &mut Shutdown) {
-        if let Some((_, progress)) = &self.lag {
-            *progress.fetch_error.lock() = Some(error.to_string());
+        if let Some(progress) = &self.progress {
+            progress.fetch_failed(error.to_string());
         }
         let delay = backoff.next_delay();
         let level = if error.is_retriable() {

@@ -82,9 +82,9 @@ impl<T: Clone> LogCursor<T> {
         }
     }
 
-    /// The acknowledged records that now follow what was applied, in log order;
-    /// they count as applied.
-    pub fn ready(&mut self) -> Vec<T> {
+    /// The acknowledged records that now follow what was applied, in log order
+    /// with their offsets; they count as applied.
+    pub fn ready(&mut self) -> Vec<(i64, T)> {
         let mut ready = Vec::new();
         while let Some(entry) = self.acknowledged.first_entry() {
             if *entry.key() > self.next {
@@ -93,7 +93,7 @@ impl<T: Clone> LogCursor<T> {
             let (offset, record) = entry.remove_entry();
             if offset == self.next {
                 self.applied_early.insert(offset, record.clone());
-                ready.push(record);
+                ready.push((offset, record));
                 self.next += 1;
             }
         }
@@ -118,7 +118,7 @@ mod tests {
     fn a_record_acknowledged_right_after_the_state_counts_at_once() {
         let mut cursor = LogCursor::at(10);
         cursor.acknowledged(10, 'a');
-        assert_eq!(cursor.ready(), ['a']);
+        assert_eq!(cursor.ready(), [(10, 'a')]);
         // The reader delivers it later: nothing of it is applied twice.
         assert_eq!(cursor.read(10, same('a')), Read::Applied);
         assert_eq!(cursor.read(11, same('x')), Read::Fresh);
@@ -132,7 +132,7 @@ mod tests {
         assert!(cursor.ready().is_empty(), "10 and 11 come first");
         assert_eq!(cursor.read(10, same('x')), Read::Fresh);
         assert_eq!(cursor.read(11, same('x')), Read::Fresh);
-        assert_eq!(cursor.ready(), ['b', 'c']);
+        assert_eq!(cursor.ready(), [(12, 'b'), (13, 'c')]);
         assert_eq!(cursor.next(), 14);
     }
 
@@ -153,7 +153,7 @@ mod tests {
     fn a_log_that_holds_another_record_where_ours_was_applied_has_diverged() {
         let mut cursor = LogCursor::at(10);
         cursor.acknowledged(10, 'a');
-        assert_eq!(cursor.ready(), ['a']);
+        assert_eq!(cursor.ready(), [(10, 'a')]);
         // The log was truncated and refilled: offset 10 is someone else's record.
         assert_eq!(cursor.read(10, same('z')), Read::Diverged);
     }
@@ -170,7 +170,7 @@ mod tests {
     fn records_compacted_away_before_they_were_read_are_not_compared() {
         let mut cursor = LogCursor::at(10);
         cursor.acknowledged(10, 'a');
-        assert_eq!(cursor.ready(), ['a']);
+        assert_eq!(cursor.ready(), [(10, 'a')]);
         assert_eq!(cursor.read(12, same('x')), Read::Fresh);
         assert_eq!(
             cursor.read(10, same('a')),

@@ -473,9 +473,24 @@ impl Producer {
                 Some(by_partition) => by_partition,
                 None => workers.entry(topic.clone()).or_default(),
             };
-            let worker = by_partition
-                .entry(partition)
-                .or_insert_with(|| self.spawn_worker(topic, partition));
+            let worker = match by_partition.entry(partition) {
+                std::collections::hash_map::Entry::Occupied(entry) => {
+                    let worker = entry.into_mut();
+                    // A worker ends by itself only by panicking; its records were
+                    // failed, and the partition must not stay closed for good.
+                    if worker.task.is_finished() {
+                        log::error!(
+                            "the producer worker of {topic}/{partition} ended unexpectedly; starting it again"
+                        );
+                        crate::metrics::task_restarted("producer worker");
+                        *worker = self.spawn_worker(topic, partition);
+                    }
+                    worker
+                }
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    entry.insert(self.spawn_worker(topic, partition))
+                }
+            };
             Arc::clone(&worker.shared)
         };
         let (pushed, wake) = {

@@ -253,7 +253,7 @@ impl SharedLedger {
     /// Applies the acknowledged requests that now follow the ledger, and
     /// publishes the new position.
     fn advance(&self, ledger: &mut Ledger, cursor: &mut LogCursor<LedgerRecord>) {
-        for record in cursor.ready() {
+        for (_, record) in cursor.ready() {
             ledger.apply(record);
         }
         self.applied.send_replace(cursor.next());

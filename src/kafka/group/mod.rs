@@ -182,6 +182,7 @@ async fn read_log(
         cluster: cluster.clone(),
         config: tail_config,
         tp: TopicPartition::new(topic, LOG_PARTITION),
+        progress: None,
         lag: None,
     };
     let tail = AbortOnDrop(tokio::spawn(fetcher.run(high_watermark, tx, shutdown)));
@@ -262,6 +263,21 @@ impl Coordinator {
         Ok(coordinator)
     }
 
+    /// Starts the heartbeat again if its task ended (it loops until dropped,
+    /// so only a panic ends it); whether it had to. Without it the lease lapses
+    /// and the group declares this member dead while it still runs.
+    pub(crate) fn supervise(&mut self) -> bool {
+        let ended = self.heartbeat.as_ref().is_some_and(|h| h.0.is_finished());
+        if ended {
+            log::error!(
+                "the heartbeat of member {} ended unexpectedly; starting it again",
+                self.member
+            );
+            self.start_heartbeat(Instant::now());
+        }
+        ended
+    }
+
     fn start_heartbeat(&mut self, first: Instant) {
         let beat = Heartbeat {
             cluster: self.cluster.clone(),
@@ -294,6 +310,7 @@ impl Coordinator {
             match cursor.read(r.offset, same) {
                 Read::Fresh => {
                     ours |= self.state.apply(
+                        r.offset,
                         r.key.as_deref(),
                         r.value.as_deref(),
                         Some(r.timestamp.timestamp_millis()),
@@ -321,8 +338,9 @@ impl Coordinator {
     /// state has read ([`LogCursor`]); whether there were any.
     pub(crate) fn catch_up(&mut self) -> bool {
         let ready = self.cursor.get_mut().ready();
-        for r in &ready {
-            self.state.apply(Some(&r.key), Some(&r.value), None);
+        for (offset, r) in &ready {
+            self.state
+                .apply(*offset, Some(&r.key), Some(&r.value), None);
         }
         !ready.is_empty()
     }
@@ -430,7 +448,8 @@ impl Coordinator {
             group: self.config.group_id.clone(),
             member: self.member.clone(),
         };
-        state.apply(Some(&key.encode()), None, None);
+        // Member records do not depend on their offset.
+        state.apply(i64::MAX, Some(&key.encode()), None, None);
         state.target()
     }
 }

@@ -120,11 +120,11 @@ where
             return plan;
         }
         // Taken only now: one that arrived while the lease was out waits for it.
-        plan.reassert = state
-            .take_contested()
-            .into_iter()
-            .filter(|(_, owner)| owner.member == me)
-            .collect();
+        // Every member that read a rival record states the owner that counts
+        // again, not only that owner: it may be dead, and then nobody else
+        // would, while a cleaner boundary after the rival leaves a reader of
+        // the compacted log with the rival (see `state`).
+        plan.reassert = state.take_contested();
 
         let target = state.target();
         let target_of = |tp: &TopicPartition| target.get(tp).map(String::as_str);
@@ -195,8 +195,25 @@ where
 
     /// Partitions handed over or passed on whose records the log does not show
     /// yet (or, written with an unknown outcome, may still land).
+    #[cfg(test)]
     pub(crate) fn handed_partitions(&self) -> impl Iterator<Item = &TopicPartition> {
         self.handed.keys()
+    }
+
+    /// What a leaving member passes on besides the partitions it runs: those the
+    /// log says it owns that it does not run and did not hand over already. A
+    /// handoff the log does not show yet names someone else already: a second
+    /// record in the same epoch would restart that partition from an older offset.
+    pub fn left_behind(
+        &self,
+        state: &GroupState,
+        running: impl Fn(&TopicPartition) -> bool,
+    ) -> Vec<(TopicPartition, OwnerValue)> {
+        state
+            .owned_by(&self.me)
+            .into_iter()
+            .filter(|(tp, _)| !running(tp) && !self.handed.contains_key(tp))
+            .collect()
     }
 
     /// A claim of `tp` was written at `now`: not again until it is read back, or
@@ -237,8 +254,8 @@ mod tests {
 
     fn state_with(records: &[(Key, Option<Vec<u8>>)], ts: i64) -> GroupState {
         let mut s = GroupState::new("g");
-        for (k, v) in records {
-            s.apply(Some(&k.encode()), v.as_deref(), Some(ts));
+        for (offset, (k, v)) in (0..).zip(records) {
+            s.apply(offset, Some(&k.encode()), v.as_deref(), Some(ts));
         }
         s
     }
@@ -267,6 +284,7 @@ mod tests {
             epoch,
             start: 0,
             by: Some(id.into()),
+            refutes: Vec::new(),
         };
         (key, Some(encode(&value)))
     }
@@ -344,6 +362,28 @@ mod tests {
     }
 
     #[test]
+    fn a_leaving_member_passes_on_only_what_it_neither_runs_nor_handed_over() {
+        let s = state_with(
+            &[
+                member("a"),
+                owner(0, "a", 0),
+                owner(1, "a", 0),
+                owner(2, "a", 0),
+            ],
+            0,
+        );
+        let mut planner: Planner<Duration> =
+            Planner::new("a", GRACE, (GRACE, GRACE * 8), GRACE * 10);
+        // 0 runs (handed over with its commit), 1 was passed on and not read back.
+        planner.handed(tp(1), 1);
+        let left = planner.left_behind(&s, |p| *p == tp(0));
+        assert_eq!(
+            left.into_iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            [tp(2)]
+        );
+    }
+
+    #[test]
     fn a_handoff_of_unknown_outcome_blocks_the_partition_until_it_could_no_longer_land() {
         let mut s = state_with(&[member("a"), owner(0, "a", 0), owner(1, "a", 0)], 0);
         let mut planner = Planner::new("a", GRACE, (GRACE, GRACE * 8), GRACE * 10);
@@ -363,16 +403,19 @@ mod tests {
     }
 
     #[test]
-    fn the_owner_writes_its_record_again_when_a_rival_one_did_not_count() {
+    fn every_reader_of_a_rival_record_writes_the_owner_that_counts_again() {
         let mut s = state_with(&[member("a"), member("b"), owner(0, "a", 1)], 0);
         let (k, v) = owner(0, "b", 1);
-        s.apply(Some(&k.encode()), v.as_deref(), Some(0));
-        let mut a = Planner::new("a", GRACE, (GRACE, GRACE * 8), GRACE * 10);
-        let plan = a.plan(&mut s.clone(), &BTreeMap::new(), true, true, Duration::ZERO);
-        assert_eq!(plan.reassert.len(), 1);
-        assert_eq!(plan.reassert[0].1.member, "a");
-        let mut b = Planner::new("b", GRACE, (GRACE, GRACE * 8), GRACE * 10);
-        let plan = b.plan(&mut s, &BTreeMap::new(), true, true, Duration::ZERO);
-        assert!(plan.reassert.is_empty());
+        s.apply(100, Some(&k.encode()), v.as_deref(), Some(0));
+        for me in ["a", "b"] {
+            let mut planner = Planner::new(me, GRACE, (GRACE, GRACE * 8), GRACE * 10);
+            let mut state = s.clone();
+            let plan = planner.plan(&mut state, &BTreeMap::new(), true, true, Duration::ZERO);
+            assert_eq!(plan.reassert.len(), 1, "{me}");
+            assert_eq!(plan.reassert[0].1.member, "a");
+            assert_eq!(plan.reassert[0].1.refutes, [100]);
+            let again = planner.plan(&mut state, &BTreeMap::new(), true, true, Duration::ZERO);
+            assert!(again.reassert.is_empty(), "written once");
+        }
     }
 }

@@ -82,6 +82,23 @@ pub struct OwnerValue {
     /// records of older versions, which count as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
+    /// Offsets of rival owner records of this partition that did not count, set
+    /// when the owner writes its record again over them. A reader of a compacted
+    /// log may have counted one of them, because the record that counted before
+    /// it was cleaned away; this record puts that reader right (see
+    /// [`crate::kafka::group::state`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refutes: Vec<i64>,
+}
+
+impl OwnerValue {
+    /// Whether the two name the same ownership, whatever they refute.
+    pub fn same_ownership(&self, other: &Self) -> bool {
+        self.member == other.member
+            && self.epoch == other.epoch
+            && self.start == other.start
+            && self.by == other.by
+    }
 }
 
 /// A committed offset: the next offset to consume.

@@ -20,12 +20,10 @@
 //! - **progress**: once the faults stop, every record is handled and every
 //!   partition is run by a live member that the log names as its owner.
 //!
-//! `cargo test sim` runs [`CI_SEEDS`] seeds; `EDA_SIM_SEEDS=N` (and
+//! `cargo test sim` runs [`CI_SEEDS`] seeds, and as many again in which half
+//! of the members that join read a compacted log; `EDA_SIM_SEEDS=N` (and
 //! `EDA_SIM_FIRST_SEED`) run more by hand, best with `--release`, and
-//! `EDA_SIM_TRACE=1` prints what happens in a seed. New members reading a
-//! compacted log are simulated only with `EDA_SIM_COMPACTION=1`: with it, a
-//! few seeds in a thousand still end with members whose views of an owner
-//! differ (`docs/consumer-groups.md`, "Open"), so it is not part of CI yet.
+//! `EDA_SIM_TRACE=1` prints what happens in a seed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -101,6 +99,7 @@ enum Purpose {
     /// The owner's record written again after a rival one did not count.
     Reassert {
         tp: TopicPartition,
+        owner: OwnerValue,
     },
     Claim {
         tp: TopicPartition,
@@ -213,7 +212,7 @@ struct World {
     faults: BTreeMap<&'static str, u64>,
     /// `EDA_SIM_TRACE=1`: print what happens, to follow a failing seed.
     trace: bool,
-    /// `EDA_SIM_COMPACTION=1`: new members read a compacted log half the time.
+    /// New members read a compacted log half the time.
     compaction: bool,
 }
 
@@ -231,7 +230,7 @@ fn owner_key(tp: &TopicPartition) -> Vec<u8> {
 }
 
 impl World {
-    fn new(seed: u64) -> Self {
+    fn new(seed: u64, compaction: bool) -> Self {
         let mut rng = Rng(seed);
         let members = (0..SLOTS)
             .map(|slot| Member::new(slot, 0, rng.below(100)))
@@ -252,7 +251,7 @@ impl World {
                 .collect(),
             faults: BTreeMap::new(),
             trace: std::env::var_os("EDA_SIM_TRACE").is_some(),
-            compaction: std::env::var_os("EDA_SIM_COMPACTION").is_some(),
+            compaction,
         }
     }
 
@@ -386,7 +385,8 @@ impl World {
                 .filter(|i| *i >= cleanable || latest[&self.log[*i].key[..]] == *i);
             for i in kept {
                 let e = &self.log[i];
-                m.state.apply(Some(&e.key), e.value.as_deref(), Some(e.ts));
+                m.state
+                    .apply(i as i64, Some(&e.key), e.value.as_deref(), Some(e.ts));
             }
             m.read = self.log.len();
             m.cursor = LogCursor::at(self.log.len() as i64);
@@ -420,8 +420,13 @@ impl World {
                         .map_or("(tombstone)".into(), String::from_utf8_lossy)
                 );
             }
-            self.truth
-                .apply(Some(&entry.key), entry.value.as_deref(), Some(entry.ts));
+            let offset = self.log.len() as i64;
+            self.truth.apply(
+                offset,
+                Some(&entry.key),
+                entry.value.as_deref(),
+                Some(entry.ts),
+            );
             w.landed = Some(Some(self.log.len()));
             self.log.push(entry);
             appended = true;
@@ -489,9 +494,9 @@ impl World {
                     m.planner.handed(tp, epoch);
                 }
             }
-            Purpose::Reassert { tp } => match landed {
+            Purpose::Reassert { tp, owner } => match landed {
                 Some(offset) => m.cursor.acknowledged(offset as i64, w.entry),
-                None => m.state.contest(tp),
+                None => m.state.contest(tp, &owner),
             },
             Purpose::Claim { tp, at, early } => {
                 if let Some(offset) = landed {
@@ -610,7 +615,12 @@ impl World {
                 let same = |own: &Entry| own.key == e.key && own.value == e.value;
                 match m.cursor.read(offset as i64, same) {
                     Read::Fresh => {
-                        react |= m.state.apply(Some(&e.key), e.value.as_deref(), Some(e.ts));
+                        react |= m.state.apply(
+                            offset as i64,
+                            Some(&e.key),
+                            e.value.as_deref(),
+                            Some(e.ts),
+                        );
                     }
                     Read::Applied => {}
                     // The simulated log is never truncated.
@@ -620,8 +630,10 @@ impl World {
             m.read = end;
         }
         let m = &mut self.members[slot];
-        for e in m.cursor.ready() {
-            react |= m.state.apply(Some(&e.key), e.value.as_deref(), None);
+        for (offset, e) in m.cursor.ready() {
+            react |= m
+                .state
+                .apply(offset, Some(&e.key), e.value.as_deref(), None);
         }
         let read = m.cursor.next();
         for (_, until) in m.grants.iter().filter(|(offset, _)| *offset < read) {
@@ -674,6 +686,7 @@ impl World {
             epoch,
             start,
             by: Some(self.members[slot].id.clone()),
+            refutes: Vec::new(),
         };
         let entry = Self::owner_entry(&tp, &value);
         self.send(slot, entry, Purpose::Owner { tp, epoch }, true);
@@ -728,6 +741,7 @@ impl World {
                 epoch: state.owner(&tp).map_or(0, |o| o.epoch + 1),
                 start: state.committed(&tp).unwrap_or(0),
                 by: Some(me.clone()),
+                refutes: Vec::new(),
             };
             let early = state.settled_by_writer(&tp, &me);
             let entry = Self::owner_entry(&tp, &value);
@@ -735,7 +749,7 @@ impl World {
         }
         for (tp, value) in plan.reassert {
             let entry = Self::owner_entry(&tp, &value);
-            self.send(slot, entry, Purpose::Reassert { tp }, true);
+            self.send(slot, entry, Purpose::Reassert { tp, owner: value }, true);
         }
     }
 
@@ -856,8 +870,8 @@ fn commit_entry(tp: &TopicPartition, offset: i64, member: &str, epoch: i64) -> E
 }
 
 /// Runs one seed to the end; the faults injected, or the first violation.
-fn run(seed: u64) -> Result<BTreeMap<&'static str, u64>, String> {
-    let mut world = World::new(seed);
+fn run(seed: u64, compaction: bool) -> Result<BTreeMap<&'static str, u64>, String> {
+    let mut world = World::new(seed, compaction);
     while world.now < SETTLE_UNTIL {
         world.step().map_err(|e| format!("seed {seed}: {e}"))?;
         // Every slot is filled again once the faults stop.
@@ -882,14 +896,15 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-#[test]
-fn the_protocol_is_safe_and_live_over_many_seeds() {
+/// Runs the seeds `EDA_SIM_FIRST_SEED` (1) onwards, `EDA_SIM_SEEDS` of them
+/// ([`CI_SEEDS`]), and fails with every failing seed.
+fn run_seeds(compaction: bool) {
     let first = env_u64("EDA_SIM_FIRST_SEED", 1);
     let seeds = env_u64("EDA_SIM_SEEDS", CI_SEEDS);
     let mut totals: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut failures = Vec::new();
     for seed in first..first + seeds {
-        match run(seed) {
+        match run(seed, compaction) {
             Ok(faults) => {
                 for (k, v) in faults {
                     *totals.entry(k).or_default() += v;
@@ -902,7 +917,7 @@ fn the_protocol_is_safe_and_live_over_many_seeds() {
         eprintln!("{f}");
     }
     eprintln!(
-        "group simulation: seeds {first}..{}, {} failed; faults injected: {totals:?}",
+        "group simulation (compaction: {compaction}): seeds {first}..{}, {} failed; faults injected: {totals:?}",
         first + seeds - 1,
         failures.len()
     );
@@ -915,6 +930,16 @@ fn the_protocol_is_safe_and_live_over_many_seeds() {
 }
 
 #[test]
+fn the_protocol_is_safe_and_live_over_many_seeds() {
+    run_seeds(false);
+}
+
+#[test]
+fn the_protocol_is_safe_and_live_when_new_members_read_a_compacted_log() {
+    run_seeds(true);
+}
+
+#[test]
 fn the_same_seed_runs_the_same_way() {
-    assert_eq!(run(7), run(7));
+    assert_eq!(run(7, true), run(7, true));
 }

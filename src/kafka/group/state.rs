@@ -12,11 +12,18 @@
 //! is the current one plus one and it is a handoff by the current owner or a
 //! claim over an owner that is dead where the record lands (or it repeats the
 //! current owner record exactly). Two members that claim a partition at once both
-//! write epoch E+1, and only the first in the log counts, for every reader alike. Because compaction keeps the
-//! *latest* record of a key, a record that did not count could outlive the one
-//! that did; the owner therefore writes its record again when it reads a rival
-//! one ([`GroupState::take_contested`]), so the latest record is again the one
-//! that counts.
+//! write epoch E+1, and only the first in the log counts, for every reader alike.
+//!
+//! Compaction keeps the *latest* record of a key, so a record that did not count
+//! could outlive the one that did, and a member that joins later and reads the
+//! compacted log would count the rival. The owner therefore writes its record
+//! again when it reads a rival one ([`GroupState::take_contested`]), naming the
+//! rivals' offsets in `refutes`. Usually that is all: the latest record is again
+//! the one that counts. When the cleaner's boundary falls between the rival and
+//! the record written again, a reader of the compacted log counts the rival
+//! first, then meets the record that refutes exactly the record it counted, and
+//! takes it instead. A reader of the whole log never counted a refuted record
+//! (its writer read the same log), so for it the rule never fires.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -39,12 +46,30 @@ pub struct Member {
 pub struct GroupState {
     group: String,
     members: BTreeMap<String, Member>,
-    owners: BTreeMap<TopicPartition, OwnerValue>,
+    owners: BTreeMap<TopicPartition, Owned>,
     commits: BTreeMap<TopicPartition, OffsetValue>,
     log_time_ms: i64,
     /// Partitions for which an owner record did not count since the last
-    /// [`GroupState::take_contested`].
-    contested: BTreeSet<TopicPartition>,
+    /// [`GroupState::take_contested`], with the offsets of those records.
+    contested: BTreeMap<TopicPartition, BTreeSet<i64>>,
+}
+
+/// The owner record of a partition that counts, and the offset of the record
+/// that made it count (a repeat of it leaves the offset as it was).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Owned {
+    value: OwnerValue,
+    at: i64,
+}
+
+/// What an owner record does to the partition's ownership.
+enum Counts {
+    /// It becomes the partition's owner record.
+    Yes,
+    /// It repeats the current one: nothing changes.
+    Repeat,
+    /// It does not count: a rival.
+    No,
 }
 
 impl GroupState {
@@ -64,13 +89,14 @@ impl GroupState {
         self.log_time_ms
     }
 
-    /// Applies one coordination record; whether it was one of this group's.
-    /// Records of other groups only advance log time. `timestamp_ms` is `None`
-    /// for a record applied on its acknowledgement, before it was read back: the
-    /// broker stamps it (`LogAppendTime`) with a time its writer does not know,
-    /// and the next record read moves log time past it anyway.
+    /// Applies the coordination record at `offset`; whether it was one of this
+    /// group's. Records of other groups only advance log time. `timestamp_ms` is
+    /// `None` for a record applied on its acknowledgement, before it was read
+    /// back: the broker stamps it (`LogAppendTime`) with a time its writer does
+    /// not know, and the next record read moves log time past it anyway.
     pub fn apply(
         &mut self,
+        offset: i64,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         timestamp_ms: Option<i64>,
@@ -106,13 +132,21 @@ impl GroupState {
             } => {
                 let tp = TopicPartition::new(topic, partition);
                 match value.map(serde_json::from_slice::<OwnerValue>) {
-                    Some(Ok(v)) => {
-                        if self.owner_record_counts(&tp, &v) {
-                            self.owners.insert(tp, v);
-                        } else {
-                            self.contested.insert(tp);
+                    Some(Ok(v)) => match self.owner_record_counts(&tp, &v) {
+                        Counts::Repeat => {}
+                        Counts::Yes => {
+                            self.owners.insert(
+                                tp,
+                                Owned {
+                                    value: v,
+                                    at: offset,
+                                },
+                            );
                         }
-                    }
+                        Counts::No => {
+                            self.contested.entry(tp).or_default().insert(offset);
+                        }
+                    },
                     None => {
                         self.owners.remove(&tp);
                     }
@@ -140,13 +174,37 @@ impl GroupState {
     /// Compare-and-set: an owner record counts if it names the next epoch, and
     /// either its writer is the current owner (a handoff), or the current owner
     /// is nobody or dead at this point of the log (a claim). A record that only
-    /// repeats the current one counts too and changes nothing.
-    fn owner_record_counts(&self, tp: &TopicPartition, v: &OwnerValue) -> bool {
-        let Some(current) = self.owners.get(tp) else {
-            return true;
+    /// repeats the current one counts too and changes nothing, and one that
+    /// refutes the record the current owner came from replaces it (a reader of a
+    /// compacted log, see the module's documentation).
+    fn owner_record_counts(&self, tp: &TopicPartition, v: &OwnerValue) -> Counts {
+        let Some(Owned { value: current, at }) = self.owners.get(tp) else {
+            return Counts::Yes;
         };
-        if v == current {
-            return true;
+        if v.refutes.contains(at) {
+            log::debug!(
+                "{tp}: owner record of {:?} in epoch {} refutes the one of {:?} at offset {at}",
+                v.member,
+                v.epoch,
+                current.member
+            );
+            return Counts::Yes;
+        }
+        if v.same_ownership(current) {
+            return Counts::Repeat;
+        }
+        if v.epoch > current.epoch + 1 {
+            // Every writer names at most the epoch after the one it read, so a
+            // reader of the whole log never sees this: the record that counted
+            // before it was compacted away, and this reader holds one that did
+            // not count. The newer epoch is nearer the truth.
+            log::debug!(
+                "{tp}: owner record of {:?} in epoch {} follows epoch {}: records before it were compacted away",
+                v.member,
+                v.epoch,
+                current.epoch
+            );
+            return Counts::Yes;
         }
         let counts = v.epoch == current.epoch + 1
             && (current.member.is_empty()
@@ -161,8 +219,9 @@ impl GroupState {
                 current.member,
                 current.epoch
             );
+            return Counts::No;
         }
-        counts
+        Counts::Yes
     }
 
     /// Applies coordination records as read from the log, in order.
@@ -171,6 +230,7 @@ impl GroupState {
         let mut ours = false;
         for r in records {
             ours |= self.apply(
+                r.offset,
                 r.key.as_deref(),
                 r.value.as_deref(),
                 Some(r.timestamp.timestamp_millis()),
@@ -203,12 +263,12 @@ impl GroupState {
 
     /// The latest ownership record of a partition.
     pub fn owner(&self, tp: &TopicPartition) -> Option<&OwnerValue> {
-        self.owners.get(tp)
+        self.owners.get(tp).map(|o| &o.value)
     }
 
     /// Whether a member may claim `tp`: nobody owns it, or its owner is dead.
     pub fn is_claimable(&self, tp: &TopicPartition) -> bool {
-        match self.owners.get(tp) {
+        match self.owner(tp) {
             None => true,
             Some(o) => o.member.is_empty() || !self.is_alive(&o.member),
         }
@@ -219,7 +279,7 @@ impl GroupState {
     /// owner's start offset stands.
     pub fn committed(&self, tp: &TopicPartition) -> Option<i64> {
         let commit = self.commits.get(tp);
-        match self.owners.get(tp) {
+        match self.owner(tp) {
             None => commit.map(|c| c.offset),
             Some(owner) => match commit {
                 Some(c)
@@ -266,8 +326,8 @@ impl GroupState {
         let current: BTreeMap<TopicPartition, String> = self
             .owners
             .iter()
-            .filter(|(_, o)| !o.member.is_empty())
-            .map(|(tp, o)| (tp.clone(), o.member.clone()))
+            .filter(|(_, o)| !o.value.member.is_empty())
+            .map(|(tp, o)| (tp.clone(), o.value.member.clone()))
             .collect();
         assign(&members, &self.partitions(), &current)
     }
@@ -275,24 +335,31 @@ impl GroupState {
     /// The partitions whose owner records did not all count since the last call,
     /// with the owner that counts. Whoever that owner is writes its record again,
     /// so that compaction, which keeps the latest record of a key, keeps the one
-    /// that counts.
+    /// that counts. The record to write names the rivals' offsets in `refutes`.
     pub fn take_contested(&mut self) -> Vec<(TopicPartition, OwnerValue)> {
         std::mem::take(&mut self.contested)
             .into_iter()
-            .filter_map(|tp| self.owners.get(&tp).map(|o| (tp, o.clone())))
+            .filter_map(|(tp, rivals)| {
+                let mut owner = self.owners.get(&tp)?.value.clone();
+                owner.refutes = rivals.into_iter().collect();
+                Some((tp, owner))
+            })
             .collect()
     }
 
-    /// Marks `tp` contested again: writing the owner's record again failed, and
-    /// the next plan tries once more.
-    pub fn contest(&mut self, tp: TopicPartition) {
-        self.contested.insert(tp);
+    /// Marks `tp` contested again by the rivals `owner` refutes: writing the
+    /// owner's record again failed, and the next plan tries once more.
+    pub fn contest(&mut self, tp: TopicPartition, owner: &OwnerValue) {
+        self.contested
+            .entry(tp)
+            .or_default()
+            .extend(owner.refutes.iter().copied());
     }
 
     /// The partitions whose latest owner record names `id`.
     pub fn owned_by(&self, id: &str) -> Vec<(TopicPartition, OwnerValue)> {
         self.partitions_of(id)
-            .map(|tp| (tp.clone(), self.owners[tp].clone()))
+            .map(|tp| (tp.clone(), self.owners[tp].value.clone()))
             .collect()
     }
 
@@ -300,7 +367,7 @@ impl GroupState {
     pub fn partitions_of<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a TopicPartition> {
         self.owners
             .iter()
-            .filter(move |(_, o)| o.member == id)
+            .filter(move |(_, o)| o.value.member == id)
             .map(|(tp, _)| tp)
     }
 
@@ -309,8 +376,7 @@ impl GroupState {
     /// over another member counts only if that member is dead where it lands,
     /// which its writer learns only by reading it back.
     pub fn settled_by_writer(&self, tp: &TopicPartition, writer: &str) -> bool {
-        self.owners
-            .get(tp)
+        self.owner(tp)
             .is_none_or(|o| o.member.is_empty() || o.member == writer)
     }
 }
@@ -343,6 +409,7 @@ mod tests {
             epoch,
             start,
             by: None,
+            refutes: Vec::new(),
         };
         (key.encode(), super::super::records::encode(&value))
     }
@@ -362,8 +429,14 @@ mod tests {
         (key.encode(), super::super::records::encode(&value))
     }
 
+    /// Offsets only need to grow within a test.
+    fn next_offset() -> i64 {
+        static NEXT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn apply(s: &mut GroupState, (k, v): (Vec<u8>, Vec<u8>), ts: i64) {
-        s.apply(Some(&k), Some(&v), Some(ts));
+        s.apply(next_offset(), Some(&k), Some(&v), Some(ts));
     }
 
     #[test]
@@ -411,22 +484,25 @@ mod tests {
 
     #[test]
     fn the_same_records_give_the_same_state_whatever_was_compacted() {
-        let records = vec![
+        let records = [
             (member("a", false), 0),
             (owner(0, "a", 1, 0), 10),
             (commit(0, 5, "a", 1), 20),
             (member("a", false), 30),
             (commit(0, 9, "a", 1), 40),
         ];
+        let at = |s: &mut GroupState, i: usize| {
+            let ((k, v), ts) = &records[i];
+            s.apply(i as i64, Some(k), Some(v), Some(*ts));
+        };
         let mut full = GroupState::new("g");
-        for (r, ts) in records.clone() {
-            apply(&mut full, r, ts);
+        for i in 0..records.len() {
+            at(&mut full, i);
         }
         // Compaction keeps only the latest record per key.
         let mut compacted = GroupState::new("g");
         for i in [1, 3, 4] {
-            let (r, ts) = records[i].clone();
-            apply(&mut compacted, r, ts);
+            at(&mut compacted, i);
         }
         assert_eq!(full, compacted);
         assert_eq!(compacted.committed(&TopicPartition::new("t", 0)), Some(9));
@@ -439,12 +515,17 @@ mod tests {
             group: "h".into(),
             member: "x".into(),
         };
-        s.apply(Some(&other.encode()), Some(b"{}"), Some(5_000));
+        s.apply(
+            next_offset(),
+            Some(&other.encode()),
+            Some(b"{}"),
+            Some(5_000),
+        );
         assert!(s.active_members().is_empty());
         assert_eq!(s.log_time_ms(), 5_000);
         apply(&mut s, member("a", false), 5_000);
         let (k, _) = member("a", false);
-        s.apply(Some(&k), None, Some(5_001));
+        s.apply(next_offset(), Some(&k), None, Some(5_001));
         assert!(s.member("a").is_none());
     }
 
@@ -456,22 +537,22 @@ mod tests {
         apply(&mut s, owner(0, "b", 4, 12), 0);
         apply(&mut s, owner(0, "c", 4, 12), 0);
         assert_eq!(s.owner(&tp).map(|o| o.member.as_str()), Some("b"));
-        // Neither a record from the past nor one that skips an epoch counts.
+        // A record from the past does not count either.
         apply(&mut s, owner(0, "a", 3, 10), 0);
-        apply(&mut s, owner(0, "c", 6, 12), 0);
         assert_eq!(
             s.owner(&tp).map(|o| (o.member.as_str(), o.epoch)),
             Some(("b", 4))
         );
-        // The owner that counts is told, and writing its record again changes nothing.
+        // Every reader is told, to write the owner that counts again.
         let contested = s.take_contested();
         assert_eq!(contested.len(), 1);
         assert_eq!(contested[0].1.member, "b");
+        assert_eq!(contested[0].1.refutes.len(), 2, "the two rivals");
         assert!(s.take_contested().is_empty());
         apply(&mut s, owner(0, "b", 4, 12), 0);
         assert!(s.take_contested().is_empty());
         // Writing it again failed: the partition is contested until it is written.
-        s.contest(tp.clone());
+        s.contest(tp.clone(), &contested[0].1);
         assert_eq!(s.take_contested()[0].1.member, "b");
         apply(&mut s, owner(0, "c", 5, 20), 0);
         assert_eq!(
@@ -481,11 +562,64 @@ mod tests {
     }
 
     #[test]
+    fn a_reader_of_a_compacted_log_that_counted_a_rival_is_put_right() {
+        let tp = TopicPartition::new("t", 0);
+        let at = |s: &mut GroupState, offset: i64, (k, v): (Vec<u8>, Vec<u8>)| {
+            s.apply(offset, Some(&k), Some(&v), Some(0));
+        };
+        let again = |p, member: &str, epoch, start, refutes: Vec<i64>| {
+            let (k, v) = owner(p, member, epoch, start);
+            let mut value: OwnerValue = serde_json::from_slice(&v).unwrap();
+            value.refutes = refutes;
+            (k, super::super::records::encode(&value))
+        };
+        // The whole log: b's claim at 3 counts, c's at 5 does not, b writes its
+        // record again at 9 refuting 5.
+        let mut whole = GroupState::new("g");
+        at(&mut whole, 1, owner(0, "a", 3, 10));
+        at(&mut whole, 3, owner(0, "b", 4, 12));
+        at(&mut whole, 5, owner(0, "c", 4, 12));
+        at(&mut whole, 9, again(0, "b", 4, 12, vec![5]));
+        // The same log compacted up to 8: only c's record of the key is left
+        // before the tail.
+        let mut compacted = GroupState::new("g");
+        at(&mut compacted, 5, owner(0, "c", 4, 12));
+        assert_eq!(compacted.owner(&tp).unwrap().member, "c");
+        at(&mut compacted, 9, again(0, "b", 4, 12, vec![5]));
+        for s in [&whole, &compacted] {
+            let o = s.owner(&tp).unwrap();
+            assert_eq!((o.member.as_str(), o.epoch, o.start), ("b", 4, 12));
+        }
+        // A refutation that arrives after the owner changed for real (it was in
+        // flight) changes nothing for either.
+        for s in [&mut whole, &mut compacted] {
+            at(s, 10, owner(0, "d", 5, 20));
+            at(s, 11, again(0, "b", 4, 12, vec![5, 7]));
+            assert_eq!(s.owner(&tp).unwrap().member, "d");
+        }
+    }
+
+    #[test]
+    fn a_record_beyond_the_next_epoch_shows_the_reader_missed_records() {
+        // Writers name at most the epoch after the one they read, so only a
+        // reader whose log was compacted (holding a rival from before the
+        // cleaner's boundary) meets one; the newer epoch is taken.
+        let tp = TopicPartition::new("t", 0);
+        let mut s = GroupState::new("g");
+        apply(&mut s, owner(0, "a", 3, 10), 0);
+        apply(&mut s, owner(0, "c", 6, 12), 0);
+        assert_eq!(
+            s.owner(&tp).map(|o| (o.member.as_str(), o.epoch)),
+            Some(("c", 6))
+        );
+    }
+
+    #[test]
     fn a_record_applied_on_acknowledgement_does_not_move_log_time() {
         let mut s = GroupState::new("g");
         apply(&mut s, member("a", false), 1_000);
         let (k, v) = owner(0, "a", 0, 0);
-        s.apply(Some(&k), Some(&v), None);
+        s.apply(next_offset(), Some(&k), Some(&v), None);
         assert_eq!(s.log_time_ms(), 1_000);
         assert!(s.owner(&TopicPartition::new("t", 0)).is_some());
     }
@@ -504,6 +638,7 @@ mod tests {
                 epoch,
                 start: 0,
                 by: Some(by.into()),
+                refutes: Vec::new(),
             };
             (key.encode(), super::super::records::encode(&value))
         };

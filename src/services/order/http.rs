@@ -5,7 +5,7 @@
 //! | `POST /api/v1/orders` | `201` with the order once the broker acknowledged `order.created`; `400`/`413`/`415` for bad requests; `409`/`422` for a misused `Idempotency-Key`; `503` when the broker does not acknowledge in time |
 //! | `GET /api/v1/orders/{id}` | `200` with the order and its status; `400` for a malformed id; `404` for an unknown one |
 //! | `GET /health` | `200` while the process runs |
-//! | `GET /ready` | `200` once the broker answers and the order view caught up; `503` before |
+//! | `GET /ready` | `200` once the broker answers and the order view caught up; `503` before, or while a part reports a problem (`problems`) |
 //! | `GET /metrics` | Prometheus metrics (see [`crate::metrics`]) |
 //! | `GET /api/v1/openapi.json` | the OpenAPI 3 description of this API |
 //!
@@ -436,8 +436,10 @@ fn get_order(state: &AppState, id: &str) -> Response {
 async fn ready(state: &AppState) -> Response {
     let broker = ops::broker_check(&state.cluster).await;
     let caught_up = state.follower.is_caught_up();
+    // A part that stopped or wedged (the order view's reader, a producer worker).
+    let problems = crate::health::problems();
     match (broker, caught_up) {
-        (Ok(()), true) => warp::reply::json(&json!({
+        (Ok(()), true) if problems.is_empty() => warp::reply::json(&json!({
             "status": "ready",
             "orders": state.views.len(),
         }))
@@ -447,6 +449,7 @@ async fn ready(state: &AppState) -> Response {
                 "status": "not ready",
                 "broker": broker.err().unwrap_or_else(|| "ok".to_owned()),
                 "order_view": if caught_up { "caught up" } else { "catching up" },
+                "problems": problems,
             })),
             StatusCode::SERVICE_UNAVAILABLE,
         )
