@@ -260,10 +260,11 @@ fn decode_batch(
         for _ in 0..header_count {
             let name_len = r.varint_len("header key")?;
             let name = r.take(name_len, "header key")?;
-            let name = String::from_utf8(name.to_vec()).map_err(|e| RecordsError::Malformed {
-                base_offset,
-                reason: format!("header key is not UTF-8: {e}"),
-            })?;
+            // Kafka's header keys are strings, but the protocol does not check
+            // them: a key another client wrote as other bytes is read with
+            // replacement characters rather than stopping the partition over
+            // one header of one record.
+            let name = String::from_utf8_lossy(name).into_owned();
             let value = r.nullable(&data, "header value")?;
             headers.insert(name, value.map(|v| v.to_vec()).unwrap_or_default());
         }
@@ -646,7 +647,7 @@ mod tests {
     struct Rec {
         key: Option<&'static [u8]>,
         value: Option<&'static [u8]>,
-        headers: &'static [(&'static str, &'static [u8])],
+        headers: &'static [(&'static [u8], &'static [u8])],
     }
 
     const PLAIN: Rec = Rec {
@@ -663,7 +664,7 @@ mod tests {
         field(&mut body, r.value);
         varint(&mut body, r.headers.len() as i64);
         for (name, value) in r.headers {
-            field(&mut body, Some(name.as_bytes()));
+            field(&mut body, Some(name));
             field(&mut body, Some(value));
         }
         let mut out = Vec::new();
@@ -735,7 +736,7 @@ mod tests {
                 Rec {
                     key: None,
                     value: Some(b"{\"a\":1}"),
-                    headers: &[("type", b"order.created"), ("empty", b"")],
+                    headers: &[(b"type", b"order.created"), (b"empty", b"")],
                 },
                 Rec {
                     key: Some(b"order-7"),
@@ -905,6 +906,28 @@ mod tests {
         data[16] = 1; // magic
         let e = decode(data.into(), 0, &[], &pool()).unwrap_err();
         assert!(matches!(e, RecordsError::Magic { magic: 1, .. }), "{e}");
+    }
+
+    #[test]
+    fn a_header_key_that_is_not_utf8_does_not_stop_the_partition() {
+        let data = Bytes::from(batch(
+            0,
+            0,
+            &[Rec {
+                key: Some(b"k"),
+                value: Some(b"v"),
+                headers: &[(b"bad\xff", b"1")],
+            }],
+        ));
+        let fetched = decode(data, 0, &[], &pool()).unwrap();
+        assert_eq!(fetched.records.len(), 1);
+        assert_eq!(
+            fetched.records[0]
+                .headers
+                .get("bad\u{fffd}")
+                .map(Vec::as_slice),
+            Some(&b"1"[..])
+        );
     }
 
     #[test]
