@@ -18,8 +18,9 @@ use rust_eda::events::{Envelope, InventoryFailed, InventoryReserved, OrderCreate
 use rust_eda::kafka::group::GroupState;
 use rust_eda::kafka::group::records::{Key, OffsetValue, OwnerValue};
 use rust_eda::kafka::{
-    Admin, Cluster, ClusterError, ConsumerConfig, Message, OffsetError, OffsetStore, Producer,
-    ProducerConfig, ProducerRecord, ReadError, TopicPartition, TopicSpec, handler_fn, read_topic,
+    Admin, Cluster, ClusterError, ConsumerConfig, ConsumerError, Message, OffsetError, OffsetStore,
+    Producer, ProducerConfig, ProducerRecord, ReadError, TopicPartition, TopicSpec, handler_fn,
+    read_topic,
 };
 use rust_eda::shutdown::ShutdownTrigger;
 use serde::{Deserialize, Serialize};
@@ -764,4 +765,122 @@ async fn a_handler_call_still_waiting_when_the_lease_runs_out_is_abandoned() {
     .await;
     trigger.trigger();
     task.abort();
+}
+
+/// Liveness is measured in the broker's time: a coordination topic stamped by
+/// clients is refused with the command that fixes it, and a record a client
+/// stamped half an hour ahead does not make the group's members look dead
+/// (brokers refuse client stamps more than an hour ahead by default).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_group_runs_on_broker_time_whatever_a_client_stamps() {
+    use rust_eda::kafka::group::records::MemberValue;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let broker = PrivateBroker::start();
+    let cluster = connect(&broker.brokers()).await;
+    let admin = Admin::new(cluster.config().clone());
+    let topic = unique("orders");
+    let client_stamped = unique("offsets");
+    within(
+        30,
+        "creating topics",
+        admin.ensure_topics(&[
+            TopicSpec::new(&topic, 2),
+            TopicSpec::new(&client_stamped, 1)
+                .compacted()
+                .config("message.timestamp.type", "CreateTime"),
+        ]),
+    )
+    .await
+    .unwrap();
+
+    let mut config = ConsumerConfig::new(unique("g"), [topic.clone()]);
+    config.session_timeout = Duration::from_millis(SESSION_MS);
+    config.heartbeat_interval = Duration::from_millis(300);
+    config.rebalance_grace = Duration::from_millis(300);
+    config.broker_offsets = false;
+    config.offsets_topic = client_stamped.clone();
+    let refused = within(
+        30,
+        "preparing a consumer",
+        rust_eda::kafka::Consumer::new(cluster.clone(), config.clone()),
+    )
+    .await
+    .expect_err("a CreateTime coordination topic must be refused");
+    assert!(
+        matches!(refused, ConsumerError::CreateTimeCoordination { .. })
+            && refused.to_string().contains("kafka-configs.sh"),
+        "{refused}"
+    );
+
+    // The consumer creates its coordination topic; a client then writes a
+    // record stamped half an hour ahead into it before the member joins.
+    config.offsets_topic = unique("offsets");
+    let consumer = within(
+        30,
+        "preparing a consumer",
+        rust_eda::kafka::Consumer::new(cluster.clone(), config.clone()),
+    )
+    .await
+    .expect("consumer");
+    let producer = Producer::new(cluster.clone(), ProducerConfig::default());
+    let skewed = MemberValue {
+        topics: BTreeMap::new(),
+        session_timeout_ms: SESSION_MS as i64,
+        leaving: true,
+    };
+    let ahead = chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now())
+        + chrono::Duration::minutes(30);
+    within(
+        30,
+        "writing a record stamped half an hour ahead",
+        producer.send(
+            ProducerRecord::new(&config.offsets_topic)
+                .partition(0)
+                .key(
+                    Key::Member {
+                        group: config.group_id.clone(),
+                        member: "skewed-clock".into(),
+                    }
+                    .encode(),
+                )
+                .value(serde_json::to_vec(&skewed).unwrap())
+                .timestamp(ahead),
+        ),
+    )
+    .await
+    .unwrap();
+
+    let handled = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&handled);
+    let handler = handler_fn(move |_: Message| {
+        let count = Arc::clone(&count);
+        async move {
+            count.fetch_add(1, Ordering::AcqRel);
+            Ok(())
+        }
+    });
+    let (trigger, shutdown) = ShutdownTrigger::new();
+    let task = tokio::spawn(consumer.run(handler, shutdown));
+    for i in 0..20 {
+        within(
+            30,
+            "producing",
+            producer.send(ProducerRecord::new(&topic).key(format!("k{i}"))),
+        )
+        .await
+        .unwrap();
+    }
+    within(60, "the member handling every record", async {
+        while handled.load(Ordering::Acquire) < 20 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    trigger.trigger();
+    within(30, "the consumer stopping", task)
+        .await
+        .unwrap()
+        .unwrap();
 }
