@@ -104,13 +104,33 @@ async fn run(
     let mut conn: Option<Connection> = None;
     let mut warned = false;
     let mut sent: BTreeMap<TopicPartition, i64> = BTreeMap::new();
-    while rx.changed().await.is_ok() {
+    // Set while the latest offsets could not be copied: they are tried again
+    // after it, or sooner with a new commit. A broker that just started answers
+    // FindCoordinator and OffsetCommit with "not available" for a few seconds,
+    // and a consumer at rest commits nothing new to carry the copy on.
+    let mut retry: Option<Duration> = None;
+    let mut closed = false;
+    loop {
+        match retry {
+            None if closed => return,
+            None => {
+                if rx.changed().await.is_err() {
+                    closed = true;
+                }
+            }
+            Some(delay) if closed => tokio::time::sleep(delay).await,
+            Some(delay) => tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                changed = rx.changed() => closed = changed.is_err(),
+            },
+        }
         let latest = rx.borrow_and_update().clone();
         let changed: BTreeMap<TopicPartition, i64> = latest
             .into_iter()
             .filter(|(tp, offset)| sent.get(tp) != Some(offset))
             .collect();
         if changed.is_empty() {
+            retry = None;
             continue;
         }
         match commit(&config, &group, &mut conn, &changed).await {
@@ -120,23 +140,28 @@ async fn run(
                     warned = false;
                 }
                 sent.extend(changed);
+                retry = None;
             }
             Err(e) => {
                 conn = None;
                 if !warned {
                     log::warn!(
-                        "group {group}: copying offsets to the broker's group offsets failed; consuming goes on, offsets stay in our topic: {e}"
+                        "group {group}: copying offsets to the broker's group offsets failed, will retry; consuming goes on, offsets stay in our topic: {e}"
                     );
                     warned = true;
                 } else {
                     log::debug!("group {group}: copying offsets failed again: {e}");
                 }
-                // Try again with the next commit, not in a tight loop.
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                retry = Some(retry.map_or(RETRY_FIRST, |d| (d * 2).min(RETRY_MAX)));
             }
         }
     }
 }
+
+/// The first wait before copying offsets again after a failure; it doubles up to
+/// [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 async fn commit(
     config: &ClusterConfig,
