@@ -14,8 +14,8 @@
 #   scripts/bench.sh --quick    a tenth of the records, shorter load phases
 #   scripts/bench.sh --smoke    a few records, to check the script itself
 #
-# It starts its own nisshi broker (memory storage, so the disk is not the
-# bottleneck; sqlite once), builds the services and the bench crate (bench/, kept
+# It starts its own broker (Apache Kafka; with EDA_BROKER_KIND=nisshi, nisshi with
+# memory storage, sqlite once), builds the services and the bench crate (bench/, kept
 # out of the services' build because librdkafka is C), and needs gcc and make
 # for librdkafka.
 set -euo pipefail
@@ -135,7 +135,7 @@ start_service() { # section name binary port-variable port: records start to /re
 }
 stop_service() { kill "${svc_pid[$1]}" 2>/dev/null || true; wait "${svc_pid[$1]}" 2>/dev/null || true; }
 # A fresh broker and fresh services for each phase: nisshi's memory engine reads
-# a partition in time proportional to its number of batches (docs/nisshi.md), so
+# a partition in time proportional to its number of batches (docs/brokers.md), so
 # a phase after another would measure the log the one before left behind.
 pipeline_services() { # inventory instances, section for the start-up times
   for s in "${!svc_pid[@]}"; do stop_service "$s"; done
@@ -225,7 +225,7 @@ done
 mkdir -p bench
 python3 "$root/scripts/bench-report.py" "$results" bench/results.md bench/results.json \
   "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -m)" \
-  "$("$(scripts/broker.sh path)" --version 2>/dev/null | head -1)" \
+  "$(scripts/broker.sh version 2>/dev/null)" \
   "$(rustc --version)" "$small" "$large"
 ok=1
 cat bench/results.md

@@ -1,32 +1,40 @@
 #!/usr/bin/env bash
-# A local Kafka-compatible broker (nisshi) for development and tests.
+# The local broker for development and tests: Apache Kafka (scripts/kafka-broker.sh,
+# one KRaft node or a cluster of three, from Maven Central's jars), or nisshi, a
+# Kafka-compatible broker in Rust, for machines without Java (EDA_BROKER_KIND=nisshi;
+# docs/brokers.md says what it does differently).
 #
-#   scripts/broker.sh install   build nisshi from crates.io if it is missing
+#   scripts/broker.sh install   fetch (Kafka) or build (nisshi) the broker if missing
 #   scripts/broker.sh start     start it on 127.0.0.1 (installs first if needed)
 #   scripts/broker.sh stop      stop it gracefully
 #   scripts/broker.sh restart   stop, then start with the same data
 #   scripts/broker.sh status    exit 0 if it runs, 3 if not
-#   scripts/broker.sh path      print the nisshi binary's path
-#   scripts/broker.sh user NAME PASSWORD [scram256|scram512]
-#                               add a SASL/SCRAM user (the broker must run without
-#                               EDA_BROKER_AUTH; restart it with EDA_BROKER_AUTH=1 after)
+#   scripts/broker.sh path      print where the broker is installed
+#   scripts/broker.sh version   print the broker and its release
+#   scripts/broker.sh user NAME PASSWORD [scram256|scram512|plain]
+#                               add a SASL user (see scripts/kafka-broker.sh; nisshi:
+#                               SCRAM only, with the broker running without
+#                               EDA_BROKER_AUTH, restarted with it after)
+# Apache Kafka only: brokers, and stop-node, kill-node, pause-node, resume-node,
+# start-node, restart-node N for one node of a cluster (EDA_BROKER_NODES=3).
 #
 # Settings (environment):
+#   EDA_BROKER_KIND     kafka | nisshi                     (default kafka)
 #   EDA_BROKER_PORT     listener port                      (default 9092)
-#   EDA_BROKER_DATA     data folder: database, log, pid    (default .eda/broker)
-#   EDA_BROKER_STORAGE  sqlite | memory                    (default sqlite; memory loses data on stop)
+#   EDA_BROKER_DATA     data folder: logs, pid, output     (default .eda/broker)
 #   EDA_BROKER_TLS      1: TLS only, with a CA and certificate made once in
 #                       DATA/tls (clients trust DATA/tls/ca.pem)      (default 0)
-#   EDA_BROKER_AUTH     1: clients must authenticate with SASL/SCRAM  (default 0)
-#   NISSHI_ROOT         where nisshi is installed          (default ~/.local/share/rust-eda/nisshi-VERSION)
-#   EDA_BROKER_KIND     nisshi | kafka: kafka runs Apache Kafka instead, through
-#                       scripts/kafka-broker.sh, with the same verbs (TLS,
-#                       authentication and users not yet)      (default nisshi)
+#   EDA_BROKER_AUTH     1: clients must authenticate with SASL        (default 0)
+#   EDA_BROKER_NODES    Apache Kafka: 1, or 3 for a cluster           (default 1)
+#   EDA_BROKER_STORAGE  nisshi: sqlite | memory                       (default sqlite)
+#   NISSHI_ROOT         where nisshi is installed (default ~/.local/share/rust-eda/nisshi-VERSION)
 set -euo pipefail
 
-if [[ ${EDA_BROKER_KIND:-nisshi} == kafka ]]; then
-  exec "$(dirname "${BASH_SOURCE[0]}")/kafka-broker.sh" "$@"
-fi
+case ${EDA_BROKER_KIND:-kafka} in
+  kafka) exec "$(dirname "${BASH_SOURCE[0]}")/kafka-broker.sh" "$@" ;;
+  nisshi) ;;
+  *) printf 'broker: EDA_BROKER_KIND=%s: expected kafka or nisshi\n' "$EDA_BROKER_KIND" >&2; exit 1 ;;
+esac
 
 NISSHI_VERSION=0.8.1
 # nisshi 0.8.1 needs a newer rustc than the project itself; rustup installs it beside.
@@ -137,6 +145,7 @@ case ${1:-} in
   restart) stop; start ;;
   status) status ;;
   path) install; echo "$bin" ;;
+  version) install; "$bin" --version | head -1 ;;
   user) shift; user "$@" ;;
-  *) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets up and runs the whole system locally: the broker (installed on first use),
-# the topics, and the three services built in release mode, with configs/local.env.
+# Sets up and runs the whole system locally: the broker (Apache Kafka, fetched
+# from Maven Central on first use), the topics, and the three services built in
+# release mode, with configs/local.env.
 # Prints curl examples; Ctrl-C stops everything this script started.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -1,36 +1,71 @@
 #!/usr/bin/env bash
-# Apache Kafka as the local broker: one KRaft node (broker and controller) on
-# 127.0.0.1, from the jars Maven Central publishes. scripts/broker.sh runs this
-# when EDA_BROKER_KIND=kafka; the verbs and settings are the same.
+# Apache Kafka as the local broker, from the jars Maven Central publishes: one
+# KRaft node (broker and controller in one process) on 127.0.0.1, or a cluster
+# of three. scripts/broker.sh runs this unless EDA_BROKER_KIND=nisshi.
 #
-#   install   resolve configs/kafka/pom.xml into the cache folder (once)
-#   start     format the data folder if new, start, wait until it answers a Kafka request
-#   stop      stop it gracefully (SIGTERM: a controlled shutdown)
-#   restart   stop, then start with the same data
-#   status    exit 0 if it runs, 3 if not
-#   path      print the folder of its jars
+#   install            resolve configs/kafka/pom.xml into the cache folder (once)
+#   start              format new data folders, start, wait until every node
+#                      answers a Kafka request (not just a TCP connect)
+#   stop               stop gracefully (SIGTERM: a controlled shutdown)
+#   restart            stop, then start with the same data
+#   status             exit 0 if every node runs, 3 if not
+#   path               print the folder of the jars
+#   version            print the release, e.g. "Apache Kafka 4.4.0"
+#   brokers            print the bootstrap list (host:port,…)
+#   user NAME PASSWORD [scram256|scram512|plain]
+#                      add a SASL user: SCRAM users with Kafka's kafka-configs
+#                      tool (the broker must run), PLAIN users at the next start
+#   stop-node N | kill-node N | pause-node N | resume-node N | start-node N | restart-node N
+#                      one node of the cluster, by number (1 to EDA_BROKER_NODES):
+#                      SIGTERM, SIGKILL, SIGSTOP, SIGCONT, start, stop and start
 #
 # Settings (environment):
-#   EDA_BROKER_PORT   listener port; the controller listens on the next one  (default 9092)
-#   EDA_BROKER_DATA   data folder: logs, config, pid, output                  (default .eda/broker)
+#   EDA_BROKER_PORT   client port of node 1 (default 9092). Node N uses
+#                     PORT+3(N-1) for clients, the next port for its controller,
+#                     and the one after for the other nodes and admin commands
+#   EDA_BROKER_NODES  1, or 3: a cluster with default.replication.factor=3 and
+#                     min.insync.replicas=2                              (default 1)
+#   EDA_BROKER_DATA   data folder: logs, config, pid, output (node-N/ in a cluster)
+#                                                                (default .eda/broker)
+#   EDA_BROKER_TLS    1: clients connect with TLS, with a CA and certificate made
+#                     once in DATA/tls (clients trust DATA/tls/ca.pem)    (default 0)
+#   EDA_BROKER_AUTH   1: clients authenticate with SASL (PLAIN, SCRAM-SHA-256,
+#                     SCRAM-SHA-512)                                      (default 0)
+#   EDA_KAFKA_VERSION the Apache Kafka release (default: pinned in configs/kafka/pom.xml)
 #   EDA_KAFKA_CACHE   where the jars go  (default ~/.cache/rust-eda/kafka-VERSION)
-#   EDA_KAFKA_HEAP    the broker's heap (default 512m)
+#   EDA_KAFKA_HEAP    each node's heap   (default 512m)
 # Java 17 or newer comes from JAVA_HOME or the PATH.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 pom=$root/configs/kafka/pom.xml
-version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$pom")
-port=${EDA_BROKER_PORT:-9092}
-controller_port=$((port + 1))
+pinned=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$pom")
+version=${EDA_KAFKA_VERSION:-$pinned}
+base_port=${EDA_BROKER_PORT:-9092}
+nodes=${EDA_BROKER_NODES:-1}
 data=${EDA_BROKER_DATA:-$root/.eda/broker}
 cache=${EDA_KAFKA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rust-eda/kafka-$version}
 libs=$cache/libs
-pidfile=$data/broker.pid
-logfile=$data/broker.log
+tls=${EDA_BROKER_TLS:-0}
+auth=${EDA_BROKER_AUTH:-0}
 
 say() { printf 'kafka: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
+
+[[ $nodes == 1 || $nodes == 3 ]] || die "EDA_BROKER_NODES=$nodes: expected 1 or 3"
+
+# Points the process helpers at node $1: its ports, data folder, pid and log.
+node() {
+  n=$1
+  [[ $n =~ ^[0-9]+$ && $n -ge 1 && $n -le $nodes ]] || die "no node $n: the cluster has $nodes (EDA_BROKER_NODES)"
+  port=$((base_port + 3 * (n - 1)))
+  controller_port=$((port + 1))
+  internal_port=$((port + 2))
+  if [[ $nodes == 1 ]]; then ndata=$data; else ndata=$data/node-$n; fi
+  pidfile=$ndata/broker.pid
+  logfile=$ndata/broker.log
+}
+node 1
 
 java_bin() {
   local java=${JAVA_HOME:+$JAVA_HOME/bin/}java
@@ -45,69 +80,258 @@ stop_wait=30
 # shellcheck source=scripts/broker-process.sh
 source "$root/scripts/broker-process.sh"
 
-# Whether the broker answers an ApiVersions request (v0, correlation id 1), not
-# just a TCP connect: the listener opens before the broker can serve.
+# Whether the node answers an ApiVersions request (v0, correlation id 1) on its
+# internal listener, which speaks plain Kafka whatever the client listener
+# needs: the listeners open before the node can serve.
 answers() {
   (
-    exec 3<>"/dev/tcp/127.0.0.1/$port" || exit 1
+    exec 3<>"/dev/tcp/127.0.0.1/$internal_port" || exit 1
     printf '\x00\x00\x00\x0c\x00\x12\x00\x00\x00\x00\x00\x01\x00\x02eda' >&3
     [[ $(timeout 2 head -c 8 <&3 | wc -c) -eq 8 ]]
   ) 2>/dev/null
 }
 
 install() {
-  if [[ -f $libs/.complete ]]; then
+  # A change to the pom fetches again.
+  local marker
+  marker=$libs/.complete-$(sha256sum "$pom" | cut -c1-12)
+  if [[ -f $marker ]]; then
     return 0
   fi
   command -v mvn >/dev/null || die "Maven is needed to fetch Apache Kafka $version from Maven Central (Debian: maven)"
   say "fetching Apache Kafka $version from Maven Central into $libs"
   rm -rf "$libs"
   mkdir -p "$libs"
-  mvn -q -B -f "$pom" dependency:copy-dependencies -DoutputDirectory="$libs" >&2 ||
-    die "resolving $pom failed (see above)"
-  touch "$libs/.complete"
+  mvn -q -B -Dstyle.color=never -f "$pom" -Dkafka.version="$version" dependency:copy-dependencies \
+    -DoutputDirectory="$libs" >&2 || die "resolving Apache Kafka $version ($pom) failed (see above)"
+  touch "$marker"
 }
 
-start() {
+# The client listener's protocol, from EDA_BROKER_TLS and EDA_BROKER_AUTH.
+client_protocol() {
+  case $tls$auth in
+    00) echo PLAINTEXT ;;
+    10) echo SSL ;;
+    01) echo SASL_PLAINTEXT ;;
+    11) echo SASL_SSL ;;
+    *) die "EDA_BROKER_TLS and EDA_BROKER_AUTH take 0 or 1" ;;
+  esac
+}
+
+# Writes node $n's server.properties: the template, then its listeners.
+configure() {
+  local voters="" i
+  for ((i = 1; i <= nodes; i++)); do
+    voters+="${voters:+,}$i@127.0.0.1:$((base_port + 3 * (i - 1) + 1))"
+  done
+  local replicas=$nodes min_isr=$((nodes > 1 ? 2 : 1))
+  local protocol
+  protocol=$(client_protocol)
+  mkdir -p "$ndata"
+  {
+    sed -e "s|@NODE_ID@|$n|g" -e "s|@VOTERS@|$voters|g" -e "s|@DATA@|$ndata|g" \
+      -e "s|@REPLICAS@|$replicas|g" -e "s|@MIN_ISR@|$min_isr|g" \
+      "$root/configs/kafka/server.properties"
+    echo "listeners=CLIENT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port,INTERNAL://127.0.0.1:$internal_port"
+    echo "advertised.listeners=CLIENT://127.0.0.1:$port,INTERNAL://127.0.0.1:$internal_port"
+    echo "listener.security.protocol.map=CLIENT:$protocol,CONTROLLER:PLAINTEXT,INTERNAL:PLAINTEXT"
+    if [[ $tls == 1 ]]; then
+      echo "listener.name.client.ssl.keystore.type=PEM"
+      echo "listener.name.client.ssl.keystore.location=$data/tls/broker-keystore.pem"
+    fi
+    if [[ $auth == 1 ]]; then
+      echo "listener.name.client.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512"
+      printf 'listener.name.client.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required'
+      if [[ -f $data/plain-users ]]; then
+        local name password
+        while read -r name password; do
+          printf ' user_%s="%s"' "$name" "$password"
+        done <"$data/plain-users"
+      fi
+      echo ';'
+      echo "listener.name.client.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"
+      echo "listener.name.client.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    fi
+  } >"$ndata/server.properties"
+}
+
+# Starts node $n's process (formatting its storage if new), without waiting.
+launch() {
+  local java=$1
   if running; then
-    say "already running (pid $(pid)) on 127.0.0.1:$port"
+    say "node $n already running (pid $(pid)) on 127.0.0.1:$port"
     return 0
   fi
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && die "port $port is taken by another process; set EDA_BROKER_PORT"
-  local java
-  java=$(java_bin)
-  install
-  mkdir -p "$data"
-  data=$(cd "$data" && pwd)
-  pidfile=$data/broker.pid
-  logfile=$data/broker.log
-  sed -e "s|@PORT@|$port|g" -e "s|@CONTROLLER_PORT@|$controller_port|g" -e "s|@DATA@|$data|g" \
-    "$root/configs/kafka/server.properties" >"$data/server.properties"
-  if [[ ! -f $data/log/meta.properties ]]; then
-    local id
-    id=$("$java" -cp "$libs/*" kafka.tools.StorageTool random-uuid 2>/dev/null)
-    "$java" -cp "$libs/*" kafka.tools.StorageTool format -t "$id" -c "$data/server.properties" \
-      --standalone >>"$logfile" 2>&1 || die "formatting $data/log failed (log: $logfile)"
+  local p
+  for p in "$port" "$controller_port" "$internal_port"; do
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null &&
+      die "port $p is taken by another process; node $n needs $port to $internal_port: set EDA_BROKER_PORT"
+  done
+  configure
+  if [[ ! -f $ndata/log/meta.properties ]]; then
+    "$java" -cp "$libs/*" -Dlog4j2.configurationFile="$root/configs/kafka/log4j2.properties" \
+      kafka.tools.StorageTool format -t "$(cluster_id "$java")" -c "$ndata/server.properties" \
+      >>"$logfile" 2>&1 || die "formatting $ndata/log failed (log: $logfile)"
   fi
   # In a session of its own, so that Ctrl-C in the terminal that started it stops
   # the services first (scripts/dev.sh) and not the broker under them.
   setsid nohup "$java" "-Xmx${EDA_KAFKA_HEAP:-512m}" -Xms128m -XX:+UseG1GC \
-    -Djava.awt.headless=true -cp "$libs/*" kafka.Kafka "$data/server.properties" \
-    >>"$logfile" 2>&1 &
+    -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$root/configs/kafka/log4j2.properties" \
+    -cp "$libs/*" kafka.Kafka "$ndata/server.properties" >>"$logfile" 2>&1 &
   echo $! >"$pidfile"
-  await_start "Apache Kafka" 60 \
-    "Apache Kafka $version running (pid $(pid)) on 127.0.0.1:$port, data in $data"
 }
 
-[[ ${EDA_BROKER_TLS:-0} == 1 || ${EDA_BROKER_AUTH:-0} == 1 ]] &&
-  die "EDA_BROKER_TLS and EDA_BROKER_AUTH are not supported with EDA_BROKER_KIND=kafka yet"
+# The cluster's id, made once and shared by its nodes.
+cluster_id() {
+  if [[ ! -f $data/cluster-id ]]; then
+    "$1" -cp "$libs/*" kafka.tools.StorageTool random-uuid 2>/dev/null >"$data/cluster-id"
+  fi
+  cat "$data/cluster-id"
+}
+
+start() {
+  local java i
+  java=$(java_bin)
+  install
+  mkdir -p "$data"
+  data=$(cd "$data" && pwd)
+  [[ $tls == 1 ]] && certificates
+  for ((i = 1; i <= nodes; i++)); do
+    node "$i"
+    launch "$java"
+  done
+  # The nodes elect a controller among themselves: all run before any answers.
+  for ((i = 1; i <= nodes; i++)); do
+    node "$i"
+    await_start "Apache Kafka node $i" 90 \
+      "Apache Kafka $version node $i running (pid $(pid)) on 127.0.0.1:$port ($(client_protocol)), data in $ndata"
+  done
+}
+
+stop_all() {
+  local i p pids=()
+  for ((i = 1; i <= nodes; i++)); do
+    node "$i"
+    if running; then
+      pids+=("$(pid)")
+      kill -TERM "$(pid)" 2>/dev/null || true
+    fi
+  done
+  # All at once: nodes stopping one by one would each wait for leaderships to move.
+  for ((i = 1; i <= nodes; i++)); do
+    node "$i"
+    stop >/dev/null 2>&1
+  done
+  say "stopped${pids[*]:+ (pid ${pids[*]})}"
+}
+
+status_all() {
+  local i down=0
+  for ((i = 1; i <= nodes; i++)); do
+    node "$i"
+    status || down=1
+  done
+  return $((down * 3))
+}
+
+brokers() {
+  local list="" i
+  for ((i = 1; i <= nodes; i++)); do
+    list+="${list:+,}127.0.0.1:$((base_port + 3 * (i - 1)))"
+  done
+  echo "$list"
+}
+
+# A throwaway CA and a broker certificate for localhost and 127.0.0.1, made with
+# the openssl command (a development tool; the services themselves need no C).
+# Kafka reads the key and certificate from one PEM file.
+certificates() {
+  local dir=$data/tls
+  [[ -f $dir/broker-keystore.pem && -f $dir/ca.pem ]] && return 0
+  command -v openssl >/dev/null || die "EDA_BROKER_TLS=1 needs the openssl command (Debian: openssl)"
+  mkdir -p "$dir"
+  (
+    cd "$dir"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+      -keyout ca.key -out ca.pem -subj "/CN=rust-eda local CA" \
+      -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+      -keyout broker.key -out broker.csr -subj "/CN=localhost"
+    printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=CA:FALSE" \
+      "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >broker.ext
+    openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 \
+      -out broker.pem -extfile broker.ext
+    openssl pkcs8 -topk8 -nocrypt -in broker.key -out broker.pk8
+    cat broker.pk8 broker.pem >broker-keystore.pem
+  ) >/dev/null 2>&1 || die "making the TLS certificates in $dir failed"
+  say "TLS: clients trust $dir/ca.pem"
+}
+
+user() {
+  [[ $# -ge 2 ]] || die "usage: scripts/broker.sh user NAME PASSWORD [scram256|scram512|plain]"
+  local name=$1 password=$2 mechanism=${3:-scram512}
+  [[ $name =~ ^[A-Za-z0-9._-]+$ ]] || die "user names here are letters, digits, '.', '_' and '-'"
+  case $mechanism in
+    plain)
+      [[ $password != *[\"\\[:space:]]* ]] || die "a PLAIN password here has no quotes, backslashes or spaces"
+      mkdir -p "$data"
+      touch "$data/plain-users"
+      grep -v "^$name " "$data/plain-users" >"$data/plain-users.new" || true
+      echo "$name $password" >>"$data/plain-users.new"
+      mv "$data/plain-users.new" "$data/plain-users"
+      say "PLAIN user $name added; it can log in once the broker (re)starts with EDA_BROKER_AUTH=1"
+      ;;
+    scram256 | scram512)
+      local sha=SCRAM-SHA-${mechanism#scram}
+      running || die "start the broker first: SCRAM users are stored in the cluster"
+      "$(java_bin)" -cp "$libs/*" -Dlog4j2.configurationFile="$root/configs/kafka/log4j2.properties" \
+        org.apache.kafka.tools.ConfigCommand --bootstrap-server "127.0.0.1:$internal_port" \
+        --alter --entity-type users --entity-name "$name" \
+        --add-config "$sha=[iterations=8192,password=$password]" >/dev/null ||
+        die "creating $sha user $name failed (see above)"
+      say "$sha user $name added"
+      ;;
+    *) die "mechanism $mechanism: expected scram256, scram512 or plain" ;;
+  esac
+}
+
+# One node of the cluster: $1 the verb, $2 its number.
+one_node() {
+  local verb=$1
+  [[ $# -ge 2 ]] || die "usage: scripts/broker.sh $verb N"
+  node "$2"
+  case $verb in
+    stop-node) stop ;;
+    kill-node)
+      if running; then kill -KILL "$(pid)" || true; fi
+      rm -f "$pidfile"
+      say "node $n killed"
+      ;;
+    pause-node) running || die "node $n is not running"; kill -STOP "$(pid)"; say "node $n paused" ;;
+    resume-node) running || die "node $n is not running"; kill -CONT "$(pid)"; say "node $n resumed" ;;
+    start-node | restart-node)
+      local java
+      java=$(java_bin)
+      [[ $verb == restart-node ]] && stop
+      data=$(cd "$data" && pwd)
+      node "$2"
+      launch "$java"
+      await_start "Apache Kafka node $n" 90 "node $n running (pid $(pid)) on 127.0.0.1:$port"
+      ;;
+  esac
+}
 
 case ${1:-} in
   install) install ;;
   start) start ;;
-  stop) stop ;;
-  restart) stop; start ;;
-  status) status ;;
+  stop) stop_all ;;
+  restart) stop_all; start ;;
+  status) status_all ;;
   path) install; echo "$libs" ;;
-  *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  version) echo "Apache Kafka $version" ;;
+  brokers) brokers ;;
+  user) shift; user "$@" ;;
+  stop-node | kill-node | pause-node | resume-node | start-node | restart-node) one_node "$@" ;;
+  *) sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

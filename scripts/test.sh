@@ -5,17 +5,26 @@
 #                                   the static aarch64 binaries under qemu
 #   scripts/test.sh --test kafka    arguments go to `cargo test` (no ARM run)
 #
-# The broker (nisshi, installed on first use by scripts/broker.sh) gets a free port
-# and a throwaway data folder, so a broker you run yourself is left alone.
+# The broker is Apache Kafka (scripts/broker.sh fetches it from Maven Central on
+# first use; it needs Java 17 and Maven). It gets a free port and a throwaway
+# data folder, so a broker you run yourself is left alone. Tests that restart or
+# secure a broker start their own the same way.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
+# A port whose next ones are free too (each node's controller and internal
+# listeners, three ports a node), below the ephemeral range where outgoing
+# connections take ports.
 free_port() {
-  local p
+  local p q taken
   for _ in $(seq 1 50); do
-    p=$((20000 + RANDOM % 30000))
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return 0; }
+    p=$((20000 + RANDOM % 12000))
+    taken=no
+    for ((q = p; q < p + 3 * ${EDA_BROKER_NODES:-1}; q++)); do
+      (exec 3<>"/dev/tcp/127.0.0.1/$q") 2>/dev/null && taken=yes
+    done
+    [[ $taken == no ]] && { echo "$p"; return 0; }
   done
   echo "no free port found" >&2
   return 1
@@ -32,8 +41,10 @@ trap cleanup EXIT
 
 scripts/broker.sh start
 export EDA_TEST_BROKERS=127.0.0.1:$EDA_BROKER_PORT
-# tests/api.rs fuzzes the API with schemathesis (PyPI), in a venv under target/.
+# tests/api.rs fuzzes the API with schemathesis (PyPI), and tests/interop.rs
+# talks to librdkafka (confluent-kafka from PyPI), each in a venv under target/.
 scripts/fuzz.sh --install
+scripts/interop-tools.sh >/dev/null
 cargo test "$@"
 
 # The vendored rskafka carries changes to its decoder (vendor/README.md): its own

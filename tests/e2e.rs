@@ -164,7 +164,7 @@ impl System {
             .env("APP_KAFKA_SESSION_TIMEOUT_MS", "3000")
             .env("APP_KAFKA_HEARTBEAT_INTERVAL_MS", "300")
             .env("APP_KAFKA_REBALANCE_GRACE_MS", "300")
-            // nisshi holds fetches for the whole wait (docs/nisshi.md).
+            // nisshi holds fetches for the whole wait (docs/brokers.md).
             .env("APP_KAFKA_FETCH_MAX_WAIT_MS", "50")
             .envs(self.env.iter().map(|(k, v)| (k, v)));
         command

@@ -1,6 +1,6 @@
 //! Shared by the integration tests: a real broker, unique names, bounded waits.
 //!
-//! The tests talk to a real Kafka-compatible broker over TCP. `scripts/test.sh`
+//! The tests talk to a real Apache Kafka broker over TCP. `scripts/test.sh`
 //! starts one and exports its address as `EDA_TEST_BROKERS`; a plain `cargo test`
 //! starts (or reuses) the local broker through `scripts/broker.sh`. When no broker
 //! can be had, the tests fail and say why; they never skip.
@@ -195,7 +195,7 @@ pub struct PrivateBroker {
     secured: Vec<(&'static str, &'static str)>,
 }
 
-/// A SASL/SCRAM user: name, password, `scram256` or `scram512`.
+/// A SASL user: name, password, and `scram256`, `scram512` or `plain`.
 pub type User<'a> = (&'a str, &'a str, &'a str);
 
 impl PrivateBroker {
@@ -204,8 +204,8 @@ impl PrivateBroker {
     }
 
     /// A broker that speaks TLS only (`tls`) and, when `users` is not empty,
-    /// requires SASL/SCRAM. The users are created while it runs open, as nisshi
-    /// requires, and it is then restarted with authentication on.
+    /// requires SASL. The users are created while it runs open (SCRAM users with
+    /// Kafka's `kafka-configs`), and it is then restarted with authentication on.
     pub fn start_secured(tls: bool, users: &[User<'_>]) -> Self {
         let port = free_port();
         let data = std::env::temp_dir().join(unique("eda-broker"));
@@ -300,9 +300,30 @@ impl Drop for PrivateBroker {
     }
 }
 
+/// A port for a broker whose next ones are free too (each node's controller and
+/// internal listeners, three ports a node, `EDA_BROKER_NODES` nodes), below
+/// Linux's ephemeral range (32768 and up), where the local ends of outgoing
+/// connections would otherwise take them at random.
 fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Apart for each broker of this process; where they start differs by process.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let nodes: u16 = std::env::var("EDA_BROKER_NODES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    let span = 3 * nodes;
+    let base = (std::process::id() % 400) as u16 * 30;
+    for _ in 0..1_000 {
+        let step = NEXT.fetch_add(span, Ordering::Relaxed);
+        let port = 20_000 + (base + step) % 12_000;
+        let free =
+            (port..port + span).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if free {
+            return port;
+        }
+    }
+    panic!("no three free ports in a row between 20000 and 32000 for a test broker");
 }
 
 /// The command that runs `service`: the binaries cargo built for this test, or
