@@ -102,8 +102,10 @@ install() {
   say "fetching Apache Kafka $version from Maven Central into $libs"
   rm -rf "$libs"
   mkdir -p "$libs"
+  # Maven colours even a quiet, batch-mode run's few lines; the sed takes that out.
   mvn -q -B -Dstyle.color=never -f "$pom" -Dkafka.version="$version" dependency:copy-dependencies \
-    -DoutputDirectory="$libs" >&2 || die "resolving Apache Kafka $version ($pom) failed (see above)"
+    -DoutputDirectory="$libs" 2>&1 | sed 's/\x1b\[[0-9;]*m//g' >&2 ||
+    die "resolving Apache Kafka $version ($pom) failed (see above)"
   touch "$marker"
 }
 
