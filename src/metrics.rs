@@ -260,7 +260,7 @@ impl Histogram {
 pub fn task_restarted(task: &str) {
     counter(
         "eda_task_restarts_total",
-        "Background tasks (heartbeats, producer workers) that ended unexpectedly and were started again.",
+        "Background tasks (heartbeats, producer workers, the copy of offsets to the broker) that ended unexpectedly and were started again.",
         &[("task", task)],
     )
     .inc();

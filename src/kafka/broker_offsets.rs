@@ -54,26 +54,28 @@ impl std::fmt::Debug for BrokerOffsets {
 /// The copy of one group's offsets; stops when dropped.
 pub(crate) struct BrokerOffsets {
     latest: watch::Sender<BTreeMap<TopicPartition, i64>>,
-    _task: AbortOnDrop,
+    task: parking_lot::Mutex<AbortOnDrop>,
+    config: ClusterConfig,
+    group: String,
 }
 
 impl BrokerOffsets {
     pub(crate) fn start(config: ClusterConfig, group: String) -> Self {
         let (latest, rx) = watch::channel(BTreeMap::new());
-        let task = AbortOnDrop(tokio::spawn(run(config, group, rx)));
+        let task = AbortOnDrop(tokio::spawn(run(config.clone(), group.clone(), rx)));
         Self {
             latest,
-            _task: task,
+            task: parking_lot::Mutex::new(task),
+            config,
+            group,
         }
     }
 
     /// Lets the copy send what it has not sent yet, waiting up to `within`, then
     /// stops it.
     pub(crate) async fn finish(self, within: Duration) {
-        let Self {
-            latest,
-            _task: mut task,
-        } = self;
+        let Self { latest, task, .. } = self;
+        let mut task = task.into_inner();
         // With the sender gone, the task copies the last offsets and ends.
         drop(latest);
         if tokio::time::timeout(within, &mut task.0).await.is_err() {
@@ -88,6 +90,22 @@ impl BrokerOffsets {
         if offsets.is_empty() {
             return;
         }
+        // The copy runs until its sender goes, so a task that ended panicked:
+        // start another, which copies from the offsets published below.
+        let mut task = self.task.lock();
+        if task.0.is_finished() {
+            log::error!(
+                "the copy of group {}'s offsets to the broker ended unexpectedly; starting it again",
+                self.group
+            );
+            crate::metrics::task_restarted("broker offsets copy");
+            *task = AbortOnDrop(tokio::spawn(run(
+                self.config.clone(),
+                self.group.clone(),
+                self.latest.subscribe(),
+            )));
+        }
+        drop(task);
         self.latest.send_modify(|latest| {
             for (tp, offset) in offsets {
                 latest.insert(tp.clone(), *offset);
