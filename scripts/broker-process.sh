@@ -1,7 +1,7 @@
 # Sourced by scripts/broker.sh and scripts/kafka-broker.sh: the broker process
-# behind $pidfile, on 127.0.0.1:$port, logging to $logfile. The caller defines
-# say(), die() and answers() (whether the broker serves), and sets $stop_wait,
-# the seconds a graceful stop may take before SIGKILL.
+# behind $pidfile, on 127.0.0.1:$port, logging to $logfile, and its TLS
+# certificate. The caller defines say(), die() and answers() (whether the broker
+# serves), and sets $stop_wait, the seconds a graceful stop may take before SIGKILL.
 
 pid() { [[ -f $pidfile ]] && cat "$pidfile" || true; }
 running() { local p; p=$(pid); [[ -n $p ]] && kill -0 "$p" 2>/dev/null; }
@@ -50,4 +50,30 @@ await_start() {
   done
   stop
   die "$name did not answer on 127.0.0.1:$port within $seconds s (log: $logfile)"
+}
+
+# A throwaway CA and a broker certificate for localhost and 127.0.0.1 in $1, made
+# once with the openssl command (a development tool; the services themselves need
+# no C): ca.pem for clients; broker.pem and broker.key (nisshi), and both in one
+# PEM file, broker-keystore.pem, with the key in PKCS#8 (Kafka).
+certificates() {
+  local dir=$1
+  [[ -f $dir/broker-keystore.pem && -f $dir/ca.pem ]] && return 0
+  command -v openssl >/dev/null || die "EDA_BROKER_TLS=1 needs the openssl command (Debian: openssl)"
+  mkdir -p "$dir"
+  (
+    cd "$dir"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+      -keyout ca.key -out ca.pem -subj "/CN=rust-eda local CA" \
+      -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+      -keyout broker.key -out broker.csr -subj "/CN=localhost"
+    printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=CA:FALSE" \
+      "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >broker.ext
+    openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 \
+      -out broker.pem -extfile broker.ext
+    openssl pkcs8 -topk8 -nocrypt -in broker.key -out broker.pk8
+    cat broker.pk8 broker.pem >broker-keystore.pem
+  ) >/dev/null 2>&1 || die "making the TLS certificates in $dir failed"
+  say "TLS: clients trust $dir/ca.pem"
 }

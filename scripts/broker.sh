@@ -84,7 +84,7 @@ start() {
   logfile=$data/broker.log
   local security=()
   if [[ ${EDA_BROKER_TLS:-0} == 1 ]]; then
-    certificates
+    certificates "$data/tls"
     security+=(--cert "$data/tls/broker.pem" --key "$data/tls/broker.key")
   fi
   [[ ${EDA_BROKER_AUTH:-0} == 1 ]] && security+=(--authentication)
@@ -107,28 +107,6 @@ start() {
   )
   await_start nisshi 30 \
     "running (pid $(pid)) on 127.0.0.1:$port, $storage storage in $data${security[*]:+ (${security[*]})}"
-}
-
-# A throwaway CA and a broker certificate for localhost and 127.0.0.1, made with
-# the openssl command (a development tool; the services themselves need no C).
-certificates() {
-  local dir=$data/tls
-  [[ -f $dir/broker.pem && -f $dir/broker.key && -f $dir/ca.pem ]] && return 0
-  command -v openssl >/dev/null || die "EDA_BROKER_TLS=1 needs the openssl command (Debian: openssl)"
-  mkdir -p "$dir"
-  (
-    cd "$dir"
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
-      -keyout ca.key -out ca.pem -subj "/CN=rust-eda local CA" \
-      -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-      -keyout broker.key -out broker.csr -subj "/CN=localhost"
-    printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=CA:FALSE" \
-      "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >broker.ext
-    openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 \
-      -out broker.pem -extfile broker.ext
-  ) >/dev/null 2>&1 || die "making the TLS certificates in $dir failed"
-  say "TLS: clients trust $dir/ca.pem"
 }
 
 user() {

@@ -198,7 +198,7 @@ start() {
   install
   mkdir -p "$data"
   data=$(cd "$data" && pwd)
-  [[ $tls == 1 ]] && certificates
+  [[ $tls == 1 ]] && certificates "$data/tls"
   for ((i = 1; i <= nodes; i++)); do
     node "$i"
     launch "$java"
@@ -243,31 +243,6 @@ brokers() {
     list+="${list:+,}127.0.0.1:$((base_port + 3 * (i - 1)))"
   done
   echo "$list"
-}
-
-# A throwaway CA and a broker certificate for localhost and 127.0.0.1, made with
-# the openssl command (a development tool; the services themselves need no C).
-# Kafka reads the key and certificate from one PEM file.
-certificates() {
-  local dir=$data/tls
-  [[ -f $dir/broker-keystore.pem && -f $dir/ca.pem ]] && return 0
-  command -v openssl >/dev/null || die "EDA_BROKER_TLS=1 needs the openssl command (Debian: openssl)"
-  mkdir -p "$dir"
-  (
-    cd "$dir"
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
-      -keyout ca.key -out ca.pem -subj "/CN=rust-eda local CA" \
-      -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-      -keyout broker.key -out broker.csr -subj "/CN=localhost"
-    printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=CA:FALSE" \
-      "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >broker.ext
-    openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 \
-      -out broker.pem -extfile broker.ext
-    openssl pkcs8 -topk8 -nocrypt -in broker.key -out broker.pk8
-    cat broker.pk8 broker.pem >broker-keystore.pem
-  ) >/dev/null 2>&1 || die "making the TLS certificates in $dir failed"
-  say "TLS: clients trust $dir/ca.pem"
 }
 
 user() {
