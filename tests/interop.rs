@@ -8,8 +8,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use rust_eda::kafka::partitioner::partition_for_key;
@@ -17,96 +15,10 @@ use rust_eda::kafka::{
     Compression, ConsumerConfig, Message, Producer, ProducerConfig, ProducerRecord,
 };
 use serde::Deserialize;
-use support::{RunningConsumer, brokers, cluster, create_topic, repo_root, unique, within};
+use support::{Client, RunningConsumer, brokers, cluster, create_topic, unique, within};
 
 const PARTITIONS: i32 = 6;
 const COUNT: usize = 60;
-
-/// The other clients, each a command taking `produce|transactions|consume …`.
-#[derive(Debug, Clone, Copy)]
-enum Client {
-    Java,
-    Librdkafka,
-}
-
-impl Client {
-    fn command(self) -> Command {
-        match self {
-            Self::Java => {
-                let mut c = Command::new("java");
-                c.arg("-cp")
-                    .arg(format!("{}/*", kafka_libs()))
-                    .arg(format!(
-                        "-Dlog4j2.configurationFile={}",
-                        repo_root()
-                            .join("configs/kafka/log4j2.properties")
-                            .display()
-                    ))
-                    .arg(repo_root().join("tests/interop/JavaClient.java"));
-                c
-            }
-            Self::Librdkafka => {
-                let mut c = Command::new(librdkafka_python());
-                c.arg(repo_root().join("tests/interop/librdkafka_client.py"));
-                c
-            }
-        }
-    }
-
-    /// Runs the client to its end; its standard output.
-    async fn run(self, args: &[&str]) -> String {
-        let mut command = self.command();
-        command.args(args);
-        let out = within(
-            180,
-            &format!("{self:?} {}", args.join(" ")),
-            tokio::task::spawn_blocking(move || command.output()),
-        )
-        .await
-        .expect("join")
-        .unwrap_or_else(|e| panic!("cannot run the {self:?} client: {e}"));
-        assert!(
-            out.status.success(),
-            "the {self:?} client failed ({args:?}):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf-8 output")
-    }
-}
-
-/// The jars of the Apache Kafka release the broker runs (`scripts/broker.sh path`).
-fn kafka_libs() -> &'static str {
-    static LIBS: OnceLock<String> = OnceLock::new();
-    LIBS.get_or_init(|| {
-        let out = Command::new(repo_root().join("scripts/broker.sh"))
-            .arg("path")
-            .env("EDA_BROKER_KIND", "kafka")
-            .output()
-            .expect("cannot run scripts/broker.sh");
-        assert!(
-            out.status.success(),
-            "the Java client needs Apache Kafka's jars; scripts/broker.sh path said:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    })
-}
-
-/// The venv's python with confluent-kafka, installed on first use.
-fn librdkafka_python() -> &'static str {
-    static PYTHON: OnceLock<String> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let out = Command::new(repo_root().join("scripts/interop-tools.sh"))
-            .output()
-            .expect("cannot run scripts/interop-tools.sh");
-        assert!(
-            out.status.success(),
-            "librdkafka (confluent-kafka) could not be installed; scripts/interop-tools.sh said:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    })
-}
 
 /// One record as the other clients print it.
 #[derive(Debug, Deserialize)]
@@ -266,38 +178,12 @@ async fn transactions_another_client_aborted_never_reach_us_and_committed_ones_a
     }
 }
 
-/// Runs `scripts/kafka-tool.sh` against the test broker; its standard output.
-async fn kafka_tool(args: &[&str]) -> String {
-    let mut command = Command::new(repo_root().join("scripts/kafka-tool.sh"));
-    command.args(args).env("BOOTSTRAP", brokers());
-    let what = format!("kafka-tool.sh {}", args.join(" "));
-    let out = within(
-        120,
-        &what,
-        tokio::task::spawn_blocking(move || command.output()),
-    )
-    .await
-    .expect("join")
-    .expect("cannot run scripts/kafka-tool.sh");
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
-}
-
 /// Per partition, (current offset, lag) as `kafka-consumer-groups --describe` shows them.
 async fn described(group: &str) -> BTreeMap<i32, (i64, i64)> {
-    let out = kafka_tool(&["consumer-groups", "--describe", "--group", group]).await;
-    out.lines()
-        .filter_map(|line| {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            (cols.first() == Some(&group)).then(|| {
-                let number = |i: usize| cols[i].parse::<i64>().unwrap_or(-1);
-                (cols[2].parse().unwrap(), (number(3), number(5)))
-            })
-        })
+    support::consumer_groups_describe(&brokers(), group)
+        .await
+        .into_iter()
+        .map(|((_, partition), shown)| (partition, shown))
         .collect()
 }
 

@@ -7,6 +7,8 @@
 //   ... transactions BROKERS TOPIC CODEC COUNT
 //       a transaction of COUNT records "aborted-i" that is aborted, then one of
 //       COUNT records "committed-i" that is committed
+//   ... send BROKERS TOPIC CODEC KEY VALUE
+//       one record, default partitioner, compressed with CODEC
 //   ... consume BROKERS TOPIC COUNT
 //       reads COUNT records from the start in a group of its own and prints one
 //       JSON line per record: partition, offset, key, value
@@ -35,6 +37,7 @@ public class JavaClient {
             case "produce" -> produce(brokers, topic, args[3], Integer.parseInt(args[4]), null);
             case "transactions" -> produce(brokers, topic, args[3], Integer.parseInt(args[4]),
                     "interop-" + UUID.randomUUID());
+            case "send" -> send(brokers, topic, args[3], args[4], args[5]);
             case "consume" -> consume(brokers, topic, Integer.parseInt(args[3]));
             default -> {
                 System.err.println("unknown command " + args[0]);
@@ -76,6 +79,18 @@ public class JavaClient {
                     producer.commitTransaction();
                 }
             }
+        }
+    }
+
+    static void send(String brokers, String topic, String codec, String key, String value)
+            throws Exception {
+        Properties p = new Properties();
+        p.put("bootstrap.servers", brokers);
+        p.put("compression.type", codec);
+        p.put("key.serializer", StringSerializer.class.getName());
+        p.put("value.serializer", StringSerializer.class.getName());
+        try (KafkaProducer<String, String> producer = new KafkaProducer<>(p)) {
+            producer.send(new ProducerRecord<>(topic, key, value)).get();
         }
     }
 

@@ -6,6 +6,8 @@
     librdkafka_client.py transactions BROKERS TOPIC CODEC COUNT
         a transaction of COUNT records "aborted-i" that is aborted, then one of
         COUNT records "committed-i" that is committed
+    librdkafka_client.py send BROKERS TOPIC CODEC KEY VALUE
+        one record, murmur2-partitioned, compressed with CODEC
     librdkafka_client.py consume BROKERS TOPIC COUNT
         reads COUNT records from the start in a group of its own and prints one
         JSON line per record: partition, offset, key, value, headers
@@ -39,6 +41,14 @@ def produce(brokers, topic, codec, count):
                   headers=[("origin", b"librdkafka")], on_delivery=delivered)
     if p.flush(30) != 0:
         fail("records left unsent after 30 s")
+
+
+def send(brokers, topic, codec, key, value):
+    p = Producer({"bootstrap.servers": brokers, "compression.type": codec,
+                  "enable.idempotence": True, "partitioner": "murmur2_random"})
+    p.produce(topic, key=key, value=value, on_delivery=delivered)
+    if p.flush(30) != 0:
+        fail("the record was not sent within 30 s")
 
 
 def transactions(brokers, topic, codec, count):
@@ -89,6 +99,8 @@ def main(args):
     command, brokers, topic, rest = args[0], args[1], args[2], args[3:]
     if command == "produce":
         produce(brokers, topic, rest[0], int(rest[1]))
+    elif command == "send":
+        send(brokers, topic, rest[0], rest[1], rest[2])
     elif command == "transactions":
         transactions(brokers, topic, rest[0], int(rest[1]))
     elif command == "consume":

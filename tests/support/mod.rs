@@ -356,3 +356,136 @@ pub fn service_command(service: &str) -> Command {
         Err(_) => Command::new(binary),
     }
 }
+
+/// Runs Kafka's own `scripts/kafka-tool.sh TOOL …` against `brokers`; its output.
+pub async fn kafka_tool(brokers: &str, args: &[&str]) -> String {
+    let mut command = Command::new(repo_root().join("scripts/kafka-tool.sh"));
+    command.args(args).env("BOOTSTRAP", brokers);
+    let what = format!("kafka-tool.sh {}", args.join(" "));
+    let out = within(
+        120,
+        &what,
+        tokio::task::spawn_blocking(move || command.output()),
+    )
+    .await
+    .expect("join")
+    .expect("cannot run scripts/kafka-tool.sh");
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// Per topic and partition, the committed offset and the lag of `group` as
+/// Kafka's `kafka-consumer-groups --describe` shows them (`-1` for none).
+pub async fn consumer_groups_describe(
+    brokers: &str,
+    group: &str,
+) -> std::collections::BTreeMap<(String, i32), (i64, i64)> {
+    let out = kafka_tool(
+        brokers,
+        &["consumer-groups", "--describe", "--group", group],
+    )
+    .await;
+    out.lines()
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            (cols.len() >= 6 && cols[0] == group).then(|| {
+                let number = |i: usize| cols[i].parse::<i64>().unwrap_or(-1);
+                (
+                    (cols[1].to_owned(), cols[2].parse().unwrap_or(-1)),
+                    (number(3), number(5)),
+                )
+            })
+        })
+        .collect()
+}
+
+/// The other clients of tests/interop.rs and tests/e2e.rs, each a command
+/// taking `produce|transactions|send|consume …` (tests/interop/).
+#[derive(Debug, Clone, Copy)]
+pub enum Client {
+    Java,
+    Librdkafka,
+}
+
+impl Client {
+    fn command(self) -> Command {
+        match self {
+            Self::Java => {
+                let mut c = Command::new("java");
+                c.arg("-cp")
+                    .arg(format!("{}/*", kafka_libs()))
+                    .arg(format!(
+                        "-Dlog4j2.configurationFile={}",
+                        repo_root()
+                            .join("configs/kafka/log4j2.properties")
+                            .display()
+                    ))
+                    .arg(repo_root().join("tests/interop/JavaClient.java"));
+                c
+            }
+            Self::Librdkafka => {
+                let mut c = Command::new(librdkafka_python());
+                c.arg(repo_root().join("tests/interop/librdkafka_client.py"));
+                c
+            }
+        }
+    }
+
+    /// Runs the client to its end; its standard output.
+    pub async fn run(self, args: &[&str]) -> String {
+        let mut command = self.command();
+        command.args(args);
+        let out = within(
+            180,
+            &format!("{self:?} {}", args.join(" ")),
+            tokio::task::spawn_blocking(move || command.output()),
+        )
+        .await
+        .expect("join")
+        .unwrap_or_else(|e| panic!("cannot run the {self:?} client: {e}"));
+        assert!(
+            out.status.success(),
+            "the {self:?} client failed ({args:?}):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+}
+
+/// The jars of the Apache Kafka release the broker runs (`scripts/broker.sh path`).
+fn kafka_libs() -> &'static str {
+    static LIBS: OnceLock<String> = OnceLock::new();
+    LIBS.get_or_init(|| {
+        let out = Command::new(repo_root().join("scripts/broker.sh"))
+            .arg("path")
+            .env("EDA_BROKER_KIND", "kafka")
+            .output()
+            .expect("cannot run scripts/broker.sh");
+        assert!(
+            out.status.success(),
+            "the Java client needs Apache Kafka's jars; scripts/broker.sh path said:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    })
+}
+
+/// The venv's python with confluent-kafka, installed on first use.
+fn librdkafka_python() -> &'static str {
+    static PYTHON: OnceLock<String> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let out = Command::new(repo_root().join("scripts/interop-tools.sh"))
+            .output()
+            .expect("cannot run scripts/interop-tools.sh");
+        assert!(
+            out.status.success(),
+            "librdkafka (confluent-kafka) could not be installed; scripts/interop-tools.sh said:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    })
+}
