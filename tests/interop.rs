@@ -362,3 +362,47 @@ async fn the_group_state_survives_kafkas_log_cleaner() {
     newcomer.stop().await;
     producer.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_append_time_topic_gives_the_brokers_time_not_the_producers() {
+    use rust_eda::kafka::{Admin, TopicSpec};
+    let cluster = cluster().await;
+    let topic = unique("append-time");
+    within(
+        30,
+        "creating a LogAppendTime topic",
+        Admin::new(cluster.config().clone()).ensure_topics(&[
+            TopicSpec::new(&topic, 1).config("message.timestamp.type", "LogAppendTime")
+        ]),
+    )
+    .await
+    .expect("topic");
+    let now = || chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now());
+    let stamped = now() - chrono::Duration::hours(6);
+    let producer = Producer::new(cluster.clone(), ProducerConfig::default());
+    let before = now();
+    within(
+        30,
+        "producing",
+        producer.send(
+            ProducerRecord::new(&topic)
+                .key("k")
+                .value("v")
+                .timestamp(stamped),
+        ),
+    )
+    .await
+    .expect("delivered");
+    let after = now();
+    producer.close().await;
+    let mut consumer = RunningConsumer::start(&cluster, consumer_config(&topic)).await;
+    let message = consumer.take(1, 60).await.remove(0);
+    consumer.stop().await;
+    // The broker's clock is this machine's: its append time lies within the send.
+    let slack = chrono::Duration::seconds(1);
+    assert!(
+        message.timestamp >= before - slack && message.timestamp <= after + slack,
+        "{} is not the broker's time between {before} and {after} (the producer said {stamped})",
+        message.timestamp
+    );
+}
