@@ -28,11 +28,17 @@ case ${1:-} in
   --smoke) small=5000 large=1000 load_seconds=3 ;; # checks the script itself
 esac
 
+# A port whose next two are free too (Apache Kafka's controller and internal
+# listeners), below the ephemeral range, so no client holds them.
 free_port() {
-  local p
+  local p q taken
   for _ in $(seq 1 50); do
-    p=$((20000 + RANDOM % 12000)) # below the ephemeral range, so no client holds it
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return 0; }
+    p=$((20000 + RANDOM % 12000))
+    taken=no
+    for q in "$p" $((p + 1)) $((p + 2)); do
+      (exec 3<>"/dev/tcp/127.0.0.1/$q") 2>/dev/null && taken=yes
+    done
+    [[ $taken == no ]] && { echo "$p"; return 0; }
   done
   return 1
 }
