@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use super::TopicPartition;
 use super::cluster::ClusterConfig;
-use super::consumer::AbortOnDrop;
+use super::task::AbortOnDrop;
 use super::wire::{Connection, WireError};
 
 /// Why one copy failed; logged, never returned to the consumer.

@@ -26,7 +26,7 @@ use crate::{health, metrics};
 use std::collections::{BTreeMap, HashMap};
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
 use std::task::Poll;
 use std::time::Duration;
@@ -35,46 +35,22 @@ use tokio::time::Instant;
 
 use bytes::Bytes;
 use rskafka::chrono::{DateTime, Utc};
-use rskafka::client::error::ProtocolError;
-use rskafka::client::partition::OffsetAt;
 use tokio::sync::mpsc;
 
 use super::TopicPartition;
 use super::admin::{Admin, AdminError};
 use super::backoff::{Backoff, BackoffConfig, sleep_until_or_never};
 use super::broker_offsets::BrokerOffsets;
-use super::cluster::{Cluster, ClusterError, Lane};
+use super::cluster::{Cluster, ClusterError};
+use super::fetch::{FetchConfig, Fetcher, OffsetReset, Progress, reset_offset};
 use super::group::planner::{Plan, Planner};
 use super::group::records::OwnerValue;
 use super::group::{Coordinator, Lease};
 use super::offsets::{DEFAULT_OFFSETS_TOPIC, OffsetError, OffsetStore, offsets_topic_spec};
 use super::producer::{ProduceError, Producer, ProducerConfig};
-use super::records::{Fetched, FetchedRecord};
+use super::records::FetchedRecord;
+use super::task::AbortOnDrop;
 use crate::shutdown::{Shutdown, ShutdownTrigger};
-
-/// Where to start a partition that has no committed offset.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum OffsetReset {
-    /// From the oldest record still kept.
-    #[default]
-    Earliest,
-    /// From the next record produced.
-    Latest,
-}
-
-impl std::str::FromStr for OffsetReset {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "earliest" => Ok(Self::Earliest),
-            "latest" => Ok(Self::Latest),
-            other => Err(format!(
-                "unknown offset reset {other:?}: expected earliest or latest"
-            )),
-        }
-    }
-}
 
 /// Consumer settings.
 #[derive(Debug, Clone)]
@@ -126,18 +102,17 @@ impl ConsumerConfig {
         group_id: impl Into<String>,
         topics: impl IntoIterator<Item = impl Into<String>>,
     ) -> Self {
+        // The fetch settings' defaults are the fetcher's own.
+        let fetch = FetchConfig::default();
         Self {
             group_id: group_id.into(),
             topics: topics.into_iter().map(Into::into).collect(),
             offsets_topic: DEFAULT_OFFSETS_TOPIC.to_owned(),
-            auto_offset_reset: OffsetReset::Earliest,
+            auto_offset_reset: fetch.auto_offset_reset,
             commit_interval: Duration::from_secs(1),
-            fetch_max_bytes: 1024 * 1024,
-            fetch_max_wait: Duration::from_millis(500),
-            retry_backoff: BackoffConfig {
-                initial: Duration::from_millis(100),
-                max: Duration::from_secs(10),
-            },
+            fetch_max_bytes: fetch.fetch_max_bytes,
+            fetch_max_wait: fetch.fetch_max_wait,
+            retry_backoff: fetch.retry_backoff,
             shutdown_commit_timeout: Duration::from_secs(10),
             member_id: None,
             session_timeout: Duration::from_secs(10),
@@ -145,6 +120,16 @@ impl ConsumerConfig {
             rebalance_grace: Duration::from_secs(1),
             broker_offsets: true,
             stall_after: Duration::from_secs(60),
+        }
+    }
+
+    /// The settings its fetchers run with.
+    pub fn fetch(&self) -> FetchConfig {
+        FetchConfig {
+            fetch_max_bytes: self.fetch_max_bytes,
+            fetch_max_wait: self.fetch_max_wait,
+            retry_backoff: self.retry_backoff,
+            auto_offset_reset: self.auto_offset_reset,
         }
     }
 }
@@ -952,56 +937,6 @@ impl Consumer {
     }
 }
 
-/// How far a partition got. `next` is the offset after the last record handled,
-/// `committed` the last value stored; `-1` means unknown.
-#[derive(Debug)]
-pub(crate) struct Progress {
-    next: AtomicI64,
-    committed: AtomicI64,
-    /// The partition's high watermark at the latest fetch; `-1` before the first.
-    high_watermark: AtomicI64,
-    /// Why the latest fetch failed, until one succeeds.
-    fetch_error: parking_lot::Mutex<Option<String>>,
-}
-
-impl Progress {
-    /// Starting at `start`, which is committed already.
-    pub(crate) fn new(start: i64) -> Self {
-        Self {
-            next: AtomicI64::new(start),
-            committed: AtomicI64::new(start),
-            high_watermark: AtomicI64::new(-1),
-            fetch_error: parking_lot::Mutex::new(None),
-        }
-    }
-
-    /// The next offset to handle.
-    pub(crate) fn next(&self) -> i64 {
-        self.next.load(Ordering::Acquire)
-    }
-
-    /// Records before `next` were handled.
-    pub(crate) fn advance_to(&self, next: i64) {
-        self.next.store(next, Ordering::Release);
-    }
-
-    /// The latest fetch failed with `error`.
-    pub(crate) fn fetch_failed(&self, error: String) {
-        *self.fetch_error.lock() = Some(error);
-    }
-
-    /// Why the latest fetch failed, until one succeeds.
-    pub(crate) fn fetch_error(&self) -> Option<String> {
-        self.fetch_error.lock().clone()
-    }
-
-    /// The offset to commit, if it moved since the last commit.
-    fn due(&self) -> Option<i64> {
-        let next = self.next.load(Ordering::Acquire);
-        (next >= 0 && next > self.committed.load(Ordering::Acquire)).then_some(next)
-    }
-}
-
 struct PartitionRunner {
     cluster: Cluster,
     config: ConsumerConfig,
@@ -1083,7 +1018,7 @@ impl GroupMetrics {
             let seen = r.map(|r| {
                 let next = r.progress.next.load(Ordering::Acquire);
                 let waiting = r.progress.high_watermark.load(Ordering::Acquire) > next;
-                (next, waiting, r.progress.fetch_error.lock().clone())
+                (next, waiting, r.progress.fetch_error())
             });
             if let Some(why) = self.stalls.observe(tp, seen, now, config.stall_after) {
                 stalled.push(why);
@@ -1260,7 +1195,7 @@ impl PartitionRunner {
         let (tx, mut rx) = mpsc::channel::<Vec<FetchedRecord>>(1);
         let fetcher = Fetcher {
             cluster: self.cluster.clone(),
-            config: self.config.clone(),
+            config: self.config.fetch(),
             tp: self.tp.clone(),
             progress: Some(Arc::clone(&self.progress)),
             lag: Some(self.metrics.lag.clone()),
@@ -1513,139 +1448,6 @@ impl Stopwatch {
         }
         self.mark = now;
         self.quick = 0;
-    }
-}
-
-pub(crate) async fn reset_offset(
-    cluster: &Cluster,
-    tp: &TopicPartition,
-    reset: OffsetReset,
-) -> Result<i64, ClusterError> {
-    let client = cluster
-        .partition_client(&tp.topic, tp.partition, Lane::Read)
-        .await?;
-    let at = match reset {
-        OffsetReset::Earliest => OffsetAt::Earliest,
-        OffsetReset::Latest => OffsetAt::Latest,
-    };
-    cluster.timed("list offsets", client.get_offset(at)).await
-}
-
-/// A task that is aborted when its handle is dropped.
-#[derive(Debug)]
-pub(crate) struct AbortOnDrop<T = ()>(pub(crate) tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-pub(crate) struct Fetcher {
-    pub(crate) cluster: Cluster,
-    pub(crate) config: ConsumerConfig,
-    pub(crate) tp: TopicPartition,
-    /// Where fetches report the high watermark and their errors.
-    pub(crate) progress: Option<Arc<Progress>>,
-    /// A group member's lag gauge: high watermark minus committed offset.
-    pub(crate) lag: Option<metrics::Gauge>,
-}
-
-impl Fetcher {
-    /// Fetches from `offset` onwards into `tx` until shutdown or the receiver goes.
-    pub(crate) async fn run(
-        self,
-        mut offset: i64,
-        tx: mpsc::Sender<Vec<FetchedRecord>>,
-        mut shutdown: Shutdown,
-    ) {
-        let mut backoff = Backoff::new(self.config.retry_backoff);
-        while !shutdown.is_shutdown() {
-            let result = tokio::select! {
-                r = self.fetch(offset) => r,
-                () = shutdown.recv() => return,
-            };
-            match result {
-                Ok(fetched) => {
-                    backoff = Backoff::new(self.config.retry_backoff);
-                    let Some(next) = fetched.next_offset else {
-                        continue;
-                    };
-                    offset = next;
-                    // A fetch of transaction markers only moves the offset on.
-                    if !fetched.records.is_empty() && tx.send(fetched.records).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) if e.protocol_error() == Some(ProtocolError::OffsetOutOfRange) => {
-                    match reset_offset(&self.cluster, &self.tp, self.config.auto_offset_reset).await
-                    {
-                        Ok(reset) => {
-                            log::warn!(
-                                "{}: offset {offset} is no longer on the broker (retention); continuing at {reset} ({:?})",
-                                self.tp,
-                                self.config.auto_offset_reset
-                            );
-                            offset = reset;
-                        }
-                        Err(e) => self.pause(&mut backoff, &e, &mut shutdown).await,
-                    }
-                }
-                Err(e) => self.pause(&mut backoff, &e, &mut shutdown).await,
-            }
-        }
-    }
-
-    async fn fetch(&self, offset: i64) -> Result<Fetched, ClusterError> {
-        let (fetched, high_watermark) = self
-            .cluster
-            .fetch(
-                &self.tp.topic,
-                self.tp.partition,
-                offset,
-                self.config.fetch_max_bytes,
-                self.config.fetch_max_wait,
-            )
-            .await?;
-        if let Some(progress) = &self.progress {
-            progress
-                .high_watermark
-                .store(high_watermark, Ordering::Release);
-            let mut error = progress.fetch_error.lock();
-            if error.is_some() {
-                *error = None;
-            }
-            drop(error);
-            if let Some(gauge) = &self.lag {
-                let committed = progress.committed.load(Ordering::Acquire);
-                gauge.set((high_watermark - committed).max(0));
-            }
-        }
-        Ok(fetched)
-    }
-
-    async fn pause(&self, backoff: &mut Backoff, error: &ClusterError, shutdown: &mut Shutdown) {
-        if let Some(progress) = &self.progress {
-            progress.fetch_failed(error.to_string());
-        }
-        let delay = backoff.next_delay();
-        let level = if error.is_retriable() {
-            log::Level::Warn
-        } else {
-            log::Level::Error
-        };
-        log::log!(
-            level,
-            "fetch from {} failed, retrying in {delay:?}: {error}",
-            self.tp
-        );
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = shutdown.recv() => return,
-        }
-        self.cluster
-            .reset_partition(&self.tp.topic, self.tp.partition)
-            .await;
     }
 }
 

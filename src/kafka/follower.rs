@@ -25,8 +25,10 @@ use tokio::task::JoinSet;
 
 use super::TopicPartition;
 use super::cluster::{Cluster, ClusterError, Lane};
-use super::consumer::{AbortOnDrop, ConsumerConfig, Fetcher, Message, Progress};
+use super::consumer::Message;
+use super::fetch::{FetchConfig, Fetcher, Progress};
 use super::records::FetchedRecord;
+use super::task::AbortOnDrop;
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::{health, metrics};
 
@@ -79,8 +81,10 @@ impl Follower {
         ));
         let (ready_tx, ready) = watch::channel(pending.load(Ordering::Acquire) == 0);
         let ready_tx = Arc::new(ready_tx);
-        let mut config = ConsumerConfig::new("follower", topics.iter().copied());
-        config.fetch_max_wait = fetch_max_wait;
+        let config = FetchConfig {
+            fetch_max_wait,
+            ..FetchConfig::default()
+        };
 
         let (stop, shutdown) = ShutdownTrigger::new();
         let mut tasks = JoinSet::new();

@@ -9,6 +9,10 @@
 //! - [`producer`]: Java-compatible key partitioning ([`partitioner`]), batching per
 //!   partition with linger and size limits, `acks=all`, gzip/snappy compression,
 //!   retries with backoff, and a delivery future per record. Records are at-least-once.
+//! - [`fetch`]: reads one partition from an offset into a channel, with backoff
+//!   and the reset of an offset the broker no longer keeps; the consumer, the
+//!   follower and the group's log tail all read through it. Its tasks, like the
+//!   others here, are aborted with their owner (`task`).
 //! - [`consumer`]: per-partition fetch loops feeding an async [`Handler`], with
 //!   offsets committed only after the handler accepted a record.
 //! - [`records`]: decodes fetched record batches; keys and values share the
@@ -32,9 +36,10 @@
 //! - [`admin`]: creates topics with partition counts and configs, which rskafka's
 //!   `create_topic` cannot pass, through a small protocol connection ([`wire`]).
 //!
-//! The dependency direction is one way: `admin` and `cluster` talk to brokers,
-//! `producer` builds on `cluster`, `offsets` on `producer`, and `consumer` on all of
-//! them.
+//! `admin` and `cluster` talk to brokers, `fetch` and `producer` build on
+//! `cluster`, `offsets` on `producer`, and `consumer` on all of them. The one-way
+//! direction is not complete yet: `group` and `offsets` still take the consumer's
+//! settings and errors from `consumer`, which uses them.
 
 pub mod admin;
 pub mod backoff;
@@ -42,6 +47,7 @@ pub mod broker_offsets;
 pub mod cluster;
 pub mod consumer;
 pub mod dead_letter;
+pub mod fetch;
 pub mod follower;
 pub mod group;
 pub mod log_cursor;
@@ -51,16 +57,17 @@ pub mod producer;
 pub mod records;
 pub mod replay;
 pub mod security;
+mod task;
 mod tunnel;
 mod wire;
 
 pub use admin::{Admin, AdminError, TopicOutcome, TopicSpec};
 pub use cluster::{Cluster, ClusterConfig, ClusterError, Lane};
 pub use consumer::{
-    Consumer, ConsumerConfig, ConsumerError, Handler, HandlerError, Message, OffsetReset, Poison,
-    handler_fn,
+    Consumer, ConsumerConfig, ConsumerError, Handler, HandlerError, Message, Poison, handler_fn,
 };
 pub use dead_letter::DeadLetter;
+pub use fetch::{FetchConfig, OffsetReset};
 pub use follower::{Follower, ReadError, read_topic};
 pub use log_cursor::{LogCursor, Read};
 pub use offsets::{DEFAULT_OFFSETS_TOPIC, OffsetError, OffsetStore};

@@ -46,11 +46,13 @@ use self::records::{Key, MemberValue, OwnerValue, encode};
 pub use self::state::GroupState;
 use super::TopicPartition;
 use super::cluster::Cluster;
-use super::consumer::{AbortOnDrop, ConsumerConfig, ConsumerError, Fetcher};
+use super::consumer::{ConsumerConfig, ConsumerError};
+use super::fetch::Fetcher;
 use super::follower::read_partition;
 use super::log_cursor::{LogCursor, Read};
 use super::producer::{ProduceError, Producer, ProducerConfig, ProducerRecord};
 use super::records::FetchedRecord;
+use super::task::AbortOnDrop;
 use crate::shutdown::Shutdown;
 
 /// The partition of the coordination topic that holds every record.
@@ -174,7 +176,7 @@ async fn read_log(
     state.apply_all(&records);
 
     let (tx, log) = mpsc::channel(16);
-    let mut tail_config = config.clone();
+    let mut tail_config = config.fetch();
     // Membership and ownership changes are acted on when read back: keep the
     // wait short, and no longer than the consumer's own.
     tail_config.fetch_max_wait = config.fetch_max_wait.min(Duration::from_millis(100));

@@ -1,0 +1,245 @@
+//! Reading one partition: the `Fetcher` task that fetches it from an offset
+//! into a channel, retrying with backoff and resetting an offset the broker no
+//! longer keeps; the `Progress` it reports to; and where a partition with no
+//! committed offset starts ([`OffsetReset`]). The consumer, the follower and the
+//! group's log tail all read through it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use rskafka::client::error::ProtocolError;
+use rskafka::client::partition::OffsetAt;
+use tokio::sync::mpsc;
+
+use super::TopicPartition;
+use super::backoff::{Backoff, BackoffConfig};
+use super::cluster::{Cluster, ClusterError, Lane};
+use super::records::{Fetched, FetchedRecord};
+use crate::metrics;
+use crate::shutdown::Shutdown;
+
+/// How a `Fetcher` fetches.
+#[derive(Debug, Clone)]
+pub struct FetchConfig {
+    /// The most bytes one fetch returns (Java: `fetch.max.bytes`, for one partition).
+    pub fetch_max_bytes: i32,
+    /// How long a fetch waits for data when there is none (Java: `fetch.max.wait.ms`).
+    pub fetch_max_wait: Duration,
+    /// The waits between failed fetches.
+    pub retry_backoff: BackoffConfig,
+    /// Where to go when the offset asked for is no longer kept (retention).
+    pub auto_offset_reset: OffsetReset,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        Self {
+            fetch_max_bytes: 1024 * 1024,
+            fetch_max_wait: Duration::from_millis(500),
+            retry_backoff: BackoffConfig {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(10),
+            },
+            auto_offset_reset: OffsetReset::Earliest,
+        }
+    }
+}
+
+/// Where to start a partition that has no committed offset.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OffsetReset {
+    /// From the oldest record still kept.
+    #[default]
+    Earliest,
+    /// From the next record produced.
+    Latest,
+}
+
+impl std::str::FromStr for OffsetReset {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "earliest" => Ok(Self::Earliest),
+            "latest" => Ok(Self::Latest),
+            other => Err(format!(
+                "unknown offset reset {other:?}: expected earliest or latest"
+            )),
+        }
+    }
+}
+
+/// How far a partition got. `next` is the offset after the last record handled,
+/// `committed` the last value stored; `-1` means unknown.
+#[derive(Debug)]
+pub(crate) struct Progress {
+    pub(crate) next: AtomicI64,
+    pub(crate) committed: AtomicI64,
+    /// The partition's high watermark at the latest fetch; `-1` before the first.
+    pub(crate) high_watermark: AtomicI64,
+    /// Why the latest fetch failed, until one succeeds.
+    fetch_error: parking_lot::Mutex<Option<String>>,
+}
+
+impl Progress {
+    /// Starting at `start`, which is committed already.
+    pub(crate) fn new(start: i64) -> Self {
+        Self {
+            next: AtomicI64::new(start),
+            committed: AtomicI64::new(start),
+            high_watermark: AtomicI64::new(-1),
+            fetch_error: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// The next offset to handle.
+    pub(crate) fn next(&self) -> i64 {
+        self.next.load(Ordering::Acquire)
+    }
+
+    /// Records before `next` were handled.
+    pub(crate) fn advance_to(&self, next: i64) {
+        self.next.store(next, Ordering::Release);
+    }
+
+    /// The latest fetch failed with `error`.
+    pub(crate) fn fetch_failed(&self, error: String) {
+        *self.fetch_error.lock() = Some(error);
+    }
+
+    /// Why the latest fetch failed, until one succeeds.
+    pub(crate) fn fetch_error(&self) -> Option<String> {
+        self.fetch_error.lock().clone()
+    }
+
+    /// The offset to commit, if it moved since the last commit.
+    pub(crate) fn due(&self) -> Option<i64> {
+        let next = self.next.load(Ordering::Acquire);
+        (next >= 0 && next > self.committed.load(Ordering::Acquire)).then_some(next)
+    }
+}
+
+pub(crate) async fn reset_offset(
+    cluster: &Cluster,
+    tp: &TopicPartition,
+    reset: OffsetReset,
+) -> Result<i64, ClusterError> {
+    let client = cluster
+        .partition_client(&tp.topic, tp.partition, Lane::Read)
+        .await?;
+    let at = match reset {
+        OffsetReset::Earliest => OffsetAt::Earliest,
+        OffsetReset::Latest => OffsetAt::Latest,
+    };
+    cluster.timed("list offsets", client.get_offset(at)).await
+}
+
+/// Fetches one partition into a channel, batch by batch, until shut down.
+pub(crate) struct Fetcher {
+    pub(crate) cluster: Cluster,
+    pub(crate) config: FetchConfig,
+    pub(crate) tp: TopicPartition,
+    /// Where fetches report the high watermark and their errors.
+    pub(crate) progress: Option<Arc<Progress>>,
+    /// A group member's lag gauge: high watermark minus committed offset.
+    pub(crate) lag: Option<metrics::Gauge>,
+}
+
+impl Fetcher {
+    /// Fetches from `offset` onwards into `tx` until shutdown or the receiver goes.
+    pub(crate) async fn run(
+        self,
+        mut offset: i64,
+        tx: mpsc::Sender<Vec<FetchedRecord>>,
+        mut shutdown: Shutdown,
+    ) {
+        let mut backoff = Backoff::new(self.config.retry_backoff);
+        while !shutdown.is_shutdown() {
+            let result = tokio::select! {
+                r = self.fetch(offset) => r,
+                () = shutdown.recv() => return,
+            };
+            match result {
+                Ok(fetched) => {
+                    backoff = Backoff::new(self.config.retry_backoff);
+                    let Some(next) = fetched.next_offset else {
+                        continue;
+                    };
+                    offset = next;
+                    // A fetch of transaction markers only moves the offset on.
+                    if !fetched.records.is_empty() && tx.send(fetched.records).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.protocol_error() == Some(ProtocolError::OffsetOutOfRange) => {
+                    match reset_offset(&self.cluster, &self.tp, self.config.auto_offset_reset).await
+                    {
+                        Ok(reset) => {
+                            log::warn!(
+                                "{}: offset {offset} is no longer on the broker (retention); continuing at {reset} ({:?})",
+                                self.tp,
+                                self.config.auto_offset_reset
+                            );
+                            offset = reset;
+                        }
+                        Err(e) => self.pause(&mut backoff, &e, &mut shutdown).await,
+                    }
+                }
+                Err(e) => self.pause(&mut backoff, &e, &mut shutdown).await,
+            }
+        }
+    }
+
+    async fn fetch(&self, offset: i64) -> Result<Fetched, ClusterError> {
+        let (fetched, high_watermark) = self
+            .cluster
+            .fetch(
+                &self.tp.topic,
+                self.tp.partition,
+                offset,
+                self.config.fetch_max_bytes,
+                self.config.fetch_max_wait,
+            )
+            .await?;
+        if let Some(progress) = &self.progress {
+            progress
+                .high_watermark
+                .store(high_watermark, Ordering::Release);
+            let mut error = progress.fetch_error.lock();
+            if error.is_some() {
+                *error = None;
+            }
+            drop(error);
+            if let Some(gauge) = &self.lag {
+                let committed = progress.committed.load(Ordering::Acquire);
+                gauge.set((high_watermark - committed).max(0));
+            }
+        }
+        Ok(fetched)
+    }
+
+    async fn pause(&self, backoff: &mut Backoff, error: &ClusterError, shutdown: &mut Shutdown) {
+        if let Some(progress) = &self.progress {
+            progress.fetch_failed(error.to_string());
+        }
+        let delay = backoff.next_delay();
+        let level = if error.is_retriable() {
+            log::Level::Warn
+        } else {
+            log::Level::Error
+        };
+        log::log!(
+            level,
+            "fetch from {} failed, retrying in {delay:?}: {error}",
+            self.tp
+        );
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.recv() => return,
+        }
+        self.cluster
+            .reset_partition(&self.tp.topic, self.tp.partition)
+            .await;
+    }
+}
