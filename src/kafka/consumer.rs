@@ -23,7 +23,7 @@
 //! hands the partitions over to the remaining members, and returns.
 
 use crate::{health, metrics};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::atomic::Ordering;
@@ -42,7 +42,7 @@ use super::admin::{Admin, AdminError};
 use super::backoff::{Backoff, BackoffConfig, sleep_until_or_never};
 use super::broker_offsets::BrokerOffsets;
 use super::cluster::{Cluster, ClusterError};
-use super::fetch::{FetchConfig, Fetcher, OffsetReset, Progress, reset_offset};
+use super::fetch::{FetchConfig, Fetcher, OffsetReset, Progress, Stalls, reset_offset};
 use super::group::planner::{Plan, Planner};
 use super::group::records::OwnerValue;
 use super::group::{Coordinator, Lease};
@@ -1035,51 +1035,6 @@ impl GroupMetrics {
     }
 }
 
-/// Which partitions a member owns make no progress: for longer than the bound,
-/// they had no live task, or had records waiting (or a fetch failing, such as a
-/// batch that cannot be decoded) and did not move.
-#[derive(Debug, Default)]
-struct Stalls {
-    /// Per owned partition: where it stood (`None`: no live task) and since when.
-    since: HashMap<TopicPartition, (Option<i64>, Instant)>,
-}
-
-impl Stalls {
-    /// Keeps only the partitions for which `owned` holds.
-    fn keep(&mut self, owned: impl Fn(&TopicPartition) -> bool) {
-        self.since.retain(|tp, _| owned(tp));
-    }
-
-    /// Notes what `tp` looks like at `now`: `None` without a live task, else its
-    /// next offset, whether records wait beyond it, and the fetch error if its
-    /// fetches fail. Says why it is stalled, if it is.
-    fn observe(
-        &mut self,
-        tp: &TopicPartition,
-        seen: Option<(i64, bool, Option<String>)>,
-        now: Instant,
-        bound: Duration,
-    ) -> Option<String> {
-        let at = seen.as_ref().map(|(next, _, _)| *next);
-        let entry = match self.since.get_mut(tp) {
-            Some(entry) => entry,
-            None => self.since.entry(tp.clone()).or_insert((at, now)),
-        };
-        if entry.0 != at {
-            *entry = (at, now);
-        }
-        if now.saturating_duration_since(entry.1) < bound {
-            return None;
-        }
-        match seen {
-            None => Some(format!("{tp} (no live task)")),
-            Some((next, _, Some(error))) => Some(format!("{tp} (at offset {next}: {error})")),
-            Some((next, true, None)) => Some(format!("{tp} (at offset {next})")),
-            Some((_, false, None)) => None,
-        }
-    }
-}
-
 /// What a consumer reports per partition on `/metrics`.
 struct PartitionMetrics {
     group: String,
@@ -1536,49 +1491,6 @@ mod tests {
     #[test]
     fn the_latency_help_names_the_stopwatch_limits() {
         assert!(HANDLER_SECONDS_HELP.contains("in under 10 µs are timed in runs of up to 16,"));
-    }
-
-    #[test]
-    fn a_partition_is_stalled_after_the_bound_without_a_task_or_progress() {
-        let bound = Duration::from_secs(60);
-        let t0 = Instant::now();
-        let later = t0 + bound;
-        let tp = TopicPartition::new("t", 3);
-        let mut stalls = Stalls::default();
-        // No live task: stalled once the bound passed.
-        assert_eq!(stalls.observe(&tp, None, t0, bound), None);
-        assert_eq!(
-            stalls.observe(&tp, None, later, bound).as_deref(),
-            Some("t/3 (no live task)")
-        );
-        // Started again: a fresh bound; caught up, it is never stalled.
-        assert_eq!(
-            stalls.observe(&tp, Some((5, false, None)), later, bound),
-            None
-        );
-        assert_eq!(
-            stalls.observe(&tp, Some((5, false, None)), later + bound, bound),
-            None
-        );
-        // Records waiting and no move: stalled; moving clears it.
-        assert_eq!(
-            stalls
-                .observe(&tp, Some((5, true, None)), later + bound, bound)
-                .as_deref(),
-            Some("t/3 (at offset 5)")
-        );
-        let t1 = later + bound * 2;
-        assert_eq!(stalls.observe(&tp, Some((6, true, None)), t1, bound), None);
-        // A batch that cannot be decoded: the fetch error is the reason.
-        let error = Some("record batch at offset 6: CRC mismatch".to_owned());
-        assert_eq!(
-            stalls
-                .observe(&tp, Some((6, false, error)), t1 + bound, bound)
-                .as_deref(),
-            Some("t/3 (at offset 6: record batch at offset 6: CRC mismatch)")
-        );
-        stalls.keep(|_| false);
-        assert_eq!(stalls.observe(&tp, None, t1 + bound, bound), None);
     }
 
     #[test]

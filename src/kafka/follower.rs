@@ -17,7 +17,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use rskafka::client::partition::OffsetAt;
 use tokio::sync::{mpsc, watch};
@@ -26,7 +28,7 @@ use tokio::task::JoinSet;
 use super::TopicPartition;
 use super::cluster::{Cluster, ClusterError, Lane};
 use super::consumer::Message;
-use super::fetch::{FetchConfig, Fetcher, Progress};
+use super::fetch::{FetchConfig, Fetcher, Progress, Stalls};
 use super::records::FetchedRecord;
 use super::task::AbortOnDrop;
 use crate::shutdown::{Shutdown, ShutdownTrigger};
@@ -158,8 +160,7 @@ impl Follower {
 /// keep failing.
 struct Watched {
     partitions: BTreeMap<tokio::task::Id, (TopicPartition, Arc<Progress>)>,
-    /// Per partition: the offset it stood at and since when.
-    since: BTreeMap<TopicPartition, (i64, Instant)>,
+    stalls: Stalls,
     ended: BTreeMap<TopicPartition, String>,
     ready: health::Condition,
     stalled: metrics::Gauge,
@@ -170,7 +171,7 @@ impl Watched {
         let name = topics.join(",");
         Self {
             partitions: BTreeMap::new(),
-            since: BTreeMap::new(),
+            stalls: Stalls::default(),
             ended: BTreeMap::new(),
             ready: health::Condition::new(format!("follower of {name}")),
             stalled: metrics::gauge(
@@ -197,7 +198,7 @@ impl Watched {
                     };
                     if let Some((tp, progress)) = self.partitions.remove(&id) {
                         log::error!("follower: reading {tp} stopped at offset {}: {why}", progress.next());
-                        self.ended.insert(tp, format!("reading stopped at offset {}: {why}", progress.next()));
+                        self.ended.insert(tp, format!("at offset {}: {why}", progress.next()));
                     }
                 }
                 _ = check.tick() => {}
@@ -212,24 +213,14 @@ impl Watched {
         let mut problems: Vec<String> = self
             .ended
             .iter()
-            .map(|(tp, why)| format!("{tp}: {why}"))
+            .map(|(tp, why)| format!("{tp}: reading stopped: {why}"))
             .collect();
         for (tp, progress) in self.partitions.values() {
-            let next = progress.next();
-            let since = match self.since.get(tp) {
-                Some((at, since)) if *at == next => *since,
-                _ => {
-                    self.since.insert(tp.clone(), (next, now));
-                    now
-                }
-            };
-            if let Some(error) = progress.fetch_error()
-                && now.duration_since(since) >= STALL_AFTER
-            {
-                problems.push(format!(
-                    "{tp}: no progress at offset {next} for {}s: {error}",
-                    now.duration_since(since).as_secs()
-                ));
+            // A follower applies what it fetched at once: only failing fetches
+            // hold it up, so no partition counts as waiting on its own.
+            let seen = Some((progress.next(), false, progress.fetch_error()));
+            if let Some(why) = self.stalls.observe(tp, seen, now, STALL_AFTER) {
+                problems.push(format!("no progress for {}s: {why}", STALL_AFTER.as_secs()));
             }
         }
         self.stalled.set(problems.len() as i64);
