@@ -28,20 +28,8 @@ case ${1:-} in
   --smoke) small=5000 large=1000 load_seconds=3 ;; # checks the script itself
 esac
 
-# A port whose next two are free too (Apache Kafka's controller and internal
-# listeners), below the ephemeral range, so no client holds them.
-free_port() {
-  local p q taken
-  for _ in $(seq 1 50); do
-    p=$((20000 + RANDOM % 12000))
-    taken=no
-    for q in "$p" $((p + 1)) $((p + 2)); do
-      (exec 3<>"/dev/tcp/127.0.0.1/$q") 2>/dev/null && taken=yes
-    done
-    [[ $taken == no ]] && { echo "$p"; return 0; }
-  done
-  return 1
-}
+# shellcheck source=scripts/ports.sh
+source "$root/scripts/ports.sh"
 
 echo "== building the services and the bench crate" >&2
 cargo build --release --bins --quiet
@@ -52,7 +40,7 @@ bin=$root/target/release
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/rust-eda-bench.XXXXXX")
 results=$scratch/results.jsonl
 pids=()
-export EDA_BROKER_PORT=$(free_port)
+export EDA_BROKER_PORT=$(free_port "$(broker_ports)")
 export EDA_BROKER_DATA=$scratch/broker
 brokers=127.0.0.1:$EDA_BROKER_PORT
 cleanup() {

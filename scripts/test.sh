@@ -13,25 +13,11 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
-# A port whose next ones are free too (each node's controller and internal
-# listeners, three ports a node), below the ephemeral range where outgoing
-# connections take ports.
-free_port() {
-  local p q taken
-  for _ in $(seq 1 50); do
-    p=$((20000 + RANDOM % 12000))
-    taken=no
-    for ((q = p; q < p + 3 * ${EDA_BROKER_NODES:-1}; q++)); do
-      (exec 3<>"/dev/tcp/127.0.0.1/$q") 2>/dev/null && taken=yes
-    done
-    [[ $taken == no ]] && { echo "$p"; return 0; }
-  done
-  echo "no free port found" >&2
-  return 1
-}
+# shellcheck source=scripts/ports.sh
+source "$root/scripts/ports.sh"
 
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/rust-eda-test.XXXXXX")
-export EDA_BROKER_PORT=${EDA_BROKER_PORT:-$(free_port)}
+export EDA_BROKER_PORT=${EDA_BROKER_PORT:-$(free_port "$(broker_ports)")}
 export EDA_BROKER_DATA=$scratch/broker
 cleanup() {
   scripts/broker.sh stop || true
