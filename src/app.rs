@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use crate::config::Config;
 use crate::events::topic_specs;
-use crate::kafka::replay::replay;
+use crate::kafka::middleware::replay::replay;
 use crate::kafka::{
     Admin, Cluster, DEFAULT_OFFSETS_TOPIC, OffsetStore, Producer, ProducerConfig, TopicOutcome,
 };

@@ -667,7 +667,7 @@ impl Raw {
                 max_attempts: number(
                     "APP_KAFKA_MAX_ATTEMPTS",
                     &self.kafka_max_attempts,
-                    crate::kafka::dead_letter::DEFAULT_MAX_ATTEMPTS,
+                    crate::kafka::middleware::dead_letter::DEFAULT_MAX_ATTEMPTS,
                     1..=1000,
                 )?,
                 linger: number("APP_KAFKA_LINGER_MS", &self.kafka_linger_ms, 0, 0..=60_000)

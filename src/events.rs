@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::domain::{OrderId, OrderItem};
-use crate::kafka::consumer::Poison;
-use crate::kafka::dead_letter;
-use crate::kafka::offsets::{DEFAULT_OFFSETS_TOPIC, offsets_topic_spec};
+use crate::kafka::consume::Poison;
+use crate::kafka::group::offsets::{DEFAULT_OFFSETS_TOPIC, offsets_topic_spec};
+use crate::kafka::middleware::dead_letter;
 use crate::kafka::{Message, ProducerRecord, TopicSpec};
 
 /// Topic names, as in the Go original.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use rust_eda::domain::{OrderId, OrderItem};
 use rust_eda::events::{Envelope, InventoryFailed, InventoryReserved, OrderCreated, topics};
 use rust_eda::kafka::group::GroupState;
-use rust_eda::kafka::group::records::{Key, OffsetValue, OwnerValue};
+use rust_eda::kafka::group::protocol::{Key, OffsetValue, OwnerValue};
 use rust_eda::kafka::{
     Admin, Cluster, ClusterError, ConsumerConfig, ConsumerError, Message, OffsetError, OffsetStore,
     Producer, ProducerConfig, ProducerRecord, ReadError, TopicPartition, TopicSpec, handler_fn,
@@ -462,7 +462,7 @@ async fn a_paused_member_is_fenced_and_neither_processes_nor_commits_moved_parti
     }
 
     // a wrote no commit in its old epoch after b had claimed the partition.
-    let (records, _) = rust_eda::kafka::follower::read_partition(&group.cluster, &group.offsets, 0)
+    let (records, _) = rust_eda::kafka::fetch::read_partition(&group.cluster, &group.offsets, 0)
         .await
         .unwrap();
     let mut claimed: HashMap<i32, i64> = HashMap::new();
@@ -773,7 +773,7 @@ async fn a_handler_call_still_waiting_when_the_lease_runs_out_is_abandoned() {
 /// (brokers refuse client stamps more than an hour ahead by default).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_group_runs_on_broker_time_whatever_a_client_stamps() {
-    use rust_eda::kafka::group::records::MemberValue;
+    use rust_eda::kafka::group::protocol::MemberValue;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let _serial = ONE_AT_A_TIME.lock().await;

@@ -10,7 +10,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rust_eda::kafka::partitioner::partition_for_key;
+use rust_eda::kafka::produce::partitioner::partition_for_key;
 use rust_eda::kafka::{
     Compression, ConsumerConfig, Message, Producer, ProducerConfig, ProducerRecord,
 };
@@ -241,7 +241,7 @@ async fn kafka_consumer_groups_describe_shows_our_groups_offsets_and_lag() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_group_state_survives_kafkas_log_cleaner() {
     use rust_eda::kafka::group::GroupState;
-    use rust_eda::kafka::offsets::offsets_topic_spec;
+    use rust_eda::kafka::group::offsets::offsets_topic_spec;
     use rust_eda::kafka::{Admin, TopicPartition, read_topic};
 
     let cluster = cluster().await;

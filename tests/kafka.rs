@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use rust_eda::kafka::offsets::offsets_topic_spec;
-use rust_eda::kafka::partitioner::partition_for_key;
+use rust_eda::kafka::group::offsets::offsets_topic_spec;
+use rust_eda::kafka::middleware::{dead_letter, replay};
+use rust_eda::kafka::produce::partitioner::partition_for_key;
 use rust_eda::kafka::{
     Admin, ClusterError, Compression, ConsumerConfig, DeadLetter, Delivery, DeliveryFuture,
     Follower, Message, OffsetReset, OffsetStore, Poison, ProduceError, Producer, ProducerConfig,
-    ProducerRecord, TopicOutcome, TopicPartition, TopicSpec, dead_letter, handler_fn, read_topic,
-    replay,
+    ProducerRecord, TopicOutcome, TopicPartition, TopicSpec, handler_fn, read_topic,
 };
 use support::{PrivateBroker, RunningConsumer, cluster, connect, create_topic, unique, within};
 
@@ -113,7 +113,7 @@ async fn record_timestamps_and_keyless_spread() {
             ..ProducerConfig::default()
         },
     );
-    let ts = rust_eda::kafka::producer::ProducerRecord::new(&topic)
+    let ts = rust_eda::kafka::produce::ProducerRecord::new(&topic)
         .value("stamped")
         .timestamp(chrono::DateTime::from_timestamp_millis(1_700_000_000_123).unwrap());
     let stamped = producer.send(ts).await.expect("send");
@@ -368,7 +368,9 @@ async fn commits_keep_only_the_latest_offset_per_partition() {
     let producer = Producer::new(cluster.clone(), ProducerConfig::default());
     let offsets_topic = unique("offsets");
     Admin::new(cluster.config().clone())
-        .ensure_topics(&[rust_eda::kafka::offsets::offsets_topic_spec(&offsets_topic)])
+        .ensure_topics(&[rust_eda::kafka::group::offsets::offsets_topic_spec(
+            &offsets_topic,
+        )])
         .await
         .expect("offsets topic");
     let store = OffsetStore::new(producer, offsets_topic);
@@ -674,7 +676,7 @@ async fn commits_show_in_the_brokers_group_offsets() {
 
     let seen = within(30, "the broker's group offsets catching up", async {
         loop {
-            let offsets = rust_eda::kafka::broker_offsets::read(cluster.config(), &group)
+            let offsets = rust_eda::kafka::group::broker_offsets::read(cluster.config(), &group)
                 .await
                 .expect("OffsetFetch");
             if offsets == expected {

@@ -2,7 +2,7 @@
 //! partition count, replication factor and configs (such as `cleanup.policy=compact`).
 //!
 //! rskafka's `create_topic` sends no configs, so this module speaks CreateTopics
-//! itself (see [`wire`](super::wire)). Requests go to the controller, as Kafka
+//! itself (see [`wire`](crate::kafka::conn::wire)). Requests go to the controller, as Kafka
 //! requires; creation is asynchronous in Kafka, so `ensure_topics` waits until every
 //! partition has a leader before it returns.
 
@@ -19,8 +19,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use tokio::time::Instant;
 
-use super::cluster::ClusterConfig;
-use super::wire::{Connection, WireError};
+use crate::kafka::conn::ClusterConfig;
+use crate::kafka::conn::wire::{Connection, WireError};
 
 /// What a topic should look like.
 #[derive(Debug, Clone, PartialEq, Eq)]

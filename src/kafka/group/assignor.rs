@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::kafka::TopicPartition;
+use crate::kafka::topic::TopicPartition;
 
 /// The assignment of `partitions` over `members` (sorted, distinct), given who owns
 /// what now (`current`; owners that are not among `members` are ignored).

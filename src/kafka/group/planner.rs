@@ -15,8 +15,8 @@ use std::ops::Add;
 use std::time::Duration;
 
 use super::GroupState;
-use super::records::OwnerValue;
-use crate::kafka::TopicPartition;
+use super::protocol::OwnerValue;
+use crate::kafka::topic::TopicPartition;
 
 /// What to do now, in this order: fence, hand over, pass on, start, claim.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -247,7 +247,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::super::records::{Key, MemberValue, encode};
+    use super::super::protocol::{Key, MemberValue, encode};
     use super::*;
 
     const GRACE: Duration = Duration::from_millis(100);

@@ -29,10 +29,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use super::planner::{Plan, Planner};
-use super::records::{Key, MemberValue, OffsetValue, OwnerValue, encode};
+use super::protocol::{Key, MemberValue, OffsetValue, OwnerValue, encode};
 use super::state::GroupState;
-use crate::kafka::TopicPartition;
-use crate::kafka::log_cursor::{LogCursor, Read};
+use crate::kafka::fetch::{LogCursor, Read};
+use crate::kafka::topic::TopicPartition;
 
 /// Seeds run by `cargo test`.
 const CI_SEEDS: u64 = 200;

@@ -27,11 +27,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::kafka::records::FetchedRecord;
+use crate::kafka::codec::FetchedRecord;
 
 use super::assignor::assign;
-use super::records::{Key, MemberValue, OffsetValue, OwnerValue};
-use crate::kafka::TopicPartition;
+use super::protocol::{Key, MemberValue, OffsetValue, OwnerValue};
+use crate::kafka::topic::TopicPartition;
 
 /// A member as the log last described it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -395,7 +395,7 @@ mod tests {
             session_timeout_ms: 1_000,
             leaving,
         };
-        (key.encode(), super::super::records::encode(&value))
+        (key.encode(), super::super::protocol::encode(&value))
     }
 
     fn owner(p: i32, member: &str, epoch: i64, start: i64) -> (Vec<u8>, Vec<u8>) {
@@ -411,7 +411,7 @@ mod tests {
             by: None,
             refutes: Vec::new(),
         };
-        (key.encode(), super::super::records::encode(&value))
+        (key.encode(), super::super::protocol::encode(&value))
     }
 
     fn commit(p: i32, offset: i64, member: &str, epoch: i64) -> (Vec<u8>, Vec<u8>) {
@@ -426,7 +426,7 @@ mod tests {
             epoch: Some(epoch),
             committed_at: String::new(),
         };
-        (key.encode(), super::super::records::encode(&value))
+        (key.encode(), super::super::protocol::encode(&value))
     }
 
     /// Offsets only need to grow within a test.
@@ -571,7 +571,7 @@ mod tests {
             let (k, v) = owner(p, member, epoch, start);
             let mut value: OwnerValue = serde_json::from_slice(&v).unwrap();
             value.refutes = refutes;
-            (k, super::super::records::encode(&value))
+            (k, super::super::protocol::encode(&value))
         };
         // The whole log: b's claim at 3 counts, c's at 5 does not, b writes its
         // record again at 9 refuting 5.
@@ -640,7 +640,7 @@ mod tests {
                 by: Some(by.into()),
                 refutes: Vec::new(),
             };
-            (key.encode(), super::super::records::encode(&value))
+            (key.encode(), super::super::protocol::encode(&value))
         };
         let mut s = GroupState::new("g");
         apply(&mut s, member("a", false), 0);

@@ -25,7 +25,7 @@ use kafka_protocol::protocol::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::security::{Sasl, Security, SecurityError};
+use crate::kafka::conn::security::{Sasl, Security, SecurityError};
 
 /// Largest response accepted; metadata of very large clusters stays far below.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;

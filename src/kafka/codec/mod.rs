@@ -17,13 +17,15 @@
 //! stepped over and the batches of aborted transactions dropped.
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use parking_lot::Mutex;
 use rskafka::chrono::{DateTime, TimeZone, Utc};
+
+mod compression;
+mod pool;
+
+use self::compression::{gunzip, unlz4, unsnappy, unzstd};
+pub use self::pool::{BufferPool, POOL_IDLE};
 
 /// Why fetched records could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -69,10 +71,6 @@ pub struct FetchedRecord {
     pub headers: BTreeMap<String, Vec<u8>>,
     pub timestamp: DateTime<Utc>,
 }
-
-/// The most a snappy block can grow by: a 3-byte copy element writes 64 bytes.
-/// A larger claimed length is corrupt, and is refused before allocating it.
-const SNAPPY_MAX_RATIO: usize = 22;
 
 /// What one fetch of a partition returned.
 #[derive(Debug, Default)]
@@ -438,188 +436,12 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// How much memory [`BufferPool`] keeps for reuse. Enough for a few fetches'
-/// worth of batches in flight; a buffer given back beyond it is freed.
-const POOL_BYTES: usize = 32 << 20;
-
-/// How long the pool stays full without being drawn on: after that, the next
-/// fetch that returns nothing frees it, so an idle process keeps no buffers.
-pub const POOL_IDLE: Duration = Duration::from_secs(1);
-
-/// The buffers compressed batches are decompressed into, taken back once every
-/// record of theirs is dropped. Allocating each afresh cost more than the
-/// decompression: glibc returned a fetch's worth of them to the kernel as soon
-/// as its records were handled, and the next fetch faulted every page in again.
-/// Reused, a buffer is also not zero-filled again.
-#[derive(Debug, Clone, Default)]
-pub struct BufferPool(Arc<Mutex<Pool>>);
-
-#[derive(Debug, Default)]
-struct Pool {
-    free: Vec<Vec<u8>>,
-    bytes: usize,
-    last_taken: Option<Instant>,
-}
-
-impl BufferPool {
-    fn take(&self) -> Pooled {
-        let mut pool = self.0.lock();
-        pool.last_taken = Some(Instant::now());
-        let buf = pool.free.pop().unwrap_or_default();
-        pool.bytes -= buf.capacity();
-        Pooled {
-            buf,
-            pool: Arc::downgrade(&self.0),
-        }
-    }
-
-    /// Frees the kept buffers if none was taken for `idle` ([`POOL_IDLE`]).
-    pub fn release_if_idle(&self, idle: Duration) {
-        let mut pool = self.0.lock();
-        if pool.last_taken.is_none_or(|at| at.elapsed() >= idle) {
-            pool.free = Vec::new();
-            pool.bytes = 0;
-        }
-    }
-
-    /// Bytes kept for reuse.
-    #[cfg(test)]
-    fn kept(&self) -> usize {
-        self.0.lock().bytes
-    }
-}
-
-/// A buffer from a [`BufferPool`], which it goes back to when dropped.
-struct Pooled {
-    buf: Vec<u8>,
-    pool: Weak<Mutex<Pool>>,
-}
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        let Some(pool) = self.pool.upgrade() else {
-            return;
-        };
-        let mut pool = pool.lock();
-        let size = self.buf.capacity();
-        if size > 0 && pool.bytes + size <= POOL_BYTES {
-            pool.bytes += size;
-            pool.free.push(std::mem::take(&mut self.buf));
-        }
-    }
-}
-
-/// The most a streamed codec (gzip, lz4, zstd) may decompress one batch to: they
-/// give no length up front, and corrupt or hostile data must not exhaust memory.
-const MAX_DECOMPRESSED: usize = 256 << 20;
-
-/// Reads `decoder` to its end onto `out`, up to [`MAX_DECOMPRESSED`] in all.
-fn read_limited(decoder: impl Read, out: &mut Vec<u8>) -> Result<(), String> {
-    let room = MAX_DECOMPRESSED.saturating_sub(out.len()) as u64;
-    decoder
-        .take(room + 1)
-        .read_to_end(out)
-        .map_err(|e| e.to_string())?;
-    if out.len() > MAX_DECOMPRESSED {
-        return Err(format!(
-            "it decompresses to more than {} MiB",
-            MAX_DECOMPRESSED >> 20
-        ));
-    }
-    Ok(())
-}
-
-/// Decompresses `data` into `out`, whose old contents are overwritten.
-fn gunzip(data: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-    out.clear();
-    read_limited(flate2::read::MultiGzDecoder::new(data), out)
-}
-
-/// Decompresses LZ4 frames (Kafka's framing since KIP-57) into `out`.
-fn unlz4(data: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-    out.clear();
-    read_limited(lz4_flex::frame::FrameDecoder::new(data), out)
-}
-
-/// Decompresses zstd frames, one after another, into `out`.
-fn unzstd(data: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-    out.clear();
-    let mut rest = data;
-    while !rest.is_empty() {
-        let before = rest.len();
-        let decoder =
-            ruzstd::decoding::StreamingDecoder::new(&mut rest).map_err(|e| e.to_string())?;
-        read_limited(decoder, out)?;
-        if rest.len() == before {
-            return Err("a zstd frame read no input".to_owned());
-        }
-    }
-    Ok(())
-}
-
-/// The framing older Java clients (snappy-java's `SnappyOutputStream`) wrote.
-const XERIAL_MAGIC: &[u8] = &[0x82, b'S', b'N', b'A', b'P', b'P', b'Y', 0];
-
-/// Decompresses `data` into `out`, whose old contents are overwritten: `out` is
-/// sized once, so a reused buffer is not zero-filled first.
-fn unsnappy(data: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-    let blocks = snappy_blocks(data)?;
-    let mut total = 0;
-    for block in &blocks {
-        let length = snap::raw::decompress_len(block).map_err(|e| e.to_string())?;
-        if length > block.len().saturating_mul(SNAPPY_MAX_RATIO) + 64 {
-            return Err(format!(
-                "a {}-byte snappy block claims {length} bytes uncompressed",
-                block.len()
-            ));
-        }
-        total += length;
-    }
-    out.resize(total, 0);
-    let mut decoder = snap::raw::Decoder::new();
-    let mut at = 0;
-    for block in blocks {
-        at += decoder
-            .decompress(block, &mut out[at..])
-            .map_err(|e| e.to_string())?;
-    }
-    out.truncate(at);
-    Ok(())
-}
-
-/// The raw snappy blocks of a batch: the whole of it, or the blocks of the
-/// xerial framing (magic, version and compatible version, then blocks each
-/// after its length).
-fn snappy_blocks(data: &[u8]) -> Result<Vec<&[u8]>, String> {
-    let Some(framed) = data.strip_prefix(XERIAL_MAGIC) else {
-        return Ok(vec![data]);
-    };
-    let mut rest = framed.get(8..).ok_or("xerial snappy header is truncated")?;
-    let mut blocks = Vec::new();
-    while !rest.is_empty() {
-        let (length, tail) = rest
-            .split_first_chunk::<4>()
-            .ok_or("xerial snappy block length is truncated")?;
-        let length = u32::from_be_bytes(*length) as usize;
-        let block = tail
-            .get(..length)
-            .ok_or("xerial snappy block is truncated")?;
-        blocks.push(block);
-        rest = &tail[length..];
-    }
-    Ok(blocks)
-}
-
 #[cfg(test)]
 mod tests {
+    use super::compression::{XERIAL_MAGIC, read_limited};
     use super::*;
     use std::io::Write;
+    use std::time::Duration;
 
     fn varint(out: &mut Vec<u8>, v: i64) {
         let mut z = ((v << 1) ^ (v >> 63)) as u64;

@@ -11,11 +11,12 @@
 
 use std::collections::BTreeMap;
 
-use super::dead_letter::headers;
-use super::follower::{ReadError, read_topic};
-use super::offsets::{OffsetError, OffsetStore};
-use super::producer::{ProduceError, Producer, ProducerRecord};
-use super::{Message, TopicPartition};
+use crate::kafka::fetch::Message;
+use crate::kafka::fetch::{ReadError, read_topic};
+use crate::kafka::group::offsets::{OffsetError, OffsetStore};
+use crate::kafka::middleware::dead_letter::headers;
+use crate::kafka::produce::{ProduceError, Producer, ProducerRecord};
+use crate::kafka::topic::TopicPartition;
 
 /// The offsets group that remembers how far each dead-letter topic was replayed.
 pub const REPLAY_GROUP: &str = "eda-dlq-replay";

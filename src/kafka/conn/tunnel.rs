@@ -21,8 +21,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-use super::security::{SecurityError, Tls};
-use super::wire::split_host_port;
+use crate::kafka::conn::security::{SecurityError, Tls};
+use crate::kafka::conn::wire::split_host_port;
 
 /// How long a local client may take to say where it wants to go.
 const GREETING_TIMEOUT: Duration = Duration::from_secs(10);

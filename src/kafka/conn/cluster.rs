@@ -18,10 +18,10 @@ use rskafka::client::error::{Error as KafkaError, ProtocolError};
 use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 
-use super::records::{self, BufferPool, Fetched, RecordsError};
-use super::security::Security;
-use super::tunnel::{TlsTunnel, TunnelError};
-use super::wire::{Connection, WireError};
+use crate::kafka::codec::{self, BufferPool, Fetched, RecordsError};
+use crate::kafka::conn::security::Security;
+use crate::kafka::conn::tunnel::{TlsTunnel, TunnelError};
+use crate::kafka::conn::wire::{Connection, WireError};
 
 /// What a partition connection is used for. A broker answers the requests of one
 /// connection strictly in order, so a produce queued behind a fetch that waits for
@@ -274,7 +274,7 @@ impl Cluster {
             deadline: Some(config.request_timeout),
         };
         if let (None, Some(sasl)) = (&config.security.tls, &config.security.sasl)
-            && sasl.mechanism == super::security::SaslMechanism::Plain
+            && sasl.mechanism == crate::kafka::conn::security::SaslMechanism::Plain
         {
             log::warn!(
                 "SASL PLAIN without TLS sends the password unencrypted; use SASL_SSL outside a trusted network"
@@ -428,7 +428,7 @@ impl Cluster {
             )
             .await?;
         let data = Bytes::from(raw.frame).slice(raw.range);
-        let fetched = records::decode(
+        let fetched = codec::decode(
             data,
             offset,
             &raw.aborted_transactions,
@@ -440,7 +440,7 @@ impl Cluster {
             source,
         })?;
         if fetched.records.is_empty() {
-            self.inner.decompressed.release_if_idle(records::POOL_IDLE);
+            self.inner.decompressed.release_if_idle(codec::POOL_IDLE);
         }
         Ok((fetched, high_watermark))
     }

@@ -35,9 +35,9 @@ use tokio::sync::{Notify, Semaphore, TryAcquireError, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::backoff::{Backoff, BackoffConfig, sleep_until_or_never};
-use super::cluster::{Cluster, ClusterError, Lane};
-use super::partitioner::{StickyPartitioner, partition_for_key};
+use crate::kafka::backoff::{Backoff, BackoffConfig, sleep_until_or_never};
+use crate::kafka::conn::{Cluster, ClusterError, Lane};
+use crate::kafka::produce::partitioner::{StickyPartitioner, partition_for_key};
 
 /// Bytes added to every record in a batch besides key, value and headers
 /// (length, attributes, deltas, header counts), for sizing batches.

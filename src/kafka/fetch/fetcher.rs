@@ -1,8 +1,6 @@
-//! Reading one partition: the `Fetcher` task that fetches it from an offset
-//! into a channel, retrying with backoff and resetting an offset the broker no
-//! longer keeps; the `Progress` it reports to; and where a partition with no
-//! committed offset starts ([`OffsetReset`]). The consumer, the follower and the
-//! group's log tail all read through it.
+//! The fetch loop of one partition: fetches from an offset into a channel,
+//! retrying with backoff and resetting an offset the broker no longer keeps, and
+//! reports its [`Progress`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,10 +12,10 @@ use rskafka::client::partition::OffsetAt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::TopicPartition;
-use super::backoff::{Backoff, BackoffConfig};
-use super::cluster::{Cluster, ClusterError, Lane};
-use super::records::{Fetched, FetchedRecord};
+use crate::kafka::backoff::{Backoff, BackoffConfig};
+use crate::kafka::codec::{Fetched, FetchedRecord};
+use crate::kafka::conn::{Cluster, ClusterError, Lane};
+use crate::kafka::topic::TopicPartition;
 use crate::metrics;
 use crate::shutdown::Shutdown;
 
@@ -295,6 +293,28 @@ impl Stalls {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offset_reset_names() {
+        assert_eq!("earliest".parse(), Ok(OffsetReset::Earliest));
+        assert_eq!("LATEST".parse(), Ok(OffsetReset::Latest));
+        assert!(
+            "newest"
+                .parse::<OffsetReset>()
+                .unwrap_err()
+                .contains("earliest or latest")
+        );
+    }
+
+    #[test]
+    fn progress_is_due_only_after_moving() {
+        let p = Progress::new(10);
+        assert_eq!(p.due(), None);
+        p.next.store(12, Ordering::Release);
+        assert_eq!(p.due(), Some(12));
+        p.committed.store(12, Ordering::Release);
+        assert_eq!(p.due(), None);
+    }
 
     #[test]
     fn a_partition_is_stalled_after_the_bound_without_a_task_or_progress() {

@@ -23,10 +23,10 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::watch;
 
-use super::TopicPartition;
-use super::cluster::ClusterConfig;
-use super::task::AbortOnDrop;
-use super::wire::{Connection, WireError};
+use crate::kafka::conn::ClusterConfig;
+use crate::kafka::conn::wire::{Connection, WireError};
+use crate::kafka::task::AbortOnDrop;
+use crate::kafka::topic::TopicPartition;
 
 /// Why one copy failed; logged, never returned to the consumer.
 #[derive(Debug, thiserror::Error)]

@@ -3,7 +3,7 @@
 //! rskafka has no group coordinator client, so commits are ordinary records in a
 //! topic with `cleanup.policy=compact` (default `__eda_offsets`), one partition so
 //! that the topic is a single, totally ordered log. It holds the consumer groups'
-//! membership and ownership records too (see [`group`](super::group)). Each
+//! membership and ownership records too (see [`group`](crate::kafka::group)). Each
 //! record's key names what it is about, and its value holds the latest state;
 //! compaction keeps the latest record per key, so reading the partition from the
 //! start and keeping the last value per key always yields the current state.
@@ -16,16 +16,16 @@
 //! `offset` is the next offset to consume, as in Kafka's own commits. A commit
 //! names the partition's owner and its ownership epoch; when offsets are read
 //! back, a commit by a former owner does not count (see
-//! [`GroupState::committed`](super::group::GroupState::committed)).
+//! [`GroupState::committed`](crate::kafka::group::GroupState::committed)).
 
 use std::collections::HashMap;
 
-use super::TopicPartition;
-use super::admin::TopicSpec;
-use super::follower::{ReadError, read_partition};
-use super::group::records::{Key, OffsetValue, encode};
-use super::group::{GroupState, LOG_PARTITION};
-use super::producer::{ProduceError, Producer, ProducerRecord};
+use crate::kafka::admin::TopicSpec;
+use crate::kafka::fetch::{ReadError, read_partition};
+use crate::kafka::group::protocol::{Key, OffsetValue, encode};
+use crate::kafka::group::{GroupState, LOG_PARTITION};
+use crate::kafka::produce::{ProduceError, Producer, ProducerRecord};
+use crate::kafka::topic::TopicPartition;
 
 /// The default name of the offsets topic.
 pub const DEFAULT_OFFSETS_TOPIC: &str = "__eda_offsets";

@@ -14,8 +14,9 @@
 
 use crate::metrics;
 
-use super::consumer::{Handler, HandlerError, Message, Poison};
-use super::producer::{Producer, ProducerRecord};
+use crate::kafka::consume::{Handler, HandlerError, Poison};
+use crate::kafka::fetch::Message;
+use crate::kafka::produce::{Producer, ProducerRecord};
 
 /// Headers added to a dead-lettered record.
 pub mod headers {

@@ -1,0 +1,116 @@
+//! The consumer's settings, each default written here once.
+
+use std::time::Duration;
+
+use crate::kafka::backoff::BackoffConfig;
+use crate::kafka::fetch::{FetchConfig, OffsetReset};
+use crate::kafka::group::GroupConfig;
+use crate::kafka::group::offsets::DEFAULT_OFFSETS_TOPIC;
+
+/// Consumer settings.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// Offsets are committed per group.
+    pub group_id: String,
+    /// The topics to consume.
+    pub topics: Vec<String>,
+    /// The compacted topic that keeps committed offsets.
+    pub offsets_topic: String,
+    /// Where partitions without a commit start (Java: `auto.offset.reset`).
+    pub auto_offset_reset: OffsetReset,
+    /// How often progress is committed (Java: `auto.commit.interval.ms` = 5 s;
+    /// shorter here, to keep the redelivered tail after a crash small).
+    pub commit_interval: Duration,
+    /// The most bytes one fetch returns per partition (Java: `max.partition.fetch.bytes`).
+    pub fetch_max_bytes: i32,
+    /// How long the broker holds a fetch open waiting for data (Java: `fetch.max.wait.ms`).
+    pub fetch_max_wait: Duration,
+    /// Waits between retries of a failed fetch or a failed handler call.
+    pub retry_backoff: BackoffConfig,
+    /// How long the final commit on shutdown may take.
+    pub shutdown_commit_timeout: Duration,
+    /// This member's id in the group; `None` makes a new one for every consumer
+    /// (`<host>-<pid>-<random>`). A fixed id makes a restarted process the same
+    /// member, which takes its partitions back at once instead of after the
+    /// session timeout; two live processes must never share one.
+    pub member_id: Option<String>,
+    /// A member silent for this long (in log time) is dead, and its partitions
+    /// move (Java: `session.timeout.ms` = 45 s).
+    pub session_timeout: Duration,
+    /// How often a member writes its heartbeat (Java: `heartbeat.interval.ms` = 3 s).
+    pub heartbeat_interval: Duration,
+    /// How long a member waits before claiming a partition of a dead member, so
+    /// that the group settles first (Java: `group.initial.rebalance.delay.ms` = 3 s).
+    pub rebalance_grace: Duration,
+    /// Also copy commits to the broker's own offsets of a group of this name, so
+    /// Kafka UI and `kafka-consumer-groups.sh` show the lag (see `broker_offsets`).
+    pub broker_offsets: bool,
+    /// A partition this member owns that has had no live task, or records waiting
+    /// and no progress, for this long is reported as stalled: in
+    /// `eda_consumer_stalled_partitions` and by `/ready`, which answers `503`.
+    pub stall_after: Duration,
+}
+
+impl ConsumerConfig {
+    /// Settings for `group_id` consuming `topics`, every other value at its default.
+    pub fn new(
+        group_id: impl Into<String>,
+        topics: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        // The fetch settings' defaults are the fetcher's own.
+        let fetch = FetchConfig::default();
+        Self {
+            group_id: group_id.into(),
+            topics: topics.into_iter().map(Into::into).collect(),
+            offsets_topic: DEFAULT_OFFSETS_TOPIC.to_owned(),
+            auto_offset_reset: fetch.auto_offset_reset,
+            commit_interval: Duration::from_secs(1),
+            fetch_max_bytes: fetch.fetch_max_bytes,
+            fetch_max_wait: fetch.fetch_max_wait,
+            retry_backoff: fetch.retry_backoff,
+            shutdown_commit_timeout: Duration::from_secs(10),
+            member_id: None,
+            session_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(1),
+            rebalance_grace: Duration::from_secs(1),
+            broker_offsets: true,
+            stall_after: Duration::from_secs(60),
+        }
+    }
+
+    /// The part of the settings the group protocol reads.
+    pub fn group(&self) -> GroupConfig {
+        GroupConfig {
+            group_id: self.group_id.clone(),
+            topics: self.topics.clone(),
+            offsets_topic: self.offsets_topic.clone(),
+            session_timeout: self.session_timeout,
+            heartbeat_interval: self.heartbeat_interval,
+            fetch: self.fetch(),
+        }
+    }
+
+    /// The settings its fetchers run with.
+    pub fn fetch(&self) -> FetchConfig {
+        FetchConfig {
+            fetch_max_bytes: self.fetch_max_bytes,
+            fetch_max_wait: self.fetch_max_wait,
+            retry_backoff: self.retry_backoff,
+            auto_offset_reset: self.auto_offset_reset,
+        }
+    }
+}
+
+/// `<host>-<pid>-<random>`: says where a member runs, and never repeats.
+pub(super) fn default_member_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let host = if host.is_empty() {
+        "host".to_owned()
+    } else {
+        host
+    };
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &random[..8])
+}

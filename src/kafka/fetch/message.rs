@@ -1,0 +1,53 @@
+//! A record as consumers and followers hand it on: where it was read, its key,
+//! value, headers and timestamp, sharing the fetched buffers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rskafka::chrono::{DateTime, Utc};
+
+use crate::kafka::codec::FetchedRecord;
+
+/// A consumed record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Shared by the messages of a partition: naming the topic costs no copy.
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    /// The key and value share the memory they were fetched in (the fetch
+    /// response, up to `fetch_max_bytes`, or a decompressed batch), which stays
+    /// allocated while either is alive: a handler that keeps a message for long
+    /// should keep a copy (`to_vec`).
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: BTreeMap<String, Vec<u8>>,
+    pub timestamp: DateTime<Utc>,
+    /// Which delivery of this record to the handler this is, from 1: the consumer
+    /// offers a failed record again, and wrappers such as
+    /// [`DeadLetter`](crate::kafka::middleware::DeadLetter) give up after a budget.
+    pub attempt: u32,
+}
+
+impl Message {
+    pub(crate) fn new(topic: Arc<str>, partition: i32, r: FetchedRecord) -> Self {
+        Self {
+            topic,
+            partition,
+            offset: r.offset,
+            key: r.key,
+            value: r.value,
+            headers: r.headers,
+            timestamp: r.timestamp,
+            attempt: 1,
+        }
+    }
+
+    /// A header as UTF-8 text, if present and valid.
+    pub fn header_str(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+}

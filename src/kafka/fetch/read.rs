@@ -1,0 +1,128 @@
+//! Reading a log to its end once: every record of a partition or a topic up to
+//! the high watermark seen when the read started. Offsets, the group state and
+//! dead-letter replays are built this way.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rskafka::client::partition::OffsetAt;
+
+use super::Message;
+use crate::kafka::codec::FetchedRecord;
+use crate::kafka::conn::{Cluster, ClusterError, Lane};
+
+/// The largest fetch while reading a log back.
+const READ_BYTES: i32 = 4 * 1024 * 1024;
+
+/// Errors of reading a log to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("reading {topic:?} failed: {source}")]
+    Cluster {
+        topic: String,
+        #[source]
+        source: ClusterError,
+    },
+    #[error(
+        "reading {topic:?}/{partition} made no progress at offset {offset} (high watermark {high_watermark})"
+    )]
+    Stuck {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        high_watermark: i64,
+    },
+}
+
+impl ReadError {
+    /// Whether reading again later may succeed.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Self::Cluster { source, .. } => source.is_retriable(),
+            Self::Stuck { .. } => false,
+        }
+    }
+}
+
+/// Every record of every partition of `topic`, up to the high watermarks seen when
+/// the read started, in offset order per partition.
+pub async fn read_topic(cluster: &Cluster, topic: &str) -> Result<Vec<Message>, ReadError> {
+    let partitions = cluster
+        .partition_count(topic)
+        .await
+        .map_err(|source| ReadError::Cluster {
+            topic: topic.to_owned(),
+            source,
+        })?;
+    let mut messages = Vec::new();
+    let name: Arc<str> = Arc::from(topic);
+    for p in 0..partitions {
+        for record in read_partition(cluster, topic, p).await?.0 {
+            messages.push(Message::new(Arc::clone(&name), p, record));
+        }
+    }
+    Ok(messages)
+}
+
+/// One partition from its earliest retained record up to the high watermark seen
+/// when the read started; returns the records and that high watermark.
+pub async fn read_partition(
+    cluster: &Cluster,
+    topic: &str,
+    partition: i32,
+) -> Result<(Vec<FetchedRecord>, i64), ReadError> {
+    let read_error = |source| ReadError::Cluster {
+        topic: topic.to_owned(),
+        source,
+    };
+    let client = cluster
+        .partition_client(topic, partition, Lane::Read)
+        .await
+        .map_err(read_error)?;
+    let mut offset = cluster
+        .timed("list offsets", client.get_offset(OffsetAt::Earliest))
+        .await
+        .map_err(read_error)?;
+    let high_watermark = cluster
+        .timed("list offsets", client.get_offset(OffsetAt::Latest))
+        .await
+        .map_err(read_error)?;
+
+    let mut records = Vec::new();
+    let mut empty_reads = 0;
+    while offset < high_watermark {
+        let (fetched, _) = cluster
+            .fetch(
+                topic,
+                partition,
+                offset,
+                READ_BYTES,
+                Duration::from_millis(100),
+            )
+            .await
+            .map_err(read_error)?;
+        match fetched.next_offset {
+            Some(next) => {
+                offset = next;
+                empty_reads = 0;
+                records.extend(fetched.records);
+            }
+            // Below the high watermark the broker always returns a whole batch (even
+            // one larger than the limit); an empty answer is a leader change, or data
+            // not yet replicated, and worth a few more tries.
+            None if empty_reads < 3 => {
+                empty_reads += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            None => {
+                return Err(ReadError::Stuck {
+                    topic: topic.to_owned(),
+                    partition,
+                    offset,
+                    high_watermark,
+                });
+            }
+        }
+    }
+    Ok((records, high_watermark))
+}
