@@ -18,6 +18,7 @@ pub mod config;
 pub mod domain;
 pub mod events;
 pub mod health;
+pub mod http;
 pub mod http_client;
 pub mod kafka;
 pub mod logging;

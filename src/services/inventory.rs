@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::ops::OpsServer;
+use crate::http::ops::OpsServer;
 use super::{ConsumerLoop, Service, ServiceError, connect, producer};
 use crate::config::Config;
 use crate::domain::OrderId;

@@ -5,10 +5,9 @@
 
 pub mod inventory;
 pub mod notification;
-pub mod ops;
 pub mod order;
-pub mod server;
 
+use crate::http::ops::{BindError, OpsServer};
 use crate::config::Config;
 use crate::events::topic_specs;
 use crate::kafka::{
@@ -36,12 +35,8 @@ pub enum ServiceError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot serve health and metrics on {addr}: {source}; set APP_METRICS_PORT")]
-    MetricsBind {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{0}; set APP_METRICS_PORT")]
+    MetricsBind(#[from] BindError),
     #[error("APP_NOTIFICATION_WEBHOOK_URL: {0}")]
     Webhook(String),
     #[error("the stock ledger: {0}")]
@@ -93,7 +88,7 @@ pub struct ConsumerLoop<H> {
     consumer: Consumer,
     handler: DeadLetter<H>,
     producer: Producer,
-    ops: ops::OpsServer,
+    ops: OpsServer,
 }
 
 impl<H: Handler> ConsumerLoop<H> {
@@ -102,7 +97,7 @@ impl<H: Handler> ConsumerLoop<H> {
         consumer: Consumer,
         handler: H,
         producer: Producer,
-        ops: ops::OpsServer,
+        ops: OpsServer,
         max_attempts: u32,
     ) -> Self {
         Self {

@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::ops::OpsServer;
+use crate::http::ops::OpsServer;
 use super::{ConsumerLoop, Service, ServiceError, connect, producer};
 use crate::config::{Config, NotificationConfig};
 use crate::domain::OrderId;

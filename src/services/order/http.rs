@@ -37,8 +37,8 @@ use crate::domain::{FieldError, IdempotencyKey, NewOrder, OrderId, total};
 use crate::events::{self, Envelope, OrderCreated};
 use crate::kafka::{Cluster, Follower, ProduceError, Producer};
 use crate::logging::with_correlation_id;
-use crate::services::ops;
-use crate::services::server::{error_response as error, retry_after};
+use crate::http::ops;
+use crate::http::server::{error_response as error, retry_after};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: u64 = 64 * 1024;

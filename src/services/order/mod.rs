@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 
 use self::http::AppState;
 use self::view::OrderViews;
-use super::server::{self, Limits};
+use crate::http::server::{self, Limits};
 use super::{Service, ServiceError, connect};
 use crate::config::Config;
 use crate::events::topics;

@@ -14,7 +14,6 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use super::ServiceError;
 use crate::config::Config;
 use crate::kafka::Cluster;
 use crate::metrics;
@@ -92,6 +91,15 @@ fn route_of(path: &str) -> &'static str {
     }
 }
 
+/// The operations port could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serve health and metrics on {addr}: {source}")]
+pub struct BindError {
+    pub addr: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// The operations port of a consumer service.
 pub struct OpsServer {
     listener: TcpListener,
@@ -100,12 +108,12 @@ pub struct OpsServer {
 
 impl OpsServer {
     /// Binds `APP_SERVER_HOST`:`APP_METRICS_PORT` (or `default_port`).
-    pub async fn bind(config: &Config, default_port: u16) -> Result<Self, ServiceError> {
+    pub async fn bind(config: &Config, default_port: u16) -> Result<Self, BindError> {
         let port = config.server.metrics_port.unwrap_or(default_port);
         let addr = format!("{}:{port}", config.server.host);
         let listener = TcpListener::bind(&addr)
             .await
-            .map_err(|source| ServiceError::MetricsBind { addr, source })?;
+            .map_err(|source| BindError { addr, source })?;
         if let Ok(local) = listener.local_addr() {
             log::info!("health and metrics on http://{local} (/health, /ready, /metrics)");
         }

@@ -1,0 +1,7 @@
+//! HTTP infrastructure every service shares: the server with the limits a public
+//! endpoint needs ([`server`]), and the operator routes (`/health`, `/ready`,
+//! `/metrics`) with per-request metrics and access log ([`ops`]). The services'
+//! own routes build on it.
+
+pub mod ops;
+pub mod server;
