@@ -9,7 +9,7 @@
 
 use std::process::ExitCode;
 
-use crate::config::Config;
+use crate::config::{Config, hint};
 use crate::events::topic_specs;
 use crate::kafka::middleware::replay::replay;
 use crate::kafka::{
@@ -89,7 +89,7 @@ async fn create_topics(config: &Config, service: &str) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("creating topics failed: {e}");
+            eprintln!("creating topics failed: {e}{}", hint(e.fix()));
             ExitCode::FAILURE
         }
     }
@@ -142,7 +142,7 @@ async fn replay_dlq(config: &Config, service: &str, args: &[String]) -> ExitCode
     let cluster = match Cluster::connect(config.cluster(service)).await {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("replaying failed: {e}");
+            eprintln!("replaying failed: {e}{}", hint(e.fix()));
             return ExitCode::FAILURE;
         }
     };
@@ -175,7 +175,7 @@ async fn replay_dlq(config: &Config, service: &str, args: &[String]) -> ExitCode
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("replaying {} failed: {e}", args.dlq_topic);
+            eprintln!("replaying {} failed: {e}{}", args.dlq_topic, hint(e.fix()));
             ExitCode::FAILURE
         }
     }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::kafka::{
-    ClusterConfig, Compression, ConsumerConfig, ProducerConfig, Sasl, Security, Tls,
+    ClusterConfig, Compression, ConsumerConfig, Fix, ProducerConfig, Sasl, Security, Tls,
 };
 pub use crate::secret::Secret;
 
@@ -172,6 +172,33 @@ pub struct NotificationConfig {
     pub webhook_timeout: Duration,
     /// `APP_NOTIFICATION_WEBHOOK_RETRIES`, default 5: attempts after the first.
     pub webhook_retries: u32,
+}
+
+/// The setting or command that applies `fix`, as an operator of these
+/// services reads it.
+pub fn remedy(fix: Fix) -> &'static str {
+    match fix {
+        Fix::Brokers => "set APP_KAFKA_BROKERS to host:port[,host:port...]",
+        Fix::BrokerRunning => {
+            "check APP_KAFKA_BROKERS and that the broker runs (scripts/broker.sh status)"
+        }
+        Fix::CreateTopics => {
+            "create it first (scripts/create-topics.sh, or the service binary's create-topics command)"
+        }
+        Fix::SecurityProtocol => "check APP_KAFKA_SECURITY_PROTOCOL against the broker's listener",
+        Fix::CaLocation => {
+            "set APP_KAFKA_SSL_CA_LOCATION to the CA file that signed the broker's certificate"
+        }
+        Fix::SaslMechanism => "set APP_KAFKA_SASL_MECHANISM to one the broker offers",
+        Fix::SaslCredentials => "check APP_KAFKA_SASL_USERNAME and APP_KAFKA_SASL_PASSWORD",
+        Fix::GroupId => "set APP_KAFKA_GROUP_ID",
+    }
+}
+
+/// `; <remedy>` for an error that has a fix, nothing otherwise: the tail of an
+/// error message for the operator.
+pub fn hint(fix: Option<Fix>) -> String {
+    fix.map(|f| format!("; {}", remedy(f))).unwrap_or_default()
 }
 
 impl Config {

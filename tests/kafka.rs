@@ -401,8 +401,9 @@ async fn unknown_topics_and_partitions_are_clear_errors() {
         matches!(&err, ProduceError::Cluster(e) if matches!(**e, ClusterError::UnknownTopic(_))),
         "{err:?}"
     );
+    assert_eq!(err.fix(), Some(rust_eda::kafka::Fix::CreateTopics));
     assert!(
-        err.to_string().contains("scripts/create-topics.sh"),
+        rust_eda::config::hint(err.fix()).contains("scripts/create-topics.sh"),
         "{err}"
     );
 

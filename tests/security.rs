@@ -82,7 +82,10 @@ async fn refused(config: ClusterConfig) -> (String, Duration) {
     let error = within(30, "a refused connection", Cluster::connect(config))
         .await
         .expect_err("the connection must be refused");
-    (error.to_string(), started.elapsed())
+    // As the services report it: the Kafka layer's message and the setting
+    // that fixes it.
+    let message = format!("{error}{}", rust_eda::config::hint(error.fix()));
+    (message, started.elapsed())
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,6 +6,7 @@
 //! requires; creation is asynchronous in Kafka, so `ensure_topics` waits until every
 //! partition has a leader before it returns.
 
+use crate::kafka::fix::Fix;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -72,7 +73,7 @@ pub enum TopicOutcome {
 /// Errors of topic administration.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("no Kafka broker configured: set APP_KAFKA_BROKERS to host:port[,host:port...]")]
+    #[error("no Kafka broker configured")]
     NoBrokers,
     #[error(transparent)]
     Wire(#[from] WireError),
@@ -88,6 +89,17 @@ pub enum AdminError {
     NotReady { topic: String, waited: Duration },
     #[error("the broker's metadata names no controller and no broker")]
     NoController,
+}
+
+impl AdminError {
+    /// What would clear this error, if the failure says.
+    pub fn fix(&self) -> Option<Fix> {
+        match self {
+            Self::NoBrokers => Some(Fix::Brokers),
+            Self::Wire(e) => e.fix(),
+            _ => None,
+        }
+    }
 }
 
 /// Topic administration against one cluster.

@@ -5,8 +5,9 @@
 //! folders are its concerns, listed from the bottom up; each uses only those
 //! listed before it, which `tests/layers.rs` checks:
 //!
-//! - [`topic`], [`backoff`], `task`: the small pieces everything shares (a
-//!   partition's name, retry waits, tasks aborted with their owner).
+//! - [`fix`], [`topic`], [`backoff`], `task`: the small pieces everything shares
+//!   (what an operator can change to clear an error, a partition's name, retry
+//!   waits, tasks aborted with their owner).
 //! - [`conn`]: connections to brokers. The shared [`Cluster`] bounds every request
 //!   by a timeout and caches leaders and partition counts; TLS and SASL
 //!   ([`conn::security`]) run through a loopback tunnel, because rskafka's own TLS
@@ -40,6 +41,7 @@ pub mod codec;
 pub mod conn;
 pub mod consume;
 pub mod fetch;
+pub mod fix;
 pub mod group;
 pub mod middleware;
 pub mod produce;
@@ -55,6 +57,7 @@ pub use consume::{
 pub use fetch::{
     FetchConfig, Follower, LogCursor, Message, OffsetReset, Read, ReadError, read_topic,
 };
+pub use fix::Fix;
 pub use group::offsets::{DEFAULT_OFFSETS_TOPIC, OffsetError, OffsetStore};
 pub use middleware::DeadLetter;
 pub use produce::{

@@ -28,7 +28,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::http::ops::OpsServer;
 use super::{ConsumerLoop, Service, ServiceError, connect, producer};
 use crate::config::Config;
 use crate::domain::OrderId;
@@ -37,6 +36,7 @@ use crate::events::{
     topics,
 };
 use crate::health;
+use crate::http::ops::OpsServer;
 use crate::kafka::{
     Consumer, Follower, Handler, HandlerError, LogCursor, Message, Producer, ProducerRecord, Read,
 };

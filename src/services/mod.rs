@@ -7,9 +7,9 @@ pub mod inventory;
 pub mod notification;
 pub mod order;
 
-use crate::http::ops::{BindError, OpsServer};
-use crate::config::Config;
+use crate::config::{Config, hint};
 use crate::events::topic_specs;
+use crate::http::ops::{BindError, OpsServer};
 use crate::kafka::{
     Admin, AdminError, Cluster, ClusterError, Consumer, ConsumerError, DeadLetter, Handler,
     ProduceError, Producer, ReadError,
@@ -19,15 +19,15 @@ use crate::shutdown::Shutdown;
 /// Errors that stop a service from starting or running.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    #[error(transparent)]
+    #[error("{0}{hint}", hint = hint(.0.fix()))]
     Cluster(#[from] ClusterError),
-    #[error("preparing topics failed: {0}")]
+    #[error("preparing topics failed: {0}{hint}", hint = hint(.0.fix()))]
     Admin(#[from] AdminError),
-    #[error(transparent)]
+    #[error("{0}{hint}", hint = hint(.0.fix()))]
     Consumer(#[from] ConsumerError),
-    #[error("rebuilding state from Kafka failed: {0}")]
+    #[error("rebuilding state from Kafka failed: {0}{hint}", hint = hint(.0.fix()))]
     Rebuild(#[from] ReadError),
-    #[error(transparent)]
+    #[error("{0}{hint}", hint = hint(.0.fix()))]
     Produce(#[from] ProduceError),
     #[error("cannot listen on {addr}: {source}; set APP_SERVER_HOST/APP_SERVER_PORT")]
     Bind {

@@ -19,13 +19,13 @@ use parking_lot::Mutex;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::http::ops::OpsServer;
 use super::{ConsumerLoop, Service, ServiceError, connect, producer};
 use crate::config::{Config, NotificationConfig};
 use crate::domain::OrderId;
 use crate::events::{
     Envelope, InventoryFailed, InventoryReserved, NotificationSent, Outcome, topics,
 };
+use crate::http::ops::OpsServer;
 use crate::http_client::{self, HttpError, HttpUrl};
 use crate::kafka::backoff::{Backoff, BackoffConfig};
 use crate::kafka::{Consumer, Follower, Handler, HandlerError, Message, Poison, Producer};

@@ -22,6 +22,7 @@ use crate::kafka::codec::{self, BufferPool, Fetched, RecordsError};
 use crate::kafka::conn::security::Security;
 use crate::kafka::conn::tunnel::{TlsTunnel, TunnelError};
 use crate::kafka::conn::wire::{Connection, WireError};
+use crate::kafka::fix::Fix;
 
 /// What a partition connection is used for. A broker answers the requests of one
 /// connection strictly in order, so a produce queued behind a fetch that waits for
@@ -94,19 +95,17 @@ pub enum ClusterError {
     #[error(transparent)]
     Tunnel(#[from] TunnelError),
     /// No broker was configured at all.
-    #[error("no Kafka broker configured: set APP_KAFKA_BROKERS to host:port[,host:port...]")]
+    #[error("no Kafka broker configured")]
     NoBrokers,
     /// The bootstrap brokers could not be reached.
-    #[error(
-        "cannot reach Kafka at {brokers} within {timeout:?}: {reason}; check APP_KAFKA_BROKERS and that the broker runs (scripts/broker.sh status)"
-    )]
+    #[error("cannot reach Kafka at {brokers} within {timeout:?}: {reason}")]
     Unreachable {
         brokers: String,
         timeout: Duration,
         reason: String,
     },
     /// The topic is not known to the cluster.
-    #[error("topic {0:?} does not exist; create it first (scripts/create-topics.sh)")]
+    #[error("topic {0:?} does not exist")]
     UnknownTopic(String),
     /// The partition does not exist in the topic.
     #[error("topic {topic:?} has {partitions} partitions; partition {partition} does not exist")]
@@ -141,6 +140,18 @@ pub enum ClusterError {
 }
 
 impl ClusterError {
+    /// What would clear this error, if the failure says.
+    pub fn fix(&self) -> Option<Fix> {
+        match self {
+            Self::Security(e) => e.fix(),
+            Self::Tunnel(e) => e.fix(),
+            Self::NoBrokers => Some(Fix::Brokers),
+            Self::Unreachable { .. } => Some(Fix::BrokerRunning),
+            Self::UnknownTopic(_) => Some(Fix::CreateTopics),
+            _ => None,
+        }
+    }
+
     pub(crate) fn kafka(operation: &'static str, source: KafkaError) -> Self {
         Self::Kafka {
             operation,

@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use crate::kafka::fix::Fix;
 use crate::secret::Secret;
 
 /// Errors setting up TLS or SASL.
@@ -46,12 +47,30 @@ pub enum SecurityError {
     #[error("broker name {0:?} is not a valid TLS server name")]
     ServerName(String),
     #[error("TLS handshake with Kafka broker {broker} failed: {reason}")]
-    Handshake { broker: String, reason: String },
+    Handshake {
+        broker: String,
+        reason: String,
+        /// What would clear it, when the failure says (an untrusted
+        /// certificate, a listener that does not speak TLS).
+        fix: Option<Fix>,
+    },
     #[error("TLS handshake with Kafka broker {broker} did not finish within {timeout:?}")]
     HandshakeTimeout {
         broker: String,
         timeout: std::time::Duration,
     },
+}
+
+impl SecurityError {
+    /// What would clear this error, if the failure says.
+    pub fn fix(&self) -> Option<Fix> {
+        match self {
+            Self::Handshake { fix, .. } => *fix,
+            Self::CaFile { .. } => Some(Fix::CaLocation),
+            Self::Mechanism(_) => Some(Fix::SaslMechanism),
+            _ => None,
+        }
+    }
 }
 
 /// How connections are secured; the default is plaintext without authentication.
@@ -138,33 +157,44 @@ impl Tls {
         let broker = format!("{host}:{port}");
         match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
             Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(e)) => Err(SecurityError::Handshake {
-                reason: self.explain(&e),
-                broker,
-            }),
+            Ok(Err(e)) => {
+                let (reason, fix) = self.explain(&e);
+                Err(SecurityError::Handshake {
+                    broker,
+                    reason,
+                    fix,
+                })
+            }
             Err(_) => Err(SecurityError::HandshakeTimeout { broker, timeout }),
         }
     }
 
     /// A handshake failure in words that say what to change.
-    fn explain(&self, e: &std::io::Error) -> String {
-        match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
-            Some(rustls::Error::InvalidCertificate(why)) => format!(
-                "its certificate is not trusted ({why:?}); it was checked against {}",
-                self.trust_hint()
+    fn explain(&self, e: &std::io::Error) -> (String, Option<Fix>) {
+        match e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            Some(rustls::Error::InvalidCertificate(why)) => (
+                format!(
+                    "its certificate is not trusted ({why:?}); it was checked against {}",
+                    self.trust_hint()
+                ),
+                Some(Fix::CaLocation),
             ),
-            Some(other) => other.to_string(),
-            None if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                "the broker closed the connection; does it speak TLS on this port? (APP_KAFKA_SECURITY_PROTOCOL)".to_owned()
-            }
-            None => e.to_string(),
+            Some(other) => (other.to_string(), None),
+            None if e.kind() == std::io::ErrorKind::UnexpectedEof => (
+                "the broker closed the connection; does it speak TLS on this port?".to_owned(),
+                Some(Fix::SecurityProtocol),
+            ),
+            None => (e.to_string(), None),
         }
     }
 
     /// What the server certificate is checked against, for error messages.
     pub(crate) fn trust_hint(&self) -> String {
         match &self.roots {
-            RootsSource::Builtin => "the built-in Mozilla roots; set APP_KAFKA_SSL_CA_LOCATION to the CA file that signed the broker's certificate".to_owned(),
+            RootsSource::Builtin => "the built-in Mozilla roots".to_owned(),
             RootsSource::File(p) => format!("the CA file {}", p.display()),
         }
     }

@@ -13,6 +13,7 @@
 //! `b0-pkc-x.region.cloud` for a bootstrap `pkc-x.region.cloud`). Anything else
 //! is refused: it is not a general-purpose proxy.
 
+use crate::kafka::fix::Fix;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,9 +35,7 @@ pub enum TunnelError {
     Listen(#[source] std::io::Error),
     #[error("SOCKS5 request from the Kafka client is malformed: {0}")]
     Socks(String),
-    #[error(
-        "the tunnel only connects to the configured brokers' hosts; {0} is not one of them. Add it to APP_KAFKA_BROKERS"
-    )]
+    #[error("the tunnel only connects to the configured brokers' hosts; {0} is not one of them")]
     NotAllowed(String),
     #[error("cannot connect to Kafka broker {broker}: {source}")]
     Connect {
@@ -50,6 +49,18 @@ pub enum TunnelError {
     Tls(#[from] SecurityError),
     #[error("I/O on the tunnel: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl TunnelError {
+    /// What would clear this error, if the failure says.
+    pub fn fix(&self) -> Option<Fix> {
+        match self {
+            Self::NotAllowed(_) => Some(Fix::Brokers),
+            Self::Connect { .. } | Self::ConnectTimeout(_) => Some(Fix::BrokerRunning),
+            Self::Tls(e) => e.fix(),
+            _ => None,
+        }
+    }
 }
 
 /// A running tunnel; stops, with every connection it carries, when dropped.

@@ -11,6 +11,7 @@
 //! untrusted certificate stops a service at start with a message naming the fix,
 //! rather than as retries inside rskafka.
 
+use crate::kafka::fix::Fix;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -39,7 +40,7 @@ pub enum WireError {
         #[source]
         source: std::io::Error,
     },
-    #[error("no Kafka broker answered ({tried}); check APP_KAFKA_BROKERS and that the broker runs")]
+    #[error("no Kafka broker answered ({tried})")]
     Unreachable { tried: String },
     #[error("Kafka broker {addr} did not answer within {timeout:?}")]
     Timeout { addr: String, timeout: Duration },
@@ -53,16 +54,14 @@ pub enum WireError {
     Protocol { addr: String, reason: String },
     #[error(transparent)]
     Tls(#[from] SecurityError),
-    #[error(
-        "Kafka broker {addr} does not offer SASL mechanism {wanted}; it offers [{offered}]. Set APP_KAFKA_SASL_MECHANISM to one of those"
-    )]
+    #[error("Kafka broker {addr} does not offer SASL mechanism {wanted}; it offers [{offered}]")]
     SaslMechanism {
         addr: String,
         wanted: &'static str,
         offered: String,
     },
     #[error(
-        "Kafka broker {addr} refused the credentials of user {user:?} ({mechanism}): {message}. Check APP_KAFKA_SASL_USERNAME and APP_KAFKA_SASL_PASSWORD"
+        "Kafka broker {addr} refused the credentials of user {user:?} ({mechanism}): {message}"
     )]
     Authentication {
         addr: String,
@@ -84,6 +83,19 @@ pub enum WireError {
         api: ApiKey,
         ours: String,
     },
+}
+
+impl WireError {
+    /// What would clear this error, if the failure says.
+    pub fn fix(&self) -> Option<Fix> {
+        match self {
+            Self::Connect { .. } | Self::Unreachable { .. } => Some(Fix::BrokerRunning),
+            Self::Tls(e) => e.fix(),
+            Self::SaslMechanism { .. } => Some(Fix::SaslMechanism),
+            Self::Authentication { .. } => Some(Fix::SaslCredentials),
+            _ => None,
+        }
+    }
 }
 
 /// The byte stream under a connection.

@@ -31,6 +31,7 @@ mod stopwatch;
 pub use self::config::ConsumerConfig;
 use self::config::default_member_id;
 pub use self::handler::{FnHandler, Handler, HandlerError, Poison, handler_fn};
+use crate::kafka::fix::Fix;
 
 use self::metrics::{GroupMetrics, PartitionMetrics};
 use self::runner::{PartitionRunner, Running};
@@ -60,7 +61,7 @@ use crate::shutdown::{Shutdown, ShutdownTrigger};
 pub enum ConsumerError {
     #[error("the consumer needs at least one topic")]
     NoTopics,
-    #[error("the consumer needs a group id (APP_KAFKA_GROUP_ID)")]
+    #[error("the consumer needs a group id")]
     NoGroup,
     #[error(transparent)]
     Cluster(#[from] ClusterError),
@@ -74,6 +75,20 @@ pub enum ConsumerError {
         "the coordination topic {topic} has message.timestamp.type={found}, so members' clocks would decide who is alive; set it to LogAppendTime: kafka-configs.sh --bootstrap-server BROKER --alter --entity-type topics --entity-name {topic} --add-config message.timestamp.type=LogAppendTime"
     )]
     CreateTimeCoordination { topic: String, found: String },
+}
+
+impl ConsumerError {
+    /// What would clear this error, if the failure says.
+    pub fn fix(&self) -> Option<Fix> {
+        match self {
+            Self::NoGroup => Some(Fix::GroupId),
+            Self::Cluster(e) => e.fix(),
+            Self::Admin(e) => e.fix(),
+            Self::Offsets(e) => e.fix(),
+            Self::Claim(e) => e.fix(),
+            _ => None,
+        }
+    }
 }
 
 /// Checks that the broker stamps the coordination topic's records

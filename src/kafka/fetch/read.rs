@@ -10,6 +10,7 @@ use rskafka::client::partition::OffsetAt;
 use super::Message;
 use crate::kafka::codec::FetchedRecord;
 use crate::kafka::conn::{Cluster, ClusterError, Lane};
+use crate::kafka::fix::Fix;
 
 /// The largest fetch while reading a log back.
 const READ_BYTES: i32 = 4 * 1024 * 1024;
@@ -35,6 +36,14 @@ pub enum ReadError {
 }
 
 impl ReadError {
+    /// What would clear this error, if the failure says.
+    pub fn fix(&self) -> Option<Fix> {
+        match self {
+            Self::Cluster { source, .. } => source.fix(),
+            Self::Stuck { .. } => None,
+        }
+    }
+
     /// Whether reading again later may succeed.
     pub fn is_retriable(&self) -> bool {
         match self {

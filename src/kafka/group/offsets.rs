@@ -18,6 +18,7 @@
 //! back, a commit by a former owner does not count (see
 //! [`GroupState::committed`](crate::kafka::group::GroupState::committed)).
 
+use crate::kafka::fix::Fix;
 use std::collections::HashMap;
 
 use crate::kafka::admin::TopicSpec;
@@ -41,6 +42,16 @@ pub enum OffsetError {
         #[source]
         source: ProduceError,
     },
+}
+
+impl OffsetError {
+    /// What would clear this error, if the failure says.
+    pub fn fix(&self) -> Option<Fix> {
+        match self {
+            Self::Read(e) => e.fix(),
+            Self::Commit { source, .. } => source.fix(),
+        }
+    }
 }
 
 /// The topic config that makes the broker stamp every record with its own

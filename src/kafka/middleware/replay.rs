@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use crate::kafka::fetch::Message;
 use crate::kafka::fetch::{ReadError, read_topic};
+use crate::kafka::fix::Fix;
 use crate::kafka::group::offsets::{OffsetError, OffsetStore};
 use crate::kafka::middleware::dead_letter::headers;
 use crate::kafka::produce::{ProduceError, Producer, ProducerRecord};
@@ -50,6 +51,18 @@ pub enum ReplayError {
         #[source]
         source: ProduceError,
     },
+}
+
+impl ReplayError {
+    /// What would clear this error, if the failure says.
+    pub fn fix(&self) -> Option<Fix> {
+        match self {
+            Self::Read(e) => e.fix(),
+            Self::Offsets(e) => e.fix(),
+            Self::Produce { source, .. } => source.fix(),
+            Self::NoTarget { .. } => None,
+        }
+    }
 }
 
 /// What a replay did (or, for a dry run, would do).

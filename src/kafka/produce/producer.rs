@@ -19,6 +19,7 @@
 //! lost acknowledgement may write a batch twice: delivery is at-least-once, as with
 //! the Java client without idempotence (rskafka 0.6 has no idempotent producer).
 
+use crate::kafka::fix::Fix;
 use crate::metrics;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::pin::Pin;
@@ -215,6 +216,16 @@ pub enum ProduceError {
         partition: i32,
         error: String,
     },
+}
+
+impl ProduceError {
+    /// What would clear this error, if the failure says.
+    pub fn fix(&self) -> Option<Fix> {
+        match self {
+            Self::Cluster(e) => e.fix(),
+            _ => None,
+        }
+    }
 }
 
 impl From<ClusterError> for ProduceError {

@@ -35,10 +35,10 @@ use warp::{Filter, Rejection, Reply};
 use super::view::OrderViews;
 use crate::domain::{FieldError, IdempotencyKey, NewOrder, OrderId, total};
 use crate::events::{self, Envelope, OrderCreated};
-use crate::kafka::{Cluster, Follower, ProduceError, Producer};
-use crate::logging::with_correlation_id;
 use crate::http::ops;
 use crate::http::server::{error_response as error, retry_after};
+use crate::kafka::{Cluster, Follower, ProduceError, Producer};
+use crate::logging::with_correlation_id;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: u64 = 64 * 1024;

@@ -11,10 +11,10 @@ use tokio::net::TcpListener;
 
 use self::http::AppState;
 use self::view::OrderViews;
-use crate::http::server::{self, Limits};
 use super::{Service, ServiceError, connect};
 use crate::config::Config;
 use crate::events::topics;
+use crate::http::server::{self, Limits};
 use crate::kafka::{Follower, Producer, ProducerConfig};
 use crate::shutdown::Shutdown;
 
