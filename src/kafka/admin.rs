@@ -2,7 +2,7 @@
 //! partition count, replication factor and configs (such as `cleanup.policy=compact`).
 //!
 //! rskafka's `create_topic` sends no configs, so this module speaks CreateTopics
-//! itself (see [`wire`](crate::kafka::conn::wire)). Requests go to the controller, as Kafka
+//! itself (see `conn::wire`). Requests go to the controller, as Kafka
 //! requires; creation is asynchronous in Kafka, so `ensure_topics` waits until every
 //! partition has a leader before it returns.
 

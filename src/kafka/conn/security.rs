@@ -9,7 +9,7 @@
 //! into the binary, so a `FROM scratch` image can reach managed Kafka.
 //!
 //! SASL runs inside the (possibly encrypted) connection: rskafka does it for the
-//! producer and consumer connections, and [`super::wire`] for the admin ones.
+//! producer and consumer connections, and `wire` for the admin ones.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

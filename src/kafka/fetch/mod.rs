@@ -1,4 +1,4 @@
-//! Reading partitions. The [`Fetcher`](fetcher) task fetches one partition from
+//! Reading partitions. The `Fetcher` task fetches one partition from
 //! an offset into a channel, retrying with backoff and resetting an offset the
 //! broker no longer keeps; the consumer, the [`Follower`] and the group's log tail
 //! all read through it, and hand records on as [`Message`]s. [`read_partition`]
