@@ -14,7 +14,7 @@ use crate::domain::{OrderId, OrderItem};
 use crate::kafka::consume::Poison;
 use crate::kafka::group::offsets::{DEFAULT_OFFSETS_TOPIC, offsets_topic_spec};
 use crate::kafka::middleware::dead_letter;
-use crate::kafka::{Message, ProducerRecord, TopicSpec};
+use crate::kafka::{Message, ProduceError, ProducerRecord, TopicSpec};
 
 /// Topic names, as in the Go original.
 pub mod topics {
@@ -118,15 +118,13 @@ impl<P: Payload> Envelope<P> {
     }
 
     /// The record that carries this event.
-    pub fn to_record(&self) -> ProducerRecord {
-        // Plain data with string keys: serialising it cannot fail.
-        let value = serde_json::to_vec(self).unwrap_or_default();
-        ProducerRecord::new(P::TOPIC)
+    pub fn to_record(&self) -> Result<ProducerRecord, ProduceError> {
+        Ok(ProducerRecord::new(P::TOPIC)
             .key(self.payload.order_id().to_string())
-            .value(value)
+            .json(self)?
             .header(headers::EVENT_TYPE, P::EVENT_TYPE)
             .header(headers::EVENT_ID, self.event_id.to_string())
-            .header(headers::CORRELATION_ID, self.correlation_id.clone())
+            .header(headers::CORRELATION_ID, self.correlation_id.clone()))
     }
 
     /// Reads an event of type `P` from a record. A record that is not one is
@@ -301,7 +299,7 @@ mod tests {
     #[test]
     fn records_are_keyed_by_order_and_carry_routing_headers() {
         let event = Envelope::new(created(), "corr-1");
-        let record = event.to_record();
+        let record = event.to_record().unwrap();
         assert_eq!(record.topic, "order.created");
         assert_eq!(
             record.key,
@@ -315,7 +313,7 @@ mod tests {
 
     #[test]
     fn the_envelope_has_the_documented_fields() {
-        let record = Envelope::new(created(), "corr").to_record();
+        let record = Envelope::new(created(), "corr").to_record().unwrap();
         let json: BTreeMap<String, serde_json::Value> =
             serde_json::from_slice(record.value.as_deref().unwrap()).unwrap();
         let keys: Vec<&str> = json.keys().map(String::as_str).collect();
@@ -335,7 +333,7 @@ mod tests {
 
     #[test]
     fn foreign_records_are_poison() {
-        let mut record = Envelope::new(created(), "c").to_record();
+        let mut record = Envelope::new(created(), "c").to_record().unwrap();
         record.value = Some(b"{not json".to_vec());
         assert!(Envelope::<OrderCreated>::decode(&message(record.clone())).is_err());
         let reserved = Envelope::new(
@@ -346,7 +344,8 @@ mod tests {
             },
             "c",
         )
-        .to_record();
+        .to_record()
+        .unwrap();
         let err = Envelope::<OrderCreated>::decode(&message(reserved)).unwrap_err();
         assert!(err.to_string().contains("inventory.reserved"), "{err}");
     }

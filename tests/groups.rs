@@ -582,7 +582,7 @@ async fn inventory_instances_never_oversell() {
         orders.insert(order.order_id.to_string());
         futures.push(
             producer
-                .enqueue(Envelope::new(order, "race").to_record())
+                .enqueue(Envelope::new(order, "race").to_record().unwrap())
                 .await
                 .unwrap(),
         );

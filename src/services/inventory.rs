@@ -38,7 +38,8 @@ use crate::events::{
 use crate::health;
 use crate::http::ops::OpsServer;
 use crate::kafka::{
-    Consumer, Follower, Handler, HandlerError, LogCursor, Message, Producer, ProducerRecord, Read,
+    Consumer, Follower, Handler, HandlerError, LogCursor, Message, ProduceError, Producer,
+    ProducerRecord, Read,
 };
 use crate::logging::with_correlation_id;
 use crate::shutdown::Shutdown;
@@ -67,7 +68,7 @@ pub enum LedgerRecord {
 }
 
 impl LedgerRecord {
-    fn to_record(&self) -> ProducerRecord {
+    fn to_record(&self) -> Result<ProducerRecord, ProduceError> {
         let key = match self {
             Self::Stock { .. } => "stock".to_owned(),
             Self::Reserve { order_id, .. } => order_id.to_string(),
@@ -75,7 +76,7 @@ impl LedgerRecord {
         ProducerRecord::new(topics::INVENTORY_LEDGER)
             .partition(0)
             .key(key)
-            .value(serde_json::to_vec(self).unwrap_or_default())
+            .json(self)
     }
 }
 
@@ -364,7 +365,7 @@ impl ReserveStock {
                     event_id: Uuid::new_v4(),
                     correlation_id: event.correlation_id.clone(),
                 };
-                let delivery = self.producer.send(request.to_record()).await?;
+                let delivery = self.producer.send(request.to_record()?).await?;
                 if !self.shared.apply_own(delivery.offset, request) {
                     self.shared.wait_applied(delivery.offset + 1).await?;
                 }
@@ -426,7 +427,7 @@ impl ReserveStock {
                 .to_record()
             }
         };
-        self.producer.send(record).await?;
+        self.producer.send(record?).await?;
         Ok(())
     }
 }
@@ -474,7 +475,7 @@ impl Service for InventoryService {
             let seed = LedgerRecord::Stock {
                 quantities: stock.clone(),
             };
-            let delivery = producer.send(seed.to_record()).await?;
+            let delivery = producer.send(seed.to_record()?).await?;
             shared
                 .wait_applied(delivery.offset + 1)
                 .await

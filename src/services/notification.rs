@@ -77,7 +77,7 @@ impl Webhook {
         idempotency_key: &str,
         correlation_id: &str,
     ) -> Result<(), WebhookError> {
-        let body = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
+        let body = Bytes::from(body.to_string());
         let mut backoff = Backoff::new(self.backoff);
         let mut attempts = 0;
         loop {
@@ -220,7 +220,7 @@ impl Notify {
             },
             o.correlation_id,
         );
-        self.producer.send(sent.to_record()).await?;
+        self.producer.send(sent.to_record()?).await?;
         self.notified.lock().insert(o.event_id);
         Ok(())
     }

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::lease::Lease;
 use super::offsets::OffsetError;
-use super::protocol::{Key, MemberValue, OwnerValue, encode};
+use super::protocol::{Key, MemberValue, OwnerValue};
 use super::state::GroupState;
 use super::{GroupConfig, LOG_PARTITION};
 use crate::kafka::codec::FetchedRecord;
@@ -116,7 +116,7 @@ impl Coordinator {
             false,
         );
         let sent = Instant::now();
-        let first_beat = match producer.send(record).await {
+        let first_beat = match async { producer.send(record?).await }.await {
             Ok(delivery) => {
                 lease.grant(delivery.offset, sent + lease_span(&config));
                 sent + config.heartbeat_interval
@@ -196,7 +196,7 @@ impl Coordinator {
         let mut ours = false;
         for r in records {
             let same = |own: &OwnRecord| {
-                r.key.as_deref() == Some(&own.key[..]) && r.value.as_deref() == Some(&own.value[..])
+                r.key.as_deref() == Some(&own.key[..]) && r.value.as_deref() == own.value.as_deref()
             };
             match cursor.read(r.offset, same) {
                 Read::Fresh => {
@@ -231,7 +231,7 @@ impl Coordinator {
         let ready = self.cursor.get_mut().ready();
         for (offset, r) in &ready {
             self.state
-                .apply(*offset, Some(&r.key), Some(&r.value), None);
+                .apply(*offset, Some(&r.key), r.value.as_deref(), None);
         }
         !ready.is_empty()
     }
@@ -281,16 +281,12 @@ impl Coordinator {
             partition: tp.partition,
         }
         .encode();
-        let value = encode(&owner);
-        let delivery = self
-            .producer
-            .send(
-                ProducerRecord::new(&self.config.offsets_topic)
-                    .partition(LOG_PARTITION)
-                    .key(key.clone())
-                    .value(value.clone()),
-            )
-            .await?;
+        let record = ProducerRecord::new(&self.config.offsets_topic)
+            .partition(LOG_PARTITION)
+            .key(key.clone())
+            .json(&owner)?;
+        let value = record.value.clone();
+        let delivery = self.producer.send(record).await?;
         if early {
             self.cursor
                 .lock()
@@ -309,7 +305,7 @@ impl Coordinator {
             &subscription(&self.cluster, &self.config).await,
             true,
         );
-        if let Err(e) = self.producer.send(record).await {
+        if let Err(e) = async { self.producer.send(record?).await }.await {
             log::warn!(
                 "announcing the leave failed; the group will notice the session timeout instead: {e}"
             );
@@ -349,7 +345,7 @@ impl Coordinator {
 #[derive(Debug, Clone)]
 struct OwnRecord {
     key: Vec<u8>,
-    value: Vec<u8>,
+    value: Option<Vec<u8>>,
 }
 
 /// How long an acknowledged heartbeat keeps the lease: others call a member dead
@@ -378,7 +374,7 @@ fn member_record(
     member: &str,
     topics: &BTreeMap<String, i32>,
     leaving: bool,
-) -> ProducerRecord {
+) -> Result<ProducerRecord, ProduceError> {
     let key = Key::Member {
         group: config.group_id.clone(),
         member: member.to_owned(),
@@ -391,7 +387,7 @@ fn member_record(
     ProducerRecord::new(&config.offsets_topic)
         .partition(LOG_PARTITION)
         .key(key.encode())
-        .value(encode(&value))
+        .json(&value)
 }
 
 /// Writes the member record every heartbeat interval and renews the lease with
@@ -420,7 +416,7 @@ impl Heartbeat {
                 self.leaving.load(Ordering::Acquire),
             );
             let sent = Instant::now();
-            match self.producer.send(record).await {
+            match async { self.producer.send(record?).await }.await {
                 Ok(delivery) => self.lease.grant(delivery.offset, sent + lease_span),
                 Err(e) => log::warn!("heartbeat of {} failed: {e}", self.member),
             }

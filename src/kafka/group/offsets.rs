@@ -23,7 +23,7 @@ use std::collections::HashMap;
 
 use crate::kafka::admin::TopicSpec;
 use crate::kafka::fetch::{ReadError, read_partition};
-use crate::kafka::group::protocol::{Key, OffsetValue, encode};
+use crate::kafka::group::protocol::{Key, OffsetValue};
 use crate::kafka::group::{GroupState, LOG_PARTITION};
 use crate::kafka::produce::{ProduceError, Producer, ProducerRecord};
 use crate::kafka::topic::TopicPartition;
@@ -145,7 +145,7 @@ impl OffsetStore {
         tp: &TopicPartition,
         offset: i64,
         owner: Option<(&str, i64)>,
-    ) -> ProducerRecord {
+    ) -> Result<ProducerRecord, ProduceError> {
         let key = Key::Offset {
             group: group.to_owned(),
             topic: tp.topic.clone(),
@@ -160,17 +160,25 @@ impl OffsetStore {
         ProducerRecord::new(&self.topic)
             .partition(LOG_PARTITION)
             .key(key.encode())
-            .value(encode(&value))
+            .json(&value)
     }
 
-    async fn send_all(&self, records: Vec<ProducerRecord>) -> Result<(), OffsetError> {
+    async fn send_all(
+        &self,
+        records: Vec<Result<ProducerRecord, ProduceError>>,
+    ) -> Result<(), OffsetError> {
         let error = |source| OffsetError::Commit {
             topic: self.topic.clone(),
             source,
         };
         let mut deliveries = Vec::with_capacity(records.len());
         for record in records {
-            deliveries.push(self.producer.enqueue(record).await.map_err(error)?);
+            deliveries.push(
+                self.producer
+                    .enqueue(record.map_err(error)?)
+                    .await
+                    .map_err(error)?,
+            );
         }
         for delivery in deliveries {
             delivery.await.map_err(error)?;

@@ -153,6 +153,18 @@ impl ProducerRecord {
         self
     }
 
+    /// The value as JSON. A value serde cannot encode (a map with keys that are
+    /// not strings, a `Serialize` that fails) is an error, never an empty record.
+    pub fn json<T: serde::Serialize + ?Sized>(self, value: &T) -> Result<Self, ProduceError> {
+        match serde_json::to_vec(value) {
+            Ok(bytes) => Ok(self.value(bytes)),
+            Err(e) => Err(ProduceError::Encode {
+                topic: self.topic,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
     pub fn header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
         self.headers.insert(name.into(), value.into());
         self
@@ -193,6 +205,9 @@ pub enum ProduceError {
     /// The producer was closed before the record was accepted.
     #[error("the producer is closed and accepts no more records")]
     Closed,
+    /// The record's value could not be encoded; nothing was sent.
+    #[error("the record for {topic} could not be encoded: {reason}")]
+    Encode { topic: String, reason: String },
     /// The record does not fit into one batch.
     #[error("record of {size} bytes exceeds the batch limit of {max} bytes (batch_max_bytes)")]
     RecordTooLarge { size: usize, max: usize },

@@ -299,12 +299,16 @@ async fn create_order(state: Arc<AppState>, request: CreateRequest<'_>) -> Respo
         created_at: events::now(),
     };
     let event = Envelope::new(created, request.correlation_id);
-    let mut record = event.to_record();
-    if let Some(key) = &key {
-        record = record.header(IDEMPOTENCY_HEADER, key.as_str());
-    }
+    let record = event.to_record().map(|record| match &key {
+        Some(key) => record.header(IDEMPOTENCY_HEADER, key.as_str()),
+        None => record,
+    });
     // The producer's delivery timeout (APP_ORDER_PUBLISH_TIMEOUT_MS) bounds the wait.
-    match state.producer.send(record).await {
+    let sent = match record {
+        Ok(record) => state.producer.send(record).await,
+        Err(e) => Err(e),
+    };
+    match sent {
         Ok(delivery) => {
             state.views.created(&event.payload);
             log::info!(

@@ -178,7 +178,7 @@ mod tests {
     use crate::events::ProductQuantity;
 
     fn message<P: crate::events::Payload>(event: &Envelope<P>) -> Message {
-        let r = event.to_record();
+        let r = event.to_record().unwrap();
         Message {
             topic: r.topic.into(),
             partition: 0,
