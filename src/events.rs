@@ -41,6 +41,22 @@ pub mod headers {
     pub const CORRELATION_ID: &str = "correlation_id";
 }
 
+/// The correlation id of a record: its `correlation_id` header, or for a record
+/// written without one (by another client), the envelope's field.
+pub fn correlation_id(message: &Message) -> Option<String> {
+    if let Some(id) = message.header_str(headers::CORRELATION_ID) {
+        return Some(id.to_owned());
+    }
+    #[derive(Deserialize)]
+    struct Only {
+        correlation_id: String,
+    }
+    let value = message.value.as_deref()?;
+    serde_json::from_slice::<Only>(value)
+        .ok()
+        .map(|o| o.correlation_id)
+}
+
 /// The topics of the system: the event topics with `partitions` partitions each,
 /// the compacted consumer offsets topic, and a dead-letter topic for each consumed one. Events are the system of record
 /// (the services rebuild their state from them), so they are kept forever

@@ -15,6 +15,7 @@
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod correlation;
 pub mod domain;
 pub mod events;
 pub mod health;

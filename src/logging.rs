@@ -2,27 +2,13 @@
 //!
 //! In `json` encoding every line is one JSON object with the time, level, service,
 //! module, message and, while a request or an event is being handled, its
-//! `correlation_id`. The id travels as a task-local set by [`with_correlation_id`]
-//! around the handling, so code deep in the call stack logs it without passing it
-//! along. One order's whole journey is then one `grep` across the three services.
+//! `correlation_id` ([`crate::correlation`]), so one order's whole journey is
+//! one `grep` across the three services.
 
 use std::io::Write;
 
 use crate::config::{LogEncoding, LoggerConfig};
-
-tokio::task_local! {
-    static CORRELATION_ID: String;
-}
-
-/// Runs `fut` with `id` as the correlation id of every line it logs.
-pub async fn with_correlation_id<F: Future>(id: String, fut: F) -> F::Output {
-    CORRELATION_ID.scope(id, fut).await
-}
-
-/// The correlation id of the work in progress, if any.
-pub fn correlation_id() -> Option<String> {
-    CORRELATION_ID.try_with(Clone::clone).ok()
-}
+use crate::correlation::current as correlation_id;
 
 /// Installs the logger for `service`. `RUST_LOG`, when set, refines the level.
 pub fn init(service: &'static str, config: &LoggerConfig) {
@@ -66,16 +52,3 @@ pub fn init(service: &'static str, config: &LoggerConfig) {
 }
 
 use crate::clock::now;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn correlation_id_is_scoped_to_the_work() {
-        assert_eq!(correlation_id(), None);
-        let inner = with_correlation_id("abc".into(), async { correlation_id() }).await;
-        assert_eq!(inner.as_deref(), Some("abc"));
-        assert_eq!(correlation_id(), None);
-    }
-}

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, Exact)] = &[
     // What every layer shares.
     ("clock", Exact::No),
+    ("correlation", Exact::No),
     ("secret", Exact::No),
     ("shutdown", Exact::No),
     ("health", Exact::No),

@@ -41,7 +41,6 @@ use crate::kafka::{
     Consumer, Follower, Handler, HandlerError, LogCursor, Message, ProduceError, Producer,
     ProducerRecord, Read,
 };
-use crate::logging::with_correlation_id;
 use crate::shutdown::Shutdown;
 
 /// The default consumer group.
@@ -344,7 +343,7 @@ pub struct ReserveStock {
 impl Handler for ReserveStock {
     async fn handle(&self, message: &Message) -> Result<(), HandlerError> {
         let event = Envelope::<OrderCreated>::decode(message)?;
-        with_correlation_id(event.correlation_id.clone(), self.reserve(event)).await
+        self.reserve(event).await
     }
 }
 

@@ -8,8 +8,9 @@ pub mod notification;
 pub mod order;
 
 use crate::config::{Config, hint};
-use crate::events::topic_specs;
+use crate::events::{self, topic_specs};
 use crate::http::ops::{BindError, OpsServer};
+use crate::kafka::middleware::Correlated;
 use crate::kafka::{
     Admin, AdminError, Cluster, ClusterError, Consumer, ConsumerError, DeadLetter, Handler,
     ProduceError, Producer, ReadError,
@@ -81,12 +82,16 @@ pub async fn connect(config: &Config, service: &str) -> Result<Cluster, ServiceE
     Ok(cluster)
 }
 
-/// A consumer service's loop: its consumer, its handler wrapped so that poison
-/// records, and records that failed every attempt, are dead-lettered, and the
+/// How a consumer service's handler is wrapped: inside its record's
+/// correlation id, with poison records, and records that failed every attempt,
+/// dead-lettered.
+type Wrapped<H> = Correlated<DeadLetter<H>, fn(&crate::kafka::Message) -> Option<String>>;
+
+/// A consumer service's loop: its consumer, its wrapped handler, and the
 /// producer both write with.
 pub struct ConsumerLoop<H> {
     consumer: Consumer,
-    handler: DeadLetter<H>,
+    handler: Wrapped<H>,
     producer: Producer,
     ops: OpsServer,
 }
@@ -102,7 +107,10 @@ impl<H: Handler> ConsumerLoop<H> {
     ) -> Self {
         Self {
             consumer,
-            handler: DeadLetter::new(handler, producer.clone()).max_attempts(max_attempts),
+            handler: Correlated::new(
+                DeadLetter::new(handler, producer.clone()).max_attempts(max_attempts),
+                events::correlation_id,
+            ),
             producer,
             ops,
         }

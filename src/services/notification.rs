@@ -29,7 +29,6 @@ use crate::http::ops::OpsServer;
 use crate::http_client::{self, HttpError, HttpUrl};
 use crate::kafka::backoff::{Backoff, BackoffConfig};
 use crate::kafka::{Consumer, Follower, Handler, HandlerError, Message, Poison, Producer};
-use crate::logging::with_correlation_id;
 use crate::shutdown::Shutdown;
 
 /// The default consumer group.
@@ -170,7 +169,7 @@ impl Handler for Notify {
             }
             other => return Err(Poison::new(format!("unexpected topic {other}")).into()),
         };
-        with_correlation_id(outcome.correlation_id.clone(), self.notify(outcome)).await
+        self.notify(outcome).await
     }
 }
 

@@ -33,12 +33,12 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use super::view::OrderViews;
+use crate::correlation;
 use crate::domain::{FieldError, IdempotencyKey, NewOrder, OrderId, total};
 use crate::events::{self, Envelope, OrderCreated};
 use crate::http::ops;
 use crate::http::server::{error_response as error, retry_after};
 use crate::kafka::{Cluster, Follower, ProduceError, Producer};
-use crate::logging::with_correlation_id;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: u64 = 64 * 1024;
@@ -80,7 +80,7 @@ pub fn routes(
         .and(warp::body::content_length_limit(MAX_BODY_BYTES))
         .and(warp::body::bytes())
         .then(|state, id: String, content_type, key, body| {
-            with_correlation_id(id.clone(), async move {
+            correlation::scope(id.clone(), async move {
                 let request = CreateRequest {
                     correlation_id: &id,
                     content_type,
