@@ -33,6 +33,13 @@ scripts/fuzz.sh --install
 scripts/interop-tools.sh >/dev/null
 cargo test "$@"
 
+# The long runs, ignored by a plain `cargo test`: the chaos run (1,000 orders
+# while processes are killed) and the API fuzzing.
+if [[ $# -eq 0 ]]; then
+  echo "== the long runs: chaos and fuzzing" >&2
+  cargo test --test chaos --test fuzz -- --ignored
+fi
+
 # The vendored rskafka carries changes to its decoder (vendor/README.md): its own
 # unit tests, with the features the services build it with.
 if [[ $# -eq 0 ]]; then

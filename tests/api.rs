@@ -1,115 +1,19 @@
-//! The order API against abuse and retries: idempotency keys, the limits of the
-//! HTTP server, and a schemathesis fuzzing run against the OpenAPI document. The
-//! order service runs in-process on a port of its own, over a broker of the
-//! test's own.
+//! The order API against abuse and retries: idempotency keys and the limits of
+//! the HTTP server. The order service runs in-process on a port of its own, over
+//! a broker of the test's own; `tests/fuzz.rs` fuzzes it.
 
 mod support;
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::time::Duration;
 
-use bytes::Bytes;
-use rust_eda::config::Config;
 use rust_eda::events::topics;
-use rust_eda::http_client::{self, HttpResponse};
 use rust_eda::kafka::read_topic;
-use rust_eda::services::Service;
-use rust_eda::services::order::OrderService;
-use rust_eda::shutdown::ShutdownTrigger;
 use serde_json::{Value, json};
+use support::api::Api;
 use support::{PrivateBroker, connect, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// An order service running in this process.
-struct Api {
-    port: u16,
-    stop: Option<ShutdownTrigger>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Api {
-    async fn start(broker: &PrivateBroker, extra: &[(&str, &str)]) -> Self {
-        let mut vars: Vec<(String, String)> = [
-            ("APP_KAFKA_BROKERS", broker.brokers().as_str()),
-            ("APP_SERVER_HOST", "127.0.0.1"),
-            ("APP_SERVER_PORT", "0"),
-            ("APP_KAFKA_TOPIC_PARTITIONS", "3"),
-            ("APP_KAFKA_FETCH_MAX_WAIT_MS", "50"),
-        ]
-        .iter()
-        .chain(extra)
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-        vars.dedup_by(|a, b| a.0 == b.0);
-        let config = Config::from_sources(None, Path::new("/nonexistent"), vars).expect("config");
-        let service = within(
-            60,
-            "building the order service",
-            OrderService::build(config),
-        )
-        .await
-        .expect("order service");
-        let port = service.local_addr().expect("bound").port();
-        let (stop, shutdown) = ShutdownTrigger::new();
-        let task = tokio::spawn(async move {
-            service.run_until_stopped(shutdown).await.expect("ran");
-        });
-        let api = Self {
-            port,
-            stop: Some(stop),
-            task: Some(task),
-        };
-        within(30, "the order service becoming ready", async {
-            while api.get("/ready").await.status != 200 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await;
-        api
-    }
-
-    async fn call(
-        &self,
-        method: http::Method,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Bytes,
-    ) -> HttpResponse {
-        let url = format!("http://127.0.0.1:{}{path}", self.port)
-            .parse()
-            .unwrap();
-        http_client::request(method, &url, headers, body, Duration::from_secs(15))
-            .await
-            .unwrap_or_else(|e| panic!("{path}: {e}"))
-    }
-
-    async fn get(&self, path: &str) -> HttpResponse {
-        self.call(http::Method::GET, path, &[], Bytes::new()).await
-    }
-
-    async fn post_order(&self, body: &Value, key: Option<&str>) -> HttpResponse {
-        let mut headers = vec![("content-type", "application/json")];
-        if let Some(key) = key {
-            headers.push(("idempotency-key", key));
-        }
-        self.call(
-            http::Method::POST,
-            "/api/v1/orders",
-            &headers,
-            Bytes::from(body.to_string()),
-        )
-        .await
-    }
-
-    async fn stop(mut self) {
-        self.stop.take().unwrap().trigger();
-        within(30, "the order service stopping", self.task.take().unwrap())
-            .await
-            .unwrap();
-    }
-}
 
 fn order(quantity: u64) -> Value {
     json!({"customer_id": "c-1", "items": [{"product_id": "p-1", "quantity": quantity, "price": 2.5}]})
@@ -248,33 +152,6 @@ async fn slow_and_excess_requests_are_refused_not_queued() {
     assert!(answer.contains("not completed within"), "{answer}");
     // And the slot is free again.
     assert_eq!(api.get("/health").await.status, 200);
-    api.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn fuzzing_the_api_from_its_openapi_document_finds_no_error() {
-    let broker = PrivateBroker::start();
-    let api = Api::start(&broker, &[]).await;
-    let spec = api.get("/api/v1/openapi.json").await;
-    assert_eq!(spec.status, 200);
-    assert_eq!(spec.json()["openapi"], "3.0.3");
-
-    // scripts/fuzz.sh fails with an install hint when schemathesis is missing
-    // (scripts/test.sh installs it first).
-    let run = tokio::process::Command::new(support::repo_root().join("scripts/fuzz.sh"))
-        .arg(format!("http://127.0.0.1:{}", api.port))
-        .kill_on_drop(true)
-        .output();
-    let out = within(600, "schemathesis", run)
-        .await
-        .expect("run scripts/fuzz.sh");
-    assert!(
-        out.status.success(),
-        "scripts/fuzz.sh found problems (or could not run):\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("No issues found"));
     api.stop().await;
 }
 

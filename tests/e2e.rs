@@ -4,73 +4,25 @@
 mod support;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
 use rust_eda::events::{Envelope, InventoryFailed, InventoryReserved, NotificationSent, topics};
 use rust_eda::http_client::{self, HttpResponse, HttpUrl};
 use rust_eda::kafka::{OffsetStore, Producer, ProducerConfig, ProducerRecord, read_topic};
 use serde_json::{Value, json};
+use support::process::{Process, SERVICES, Webhook, configure, dump_log, local_port, wait_ready};
 use support::{PrivateBroker, connect, unique, within};
-use warp::Filter;
-
-const SERVICES: [&str; 3] = ["order-service", "inventory-service", "notification-service"];
-
-/// Counts webhook calls per `Idempotency-Key`.
-struct WebhookReceiver {
-    addr: SocketAddr,
-    calls: Arc<Mutex<HashMap<String, usize>>>,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-impl WebhookReceiver {
-    async fn start() -> Self {
-        let calls: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
-        let route = {
-            let calls = Arc::clone(&calls);
-            warp::post()
-                .and(warp::header::<String>("idempotency-key"))
-                .and(warp::body::json::<Value>())
-                .map(move |key: String, _body: Value| {
-                    *calls.lock().entry(key).or_default() += 1;
-                    warp::reply()
-                })
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(
-            warp::serve(route)
-                .incoming(listener)
-                .graceful(async move {
-                    let _ = stopped.await;
-                })
-                .run(),
-        );
-        Self {
-            addr,
-            calls,
-            _stop: stop,
-        }
-    }
-
-    fn counts(&self) -> HashMap<String, usize> {
-        self.calls.lock().clone()
-    }
-}
 
 /// The broker and the three services, each a process.
 struct System {
     broker: PrivateBroker,
     dir: PathBuf,
     port: u16,
-    webhook: WebhookReceiver,
-    processes: HashMap<&'static str, Child>,
+    webhook: Webhook,
+    processes: HashMap<&'static str, Process>,
     publish_timeout_ms: u64,
     /// Extra variables for every service, such as the security settings.
     env: Vec<(String, String)>,
@@ -87,29 +39,17 @@ impl System {
         let dir = std::env::temp_dir().join(unique("eda-e2e"));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("stock.json"), stock.to_string()).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let mut system = Self {
             broker,
             dir,
-            port,
-            webhook: WebhookReceiver::start().await,
+            port: local_port(),
+            webhook: Webhook::start().await,
             processes: HashMap::new(),
             publish_timeout_ms: 3000,
             env,
             metrics_ports: ["inventory-service", "notification-service"]
                 .into_iter()
-                .map(|s| {
-                    let port = std::net::TcpListener::bind("127.0.0.1:0")
-                        .unwrap()
-                        .local_addr()
-                        .unwrap()
-                        .port();
-                    (s, port)
-                })
+                .map(|s| (s, local_port()))
                 .collect(),
         };
         for service in SERVICES {
@@ -120,28 +60,21 @@ impl System {
     }
 
     fn spawn(&mut self, service: &'static str) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("{service}.log")))
-            .unwrap();
-        let child = self
-            .configured(service)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {service}: {e}"));
-        self.processes.insert(service, child);
+        let process = Process::spawn(service, self.configured(service), &self.dir);
+        self.processes.insert(service, process);
     }
 
     /// The command for `service` with the system's settings.
     fn configured(&self, service: &str) -> Command {
         let mut command = support::service_command(service);
+        configure(
+            &mut command,
+            &self.broker.brokers(),
+            &self.dir,
+            self.webhook.addr,
+            3,
+        );
         command
-            .current_dir(&self.dir)
-            .env("APP_KAFKA_BROKERS", self.broker.brokers())
-            .env("APP_SERVER_HOST", "127.0.0.1")
             .env("APP_SERVER_PORT", self.port.to_string())
             .env(
                 "APP_METRICS_PORT",
@@ -149,23 +82,10 @@ impl System {
                     .get(service)
                     .map_or_else(String::new, u16::to_string),
             )
-            .env("APP_KAFKA_TOPIC_PARTITIONS", "3")
-            .env("APP_INVENTORY_STOCK_FILE", self.dir.join("stock.json"))
-            .env(
-                "APP_NOTIFICATION_WEBHOOK_URL",
-                format!("http://{}/hooks/orders", self.webhook.addr),
-            )
             .env(
                 "APP_ORDER_PUBLISH_TIMEOUT_MS",
                 self.publish_timeout_ms.to_string(),
             )
-            .env("APP_LOGGER_ENCODING", "json")
-            // A fast group, so that a killed member's partitions move within seconds.
-            .env("APP_KAFKA_SESSION_TIMEOUT_MS", "3000")
-            .env("APP_KAFKA_HEARTBEAT_INTERVAL_MS", "300")
-            .env("APP_KAFKA_REBALANCE_GRACE_MS", "300")
-            // nisshi holds fetches for the whole wait (docs/brokers.md).
-            .env("APP_KAFKA_FETCH_MAX_WAIT_MS", "50")
             .envs(self.env.iter().map(|(k, v)| (k, v)));
         command
     }
@@ -194,9 +114,7 @@ impl System {
     }
 
     fn kill(&mut self, service: &str) {
-        let mut child = self.processes.remove(service).expect("running");
-        child.kill().expect("SIGKILL");
-        child.wait().expect("reaped");
+        self.processes.remove(service).expect("running").kill();
     }
 
     async fn restart(&mut self, service: &'static str) {
@@ -275,23 +193,7 @@ impl System {
 
     /// Waits until the order service answers `/ready` and every consumer is up.
     async fn wait_ready(&self) {
-        within(90, "the services becoming ready", async {
-            loop {
-                let ready = http_client::request(
-                    http::Method::GET,
-                    &self.url("/ready"),
-                    &[],
-                    Bytes::new(),
-                    Duration::from_secs(2),
-                )
-                .await;
-                if ready.is_ok_and(|r| r.status == 200) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-        .await;
+        wait_ready(self.port, "the services", 90).await;
     }
 
     /// Polls the order until `done` holds.
@@ -312,19 +214,12 @@ impl System {
 
 impl Drop for System {
     fn drop(&mut self) {
-        for (_, mut child) in self.processes.drain() {
-            let _ = child.kill();
-            let _ = child.wait();
+        for (_, mut process) in self.processes.drain() {
+            process.kill();
         }
         if std::thread::panicking() {
             for service in SERVICES {
-                let log = std::fs::read_to_string(self.dir.join(format!("{service}.log")))
-                    .unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(25).collect();
-                eprintln!("--- last lines of {service} ---");
-                for line in tail.into_iter().rev() {
-                    eprintln!("{line}");
-                }
+                dump_log(&self.dir.join(format!("{service}.log")), service, 25);
             }
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);

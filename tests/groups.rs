@@ -10,7 +10,7 @@ mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rust_eda::domain::{OrderId, OrderItem};
@@ -24,6 +24,7 @@ use rust_eda::kafka::{
 };
 use rust_eda::shutdown::ShutdownTrigger;
 use serde::{Deserialize, Serialize};
+use support::process::{Process, Webhook, configure};
 use support::{PrivateBroker, connect, unique, within};
 
 const SESSION_MS: u64 = 3_000;
@@ -101,12 +102,6 @@ fn group_member_child() {
     });
 }
 
-/// The parent's view of one child.
-struct Member {
-    name: String,
-    child: Child,
-}
-
 /// A group of child processes over one topic.
 struct Group {
     broker: PrivateBroker,
@@ -116,7 +111,7 @@ struct Group {
     offsets: String,
     /// A folder with one file of handled records per member.
     out: std::path::PathBuf,
-    members: Vec<Member>,
+    members: Vec<Process>,
 }
 
 impl Group {
@@ -144,7 +139,8 @@ impl Group {
     }
 
     fn spawn(&mut self, name: &str, delay_ms: u64) {
-        let child = Command::new(std::env::current_exe().unwrap())
+        let mut command = Command::new(std::env::current_exe().expect("this test binary"));
+        command
             .args([
                 "--exact",
                 "group_member_child",
@@ -161,36 +157,25 @@ impl Group {
             .env(
                 "RUST_LOG",
                 std::env::var("EDA_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        self.members.push(Member {
-            name: name.to_owned(),
-            child,
-        });
+            );
+        self.members.push(Process::spawn(name, command, &self.out));
+    }
+
+    fn member(&self, name: &str) -> &Process {
+        self.members
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no member {name}"))
     }
 
     fn signal(&mut self, name: &str, signal: &str) {
-        let m = self.members.iter().find(|m| m.name == name).unwrap();
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &m.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{signal} {name}");
+        self.member(name).signal(signal);
     }
 
     async fn wait_exit(&mut self, name: &str) {
         let i = self.members.iter().position(|m| m.name == name).unwrap();
         let mut m = self.members.remove(i);
-        within(30, &format!("{name} exiting"), async {
-            while m.child.try_wait().unwrap().is_none() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await;
+        m.wait_exit(30).await;
     }
 
     /// The group's state in the coordination log; empty until the first member
@@ -281,7 +266,11 @@ impl Group {
     fn handled(&self) -> Vec<Handled> {
         let mut all = Vec::new();
         for entry in std::fs::read_dir(&self.out).unwrap() {
-            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "jsonl") {
+                continue;
+            }
+            let text = std::fs::read_to_string(path).unwrap_or_default();
             // A line being written may be incomplete; complete lines end with '\n'.
             for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
                 all.push(serde_json::from_str(line.trim_end()).unwrap());
@@ -307,8 +296,10 @@ impl Group {
 impl Drop for Group {
     fn drop(&mut self) {
         for m in &mut self.members {
-            let _ = m.child.kill();
-            let _ = m.child.wait();
+            m.kill();
+            if std::thread::panicking() {
+                m.dump_log(25);
+            }
         }
         let _ = std::fs::remove_dir_all(&self.out);
     }
@@ -522,27 +513,19 @@ async fn inventory_instances_never_oversell() {
         r#"{"scarce": 150, "plenty": 100000}"#,
     )
     .unwrap();
+    // No notification service runs: the webhook is never called.
+    let webhook = Webhook::start().await;
     let spawn = |name: &str| {
-        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_inventory-service"))
-            .current_dir(&dir)
-            .env("APP_KAFKA_BROKERS", broker.brokers())
-            .env("APP_INVENTORY_STOCK_FILE", dir.join("stock.json"))
+        let mut command = support::service_command("inventory-service");
+        configure(&mut command, &broker.brokers(), &dir, webhook.addr, 6);
+        command
             // Three instances on one host: each its own free metrics port.
             .env("APP_METRICS_PORT", "0")
-            .env("APP_KAFKA_TOPIC_PARTITIONS", "6")
             .env("APP_KAFKA_SESSION_TIMEOUT_MS", SESSION_MS.to_string())
-            .env("APP_KAFKA_HEARTBEAT_INTERVAL_MS", "300")
-            .env("APP_KAFKA_REBALANCE_GRACE_MS", "300")
-            .env("APP_KAFKA_FETCH_MAX_WAIT_MS", "50")
-            .env("APP_LOGGER_LEVEL", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap()
+            .env("APP_LOGGER_LEVEL", "info");
+        Process::spawn(name, command, &dir)
     };
-    let mut instances = Children((0..3).map(|i| spawn(&format!("inv{i}"))).collect());
+    let mut instances: Vec<Process> = (0..3).map(|i| spawn(&format!("inv{i}"))).collect();
 
     let cluster = connect(&broker.brokers()).await;
     within(60, "topics created by the instances", async {
@@ -588,14 +571,13 @@ async fn inventory_instances_never_oversell() {
         );
         if i == 400 {
             // A rebalance in the middle of the race.
-            instances.0[1].kill().unwrap();
-            instances.0[1].wait().unwrap();
+            instances[1].kill();
         }
     }
     for f in futures {
         f.await.unwrap();
     }
-    instances.0[1] = spawn("inv1-again");
+    instances[1] = spawn("inv1-again");
 
     let started = Instant::now();
     let (reserved, failed) = within(240, "every order decided", async {
@@ -671,18 +653,6 @@ async fn inventory_instances_never_oversell() {
 
     drop(instances);
     let _ = std::fs::remove_dir_all(dir);
-}
-
-/// Child processes killed when the test ends, whether it passed or not.
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// Dropped with the handler's future: says whether the call was abandoned.

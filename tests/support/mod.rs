@@ -7,6 +7,9 @@
 
 #![allow(dead_code)]
 
+pub mod api;
+pub mod process;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
