@@ -34,6 +34,11 @@ pub async fn main<S: Service>() -> ExitCode {
         }
     };
     logging::init(S::NAME, &config.logger);
+    for name in &config.unknown {
+        log::warn!(
+            "{name} is not a setting of these services (a typo?); docs/configuration.md lists them"
+        );
+    }
     crate::metrics::init();
 
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -6,13 +6,16 @@
 //! here, so a bad value stops the service at start with a message naming the
 //! variable and what it accepts, and the rest of the code never re-checks a string.
 //! Secrets are wrapped in [`Secret`], whose `Debug` and `Display` print `***`.
+//!
+//! [`VARIABLES`] lists every variable with its default and meaning: the parser
+//! takes its defaults from there, and `docs/configuration.md` is generated from
+//! it (a test keeps the two equal).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-
+use crate::http_client::HttpUrl;
 use crate::kafka::{
     ClusterConfig, Compression, ConsumerConfig, Fix, ProducerConfig, Sasl, Security, Tls,
 };
@@ -71,69 +74,108 @@ pub struct Config {
     pub order: OrderConfig,
     pub inventory: InventoryConfig,
     pub notification: NotificationConfig,
+    /// `APP_*` variables given that no service reads: a typo, most likely.
+    pub unknown: Vec<String>,
+}
+
+/// Bootstrap brokers: a non-empty list of `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Brokers(Vec<String>);
+
+impl Brokers {
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for Brokers {
+    type Err = ();
+
+    fn from_str(list: &str) -> Result<Self, ()> {
+        let brokers: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let valid = |b: &String| {
+            b.rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        };
+        if brokers.is_empty() || !brokers.iter().all(valid) {
+            return Err(());
+        }
+        Ok(Self(brokers))
+    }
+}
+
+impl std::fmt::Display for Brokers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// `APP_SERVER_HOST`, default `0.0.0.0`.
+    /// `APP_SERVER_HOST`: the address the HTTP servers bind to.
     pub host: String,
-    /// `APP_SERVER_PORT`, default 8080; 0 picks a free port.
+    /// `APP_SERVER_PORT`; 0 picks a free port.
     pub port: u16,
     /// `APP_METRICS_PORT`: where the consumer services serve `/health`, `/ready`
     /// and `/metrics` (the order service serves them on its API port). Unset, each
     /// service has its own default, so that all three fit on one host.
     pub metrics_port: Option<u16>,
-    /// `APP_SERVER_MAX_IN_FLIGHT`, default 1024: requests served at once; more are
+    /// `APP_SERVER_MAX_IN_FLIGHT`: requests served at once; more are
     /// answered `503` with `Retry-After` rather than queued without bound.
     pub max_in_flight: usize,
-    /// `APP_SERVER_REQUEST_TIMEOUT_MS`, default 15000: the longest a request may
+    /// `APP_SERVER_REQUEST_TIMEOUT_MS`: the longest a request may
     /// take; must exceed `APP_ORDER_PUBLISH_TIMEOUT_MS`.
     pub request_timeout: Duration,
-    /// `APP_SERVER_HEADER_TIMEOUT_MS`, default 5000: how long a client may take to
+    /// `APP_SERVER_HEADER_TIMEOUT_MS`: how long a client may take to
     /// send a request's headers before the connection is closed.
     pub header_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
-    /// `APP_KAFKA_BROKERS`, default `localhost:9092`.
-    pub brokers: Vec<String>,
+    /// `APP_KAFKA_BROKERS`.
+    pub brokers: Brokers,
     /// `APP_KAFKA_GROUP_ID`; each service has its own default.
     pub group_id: Option<String>,
     /// `APP_KAFKA_CLIENT_ID`; defaults to the service name.
     pub client_id: Option<String>,
-    /// `APP_KAFKA_TOPIC_PARTITIONS`, default 6: partitions of topics the services create.
+    /// `APP_KAFKA_TOPIC_PARTITIONS`: partitions of topics the services create.
     pub topic_partitions: i32,
-    /// `APP_KAFKA_REPLICATION_FACTOR`, default -1 (the broker's default).
+    /// `APP_KAFKA_REPLICATION_FACTOR`; -1 is the broker's default.
     pub replication_factor: i16,
-    /// `APP_KAFKA_CREATE_TOPICS`, default true: services create missing topics at start.
+    /// `APP_KAFKA_CREATE_TOPICS`: services create missing topics at start.
     pub create_topics: bool,
-    /// `APP_KAFKA_COMPRESSION`, default none: none, gzip or snappy.
+    /// `APP_KAFKA_COMPRESSION`: none, gzip or snappy.
     pub compression: Compression,
     /// `APP_KAFKA_SECURITY_PROTOCOL` with `APP_KAFKA_SSL_CA_LOCATION` and
     /// `APP_KAFKA_SASL_MECHANISM`, `_USERNAME`, `_PASSWORD`.
     pub security: Security,
-    /// `APP_KAFKA_SESSION_TIMEOUT_MS`, default 10000: a member silent this long is dead.
+    /// `APP_KAFKA_SESSION_TIMEOUT_MS`: a member silent this long is dead.
     pub session_timeout: Duration,
-    /// `APP_KAFKA_HEARTBEAT_INTERVAL_MS`, default 1000.
+    /// `APP_KAFKA_HEARTBEAT_INTERVAL_MS`.
     pub heartbeat_interval: Duration,
-    /// `APP_KAFKA_REBALANCE_GRACE_MS`, default 1000: wait before taking over a dead
+    /// `APP_KAFKA_REBALANCE_GRACE_MS`: wait before taking over a dead
     /// member's partitions.
     pub rebalance_grace: Duration,
-    /// `APP_KAFKA_FETCH_MAX_WAIT_MS`, default 500: how long the broker may hold a
+    /// `APP_KAFKA_FETCH_MAX_WAIT_MS`: how long the broker may hold a
     /// fetch on an order's path open waiting for data. Kafka answers as soon as data
     /// arrives; nisshi looks again only at half the remaining wait, so local setups
     /// use a short one.
     pub fetch_max_wait: Duration,
-    /// `APP_KAFKA_VIEW_MAX_WAIT_MS`, default 500: the same for the readers that only
+    /// `APP_KAFKA_VIEW_MAX_WAIT_MS`: the same for the readers that only
     /// keep a view up to date (order status; what was already published or
     /// notified), which are off an order's path. Kafka answers them as soon as data
     /// arrives whatever the wait; on nisshi this bounds how stale a view gets.
     pub view_max_wait: Duration,
-    /// `APP_KAFKA_MAX_ATTEMPTS`, default 10: a consumed record that failed this many
+    /// `APP_KAFKA_MAX_ATTEMPTS`: a consumed record that failed this many
     /// times (with backoff between attempts) is parked in its dead-letter topic.
     pub max_attempts: u32,
-    /// `APP_KAFKA_LINGER_MS`, default 0: how long a record may wait for others to
+    /// `APP_KAFKA_LINGER_MS`: how long a record may wait for others to
     /// join its batch. Every event a service sends is awaited before it goes on (a
     /// handler commits only once its events are written), so a linger adds its whole
     /// length to each hop; batches still form while a request is in flight.
@@ -142,35 +184,35 @@ pub struct KafkaConfig {
 
 #[derive(Debug, Clone)]
 pub struct LoggerConfig {
-    /// `APP_LOGGER_LEVEL`, default info.
+    /// `APP_LOGGER_LEVEL`.
     pub level: log::LevelFilter,
-    /// `APP_LOGGER_ENCODING`, default json.
+    /// `APP_LOGGER_ENCODING`.
     pub encoding: LogEncoding,
 }
 
 #[derive(Debug, Clone)]
 pub struct OrderConfig {
-    /// `APP_ORDER_PUBLISH_TIMEOUT_MS`, default 5000: how long `POST` waits for the
+    /// `APP_ORDER_PUBLISH_TIMEOUT_MS`: how long `POST` waits for the
     /// broker's acknowledgement before answering 503.
     pub publish_timeout: Duration,
-    /// `APP_ORDER_IDEMPOTENCY_RETENTION_HOURS`, default 24: how long an
+    /// `APP_ORDER_IDEMPOTENCY_RETENTION_HOURS`: how long an
     /// `Idempotency-Key` keeps answering with the order it created.
     pub idempotency_retention: Duration,
 }
 
 #[derive(Debug, Clone)]
 pub struct InventoryConfig {
-    /// `APP_INVENTORY_STOCK_FILE`, default `configs/stock.json`.
+    /// `APP_INVENTORY_STOCK_FILE`: the initial stock.
     pub stock_file: PathBuf,
 }
 
 #[derive(Debug, Clone)]
 pub struct NotificationConfig {
     /// `APP_NOTIFICATION_WEBHOOK_URL`: where outcomes are POSTed; unset means log only.
-    pub webhook_url: Option<String>,
-    /// `APP_NOTIFICATION_WEBHOOK_TIMEOUT_MS`, default 5000: per attempt.
+    pub webhook_url: Option<HttpUrl>,
+    /// `APP_NOTIFICATION_WEBHOOK_TIMEOUT_MS`: per attempt.
     pub webhook_timeout: Duration,
-    /// `APP_NOTIFICATION_WEBHOOK_RETRIES`, default 5: attempts after the first.
+    /// `APP_NOTIFICATION_WEBHOOK_RETRIES`: attempts after the first.
     pub webhook_retries: u32,
 }
 
@@ -227,13 +269,8 @@ impl Config {
                 .unwrap_or_default(),
         };
         values.extend(env.into_iter().filter(|(k, _)| k.starts_with("APP_")));
-        let raw: Raw = envy::prefixed("APP_")
-            .from_iter(values)
-            .map_err(|e| ConfigError::File {
-                path: PathBuf::from("(environment)"),
-                reason: e.to_string(),
-            })?;
-        raw.parse()
+        values.retain(|k, _| k.starts_with("APP_"));
+        Values { given: values }.parse()
     }
 
     /// Consumer settings for `group` (unless `APP_KAFKA_GROUP_ID` overrides it)
@@ -263,7 +300,7 @@ impl Config {
 
     /// The cluster settings for a service named `service`.
     pub fn cluster(&self, service: &str) -> ClusterConfig {
-        let mut cluster = ClusterConfig::new(self.kafka.brokers.clone());
+        let mut cluster = ClusterConfig::new(self.kafka.brokers.as_slice().to_vec());
         cluster.client_id = self
             .kafka
             .client_id
@@ -321,42 +358,232 @@ fn read_env_file(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
     Ok(values)
 }
 
-/// The variables as text, before parsing.
-#[derive(Debug, Default, Deserialize)]
-struct Raw {
-    server_host: Option<String>,
-    server_port: Option<String>,
-    metrics_port: Option<String>,
-    server_max_in_flight: Option<String>,
-    server_request_timeout_ms: Option<String>,
-    server_header_timeout_ms: Option<String>,
-    kafka_max_attempts: Option<String>,
-    order_idempotency_retention_hours: Option<String>,
-    kafka_brokers: Option<String>,
-    kafka_security_protocol: Option<String>,
-    kafka_sasl_mechanism: Option<String>,
-    kafka_sasl_username: Option<String>,
-    kafka_sasl_password: Option<Secret>,
-    kafka_ssl_ca_location: Option<String>,
-    kafka_group_id: Option<String>,
-    kafka_client_id: Option<String>,
-    kafka_topic_partitions: Option<String>,
-    kafka_replication_factor: Option<String>,
-    kafka_create_topics: Option<String>,
-    kafka_compression: Option<String>,
-    kafka_session_timeout_ms: Option<String>,
-    kafka_heartbeat_interval_ms: Option<String>,
-    kafka_rebalance_grace_ms: Option<String>,
-    kafka_fetch_max_wait_ms: Option<String>,
-    kafka_linger_ms: Option<String>,
-    kafka_view_max_wait_ms: Option<String>,
-    logger_level: Option<String>,
-    logger_encoding: Option<String>,
-    order_publish_timeout_ms: Option<String>,
-    inventory_stock_file: Option<String>,
-    notification_webhook_url: Option<String>,
-    notification_webhook_timeout_ms: Option<String>,
-    notification_webhook_retries: Option<String>,
+/// One configuration variable: its name, its default as an operator would
+/// write it, and what it sets. The parser reads its defaults from here, and
+/// `docs/configuration.md` is generated from here, so each default is written
+/// once.
+#[derive(Debug, Clone, Copy)]
+pub struct Variable {
+    pub name: &'static str,
+    pub default: Default,
+    pub help: &'static str,
+}
+
+/// A variable's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Default {
+    /// This value.
+    Value(&'static str),
+    /// Unset: the feature is off, or the value is required with another one.
+    Unset,
+    /// A default that depends on the service, in words.
+    PerService(&'static str),
+}
+
+const fn var(name: &'static str, default: &'static str, help: &'static str) -> Variable {
+    Variable {
+        name,
+        default: Default::Value(default),
+        help,
+    }
+}
+
+const fn unset(name: &'static str, help: &'static str) -> Variable {
+    Variable {
+        name,
+        default: Default::Unset,
+        help,
+    }
+}
+
+const fn per_service(name: &'static str, default: &'static str, help: &'static str) -> Variable {
+    Variable {
+        name,
+        default: Default::PerService(default),
+        help,
+    }
+}
+
+/// Every variable the services read, in the order the reference lists them.
+pub const VARIABLES: &[Variable] = &[
+    var(
+        "APP_SERVER_HOST",
+        "0.0.0.0",
+        "address the order API binds to",
+    ),
+    var(
+        "APP_SERVER_PORT",
+        "8080",
+        "port of the order API (0 picks a free one)",
+    ),
+    var(
+        "APP_SERVER_MAX_IN_FLIGHT",
+        "1024",
+        "requests served at once; more get `503` with `Retry-After` instead of queueing",
+    ),
+    var(
+        "APP_SERVER_REQUEST_TIMEOUT_MS",
+        "15000",
+        "longest a request may take (`503` after); more than the publish timeout",
+    ),
+    var(
+        "APP_SERVER_HEADER_TIMEOUT_MS",
+        "5000",
+        "a client that does not send its headers in time is disconnected",
+    ),
+    per_service(
+        "APP_METRICS_PORT",
+        "`9101` inventory, `9102` notification",
+        "port of the consumer services' `/health`, `/ready` and `/metrics` (the order service serves them on its API port)",
+    ),
+    var(
+        "APP_KAFKA_BROKERS",
+        "localhost:9092",
+        "bootstrap brokers, `host:port[,…]`",
+    ),
+    var(
+        "APP_KAFKA_SECURITY_PROTOCOL",
+        "PLAINTEXT",
+        "`PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL` (see [TLS and SASL](#tls-and-sasl))",
+    ),
+    unset(
+        "APP_KAFKA_SSL_CA_LOCATION",
+        "PEM file of the CA(s) that signed the brokers' certificates; without it, the Mozilla roots built into the binary",
+    ),
+    unset(
+        "APP_KAFKA_SASL_MECHANISM",
+        "`PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`; required with `SASL_*`, with username and password",
+    ),
+    unset("APP_KAFKA_SASL_USERNAME", "SASL user"),
+    unset(
+        "APP_KAFKA_SASL_PASSWORD",
+        "SASL password; never logged (prints as `***`)",
+    ),
+    per_service(
+        "APP_KAFKA_GROUP_ID",
+        "the service name",
+        "consumer group of inventory and notification",
+    ),
+    per_service(
+        "APP_KAFKA_CLIENT_ID",
+        "the service name",
+        "client id sent to the broker",
+    ),
+    var(
+        "APP_KAFKA_TOPIC_PARTITIONS",
+        "6",
+        "partitions of the topics the services create",
+    ),
+    var(
+        "APP_KAFKA_REPLICATION_FACTOR",
+        "-1",
+        "replication factor of created topics; -1 is the broker's default",
+    ),
+    var(
+        "APP_KAFKA_CREATE_TOPICS",
+        "true",
+        "create missing topics at start",
+    ),
+    var(
+        "APP_KAFKA_COMPRESSION",
+        "none",
+        "`none`, `gzip` or `snappy`",
+    ),
+    var(
+        "APP_KAFKA_SESSION_TIMEOUT_MS",
+        "10000",
+        "a group member silent this long is dead; its partitions move",
+    ),
+    var(
+        "APP_KAFKA_HEARTBEAT_INTERVAL_MS",
+        "1000",
+        "how often members heartbeat (at most a third of the session timeout)",
+    ),
+    var(
+        "APP_KAFKA_REBALANCE_GRACE_MS",
+        "1000",
+        "wait before taking over a dead member's partitions",
+    ),
+    var(
+        "APP_KAFKA_FETCH_MAX_WAIT_MS",
+        "500",
+        "longest a fetch on an order's path waits for data when none is there; Kafka answers at once when data arrives (set 50 on nisshi, see [brokers](brokers.md))",
+    ),
+    var(
+        "APP_KAFKA_VIEW_MAX_WAIT_MS",
+        "500",
+        "the same for readers that only keep a view current (order status, what was already published or notified)",
+    ),
+    var(
+        "APP_KAFKA_LINGER_MS",
+        "0",
+        "how long an event may wait for others to share its batch; each hop waits for its events' acknowledgement, so a linger adds to every hop (batches still form while a request is in flight)",
+    ),
+    var(
+        "APP_KAFKA_MAX_ATTEMPTS",
+        "10",
+        "a consumed record that failed this many times is parked in `<topic>.dlq` (about 30 s of backoff)",
+    ),
+    var(
+        "APP_LOGGER_LEVEL",
+        "info",
+        "`trace`, `debug`, `info`, `warn`, `error`, `off` (`RUST_LOG` refines it)",
+    ),
+    var(
+        "APP_LOGGER_ENCODING",
+        "json",
+        "`json` (one object per line) or `console`",
+    ),
+    var(
+        "APP_ORDER_PUBLISH_TIMEOUT_MS",
+        "5000",
+        "how long `POST` waits for the broker before answering 503",
+    ),
+    var(
+        "APP_ORDER_IDEMPOTENCY_RETENTION_HOURS",
+        "24",
+        "how long an `Idempotency-Key` answers with its order",
+    ),
+    var(
+        "APP_INVENTORY_STOCK_FILE",
+        "configs/stock.json",
+        "initial stock, a JSON object of product id → quantity",
+    ),
+    unset(
+        "APP_NOTIFICATION_WEBHOOK_URL",
+        "`http://` URL that receives every outcome as a POST",
+    ),
+    var(
+        "APP_NOTIFICATION_WEBHOOK_TIMEOUT_MS",
+        "5000",
+        "timeout of one webhook call",
+    ),
+    var(
+        "APP_NOTIFICATION_WEBHOOK_RETRIES",
+        "5",
+        "retries of a failed webhook call, with backoff",
+    ),
+];
+
+/// The variables' reference as a Markdown table, as `docs/configuration.md`
+/// holds it.
+pub fn reference_table() -> String {
+    let mut out = String::from("| Variable | Default | Meaning |\n|---|---|---|\n");
+    for v in VARIABLES {
+        let default = match v.default {
+            Default::Value(d) => format!("`{d}`"),
+            Default::Unset => "–".to_owned(),
+            Default::PerService(d) => d.to_owned(),
+        };
+        out.push_str(&format!("| `{}` | {default} | {} |\n", v.name, v.help));
+    }
+    out
+}
+
+/// The `APP_*` values given, before parsing, with the defaults behind them.
+#[derive(Debug, Default)]
+struct Values {
+    given: HashMap<String, String>,
 }
 
 fn invalid(variable: &'static str, value: &str, expected: impl Into<String>) -> ConfigError {
@@ -367,59 +594,99 @@ fn invalid(variable: &'static str, value: &str, expected: impl Into<String>) -> 
     }
 }
 
-/// A present, non-blank value.
-fn given(v: &Option<String>) -> Option<&str> {
-    v.as_deref().map(str::trim).filter(|s| !s.is_empty())
-}
-
-fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(
-    variable: &'static str,
-    value: &Option<String>,
-    default: T,
-    range: std::ops::RangeInclusive<T>,
-) -> Result<T, ConfigError> {
-    let Some(text) = given(value) else {
-        return Ok(default);
-    };
-    match text.parse::<T>() {
-        Ok(n) if range.contains(&n) => Ok(n),
-        _ => Err(invalid(
-            variable,
-            text,
-            format!("a whole number from {} to {}", range.start(), range.end()),
-        )),
+impl Values {
+    fn variable(name: &'static str) -> &'static Variable {
+        VARIABLES
+            .iter()
+            .find(|v| v.name == name)
+            .unwrap_or_else(|| unreachable!("{name} is not in VARIABLES"))
     }
-}
 
-fn millis(
-    variable: &'static str,
-    value: &Option<String>,
-    default_ms: u64,
-) -> Result<Duration, ConfigError> {
-    number(variable, value, default_ms, 1..=3_600_000).map(Duration::from_millis)
-}
+    /// A present, non-blank value.
+    fn given(&self, name: &'static str) -> Option<&str> {
+        self.given
+            .get(name)
+            .map(|v| v.trim())
+            .filter(|s| !s.is_empty())
+    }
 
-impl Raw {
+    /// The value given, or the default when it has one.
+    fn get(&self, name: &'static str) -> Option<&str> {
+        self.given(name).or(match Self::variable(name).default {
+            Default::Value(d) => Some(d),
+            Default::Unset | Default::PerService(_) => None,
+        })
+    }
+
+    /// The value given, or the default; for variables that have one.
+    fn text(&self, name: &'static str) -> &str {
+        self.get(name).unwrap_or_default()
+    }
+
+    /// A whole number in `range`.
+    fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(
+        &self,
+        name: &'static str,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Result<T, ConfigError> {
+        let text = self.text(name);
+        match text.parse::<T>() {
+            Ok(n) if range.contains(&n) => Ok(n),
+            _ => Err(invalid(
+                name,
+                text,
+                format!("a whole number from {} to {}", range.start(), range.end()),
+            )),
+        }
+    }
+
+    /// A number given, if one is.
+    fn optional_number<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(
+        &self,
+        name: &'static str,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Result<Option<T>, ConfigError> {
+        match self.given(name) {
+            None => Ok(None),
+            Some(_) => self.number(name, range).map(Some),
+        }
+    }
+
+    /// Milliseconds, from 1 ms to an hour.
+    fn millis(&self, name: &'static str) -> Result<Duration, ConfigError> {
+        self.number(name, 1..=3_600_000).map(Duration::from_millis)
+    }
+
+    /// One of `choices` (matched without case), each with its value.
+    fn choice<T: Copy>(
+        &self,
+        name: &'static str,
+        choices: &[(&str, T)],
+        expected: &str,
+    ) -> Result<T, ConfigError> {
+        let text = self.text(name);
+        choices
+            .iter()
+            .find(|(c, _)| c.eq_ignore_ascii_case(text))
+            .map(|(_, v)| *v)
+            .ok_or_else(|| invalid(name, text, expected))
+    }
+
     /// `APP_KAFKA_SECURITY_PROTOCOL` and the TLS and SASL settings it calls for.
     fn security(&self) -> Result<Security, ConfigError> {
         const PROTOCOL: &str = "APP_KAFKA_SECURITY_PROTOCOL";
-        let protocol = given(&self.kafka_security_protocol)
-            .unwrap_or("PLAINTEXT")
-            .to_ascii_uppercase();
-        let (tls, sasl) = match protocol.as_str() {
-            "PLAINTEXT" => (false, false),
-            "SSL" => (true, false),
-            "SASL_PLAINTEXT" => (false, true),
-            "SASL_SSL" => (true, true),
-            _ => {
-                return Err(invalid(
-                    PROTOCOL,
-                    &protocol,
-                    "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
-                ));
-            }
-        };
-        let ca = given(&self.kafka_ssl_ca_location);
+        let (tls, sasl) = self.choice(
+            PROTOCOL,
+            &[
+                ("PLAINTEXT", (false, false)),
+                ("SSL", (true, false)),
+                ("SASL_PLAINTEXT", (false, true)),
+                ("SASL_SSL", (true, true)),
+            ],
+            "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+        )?;
+        let protocol = self.text(PROTOCOL).to_ascii_uppercase();
+        let ca = self.given("APP_KAFKA_SSL_CA_LOCATION");
         if ca.is_some() && !tls {
             return Err(ConfigError::Inapplicable {
                 variable: "APP_KAFKA_SSL_CA_LOCATION",
@@ -443,7 +710,7 @@ impl Raw {
             None
         };
 
-        let mechanism = given(&self.kafka_sasl_mechanism);
+        let mechanism = self.given("APP_KAFKA_SASL_MECHANISM");
         let sasl = match (sasl, mechanism) {
             (false, None) => None,
             (false, Some(m)) => {
@@ -467,16 +734,18 @@ impl Raw {
                         "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
                     )
                 })?,
-                username: given(&self.kafka_sasl_username)
+                username: self
+                    .given("APP_KAFKA_SASL_USERNAME")
                     .ok_or(ConfigError::Missing {
                         variable: "APP_KAFKA_SASL_USERNAME",
                         why: "APP_KAFKA_SECURITY_PROTOCOL uses SASL",
                     })?
                     .to_owned(),
                 password: self
-                    .kafka_sasl_password
-                    .clone()
-                    .filter(|p| !p.expose().is_empty())
+                    .given
+                    .get("APP_KAFKA_SASL_PASSWORD")
+                    .filter(|p| !p.is_empty())
+                    .map(|p| Secret::new(p.clone()))
                     .ok_or(ConfigError::Missing {
                         variable: "APP_KAFKA_SASL_PASSWORD",
                         why: "APP_KAFKA_SECURITY_PROTOCOL uses SASL",
@@ -486,105 +755,20 @@ impl Raw {
         Ok(Security { tls, sasl })
     }
 
-    fn parse(self) -> Result<Config, ConfigError> {
-        let brokers: Vec<String> = given(&self.kafka_brokers)
-            .unwrap_or("localhost:9092")
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect();
-        for b in &brokers {
-            let port_ok = b
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-            if !port_ok {
-                return Err(invalid(
-                    "APP_KAFKA_BROKERS",
-                    given(&self.kafka_brokers).unwrap_or_default(),
-                    "a comma-separated list of host:port",
-                ));
-            }
-        }
-        if brokers.is_empty() {
-            return Err(invalid(
-                "APP_KAFKA_BROKERS",
-                "",
-                "a comma-separated list of host:port",
-            ));
-        }
+    fn server(&self) -> Result<ServerConfig, ConfigError> {
+        Ok(ServerConfig {
+            host: self.text("APP_SERVER_HOST").to_owned(),
+            port: self.number("APP_SERVER_PORT", 0..=65535)?,
+            metrics_port: self.optional_number("APP_METRICS_PORT", 0..=65535)?,
+            max_in_flight: self.number("APP_SERVER_MAX_IN_FLIGHT", 1..=1_000_000)?,
+            request_timeout: self.millis("APP_SERVER_REQUEST_TIMEOUT_MS")?,
+            header_timeout: self.millis("APP_SERVER_HEADER_TIMEOUT_MS")?,
+        })
+    }
 
-        let security = self.security()?;
-
-        let compression = match given(&self.kafka_compression) {
-            None => Compression::None,
-            Some(c) => c
-                .parse()
-                .map_err(|_| invalid("APP_KAFKA_COMPRESSION", c, "none, gzip or snappy"))?,
-        };
-        let create_topics = match given(&self.kafka_create_topics).map(str::to_ascii_lowercase) {
-            None => true,
-            Some(v) if ["true", "1", "yes"].contains(&v.as_str()) => true,
-            Some(v) if ["false", "0", "no"].contains(&v.as_str()) => false,
-            Some(v) => return Err(invalid("APP_KAFKA_CREATE_TOPICS", &v, "true or false")),
-        };
-
-        let level = match given(&self.logger_level) {
-            None => log::LevelFilter::Info,
-            Some(l) => match l.to_ascii_lowercase().as_str() {
-                "trace" => log::LevelFilter::Trace,
-                "debug" => log::LevelFilter::Debug,
-                "info" => log::LevelFilter::Info,
-                "warn" | "warning" => log::LevelFilter::Warn,
-                "error" => log::LevelFilter::Error,
-                "off" => log::LevelFilter::Off,
-                _ => {
-                    return Err(invalid(
-                        "APP_LOGGER_LEVEL",
-                        l,
-                        "trace, debug, info, warn, error or off",
-                    ));
-                }
-            },
-        };
-        let encoding = match given(&self.logger_encoding).map(str::to_ascii_lowercase) {
-            None => LogEncoding::Json,
-            Some(e) if e == "json" => LogEncoding::Json,
-            Some(e) if e == "console" => LogEncoding::Console,
-            Some(e) => return Err(invalid("APP_LOGGER_ENCODING", &e, "json or console")),
-        };
-
-        let webhook_url = match given(&self.notification_webhook_url) {
-            None => None,
-            Some(url) if url.starts_with("http://") && url.len() > "http://".len() => {
-                Some(url.to_owned())
-            }
-            Some(url) if url.starts_with("https://") => {
-                return Err(ConfigError::Unsupported {
-                    variable: "APP_NOTIFICATION_WEBHOOK_URL",
-                    value: url.to_owned(),
-                    why: "https webhooks need TLS, which is not built in yet; use an http:// URL",
-                });
-            }
-            Some(url) => {
-                return Err(invalid(
-                    "APP_NOTIFICATION_WEBHOOK_URL",
-                    url,
-                    "an http:// URL",
-                ));
-            }
-        };
-
-        let session_timeout = millis(
-            "APP_KAFKA_SESSION_TIMEOUT_MS",
-            &self.kafka_session_timeout_ms,
-            10_000,
-        )?;
-        let heartbeat_interval = millis(
-            "APP_KAFKA_HEARTBEAT_INTERVAL_MS",
-            &self.kafka_heartbeat_interval_ms,
-            1_000,
-        )?;
+    fn kafka(&self) -> Result<KafkaConfig, ConfigError> {
+        let session_timeout = self.millis("APP_KAFKA_SESSION_TIMEOUT_MS")?;
+        let heartbeat_interval = self.millis("APP_KAFKA_HEARTBEAT_INTERVAL_MS")?;
         // The lease (two thirds of the session) must outlive a few heartbeats.
         if heartbeat_interval * 3 > session_timeout {
             return Err(invalid(
@@ -596,141 +780,145 @@ impl Raw {
                 ),
             ));
         }
+        let replication_factor = self.number("APP_KAFKA_REPLICATION_FACTOR", -1i16..=32)?;
+        if replication_factor == 0 {
+            return Err(invalid(
+                "APP_KAFKA_REPLICATION_FACTOR",
+                "0",
+                "-1 (broker default) or 1 to 32",
+            ));
+        }
+        Ok(KafkaConfig {
+            brokers: self.text("APP_KAFKA_BROKERS").parse().map_err(|()| {
+                invalid(
+                    "APP_KAFKA_BROKERS",
+                    self.text("APP_KAFKA_BROKERS"),
+                    "a comma-separated list of host:port",
+                )
+            })?,
+            group_id: self.given("APP_KAFKA_GROUP_ID").map(str::to_owned),
+            client_id: self.given("APP_KAFKA_CLIENT_ID").map(str::to_owned),
+            topic_partitions: self.number("APP_KAFKA_TOPIC_PARTITIONS", 1..=10_000)?,
+            replication_factor,
+            create_topics: self.choice(
+                "APP_KAFKA_CREATE_TOPICS",
+                &[
+                    ("true", true),
+                    ("1", true),
+                    ("yes", true),
+                    ("false", false),
+                    ("0", false),
+                    ("no", false),
+                ],
+                "true or false",
+            )?,
+            compression: self.text("APP_KAFKA_COMPRESSION").parse().map_err(|_| {
+                invalid(
+                    "APP_KAFKA_COMPRESSION",
+                    self.text("APP_KAFKA_COMPRESSION"),
+                    "none, gzip or snappy",
+                )
+            })?,
+            security: self.security()?,
+            session_timeout,
+            heartbeat_interval,
+            rebalance_grace: self.millis("APP_KAFKA_REBALANCE_GRACE_MS")?,
+            fetch_max_wait: self.millis("APP_KAFKA_FETCH_MAX_WAIT_MS")?,
+            view_max_wait: self.millis("APP_KAFKA_VIEW_MAX_WAIT_MS")?,
+            max_attempts: self.number("APP_KAFKA_MAX_ATTEMPTS", 1..=1000)?,
+            linger: self
+                .number("APP_KAFKA_LINGER_MS", 0..=60_000)
+                .map(Duration::from_millis)?,
+        })
+    }
 
-        let publish_timeout = millis(
-            "APP_ORDER_PUBLISH_TIMEOUT_MS",
-            &self.order_publish_timeout_ms,
-            5_000,
-        )?;
-        let request_timeout = millis(
-            "APP_SERVER_REQUEST_TIMEOUT_MS",
-            &self.server_request_timeout_ms,
-            15_000,
-        )?;
-        if request_timeout <= publish_timeout {
+    fn logger(&self) -> Result<LoggerConfig, ConfigError> {
+        use log::LevelFilter;
+        Ok(LoggerConfig {
+            level: self.choice(
+                "APP_LOGGER_LEVEL",
+                &[
+                    ("trace", LevelFilter::Trace),
+                    ("debug", LevelFilter::Debug),
+                    ("info", LevelFilter::Info),
+                    ("warn", LevelFilter::Warn),
+                    ("warning", LevelFilter::Warn),
+                    ("error", LevelFilter::Error),
+                    ("off", LevelFilter::Off),
+                ],
+                "trace, debug, info, warn, error or off",
+            )?,
+            encoding: self.choice(
+                "APP_LOGGER_ENCODING",
+                &[
+                    ("json", LogEncoding::Json),
+                    ("console", LogEncoding::Console),
+                ],
+                "json or console",
+            )?,
+        })
+    }
+
+    fn order(&self, server: &ServerConfig) -> Result<OrderConfig, ConfigError> {
+        let publish_timeout = self.millis("APP_ORDER_PUBLISH_TIMEOUT_MS")?;
+        if server.request_timeout <= publish_timeout {
             return Err(invalid(
                 "APP_SERVER_REQUEST_TIMEOUT_MS",
-                &request_timeout.as_millis().to_string(),
+                &server.request_timeout.as_millis().to_string(),
                 format!(
                     "more than APP_ORDER_PUBLISH_TIMEOUT_MS ({} ms), so that a POST can wait for the broker",
                     publish_timeout.as_millis()
                 ),
             ));
         }
+        Ok(OrderConfig {
+            publish_timeout,
+            idempotency_retention: Duration::from_secs(
+                3600 * self.number("APP_ORDER_IDEMPOTENCY_RETENTION_HOURS", 1u64..=24 * 365)?,
+            ),
+        })
+    }
 
+    fn notification(&self) -> Result<NotificationConfig, ConfigError> {
+        const URL: &str = "APP_NOTIFICATION_WEBHOOK_URL";
+        let webhook_url = match self.given(URL) {
+            None => None,
+            Some(url) if url.starts_with("https://") => {
+                return Err(ConfigError::Unsupported {
+                    variable: URL,
+                    value: url.to_owned(),
+                    why: "https webhooks need TLS, which is not built in yet; use an http:// URL",
+                });
+            }
+            Some(url) => Some(
+                url.parse::<HttpUrl>()
+                    .map_err(|_| invalid(URL, url, "an http:// URL"))?,
+            ),
+        };
+        Ok(NotificationConfig {
+            webhook_url,
+            webhook_timeout: self.millis("APP_NOTIFICATION_WEBHOOK_TIMEOUT_MS")?,
+            webhook_retries: self.number("APP_NOTIFICATION_WEBHOOK_RETRIES", 0..=100)?,
+        })
+    }
+
+    fn parse(self) -> Result<Config, ConfigError> {
+        let server = self.server()?;
         Ok(Config {
-            server: ServerConfig {
-                host: given(&self.server_host).unwrap_or("0.0.0.0").to_owned(),
-                port: number("APP_SERVER_PORT", &self.server_port, 8080u16, 0..=65535)?,
-                metrics_port: match given(&self.metrics_port) {
-                    None => None,
-                    Some(_) => Some(number(
-                        "APP_METRICS_PORT",
-                        &self.metrics_port,
-                        0u16,
-                        0..=65535,
-                    )?),
-                },
-                max_in_flight: number(
-                    "APP_SERVER_MAX_IN_FLIGHT",
-                    &self.server_max_in_flight,
-                    1024usize,
-                    1..=1_000_000,
-                )?,
-                request_timeout,
-                header_timeout: millis(
-                    "APP_SERVER_HEADER_TIMEOUT_MS",
-                    &self.server_header_timeout_ms,
-                    5_000,
-                )?,
-            },
-            kafka: KafkaConfig {
-                brokers,
-                group_id: given(&self.kafka_group_id).map(str::to_owned),
-                client_id: given(&self.kafka_client_id).map(str::to_owned),
-                topic_partitions: number(
-                    "APP_KAFKA_TOPIC_PARTITIONS",
-                    &self.kafka_topic_partitions,
-                    6,
-                    1..=10_000,
-                )?,
-                replication_factor: number(
-                    "APP_KAFKA_REPLICATION_FACTOR",
-                    &self.kafka_replication_factor,
-                    -1i16,
-                    -1..=32,
-                )
-                .and_then(|rf| {
-                    if rf == 0 {
-                        Err(invalid(
-                            "APP_KAFKA_REPLICATION_FACTOR",
-                            "0",
-                            "-1 (broker default) or 1 to 32",
-                        ))
-                    } else {
-                        Ok(rf)
-                    }
-                })?,
-                create_topics,
-                compression,
-                security,
-                session_timeout,
-                heartbeat_interval,
-                rebalance_grace: millis(
-                    "APP_KAFKA_REBALANCE_GRACE_MS",
-                    &self.kafka_rebalance_grace_ms,
-                    1_000,
-                )?,
-                fetch_max_wait: millis(
-                    "APP_KAFKA_FETCH_MAX_WAIT_MS",
-                    &self.kafka_fetch_max_wait_ms,
-                    500,
-                )?,
-                view_max_wait: millis(
-                    "APP_KAFKA_VIEW_MAX_WAIT_MS",
-                    &self.kafka_view_max_wait_ms,
-                    500,
-                )?,
-                max_attempts: number(
-                    "APP_KAFKA_MAX_ATTEMPTS",
-                    &self.kafka_max_attempts,
-                    crate::kafka::middleware::dead_letter::DEFAULT_MAX_ATTEMPTS,
-                    1..=1000,
-                )?,
-                linger: number("APP_KAFKA_LINGER_MS", &self.kafka_linger_ms, 0, 0..=60_000)
-                    .map(Duration::from_millis)?,
-            },
-            logger: LoggerConfig { level, encoding },
-            order: OrderConfig {
-                publish_timeout,
-                idempotency_retention: Duration::from_secs(
-                    3600 * number(
-                        "APP_ORDER_IDEMPOTENCY_RETENTION_HOURS",
-                        &self.order_idempotency_retention_hours,
-                        24u64,
-                        1..=24 * 365,
-                    )?,
-                ),
-            },
+            kafka: self.kafka()?,
+            logger: self.logger()?,
+            order: self.order(&server)?,
             inventory: InventoryConfig {
-                stock_file: PathBuf::from(
-                    given(&self.inventory_stock_file).unwrap_or("configs/stock.json"),
-                ),
+                stock_file: PathBuf::from(self.text("APP_INVENTORY_STOCK_FILE")),
             },
-            notification: NotificationConfig {
-                webhook_url,
-                webhook_timeout: millis(
-                    "APP_NOTIFICATION_WEBHOOK_TIMEOUT_MS",
-                    &self.notification_webhook_timeout_ms,
-                    5_000,
-                )?,
-                webhook_retries: number(
-                    "APP_NOTIFICATION_WEBHOOK_RETRIES",
-                    &self.notification_webhook_retries,
-                    5u32,
-                    0..=100,
-                )?,
-            },
+            notification: self.notification()?,
+            unknown: self
+                .given
+                .keys()
+                .filter(|k| VARIABLES.iter().all(|v| v.name != k.as_str()))
+                .cloned()
+                .collect(),
+            server,
         })
     }
 }
@@ -739,6 +927,50 @@ impl Raw {
 mod tests {
     use super::*;
     use crate::kafka::SaslMechanism;
+
+    /// `docs/configuration.md` holds the table `reference_table` makes; run with
+    /// `EDA_WRITE_DOCS=1` to rewrite it after changing `VARIABLES`.
+    #[test]
+    fn the_configuration_reference_is_generated_from_the_variables() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md");
+        let doc = std::fs::read_to_string(&path).unwrap();
+        let (begin, end) = ("<!-- variables: begin -->\n", "<!-- variables: end -->");
+        let start = doc.find(begin).expect("the begin marker") + begin.len();
+        let stop = doc.find(end).expect("the end marker");
+        let table = reference_table();
+        if doc[start..stop] != table {
+            if std::env::var_os("EDA_WRITE_DOCS").is_some() {
+                std::fs::write(&path, format!("{}{table}{}", &doc[..start], &doc[stop..])).unwrap();
+            } else {
+                panic!(
+                    "docs/configuration.md is not the table of VARIABLES; rewrite it with EDA_WRITE_DOCS=1 cargo test --lib config"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_variable_has_a_default_that_parses_and_the_kafka_layers_agree() {
+        let c = load(&[]).unwrap();
+        let consumer = ConsumerConfig::new("g", ["t"]);
+        assert_eq!(c.kafka.session_timeout, consumer.session_timeout);
+        assert_eq!(c.kafka.heartbeat_interval, consumer.heartbeat_interval);
+        assert_eq!(c.kafka.rebalance_grace, consumer.rebalance_grace);
+        assert_eq!(c.kafka.fetch_max_wait, consumer.fetch_max_wait);
+        assert_eq!(
+            c.kafka.max_attempts,
+            crate::kafka::middleware::dead_letter::DEFAULT_MAX_ATTEMPTS
+        );
+        let names: std::collections::HashSet<&str> = VARIABLES.iter().map(|v| v.name).collect();
+        assert_eq!(names.len(), VARIABLES.len(), "a variable is listed twice");
+    }
+
+    #[test]
+    fn unknown_variables_are_reported_not_ignored() {
+        let c = load(&[("APP_SERVER_PROT", "9000"), ("APP_SERVER_PORT", "9001")]).unwrap();
+        assert_eq!(c.unknown, ["APP_SERVER_PROT"]);
+        assert_eq!(c.server.port, 9001);
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
@@ -756,7 +988,7 @@ mod tests {
         let c = load(&[]).unwrap();
         assert_eq!(c.server.host, "0.0.0.0");
         assert_eq!(c.server.port, 8080);
-        assert_eq!(c.kafka.brokers, vec!["localhost:9092"]);
+        assert_eq!(c.kafka.brokers.as_slice(), ["localhost:9092"]);
         assert_eq!(c.logger.level, log::LevelFilter::Info);
         assert_eq!(c.logger.encoding, LogEncoding::Json);
         assert!(c.notification.webhook_url.is_none());

@@ -80,6 +80,12 @@ impl std::str::FromStr for HttpUrl {
     }
 }
 
+impl std::fmt::Display for HttpUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "http://{}{}", self.authority, self.path)
+    }
+}
+
 /// An answer.
 #[derive(Debug, Clone)]
 pub struct HttpResponse {

@@ -37,9 +37,9 @@ const LAYERS: &[(&str, Exact)] = &[
     // The system's events and settings.
     ("domain", Exact::No),
     ("events", Exact::No),
+    ("http_client", Exact::No),
     ("config", Exact::No),
     ("logging", Exact::No),
-    ("http_client", Exact::No),
     ("http", Exact::No),
     // The services, and the process around them.
     ("services", Exact::No),

@@ -38,8 +38,6 @@ pub enum ServiceError {
     },
     #[error("{0}; set APP_METRICS_PORT")]
     MetricsBind(#[from] BindError),
-    #[error("APP_NOTIFICATION_WEBHOOK_URL: {0}")]
-    Webhook(String),
     #[error("the stock ledger: {0}")]
     Ledger(String),
     #[error("stock file {path}: {reason}; set APP_INVENTORY_STOCK_FILE")]
@@ -76,7 +74,7 @@ pub async fn connect(config: &Config, service: &str) -> Result<Cluster, ServiceE
     let cluster = Cluster::connect(cluster_config).await?;
     log::info!(
         "{service} connected to Kafka at {} ({})",
-        config.kafka.brokers.join(","),
+        config.kafka.brokers,
         config.kafka.security.protocol()
     );
     Ok(cluster)

@@ -49,24 +49,22 @@ pub enum WebhookError {
 #[derive(Debug, Clone)]
 pub struct Webhook {
     url: HttpUrl,
-    display: String,
     timeout: Duration,
     retries: u32,
     backoff: BackoffConfig,
 }
 
 impl Webhook {
-    pub fn new(url: &str, config: &NotificationConfig) -> Result<Self, HttpError> {
-        Ok(Self {
-            url: url.parse()?,
-            display: url.to_owned(),
+    pub fn new(url: HttpUrl, config: &NotificationConfig) -> Self {
+        Self {
+            url,
             timeout: config.webhook_timeout,
             retries: config.webhook_retries,
             backoff: BackoffConfig {
                 initial: Duration::from_millis(200),
                 max: Duration::from_secs(5),
             },
-        })
+        }
     }
 
     /// POSTs `body`, retrying failures and 5xx/429 answers with backoff.
@@ -98,12 +96,12 @@ impl Webhook {
                 // A 4xx other than 429 will not change on retry.
                 Ok(r) if r.status != 429 && (400..500).contains(&r.status) => {
                     return Err(WebhookError::Status {
-                        url: self.display.clone(),
+                        url: self.url.to_string(),
                         status: r.status,
                     });
                 }
                 Ok(r) => WebhookError::Status {
-                    url: self.display.clone(),
+                    url: self.url.to_string(),
                     status: r.status,
                 },
                 Err(e) => WebhookError::Http(e),
@@ -241,10 +239,7 @@ impl Service for NotificationService {
     async fn build(config: Config) -> Result<Self, ServiceError> {
         let ops = OpsServer::bind(&config, METRICS_PORT).await?;
         let webhook = match &config.notification.webhook_url {
-            Some(url) => Some(
-                Webhook::new(url, &config.notification)
-                    .map_err(|e| ServiceError::Webhook(e.to_string()))?,
-            ),
+            Some(url) => Some(Webhook::new(url.clone(), &config.notification)),
             None => None,
         };
         let cluster = connect(&config, Self::NAME).await?;
