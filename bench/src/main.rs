@@ -193,7 +193,7 @@ async fn produce(o: &HashMap<String, String>) -> Result<Value, Error> {
             );
             for i in 0..records {
                 let k = key(i);
-                let p = rust_eda::kafka::partitioner::partition_for_key(k.as_bytes(), partitions);
+                let p = rust_eda::kafka::produce::partitioner::partition_for_key(k.as_bytes(), partitions);
                 by_partition[p as usize].push(Record {
                     key: Some(k.into_bytes()),
                     value: Some(value.clone()),
@@ -847,7 +847,7 @@ async fn seed_orders(o: &HashMap<String, String>) -> Result<Value, Error> {
             },
             format!("seed-{i}"),
         );
-        pending.push_back(producer.enqueue(event.to_record()).await?);
+        pending.push_back(producer.enqueue(event.to_record()?).await?);
         while pending.len() > 50_000 {
             pending.pop_front().expect("pending").await?;
         }
