@@ -12,26 +12,27 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::lease::Lease;
+use super::log::{CoordinationLog, KafkaLog};
 use super::offsets::OffsetError;
 use super::protocol::{Key, MemberValue, OwnerValue};
 use super::state::GroupState;
 use super::{GroupConfig, LOG_PARTITION};
 use crate::kafka::codec::FetchedRecord;
 use crate::kafka::conn::Cluster;
-use crate::kafka::fetch::{Fetcher, LogCursor, Read, read_partition};
-use crate::kafka::produce::{ProduceError, Producer, ProducerConfig, ProducerRecord};
+use crate::kafka::fetch::{LogCursor, Read};
+use crate::kafka::produce::{ProduceError, ProducerRecord};
 use crate::kafka::task::AbortOnDrop;
 use crate::kafka::topic::TopicPartition;
 use crate::shutdown::Shutdown;
+
 /// One member's view of its group: the state read from the log, and the means
 /// to write to it.
-pub(crate) struct Coordinator {
+pub(crate) struct Coordinator<L: CoordinationLog = KafkaLog> {
     pub(crate) member: String,
     pub(crate) state: GroupState,
     pub(crate) lease: Arc<Lease>,
-    cluster: Cluster,
     config: GroupConfig,
-    producer: Producer,
+    group_log: L,
     log: mpsc::Receiver<Vec<FetchedRecord>>,
     /// Where the state stands in the log, and owner records written ahead of it.
     cursor: Mutex<LogCursor<OwnRecord>>,
@@ -54,29 +55,16 @@ struct Reading {
 }
 
 /// Reads the coordination log from its start into a state and starts tailing it.
-async fn read_log(
-    cluster: &Cluster,
+async fn read_log<L: CoordinationLog>(
+    group_log: &L,
     config: &GroupConfig,
     shutdown: Shutdown,
 ) -> Result<Reading, OffsetError> {
-    let topic = config.offsets_topic.clone();
     let mut state = GroupState::new(&config.group_id);
-    let (records, high_watermark) = read_partition(cluster, &topic, LOG_PARTITION).await?;
+    let (records, high_watermark) = group_log.read_all().await?;
     state.apply_all(&records);
-
     let (tx, log) = mpsc::channel(16);
-    let mut tail_config = config.fetch.clone();
-    // Membership and ownership changes are acted on when read back: keep the
-    // wait short, and no longer than the consumer's own.
-    tail_config.fetch_max_wait = config.fetch.fetch_max_wait.min(Duration::from_millis(100));
-    let fetcher = Fetcher {
-        cluster: cluster.clone(),
-        config: tail_config,
-        tp: TopicPartition::new(topic, LOG_PARTITION),
-        progress: None,
-        lag: None,
-    };
-    let tail = AbortOnDrop(tokio::spawn(fetcher.run(high_watermark, tx, shutdown)));
+    let tail = AbortOnDrop(tokio::spawn(group_log.tail(high_watermark, tx, shutdown)));
     Ok(Reading {
         state,
         records: records.len(),
@@ -87,23 +75,33 @@ async fn read_log(
 }
 
 impl Coordinator {
-    /// Announces this member, reads the coordination log, starts tailing it and
-    /// heartbeating.
+    /// Announces this member in the coordination topic on `cluster`, reads the
+    /// topic, starts tailing it and heartbeating.
     pub(crate) async fn join(
         cluster: Cluster,
         config: GroupConfig,
         member: String,
         shutdown: Shutdown,
     ) -> Result<Self, OffsetError> {
-        // Coordination records are few and latency matters: send each at once.
-        let producer = Producer::new(
-            cluster.clone(),
-            ProducerConfig {
-                linger: Duration::ZERO,
-                delivery_timeout: config.session_timeout / 3,
-                ..ProducerConfig::default()
-            },
+        let group_log = KafkaLog::new(
+            cluster,
+            &config.offsets_topic,
+            config.session_timeout / 3,
+            config.fetch.clone(),
         );
+        Self::join_log(group_log, config, member, shutdown).await
+    }
+}
+
+impl<L: CoordinationLog> Coordinator<L> {
+    /// Announces this member in `group_log`, reads it, starts tailing it and
+    /// heartbeating.
+    pub(crate) async fn join_log(
+        group_log: L,
+        config: GroupConfig,
+        member: String,
+        shutdown: Shutdown,
+    ) -> Result<Self, OffsetError> {
         // The member record goes first, so the log read next already holds it: the
         // member can act on the first reading instead of waiting to read itself
         // back, which on brokers that re-check a held fetch only now and then
@@ -112,13 +110,13 @@ impl Coordinator {
         let record = member_record(
             &config,
             &member,
-            &subscription(&cluster, &config).await,
+            &subscription(&group_log, &config).await,
             false,
         );
         let sent = Instant::now();
-        let first_beat = match async { producer.send(record?).await }.await {
-            Ok(delivery) => {
-                lease.grant(delivery.offset, sent + lease_span(&config));
+        let first_beat = match async { group_log.append(record?).await }.await {
+            Ok(offset) => {
+                lease.grant(offset, sent + lease_span(&config));
                 sent + config.heartbeat_interval
             }
             Err(e) => {
@@ -127,15 +125,14 @@ impl Coordinator {
             }
         };
 
-        let reading = read_log(&cluster, &config, shutdown.clone()).await?;
+        let reading = read_log(&group_log, &config, shutdown.clone()).await?;
         lease.read_through(reading.high_watermark);
         let mut coordinator = Self {
             member,
             state: reading.state,
             lease,
-            cluster,
             config,
-            producer,
+            group_log,
             log: reading.log,
             cursor: Mutex::new(LogCursor::at(reading.high_watermark)),
             leaving: Arc::new(AtomicBool::new(false)),
@@ -171,9 +168,8 @@ impl Coordinator {
 
     fn start_heartbeat(&mut self, first: Instant) {
         let beat = Heartbeat {
-            cluster: self.cluster.clone(),
             config: self.config.clone(),
-            producer: self.producer.clone(),
+            group_log: self.group_log.clone(),
             member: self.member.clone(),
             lease: Arc::clone(&self.lease),
             leaving: Arc::clone(&self.leaving),
@@ -245,7 +241,7 @@ impl Coordinator {
     /// what the state was built from. Owner records written ahead of the old
     /// state are dropped: the log says whether they landed.
     pub(crate) async fn rebuild(&mut self) -> Result<(), OffsetError> {
-        let reading = read_log(&self.cluster, &self.config, self.shutdown.clone()).await?;
+        let reading = read_log(&self.group_log, &self.config, self.shutdown.clone()).await?;
         self.state = reading.state;
         self.log = reading.log;
         self._tail = reading.tail;
@@ -286,11 +282,11 @@ impl Coordinator {
             .key(key.clone())
             .json(&owner)?;
         let value = record.value.clone();
-        let delivery = self.producer.send(record).await?;
+        let offset = self.group_log.append(record).await?;
         if early {
             self.cursor
                 .lock()
-                .acknowledged(delivery.offset, OwnRecord { key, value });
+                .acknowledged(offset, OwnRecord { key, value });
         }
         Ok(())
     }
@@ -302,10 +298,10 @@ impl Coordinator {
         let record = member_record(
             &self.config,
             &self.member,
-            &subscription(&self.cluster, &self.config).await,
+            &subscription(&self.group_log, &self.config).await,
             true,
         );
-        if let Err(e) = async { self.producer.send(record?).await }.await {
+        if let Err(e) = async { self.group_log.append(record?).await }.await {
             log::warn!(
                 "announcing the leave failed; the group will notice the session timeout instead: {e}"
             );
@@ -322,10 +318,10 @@ impl Coordinator {
         let tombstone = ProducerRecord::new(&self.config.offsets_topic)
             .partition(LOG_PARTITION)
             .key(key.encode());
-        if let Err(e) = self.producer.send(tombstone).await {
+        if let Err(e) = self.group_log.append(tombstone).await {
             log::warn!("removing the member record failed: {e}");
         }
-        self.producer.close().await;
+        self.group_log.close().await;
     }
 
     /// The target assignment as if this member had left already.
@@ -356,10 +352,13 @@ fn lease_span(config: &GroupConfig) -> Duration {
 }
 
 /// The subscription as this member sees it: each topic with its partition count.
-async fn subscription(cluster: &Cluster, config: &GroupConfig) -> BTreeMap<String, i32> {
+async fn subscription<L: CoordinationLog>(
+    group_log: &L,
+    config: &GroupConfig,
+) -> BTreeMap<String, i32> {
     let mut topics = BTreeMap::new();
     for topic in &config.topics {
-        match cluster.partition_count(topic).await {
+        match group_log.partition_count(topic).await {
             Ok(n) => {
                 topics.insert(topic.clone(), n);
             }
@@ -392,23 +391,22 @@ fn member_record(
 
 /// Writes the member record every heartbeat interval and renews the lease with
 /// each acknowledgement.
-struct Heartbeat {
-    cluster: Cluster,
+struct Heartbeat<L> {
     config: GroupConfig,
-    producer: Producer,
+    group_log: L,
     member: String,
     lease: Arc<Lease>,
     leaving: Arc<AtomicBool>,
 }
 
-impl Heartbeat {
+impl<L: CoordinationLog> Heartbeat<L> {
     async fn run(self, first: Instant) {
         let mut ticker = tokio::time::interval_at(first, self.config.heartbeat_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let lease_span = lease_span(&self.config);
         loop {
             ticker.tick().await;
-            let topics = subscription(&self.cluster, &self.config).await;
+            let topics = subscription(&self.group_log, &self.config).await;
             let record = member_record(
                 &self.config,
                 &self.member,
@@ -416,10 +414,186 @@ impl Heartbeat {
                 self.leaving.load(Ordering::Acquire),
             );
             let sent = Instant::now();
-            match async { self.producer.send(record?).await }.await {
-                Ok(delivery) => self.lease.grant(delivery.offset, sent + lease_span),
+            match async { self.group_log.append(record?).await }.await {
+                Ok(offset) => self.lease.grant(offset, sent + lease_span),
                 Err(e) => log::warn!("heartbeat of {} failed: {e}", self.member),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The coordinator over an in-memory log, on tokio's paused clock: what a
+    //! member writes, when its lease holds, and how handoffs, claims and a
+    //! truncated log come out, each the same on every run.
+
+    use super::super::log::memory::MemoryLog;
+    use super::*;
+    use crate::kafka::fetch::FetchConfig;
+    use crate::shutdown::ShutdownTrigger;
+
+    fn config() -> GroupConfig {
+        GroupConfig {
+            group_id: "g".into(),
+            topics: vec!["t".into()],
+            offsets_topic: "__eda_offsets".into(),
+            session_timeout: Duration::from_secs(3),
+            heartbeat_interval: Duration::from_secs(1),
+            fetch: FetchConfig::default(),
+        }
+    }
+
+    fn tp() -> TopicPartition {
+        TopicPartition::new("t", 0)
+    }
+
+    fn owner(member: &str, epoch: i64, by: &str) -> OwnerValue {
+        OwnerValue {
+            member: member.into(),
+            epoch,
+            start: 0,
+            by: Some(by.into()),
+            refutes: Vec::new(),
+        }
+    }
+
+    async fn join(log: &MemoryLog, member: &str, shutdown: &Shutdown) -> Coordinator<MemoryLog> {
+        Coordinator::join_log(log.clone(), config(), member.into(), shutdown.clone())
+            .await
+            .expect("an in-memory log always reads")
+    }
+
+    /// Applies whatever the tail has delivered, until it is quiet.
+    async fn read_on(c: &mut Coordinator<MemoryLog>) {
+        while let Ok(Some(records)) =
+            tokio::time::timeout(Duration::from_millis(1), c.next_records()).await
+        {
+            c.apply(&records);
+            if c.is_diverged() {
+                return;
+            }
+        }
+    }
+
+    fn owner_of(c: &Coordinator<MemoryLog>) -> Option<(String, i64)> {
+        c.state.owner(&tp()).map(|o| (o.member.clone(), o.epoch))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_member_announces_itself_first_and_holds_a_lease_once_that_is_read() {
+        let (_stop, shutdown) = ShutdownTrigger::new();
+        let log = MemoryLog::default();
+        let a = join(&log, "a", &shutdown).await;
+        let first = log.records()[0].key.clone().unwrap();
+        assert_eq!(
+            Key::decode(&first),
+            Some(Key::Member {
+                group: "g".into(),
+                member: "a".into()
+            })
+        );
+        assert!(a.has_joined());
+        assert!(a.lease.is_valid());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_extend_the_lease_only_once_read_back_and_never_when_they_fail() {
+        let (_stop, shutdown) = ShutdownTrigger::new();
+        let log = MemoryLog::default();
+        let mut a = join(&log, "a", &shutdown).await;
+        // Acknowledged heartbeats that the state has not read do not count: a
+        // member that stopped reading the log (a stuck tail) is fenced.
+        tokio::time::sleep(lease_span(&config()) + Duration::from_millis(10)).await;
+        assert!(log.records().len() >= 3, "heartbeats were written");
+        assert!(!a.lease.is_valid(), "the lease outlived what was read");
+        read_on(&mut a).await;
+        assert!(a.lease.is_valid(), "reading the heartbeats back renews it");
+
+        // Out of reach of the log, the lease runs out two thirds into the
+        // session timeout: before any other member may take over.
+        log.set_failing(true);
+        tokio::time::sleep(lease_span(&config())).await;
+        read_on(&mut a).await;
+        assert!(!a.lease.is_valid());
+        assert!(lease_span(&config()) < config().session_timeout);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_handoff_counts_at_once_for_the_writer_and_when_read_for_the_next_owner() {
+        let (_stop, shutdown) = ShutdownTrigger::new();
+        let log = MemoryLog::default();
+        let mut a = join(&log, "a", &shutdown).await;
+        let mut b = join(&log, "b", &shutdown).await;
+        read_on(&mut a).await;
+
+        // Nobody owns the partition: a's claim is settled where it lands.
+        a.write_owner(&tp(), owner("a", 1, "a")).await.unwrap();
+        assert!(a.catch_up(), "applied on its acknowledgement");
+        assert_eq!(owner_of(&a), Some(("a".into(), 1)));
+
+        a.write_owner(&tp(), owner("b", 2, "a")).await.unwrap();
+        a.catch_up();
+        assert_eq!(owner_of(&a), Some(("b".into(), 2)));
+        read_on(&mut b).await;
+        assert_eq!(owner_of(&b), Some(("b".into(), 2)));
+        // Reading its own records back later changes nothing for a.
+        read_on(&mut a).await;
+        assert_eq!(owner_of(&a), Some(("b".into(), 2)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_counts_only_where_the_owner_it_replaces_is_dead_in_log_time() {
+        let (_stop, shutdown) = ShutdownTrigger::new();
+        let log = MemoryLog::default();
+        let a = join(&log, "a", &shutdown).await;
+        a.write_owner(&tp(), owner("a", 1, "a")).await.unwrap();
+        let mut b = join(&log, "b", &shutdown).await;
+        read_on(&mut b).await;
+        assert_eq!(owner_of(&b), Some(("a".into(), 1)));
+
+        // a is alive where the claim lands: it does not count, and b, which
+        // could not know that when it wrote, learns it by reading it back.
+        log.set_log_time(1_000);
+        b.write_owner(&tp(), owner("b", 2, "b")).await.unwrap();
+        assert!(
+            !b.catch_up(),
+            "a claim over another member waits to be read"
+        );
+        read_on(&mut b).await;
+        assert_eq!(owner_of(&b), Some(("a".into(), 1)));
+
+        // a stops (its heartbeat with it); a session timeout of log time later
+        // it is dead, and the same claim counts.
+        drop(a);
+        log.set_log_time(10_000);
+        b.write_owner(&tp(), owner("b", 2, "b")).await.unwrap();
+        read_on(&mut b).await;
+        assert_eq!(owner_of(&b), Some(("b".into(), 2)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_log_that_lost_an_own_record_is_read_again() {
+        let (_stop, shutdown) = ShutdownTrigger::new();
+        let log = MemoryLog::default();
+        let mut a = join(&log, "a", &shutdown).await;
+        a.write_owner(&tp(), owner("a", 1, "a")).await.unwrap();
+        a.catch_up();
+        assert_eq!(owner_of(&a), Some(("a".into(), 1)));
+
+        // A failover drops the owner record, and another takes its offset.
+        log.truncate(1);
+        log.append(member_record(&config(), "x", &BTreeMap::new(), false).unwrap())
+            .await
+            .unwrap();
+        read_on(&mut a).await;
+        assert!(
+            a.is_diverged(),
+            "the state is no longer a function of the log"
+        );
+        a.rebuild().await.unwrap();
+        assert!(!a.is_diverged());
+        assert_eq!(owner_of(&a), None, "the lost claim is gone from the state");
+        assert!(a.state.member("x").is_some());
     }
 }

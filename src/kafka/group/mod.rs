@@ -30,6 +30,7 @@ pub mod assignor;
 pub mod broker_offsets;
 mod coordinator;
 mod lease;
+mod log;
 pub mod offsets;
 pub(crate) mod planner;
 pub mod protocol;
