@@ -205,8 +205,9 @@ impl Group {
                     let state = self.state().await;
                     let mut owned: BTreeMap<String, Vec<i32>> = BTreeMap::new();
                     for p in 0..partitions {
-                        if let Some(o) = state.owner(&TopicPartition::new(&self.topic, p)) {
-                            owned.entry(o.member.clone()).or_default().push(p);
+                        let owner = state.owner(&TopicPartition::new(&self.topic, p));
+                        if let Some(member) = owner.and_then(|o| o.member.clone()) {
+                            owned.entry(member).or_default().push(p);
                         }
                     }
                     let counts: Vec<usize> = members
@@ -471,7 +472,7 @@ async fn a_paused_member_is_fenced_and_neither_processes_nor_commits_moved_parti
                 ..
             } if g == group.group => {
                 let owner: OwnerValue = serde_json::from_slice(value).unwrap();
-                if owner.member == "b" && before["a"].contains(&partition) {
+                if owner.is("b") && before["a"].contains(&partition) {
                     claimed.entry(partition).or_insert(owner.epoch);
                 }
             }

@@ -80,7 +80,7 @@ impl GroupMetrics {
         let me = coordinator.member.as_str();
         let state = &coordinator.state;
         self.stalls
-            .keep(|tp| state.owner(tp).is_some_and(|o| o.member == me));
+            .keep(|tp| state.owner(tp).is_some_and(|o| o.is(me)));
         let mut stalled = Vec::new();
         for tp in state.partitions_of(me) {
             let r = running.get(tp).filter(|r| !r.task.0.is_finished());

@@ -48,8 +48,8 @@ use crate::kafka::conn::{Cluster, ClusterError};
 use crate::kafka::fetch::{Progress, reset_offset};
 use crate::kafka::group::Coordinator;
 use crate::kafka::group::broker_offsets::BrokerOffsets;
-use crate::kafka::group::offsets::{OffsetError, OffsetStore, offsets_topic_spec};
-use crate::kafka::group::planner::{Plan, Planner};
+use crate::kafka::group::offsets::{OffsetError, OffsetStore, OwnedCommit, offsets_topic_spec};
+use crate::kafka::group::planner::{Handoff, PassOn, Plan, Planner, Start};
 use crate::kafka::group::protocol::OwnerValue;
 use crate::kafka::produce::{ProduceError, Producer, ProducerConfig};
 use crate::kafka::task::AbortOnDrop;
@@ -384,10 +384,10 @@ impl Consumer {
         // and an owner record, and the new owner waits for the last of them. A
         // handoff that does not finish in time is dropped, which stops its task; the
         // partition is then passed on from its last commit.
-        let handoffs = hand_over.into_iter().filter_map(|(tp, to)| {
+        let handoffs = hand_over.into_iter().filter_map(|Handoff { tp, to }| {
             let r = running.remove(&tp)?;
             Some(async move {
-                let epoch = self.hand_over(group, &tp, r, &to).await;
+                let epoch = self.hand_over(group, &tp, r, to.as_deref()).await;
                 (tp, epoch)
             })
         });
@@ -410,13 +410,13 @@ impl Consumer {
             ),
         }
 
-        for (tp, owner, to) in pass_on {
-            if let Some(epoch) = self.pass_on(group, &tp, &owner, &to).await {
+        for PassOn { tp, owner, to } in pass_on {
+            if let Some(epoch) = self.pass_on(group, &tp, &owner, to.as_deref()).await {
                 planner.handed(tp, epoch);
             }
         }
 
-        for (tp, epoch, offset) in start {
+        for Start { tp, epoch, offset } in start {
             log::info!("{tp}: {me} starts at offset {offset} (epoch {epoch})");
             running.insert(
                 tp.clone(),
@@ -478,7 +478,7 @@ impl Consumer {
             None => reset_offset(&self.cluster, tp, self.config.auto_offset_reset).await?,
         };
         let claim = OwnerValue {
-            member: coordinator.member.clone(),
+            member: Some(coordinator.member.clone()),
             epoch,
             start,
             by: Some(coordinator.member.clone()),
@@ -527,7 +527,7 @@ impl Consumer {
         coordinator: &Coordinator,
         tp: &TopicPartition,
         r: Running,
-        to: &str,
+        to: Option<&str>,
     ) -> Option<i64> {
         let epoch = r.epoch;
         let progress = r.finish().await;
@@ -535,7 +535,7 @@ impl Consumer {
             && coordinator
                 .state
                 .owner(tp)
-                .is_some_and(|o| o.member == coordinator.member && o.epoch == epoch);
+                .is_some_and(|o| o.is(&coordinator.member) && o.epoch == epoch);
         if !still_ours {
             log::warn!("{tp}: lost before it could be handed over; nothing committed");
             return None;
@@ -549,7 +549,11 @@ impl Consumer {
                 .commit_owned(
                     &self.config.group_id,
                     &coordinator.member,
-                    &[(tp.clone(), offset, epoch)],
+                    &[OwnedCommit {
+                        tp: tp.clone(),
+                        offset,
+                        epoch,
+                    }],
                 )
                 .await
             {
@@ -562,14 +566,15 @@ impl Consumer {
             },
         }
         let owner = OwnerValue {
-            member: to.to_owned(),
+            member: to.map(str::to_owned),
             epoch: epoch + 1,
             start,
             by: Some(coordinator.member.clone()),
             refutes: Vec::new(),
         };
+        let to = to.unwrap_or("nobody");
         match coordinator.write_owner(tp, owner).await {
-            Ok(()) if to.is_empty() => log::info!("{tp}: released at offset {start}"),
+            Ok(()) if to == "nobody" => log::info!("{tp}: released at offset {start}"),
             Ok(()) => log::info!("{tp}: handed over to {to} at offset {start}"),
             Err(e) => {
                 log::warn!(
@@ -588,11 +593,11 @@ impl Consumer {
         coordinator: &Coordinator,
         tp: &TopicPartition,
         owner: &OwnerValue,
-        to: &str,
+        to: Option<&str>,
     ) -> Option<i64> {
         let start = coordinator.state.committed(tp).unwrap_or(owner.start);
         let next = OwnerValue {
-            member: to.to_owned(),
+            member: to.map(str::to_owned),
             epoch: owner.epoch + 1,
             start,
             by: Some(coordinator.member.clone()),
@@ -600,12 +605,15 @@ impl Consumer {
         };
         match coordinator.write_owner(tp, next).await {
             Ok(()) => {
-                let to = if to.is_empty() { "nobody" } else { to };
+                let to = to.unwrap_or("nobody");
                 log::info!("{tp}: passed on to {to} at offset {start} without running it");
                 Some(owner.epoch + 1)
             }
             Err(e) => {
-                log::warn!("{tp}: passing it on to {to} failed, will retry: {e}");
+                log::warn!(
+                    "{tp}: passing it on to {} failed, will retry: {e}",
+                    to.unwrap_or("nobody")
+                );
                 None
             }
         }
@@ -626,7 +634,7 @@ impl Consumer {
                 coordinator
                     .state
                     .owner(tp)
-                    .is_some_and(|o| o.member == coordinator.member && o.epoch == r.epoch)
+                    .is_some_and(|o| o.is(&coordinator.member) && o.epoch == r.epoch)
             })
             .filter_map(|(tp, r)| {
                 r.progress
@@ -637,9 +645,13 @@ impl Consumer {
         if due.is_empty() {
             return Ok(());
         }
-        let offsets: Vec<(TopicPartition, i64, i64)> = due
+        let offsets: Vec<OwnedCommit> = due
             .iter()
-            .map(|(tp, next, epoch, _)| (tp.clone(), *next, *epoch))
+            .map(|(tp, next, epoch, _)| OwnedCommit {
+                tp: tp.clone(),
+                offset: *next,
+                epoch: *epoch,
+            })
             .collect();
         self.offsets
             .commit_owned(&self.config.group_id, &coordinator.member, &offsets)
@@ -647,10 +659,8 @@ impl Consumer {
         for (_, next, _, progress) in due {
             progress.committed.fetch_max(next, Ordering::AcqRel);
         }
-        let committed: Vec<(TopicPartition, i64)> = offsets
-            .into_iter()
-            .map(|(tp, next, _)| (tp, next))
-            .collect();
+        let committed: Vec<(TopicPartition, i64)> =
+            offsets.into_iter().map(|c| (c.tp, c.offset)).collect();
         self.mirror(&committed);
         Ok(())
     }
@@ -677,16 +687,16 @@ impl Consumer {
             for (tp, owner) in
                 planner.left_behind(&coordinator.state, |tp| running.contains_key(tp))
             {
-                let to = target.get(&tp).cloned().unwrap_or_default();
-                self.pass_on(&coordinator, &tp, &owner, &to).await;
+                let to = target.get(&tp).map(String::as_str);
+                self.pass_on(&coordinator, &tp, &owner, to).await;
             }
         }
         let timeout = self.config.shutdown_commit_timeout;
         let handoffs = running.into_iter().map(|(tp, r)| {
-            let to = target.get(&tp).cloned().unwrap_or_default();
+            let to = target.get(&tp).cloned();
             let coordinator = &coordinator;
             async move {
-                let handoff = self.hand_over(coordinator, &tp, r, &to);
+                let handoff = self.hand_over(coordinator, &tp, r, to.as_deref());
                 if tokio::time::timeout_at(deadline, handoff).await.is_err() {
                     log::error!(
                         "{tp}: handoff did not finish within {timeout:?}; it moves after the session timeout, and records since the last commit are delivered again"

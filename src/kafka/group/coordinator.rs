@@ -450,7 +450,7 @@ mod tests {
 
     fn owner(member: &str, epoch: i64, by: &str) -> OwnerValue {
         OwnerValue {
-            member: member.into(),
+            member: Some(member.into()),
             epoch,
             start: 0,
             by: Some(by.into()),
@@ -477,7 +477,9 @@ mod tests {
     }
 
     fn owner_of(c: &Coordinator<MemoryLog>) -> Option<(String, i64)> {
-        c.state.owner(&tp()).map(|o| (o.member.clone(), o.epoch))
+        c.state
+            .owner(&tp())
+            .map(|o| (o.member.clone().unwrap_or_default(), o.epoch))
     }
 
     #[tokio::test(start_paused = true)]

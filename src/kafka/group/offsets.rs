@@ -54,6 +54,22 @@ impl OffsetError {
     }
 }
 
+/// A commit by the owner of a partition: the next offset to consume, and the
+/// epoch the committer owns the partition in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedCommit {
+    pub tp: TopicPartition,
+    pub offset: i64,
+    pub epoch: i64,
+}
+
+/// Who commits: a member, in the epoch it owns the partition in.
+#[derive(Debug, Clone, Copy)]
+struct Owner<'a> {
+    member: &'a str,
+    epoch: i64,
+}
+
 /// The topic config that makes the broker stamp every record with its own
 /// clock, which is what the group protocol measures liveness in.
 pub const TIMESTAMP_TYPE: (&str, &str) = ("message.timestamp.type", "LogAppendTime");
@@ -125,16 +141,22 @@ impl OffsetStore {
         self.send_all(records).await
     }
 
-    /// Commits as `member`, owner of each partition in the given epoch.
+    /// Commits as `member`, owner of each partition in the epoch given with it.
     pub async fn commit_owned(
         &self,
         group: &str,
         member: &str,
-        offsets: &[(TopicPartition, i64, i64)],
+        offsets: &[OwnedCommit],
     ) -> Result<(), OffsetError> {
         let records = offsets
             .iter()
-            .map(|(tp, offset, epoch)| self.record(group, tp, *offset, Some((member, *epoch))))
+            .map(|c| {
+                let owner = Owner {
+                    member,
+                    epoch: c.epoch,
+                };
+                self.record(group, &c.tp, c.offset, Some(owner))
+            })
             .collect();
         self.send_all(records).await
     }
@@ -144,7 +166,7 @@ impl OffsetStore {
         group: &str,
         tp: &TopicPartition,
         offset: i64,
-        owner: Option<(&str, i64)>,
+        owner: Option<Owner<'_>>,
     ) -> Result<ProducerRecord, ProduceError> {
         let key = Key::Offset {
             group: group.to_owned(),
@@ -153,8 +175,8 @@ impl OffsetStore {
         };
         let value = OffsetValue {
             offset,
-            member: owner.map(|(m, _)| m.to_owned()),
-            epoch: owner.map(|(_, e)| e),
+            member: owner.map(|o| o.member.to_owned()),
+            epoch: owner.map(|o| o.epoch),
             committed_at: crate::clock::now(),
         };
         ProducerRecord::new(&self.topic)

@@ -18,20 +18,48 @@ use super::GroupState;
 use super::protocol::OwnerValue;
 use crate::kafka::topic::TopicPartition;
 
+/// A running partition to hand over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Handoff {
+    pub tp: TopicPartition,
+    /// The next owner; `None` when the target gives it to nobody.
+    pub to: Option<String>,
+}
+
+/// A partition owned but not run, whose next owner is to be named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PassOn {
+    pub tp: TopicPartition,
+    /// Its owner record as the log has it.
+    pub owner: OwnerValue,
+    /// The next owner; `None` when the target gives it to nobody.
+    pub to: Option<String>,
+}
+
+/// A partition to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Start {
+    pub tp: TopicPartition,
+    /// The epoch it is owned in.
+    pub epoch: i64,
+    /// The offset to start at.
+    pub offset: i64,
+}
+
 /// What to do now, in this order: fence, hand over, pass on, start, claim.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Plan {
     /// Running partitions this member no longer owns in their epoch, or all of
     /// them when its lease ran out: stop at once and commit nothing.
     pub fence: Vec<TopicPartition>,
-    /// Running partitions the target gives to someone else (empty: nobody):
+    /// Running partitions the target gives to someone else (or nobody):
     /// finish the record in flight, commit, write the next owner.
-    pub hand_over: Vec<(TopicPartition, String)>,
+    pub hand_over: Vec<Handoff>,
     /// Partitions the log says are ours but that the target gives to someone
     /// else: name the next owner without running them.
-    pub pass_on: Vec<(TopicPartition, OwnerValue, String)>,
-    /// Partitions to start: the epoch they are owned in and the offset to start at.
-    pub start: Vec<(TopicPartition, i64, i64)>,
+    pub pass_on: Vec<PassOn>,
+    /// Partitions to start.
+    pub start: Vec<Start>,
     /// Partitions to claim now: the grace passed and they are still claimable.
     pub claim: Vec<TopicPartition>,
     /// Owner records of ours to write again: a rival record for the same
@@ -112,7 +140,7 @@ where
                 !lease_ok
                     || !state
                         .owner(tp)
-                        .is_some_and(|o| o.member == me && o.epoch == **epoch)
+                        .is_some_and(|o| o.is(me) && o.epoch == **epoch)
             })
             .map(|(tp, _)| tp.clone())
             .collect();
@@ -132,28 +160,35 @@ where
         plan.hand_over = running
             .keys()
             .filter(|tp| live(tp) && target_of(tp) != Some(me))
-            .map(|tp| (tp.clone(), target_of(tp).unwrap_or_default().to_owned()))
+            .map(|tp| Handoff {
+                tp: tp.clone(),
+                to: target_of(tp).map(str::to_owned),
+            })
             .collect();
 
         // Start what the log says is ours. A partition ours in the log but meant
         // for someone else by now (the group changed between our claim and reading
         // it back) is passed on without running it; its new owner waits for that.
         self.restarts
-            .retain(|tp, _| state.owner(tp).is_some_and(|o| o.member == me));
+            .retain(|tp, _| state.owner(tp).is_some_and(|o| o.is(me)));
         for (tp, owner) in state.owned_by(me) {
             if running.contains_key(&tp) || self.handed.contains_key(&tp) {
                 continue;
             }
             if target_of(&tp) != Some(me) {
-                let to = target_of(&tp).unwrap_or_default().to_owned();
-                plan.pass_on.push((tp, owner, to));
+                let to = target_of(&tp).map(str::to_owned);
+                plan.pass_on.push(PassOn { tp, owner, to });
                 continue;
             }
             if self.restarts.get(&tp).is_some_and(|(at, _)| now < *at) {
                 continue;
             }
             let start = state.committed(&tp).unwrap_or(owner.start);
-            plan.start.push((tp, owner.epoch, start));
+            plan.start.push(Start {
+                tp,
+                epoch: owner.epoch,
+                offset: start,
+            });
         }
 
         // Claim partitions of dead members (or nobody's) that the target gives us,
@@ -171,11 +206,11 @@ where
         }
         // Handoffs and passes count as written from now on: their records may
         // land even if the caller never learns that they did.
-        for (tp, _) in &plan.hand_over {
-            self.handing(tp.clone(), running[tp] + 1, now);
+        for h in &plan.hand_over {
+            self.handing(h.tp.clone(), running[&h.tp] + 1, now);
         }
-        for (tp, owner, _) in &plan.pass_on {
-            self.handing(tp.clone(), owner.epoch + 1, now);
+        for p in &plan.pass_on {
+            self.handing(p.tp.clone(), p.owner.epoch + 1, now);
         }
         plan
     }
@@ -280,7 +315,7 @@ mod tests {
             partition: p,
         };
         let value = OwnerValue {
-            member: id.into(),
+            member: (!id.is_empty()).then(|| id.to_owned()),
             epoch,
             start: 0,
             by: Some(id.into()),
@@ -307,7 +342,14 @@ mod tests {
 
         let mut s = state_with(&[member("a"), owner(0, "a", 0)], 0);
         let plan = planner.plan(&mut s, &BTreeMap::new(), true, true, t0 + GRACE);
-        assert_eq!(plan.start, [(tp(0), 0, 0)]);
+        assert_eq!(
+            plan.start,
+            [Start {
+                tp: tp(0),
+                epoch: 0,
+                offset: 0
+            }]
+        );
     }
 
     #[test]
@@ -335,7 +377,14 @@ mod tests {
         let plan = planner.plan(&mut s, &running, true, true, t0);
         assert!(plan.start.is_empty(), "waits first");
         let plan = planner.plan(&mut s, &running, true, true, t0 + GRACE);
-        assert_eq!(plan.start, [(tp(0), 0, 0)]);
+        assert_eq!(
+            plan.start,
+            [Start {
+                tp: tp(0),
+                epoch: 0,
+                offset: 0
+            }]
+        );
         // It ends again at once: the wait doubles, up to the cap.
         planner.ended(tp(0), t0 + GRACE);
         assert_eq!(planner.next_due(t0 + GRACE), Some(t0 + GRACE * 3));
@@ -353,8 +402,8 @@ mod tests {
         let mut planner = Planner::new("a", GRACE, (GRACE, GRACE * 8), GRACE * 10);
         let plan = planner.plan(&mut s, &BTreeMap::new(), true, true, Duration::ZERO);
         assert_eq!(plan.pass_on.len(), 1);
-        let (moved, _, to) = &plan.pass_on[0];
-        assert_eq!(to, "b");
+        let PassOn { tp: moved, to, .. } = &plan.pass_on[0];
+        assert_eq!(to.as_deref(), Some("b"));
         planner.handed(moved.clone(), 1);
         let plan = planner.plan(&mut s, &BTreeMap::new(), true, true, Duration::ZERO);
         assert!(plan.pass_on.is_empty());
@@ -399,7 +448,14 @@ mod tests {
         assert!(plan.start.is_empty(), "the record may still land");
         let later = t0 + GRACE * 10;
         let plan = planner.plan(&mut s, &BTreeMap::from([(tp(1), 0)]), true, true, later);
-        assert_eq!(plan.start, [(tp(0), 0, 0)]);
+        assert_eq!(
+            plan.start,
+            [Start {
+                tp: tp(0),
+                epoch: 0,
+                offset: 0
+            }]
+        );
     }
 
     #[test]
@@ -412,7 +468,7 @@ mod tests {
             let mut state = s.clone();
             let plan = planner.plan(&mut state, &BTreeMap::new(), true, true, Duration::ZERO);
             assert_eq!(plan.reassert.len(), 1, "{me}");
-            assert_eq!(plan.reassert[0].1.member, "a");
+            assert_eq!(plan.reassert[0].1.member.as_deref(), Some("a"));
             assert_eq!(plan.reassert[0].1.refutes, [100]);
             let again = planner.plan(&mut state, &BTreeMap::new(), true, true, Duration::ZERO);
             assert!(again.reassert.is_empty(), "written once");

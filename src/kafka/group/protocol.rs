@@ -101,7 +101,10 @@ pub struct MemberValue {
 /// Ownership of a partition. `member` is empty when nobody owns it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OwnerValue {
-    pub member: String,
+    /// The owner; `None` when the partition was passed on with no member to
+    /// take it (written `""`, as earlier versions wrote it).
+    #[serde(with = "no_owner")]
+    pub member: Option<String>,
     /// Grows by one at every change of owner; fences commits of former owners.
     pub epoch: i64,
     /// Where this owner starts: the committed offset when ownership changed.
@@ -121,7 +124,29 @@ pub struct OwnerValue {
     pub refutes: Vec<i64>,
 }
 
+/// `OwnerValue::member` on the wire: a string, empty for no owner.
+mod no_owner {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        member: &Option<String>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_str(member.as_deref().unwrap_or(""))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        let member = String::deserialize(d)?;
+        Ok((!member.is_empty()).then_some(member))
+    }
+}
+
 impl OwnerValue {
+    /// Whether `id` is the owner.
+    pub fn is(&self, id: &str) -> bool {
+        self.member.as_deref() == Some(id)
+    }
+
     /// Whether the two name the same ownership, whatever they refute.
     pub fn same_ownership(&self, other: &Self) -> bool {
         self.member == other.member
@@ -153,6 +178,25 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_owner_is_written_and_read_as_earlier_versions_did() {
+        let passed = OwnerValue {
+            member: None,
+            epoch: 3,
+            start: 7,
+            by: Some("a".into()),
+            refutes: Vec::new(),
+        };
+        let json = serde_json::to_string(&passed).unwrap();
+        assert!(json.starts_with(r#"{"member":"","epoch":3"#), "{json}");
+        let read: OwnerValue =
+            serde_json::from_str(r#"{"member":"","epoch":3,"start":7,"by":"a"}"#).unwrap();
+        assert_eq!(read, passed);
+        let owned: OwnerValue =
+            serde_json::from_str(r#"{"member":"b","epoch":1,"start":0}"#).unwrap();
+        assert!(owned.is("b"));
+    }
 
     #[test]
     fn written_keys_are_the_bytes_serde_writes() {

@@ -28,7 +28,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use super::planner::{Plan, Planner};
+use super::planner::{Handoff, PassOn, Plan, Planner, Start};
 use super::protocol::{Key, MemberValue, OffsetValue, OwnerValue, encode};
 use super::state::GroupState;
 use crate::kafka::fetch::{LogCursor, Read};
@@ -677,7 +677,7 @@ impl World {
         &mut self,
         slot: usize,
         tp: TopicPartition,
-        to: String,
+        to: Option<String>,
         epoch: i64,
         start: i64,
     ) {
@@ -698,7 +698,7 @@ impl World {
         for tp in plan.fence {
             self.members[slot].running.remove(&tp);
         }
-        for (tp, to) in plan.hand_over {
+        for Handoff { tp, to } in plan.hand_over {
             let m = &mut self.members[slot];
             let Some(r) = m.running.remove(&tp) else {
                 continue;
@@ -714,14 +714,19 @@ impl World {
             }
             self.name_next_owner(slot, tp, to, r.epoch + 1, r.next);
         }
-        for (tp, owner, to) in plan.pass_on {
+        for PassOn { tp, owner, to } in plan.pass_on {
             let start = self.members[slot]
                 .state
                 .committed(&tp)
                 .unwrap_or(owner.start);
             self.name_next_owner(slot, tp, to, owner.epoch + 1, start);
         }
-        for (tp, epoch, start) in plan.start {
+        for Start {
+            tp,
+            epoch,
+            offset: start,
+        } in plan.start
+        {
             let id = self.next_run;
             self.next_run += 1;
             self.members[slot].running.insert(
@@ -737,7 +742,7 @@ impl World {
         for tp in plan.claim {
             let state = &self.members[slot].state;
             let value = OwnerValue {
-                member: me.clone(),
+                member: Some(me.clone()),
                 epoch: state.owner(&tp).map_or(0, |o| o.epoch + 1),
                 start: state.committed(&tp).unwrap_or(0),
                 by: Some(me.clone()),
@@ -767,7 +772,7 @@ impl World {
                 r.next > r.committed
                     && m.state
                         .owner(tp)
-                        .is_some_and(|o| o.member == m.id && o.epoch == r.epoch)
+                        .is_some_and(|o| o.is(&m.id) && o.epoch == r.epoch)
             })
             .map(|(tp, r)| (tp.clone(), r.next, r.epoch, r.id))
             .collect();
@@ -832,7 +837,7 @@ impl World {
                     "{tp}: only {prefix} of {RECORDS} records handled after the faults stopped; owner {owner:?}"
                 ));
             }
-            let owner = self.truth.owner(&tp).map(|o| o.member.clone());
+            let owner = self.truth.owner(&tp).and_then(|o| o.member.clone());
             let runs = self
                 .members
                 .iter()

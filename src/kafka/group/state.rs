@@ -207,9 +207,12 @@ impl GroupState {
             return Counts::Yes;
         }
         let counts = v.epoch == current.epoch + 1
-            && (current.member.is_empty()
-                || v.by.as_deref().is_none_or(|by| by == current.member)
-                || !self.is_alive(&current.member));
+            && match current.member.as_deref() {
+                None => true,
+                Some(owner) => {
+                    v.by.as_deref().is_none_or(|by| by == owner) || !self.is_alive(owner)
+                }
+            };
         if !counts {
             log::debug!(
                 "{tp}: owner record for {:?} in epoch {} by {:?} does not count: {:?} owns epoch {}",
@@ -270,7 +273,7 @@ impl GroupState {
     pub fn is_claimable(&self, tp: &TopicPartition) -> bool {
         match self.owner(tp) {
             None => true,
-            Some(o) => o.member.is_empty() || !self.is_alive(&o.member),
+            Some(o) => o.member.as_deref().is_none_or(|m| !self.is_alive(m)),
         }
     }
 
@@ -283,7 +286,8 @@ impl GroupState {
             None => commit.map(|c| c.offset),
             Some(owner) => match commit {
                 Some(c)
-                    if c.member.as_deref() == Some(owner.member.as_str())
+                    if owner.member.is_some()
+                        && c.member == owner.member
                         && c.epoch == Some(owner.epoch) =>
                 {
                     Some(c.offset)
@@ -326,8 +330,7 @@ impl GroupState {
         let current: BTreeMap<TopicPartition, String> = self
             .owners
             .iter()
-            .filter(|(_, o)| !o.value.member.is_empty())
-            .map(|(tp, o)| (tp.clone(), o.value.member.clone()))
+            .filter_map(|(tp, o)| Some((tp.clone(), o.value.member.clone()?)))
             .collect();
         assign(&members, &self.partitions(), &current)
     }
@@ -367,7 +370,7 @@ impl GroupState {
     pub fn partitions_of<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a TopicPartition> {
         self.owners
             .iter()
-            .filter(move |(_, o)| o.value.member == id)
+            .filter(move |(_, o)| o.value.is(id))
             .map(|(tp, _)| tp)
     }
 
@@ -377,7 +380,7 @@ impl GroupState {
     /// which its writer learns only by reading it back.
     pub fn settled_by_writer(&self, tp: &TopicPartition, writer: &str) -> bool {
         self.owner(tp)
-            .is_none_or(|o| o.member.is_empty() || o.member == writer)
+            .is_none_or(|o| o.member.as_deref().is_none_or(|m| m == writer))
     }
 }
 
@@ -405,7 +408,7 @@ mod tests {
             partition: p,
         };
         let value = OwnerValue {
-            member: member.into(),
+            member: (!member.is_empty()).then(|| member.to_owned()),
             epoch,
             start,
             by: None,
@@ -536,27 +539,33 @@ mod tests {
         apply(&mut s, owner(0, "a", 3, 10), 0);
         apply(&mut s, owner(0, "b", 4, 12), 0);
         apply(&mut s, owner(0, "c", 4, 12), 0);
-        assert_eq!(s.owner(&tp).map(|o| o.member.as_str()), Some("b"));
+        assert_eq!(
+            s.owner(&tp)
+                .map(|o| o.member.as_deref().unwrap_or_default()),
+            Some("b")
+        );
         // A record from the past does not count either.
         apply(&mut s, owner(0, "a", 3, 10), 0);
         assert_eq!(
-            s.owner(&tp).map(|o| (o.member.as_str(), o.epoch)),
+            s.owner(&tp)
+                .map(|o| (o.member.as_deref().unwrap_or_default(), o.epoch)),
             Some(("b", 4))
         );
         // Every reader is told, to write the owner that counts again.
         let contested = s.take_contested();
         assert_eq!(contested.len(), 1);
-        assert_eq!(contested[0].1.member, "b");
+        assert_eq!(contested[0].1.member.as_deref(), Some("b"));
         assert_eq!(contested[0].1.refutes.len(), 2, "the two rivals");
         assert!(s.take_contested().is_empty());
         apply(&mut s, owner(0, "b", 4, 12), 0);
         assert!(s.take_contested().is_empty());
         // Writing it again failed: the partition is contested until it is written.
         s.contest(tp.clone(), &contested[0].1);
-        assert_eq!(s.take_contested()[0].1.member, "b");
+        assert_eq!(s.take_contested()[0].1.member.as_deref(), Some("b"));
         apply(&mut s, owner(0, "c", 5, 20), 0);
         assert_eq!(
-            s.owner(&tp).map(|o| (o.member.as_str(), o.epoch)),
+            s.owner(&tp)
+                .map(|o| (o.member.as_deref().unwrap_or_default(), o.epoch)),
             Some(("c", 5))
         );
     }
@@ -584,18 +593,21 @@ mod tests {
         // before the tail.
         let mut compacted = GroupState::new("g");
         at(&mut compacted, 5, owner(0, "c", 4, 12));
-        assert_eq!(compacted.owner(&tp).unwrap().member, "c");
+        assert_eq!(compacted.owner(&tp).unwrap().member.as_deref(), Some("c"));
         at(&mut compacted, 9, again(0, "b", 4, 12, vec![5]));
         for s in [&whole, &compacted] {
             let o = s.owner(&tp).unwrap();
-            assert_eq!((o.member.as_str(), o.epoch, o.start), ("b", 4, 12));
+            assert_eq!(
+                (o.member.as_deref().unwrap_or_default(), o.epoch, o.start),
+                ("b", 4, 12)
+            );
         }
         // A refutation that arrives after the owner changed for real (it was in
         // flight) changes nothing for either.
         for s in [&mut whole, &mut compacted] {
             at(s, 10, owner(0, "d", 5, 20));
             at(s, 11, again(0, "b", 4, 12, vec![5, 7]));
-            assert_eq!(s.owner(&tp).unwrap().member, "d");
+            assert_eq!(s.owner(&tp).unwrap().member.as_deref(), Some("d"));
         }
     }
 
@@ -609,7 +621,8 @@ mod tests {
         apply(&mut s, owner(0, "a", 3, 10), 0);
         apply(&mut s, owner(0, "c", 6, 12), 0);
         assert_eq!(
-            s.owner(&tp).map(|o| (o.member.as_str(), o.epoch)),
+            s.owner(&tp)
+                .map(|o| (o.member.as_deref().unwrap_or_default(), o.epoch)),
             Some(("c", 6))
         );
     }
@@ -634,7 +647,7 @@ mod tests {
                 partition: 0,
             };
             let value = OwnerValue {
-                member: by.into(),
+                member: Some(by.into()),
                 epoch,
                 start: 0,
                 by: Some(by.into()),
@@ -649,10 +662,18 @@ mod tests {
         // b decided while a looked dead, but a heartbeat of a's landed first.
         apply(&mut s, member("a", false), 900);
         apply(&mut s, claim("b", 2), 1_200);
-        assert_eq!(s.owner(&tp).map(|o| o.member.as_str()), Some("a"));
+        assert_eq!(
+            s.owner(&tp)
+                .map(|o| o.member.as_deref().unwrap_or_default()),
+            Some("a")
+        );
         // Once a is dead where the claim lands, it counts.
         apply(&mut s, member("b", false), 2_000);
         apply(&mut s, claim("b", 2), 2_000);
-        assert_eq!(s.owner(&tp).map(|o| o.member.as_str()), Some("b"));
+        assert_eq!(
+            s.owner(&tp)
+                .map(|o| o.member.as_deref().unwrap_or_default()),
+            Some("b")
+        );
     }
 }
