@@ -87,7 +87,7 @@ async fn create_topics(config: &Config, service: &str) -> ExitCode {
                 match outcome {
                     TopicOutcome::Created => println!("created {topic}"),
                     TopicOutcome::Existed { partitions } => {
-                        println!("exists  {topic} (partitions: {partitions})")
+                        println!("exists  {topic} (partitions: {partitions})");
                     }
                 }
             }

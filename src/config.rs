@@ -27,31 +27,53 @@ pub const DEFAULT_FILES: [&str; 2] = ["config.env", "configs/config.env"];
 /// A configuration error, naming the variable or file at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// A value that does not parse, or is out of range.
     #[error("{variable}={value:?} is invalid: expected {expected}")]
     Invalid {
+        /// The variable.
         variable: &'static str,
+        /// Its value.
         value: String,
+        /// What it accepts.
         expected: String,
     },
+    /// A variable another setting needs is not set.
     #[error("{variable} is required: {why}")]
     Missing {
+        /// The variable.
         variable: &'static str,
+        /// Which setting needs it, and what to set.
         why: &'static str,
     },
+    /// A variable set where it has no effect.
     #[error("{variable}={value:?} does not apply here: {why}")]
     Inapplicable {
+        /// The variable.
         variable: &'static str,
+        /// Its value.
         value: String,
+        /// Why it does not apply, and what would make it.
         why: &'static str,
     },
+    /// A value this build cannot serve.
     #[error("{variable}={value:?} is not supported by this build: {why}")]
     Unsupported {
+        /// The variable.
         variable: &'static str,
+        /// Its value.
         value: String,
+        /// Why, and what to use instead.
         why: &'static str,
     },
+    /// An env file that cannot be read or parsed.
     #[error("config file {path}: {reason}")]
-    File { path: PathBuf, reason: String },
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A command-line argument that is not `--config FILE`.
     #[error("unknown argument {0:?}: expected --config FILE")]
     Argument(String),
 }
@@ -68,11 +90,17 @@ pub enum LogEncoding {
 /// Everything the three services can be configured with.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The HTTP servers.
     pub server: ServerConfig,
+    /// The Kafka connection, topics and groups.
     pub kafka: KafkaConfig,
+    /// Logging.
     pub logger: LoggerConfig,
+    /// The order service.
     pub order: OrderConfig,
+    /// The inventory service.
     pub inventory: InventoryConfig,
+    /// The notification service.
     pub notification: NotificationConfig,
     /// `APP_*` variables given that no service reads: a typo, most likely.
     pub unknown: Vec<String>,
@@ -83,6 +111,7 @@ pub struct Config {
 pub struct Brokers(Vec<String>);
 
 impl Brokers {
+    /// The brokers, in the order given.
     pub fn as_slice(&self) -> &[String] {
         &self.0
     }
@@ -115,6 +144,7 @@ impl std::fmt::Display for Brokers {
     }
 }
 
+/// How the HTTP servers listen.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// `APP_SERVER_HOST`: the address the HTTP servers bind to.
@@ -136,6 +166,7 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
 }
 
+/// How the services reach Kafka and use it.
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
     /// `APP_KAFKA_BROKERS`.
@@ -182,6 +213,7 @@ pub struct KafkaConfig {
     pub linger: Duration,
 }
 
+/// What is logged, and how.
 #[derive(Debug, Clone)]
 pub struct LoggerConfig {
     /// `APP_LOGGER_LEVEL`.
@@ -190,6 +222,7 @@ pub struct LoggerConfig {
     pub encoding: LogEncoding,
 }
 
+/// The order service's own settings.
 #[derive(Debug, Clone)]
 pub struct OrderConfig {
     /// `APP_ORDER_PUBLISH_TIMEOUT_MS`: how long `POST` waits for the
@@ -200,15 +233,17 @@ pub struct OrderConfig {
     pub idempotency_retention: Duration,
 }
 
+/// The inventory service's own settings.
 #[derive(Debug, Clone)]
 pub struct InventoryConfig {
     /// `APP_INVENTORY_STOCK_FILE`: the initial stock.
     pub stock_file: PathBuf,
 }
 
+/// The notification service's own settings.
 #[derive(Debug, Clone)]
 pub struct NotificationConfig {
-    /// `APP_NOTIFICATION_WEBHOOK_URL`: where outcomes are POSTed; unset means log only.
+    /// `APP_NOTIFICATION_WEBHOOK_URL`: where outcomes are `POSTed`; unset means log only.
     pub webhook_url: Option<HttpUrl>,
     /// `APP_NOTIFICATION_WEBHOOK_TIMEOUT_MS`: per attempt.
     pub webhook_timeout: Duration,
@@ -364,8 +399,11 @@ fn read_env_file(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
 /// once.
 #[derive(Debug, Clone, Copy)]
 pub struct Variable {
+    /// The variable's name.
     pub name: &'static str,
+    /// Its default.
     pub default: Default,
+    /// What it sets, for the reference.
     pub help: &'static str,
 }
 

@@ -26,6 +26,7 @@ pub const MAX_PRICE: f64 = 1e12;
 pub struct OrderId(pub Uuid);
 
 impl OrderId {
+    /// A new random (v4) order id.
     pub fn new() -> Self {
         Self(Uuid::new_v4())
     }
@@ -53,6 +54,7 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
+    /// Parses an order id from the path, naming the field when it is not one.
     pub fn parse(raw: &str) -> Result<Self, FieldError> {
         if raw.is_empty() || raw.len() > MAX_IDEMPOTENCY_KEY_LEN {
             return Err(FieldError::new(
@@ -69,6 +71,7 @@ impl IdempotencyKey {
         Ok(Self(raw.to_owned()))
     }
 
+    /// The text as given.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -97,22 +100,29 @@ impl std::fmt::Display for OrderId {
 /// One line of an order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OrderItem {
+    /// The product, 1 to 128 bytes.
     pub product_id: String,
+    /// Units ordered, 1 to 1,000,000.
     pub quantity: u64,
+    /// Price per unit, 0 to 10¹².
     pub price: f64,
 }
 
 /// A well-formed order request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewOrder {
+    /// The customer, 1 to 128 bytes.
     pub customer_id: String,
+    /// What is ordered, 1 to 100 lines.
     pub items: Vec<OrderItem>,
 }
 
 /// What is wrong with one field of a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldError {
+    /// Where the problem is, as a path into the request (`items[0].quantity`).
     pub field: String,
+    /// What is wrong with it.
     pub message: String,
 }
 
@@ -139,7 +149,7 @@ impl NewOrder {
         match object.get("items") {
             None | Some(Value::Null) => errors.push(FieldError::new("items", "is required")),
             Some(Value::Array(list)) if list.is_empty() => {
-                errors.push(FieldError::new("items", "must hold at least one item"))
+                errors.push(FieldError::new("items", "must hold at least one item"));
             }
             Some(Value::Array(list)) if list.len() > MAX_ITEMS => errors.push(FieldError::new(
                 "items",
@@ -178,7 +188,7 @@ fn id(value: Option<&Value>, field: &str, errors: &mut Vec<FieldError>) -> Optio
     match value {
         None | Some(Value::Null) => errors.push(FieldError::new(field, "is required")),
         Some(Value::String(s)) if s.trim().is_empty() => {
-            errors.push(FieldError::new(field, "must not be empty"))
+            errors.push(FieldError::new(field, "must not be empty"));
         }
         Some(Value::String(s)) if s.len() > MAX_ID_LEN => errors.push(FieldError::new(
             field,

@@ -18,9 +18,13 @@ use crate::kafka::{Message, ProduceError, ProducerRecord, TopicSpec};
 
 /// Topic names, as in the Go original.
 pub mod topics {
+    /// Orders accepted by the API.
     pub const ORDER_CREATED: &str = "order.created";
+    /// Orders whose every item was reserved.
     pub const INVENTORY_RESERVED: &str = "inventory.reserved";
+    /// Orders that could not be reserved, with what was short.
     pub const INVENTORY_FAILED: &str = "inventory.failed";
+    /// Outcomes the customer was notified of.
     pub const NOTIFICATION_SENT: &str = "notification.sent";
     /// The inventory's single-partition ledger of stock and reservation requests.
     pub const INVENTORY_LEDGER: &str = "inventory.ledger";
@@ -36,8 +40,11 @@ pub mod topics {
 
 /// Header names set on every event record.
 pub mod headers {
+    /// The envelope's `event_type`, for routing without parsing JSON.
     pub const EVENT_TYPE: &str = "event_type";
+    /// The envelope's `event_id`.
     pub const EVENT_ID: &str = "event_id";
+    /// The envelope's `correlation_id`: the order's whole journey shares it.
     pub const CORRELATION_ID: &str = "correlation_id";
 }
 
@@ -93,21 +100,31 @@ pub fn topic_specs(partitions: i32, replication_factor: i16) -> Vec<TopicSpec> {
 
 /// A payload type: its event type, topic and schema version.
 pub trait Payload: Serialize + DeserializeOwned {
+    /// The envelope's `event_type` for this payload.
     const EVENT_TYPE: &'static str;
+    /// The topic events of this type go to.
     const TOPIC: &'static str;
+    /// The schema version this build writes and reads.
     const VERSION: u32 = 1;
 
+    /// The order the event is about: its record key.
     fn order_id(&self) -> OrderId;
 }
 
 /// The common wrapper of every event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope<P> {
+    /// Unique per event; consumers deduplicate on it.
     pub event_id: Uuid,
+    /// The payload's type, such as `order.created`.
     pub event_type: String,
+    /// The payload's schema version.
     pub version: u32,
+    /// When the event happened (RFC 3339, UTC, milliseconds).
     pub occurred_at: String,
+    /// Shared by every event and log line of one order.
     pub correlation_id: String,
+    /// The event itself.
     pub payload: P,
 }
 
@@ -183,10 +200,15 @@ impl<P: Payload> Envelope<P> {
 /// `order.created`: the order service accepted an order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OrderCreated {
+    /// The order.
     pub order_id: OrderId,
+    /// Who ordered.
     pub customer_id: String,
+    /// What was ordered.
     pub items: Vec<OrderItem>,
+    /// The sum of quantity × price.
     pub total: f64,
+    /// When the order was accepted (RFC 3339).
     pub created_at: String,
 }
 
@@ -202,14 +224,18 @@ impl Payload for OrderCreated {
 /// A quantity of one product.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProductQuantity {
+    /// The product.
     pub product_id: String,
+    /// Units reserved (or asked for).
     pub quantity: u64,
 }
 
 /// `inventory.reserved`: every item of the order is reserved.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InventoryReserved {
+    /// The order.
     pub order_id: OrderId,
+    /// Who ordered.
     pub customer_id: String,
     /// The reserved quantity per product (items of one product summed).
     pub items: Vec<ProductQuantity>,
@@ -227,16 +253,22 @@ impl Payload for InventoryReserved {
 /// A product the order asked more of than is in stock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shortage {
+    /// The product.
     pub product_id: String,
+    /// Units the order asked for.
     pub requested: u64,
+    /// Units left when it was decided.
     pub available: u64,
 }
 
 /// `inventory.failed`: nothing was reserved.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InventoryFailed {
+    /// The order.
     pub order_id: OrderId,
+    /// Who ordered.
     pub customer_id: String,
+    /// Why, in words, for the customer.
     pub reason: String,
     /// The products that are short.
     pub missing: Vec<Shortage>,
@@ -255,15 +287,20 @@ impl Payload for InventoryFailed {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
+    /// Every item was reserved.
     Reserved,
+    /// Not enough stock; nothing was reserved.
     Rejected,
 }
 
 /// `notification.sent`: the customer was notified of an outcome.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NotificationSent {
+    /// The order.
     pub order_id: OrderId,
+    /// Who was notified.
     pub customer_id: String,
+    /// What they were told.
     pub outcome: Outcome,
     /// The `event_id` of the inventory event this notification is about.
     pub source_event_id: Uuid,

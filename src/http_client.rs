@@ -12,21 +12,34 @@ use tokio::net::TcpStream;
 /// Errors of one request.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
+    /// Not an `http://` URL.
     #[error("{0:?} is not an http:// URL with a host")]
     Url(String),
+    /// The TCP connection failed.
     #[error("cannot connect to {authority}: {source}")]
     Connect {
+        /// The host and port.
         authority: String,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// No answer in time.
     #[error("no complete answer from {authority} within {timeout:?}")]
     Timeout {
+        /// The host and port.
         authority: String,
+        /// How long it waited.
         timeout: Duration,
     },
+    /// The server's answer was not HTTP/1.1 as expected.
     #[error("HTTP exchange with {authority} failed: {reason}")]
-    Protocol { authority: String, reason: String },
+    Protocol {
+        /// The host and port.
+        authority: String,
+        /// What was wrong.
+        reason: String,
+    },
 }
 
 /// A parsed `http://host[:port][/path]` URL.
@@ -34,8 +47,11 @@ pub enum HttpError {
 pub struct HttpUrl {
     /// `host:port` as given, for the Host header.
     pub authority: String,
+    /// The host, without brackets for IPv6.
     pub host: String,
+    /// The port, 80 when not given.
     pub port: u16,
+    /// The path and query, from `/`.
     pub path: String,
 }
 
@@ -89,8 +105,11 @@ impl std::fmt::Display for HttpUrl {
 /// An answer.
 #[derive(Debug, Clone)]
 pub struct HttpResponse {
+    /// The status code.
     pub status: u16,
+    /// The headers.
     pub headers: http::HeaderMap,
+    /// The body, whole.
     pub body: Bytes,
 }
 

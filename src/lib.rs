@@ -1,4 +1,17 @@
 #![recursion_limit = "256"]
+#![warn(missing_docs, unreachable_pub)]
+#![warn(
+    clippy::doc_markdown,
+    clippy::manual_let_else,
+    clippy::redundant_closure_for_method_calls,
+    clippy::semicolon_if_nothing_returned,
+    clippy::single_match_else,
+    clippy::format_collect,
+    clippy::explicit_iter_loop,
+    clippy::implicit_clone,
+    clippy::inefficient_to_string,
+    clippy::map_unwrap_or
+)]
 //! rust-eda: an event-driven order system in pure Rust on Apache Kafka.
 //!
 //! Three services talk only through Kafka topics: the order service takes orders

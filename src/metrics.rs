@@ -121,14 +121,17 @@ impl Registry {
 pub struct Counter(Arc<AtomicU64>);
 
 impl Counter {
+    /// Adds one.
     pub fn inc(&self) {
         self.add(1);
     }
 
+    /// Adds `n`.
     pub fn add(&self, n: u64) {
         self.0.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// The current count.
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -139,14 +142,17 @@ impl Counter {
 pub struct Gauge(Arc<AtomicI64>);
 
 impl Gauge {
+    /// Sets the value.
     pub fn set(&self, v: i64) {
         self.0.store(v, Ordering::Relaxed);
     }
 
+    /// Adds `n`, which may be negative.
     pub fn add(&self, n: i64) {
         self.0.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// The current value.
     pub fn get(&self) -> i64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -167,6 +173,7 @@ pub struct LocalHistogram {
 }
 
 impl LocalHistogram {
+    /// Records one observation, to be added to the histogram later.
     pub fn observe(&mut self, elapsed: Duration) {
         self.observe_run(elapsed, 1);
     }
@@ -223,6 +230,7 @@ impl Default for Histogram {
 }
 
 impl Histogram {
+    /// Records one observation.
     pub fn observe(&self, elapsed: Duration) {
         // Buckets are stored non-cumulatively and summed when rendered.
         let nanos = nanos(elapsed);
@@ -250,6 +258,7 @@ impl Histogram {
         *local = LocalHistogram::default();
     }
 
+    /// How many observations were recorded.
     pub fn count(&self) -> u64 {
         self.0.count.load(Ordering::Relaxed)
     }
@@ -417,8 +426,7 @@ fn process_metrics(out: &mut String) {
 static START_TIME: LazyLock<u64> = LazyLock::new(|| {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_secs())
 });
 
 /// Records the start time; called once at startup so it is not the first scrape's.
@@ -443,7 +451,7 @@ fn page_size() -> u64 {
         .map_or(4096, |kb| kb * 1024)
 }
 
-/// utime + stime (fields 14 and 15) in clock ticks; Linux fixes USER_HZ at 100.
+/// utime + stime (fields 14 and 15) in clock ticks; Linux fixes `USER_HZ` at 100.
 fn cpu_seconds(stat: &str) -> Option<f64> {
     // The command name (field 2) may hold spaces; fields resume after its ')'.
     let rest = stat.rsplit_once(')')?.1;

@@ -95,7 +95,9 @@ fn route_of(path: &str) -> &'static str {
 #[derive(Debug, thiserror::Error)]
 #[error("cannot serve health and metrics on {addr}: {source}")]
 pub struct BindError {
+    /// The address it tried.
     pub addr: String,
+    /// Why binding failed.
     #[source]
     pub source: std::io::Error,
 }

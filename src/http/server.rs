@@ -39,12 +39,16 @@ use crate::shutdown::Shutdown;
 /// What the server allows a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// How long a client may take to send its request headers.
     pub header_timeout: Duration,
+    /// The longest a request may take before it is answered `503`.
     pub request_timeout: Duration,
+    /// Requests served at once; more are answered `503` at once.
     pub max_in_flight: usize,
 }
 
 impl Limits {
+    /// The limits `config` sets.
     pub fn from_config(config: &ServerConfig) -> Self {
         Self {
             header_timeout: config.header_timeout,
@@ -191,16 +195,15 @@ impl<S: Routes> hyper::service::Service<hyper::Request<Incoming>> for Guarded<S>
                     "1",
                 ));
             };
-            match tokio::time::timeout(timeout, inner.call(request)).await {
-                Ok(response) => response,
-                Err(_) => {
-                    rejected("timeout");
-                    Ok(error_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("the request was not completed within {timeout:?}"),
-                        Vec::new(),
-                    ))
-                }
+            if let Ok(response) = tokio::time::timeout(timeout, inner.call(request)).await {
+                response
+            } else {
+                rejected("timeout");
+                Ok(error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the request was not completed within {timeout:?}"),
+                    Vec::new(),
+                ))
             }
         })
     }

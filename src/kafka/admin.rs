@@ -1,7 +1,7 @@
 //! Topic administration: make sure the topics a service needs exist, with their
 //! partition count, replication factor and configs (such as `cleanup.policy=compact`).
 //!
-//! rskafka's `create_topic` sends no configs, so this module speaks CreateTopics
+//! rskafka's `create_topic` sends no configs, so this module speaks `CreateTopics`
 //! itself (see `conn::wire`). Requests go to the controller, as Kafka
 //! requires; creation is asynchronous in Kafka, so `ensure_topics` waits until every
 //! partition has a leader before it returns.
@@ -26,10 +26,13 @@ use crate::kafka::conn::wire::{Connection, WireError};
 /// What a topic should look like.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicSpec {
+    /// The topic.
     pub name: String,
+    /// Its partition count.
     pub partitions: i32,
     /// `-1` lets the broker apply its `default.replication.factor`.
     pub replication_factor: i16,
+    /// Topic configs, such as `cleanup.policy=compact`.
     pub configs: BTreeMap<String, String>,
 }
 
@@ -44,11 +47,13 @@ impl TopicSpec {
         }
     }
 
+    /// Sets the replication factor; -1 (the default) is the broker's own default.
     pub fn replication_factor(mut self, replication_factor: i16) -> Self {
         self.replication_factor = replication_factor;
         self
     }
 
+    /// Adds a topic config.
     pub fn config(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.configs.insert(name.into(), value.into());
         self
@@ -63,9 +68,11 @@ impl TopicSpec {
 /// What `ensure_topics` found or did for one topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TopicOutcome {
+    /// The topic was created.
     Created,
     /// The topic was there already; it is left as it is.
     Existed {
+        /// Its partition count.
         partitions: i32,
     },
 }
@@ -73,20 +80,39 @@ pub enum TopicOutcome {
 /// Errors of topic administration.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
+    /// No broker address was given.
     #[error("no Kafka broker configured")]
     NoBrokers,
+    /// The connection to a broker failed.
     #[error(transparent)]
     Wire(#[from] WireError),
+    /// The broker refused to create the topic.
     #[error("the broker refused to create topic {topic:?}: {error}{}", message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default())]
     Create {
+        /// The topic.
         topic: String,
+        /// The broker's error code, by name.
         error: String,
+        /// The broker's message, if it sent one.
         message: Option<String>,
     },
+    /// The broker could not describe the topic's configs.
     #[error("the broker could not describe topic {topic:?}: {error}")]
-    Describe { topic: String, error: String },
+    Describe {
+        /// The topic.
+        topic: String,
+        /// The broker's error code, by name.
+        error: String,
+    },
+    /// The topic was created but not every partition has a leader yet.
     #[error("topic {topic:?} has no leader for every partition after {waited:?}")]
-    NotReady { topic: String, waited: Duration },
+    NotReady {
+        /// The topic.
+        topic: String,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// The cluster's metadata names no broker to send admin requests to.
     #[error("the broker's metadata names no controller and no broker")]
     NoController,
 }
@@ -109,6 +135,7 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// Administration of the cluster `config` describes.
     pub fn new(config: ClusterConfig) -> Self {
         Self { config }
     }
@@ -146,7 +173,7 @@ impl Admin {
                         error: format!("{error:?} ({code})"),
                         message: result
                             .and_then(|r| r.error_message.as_ref())
-                            .map(|m| m.to_string()),
+                            .map(std::string::ToString::to_string),
                     });
                 }
             };
@@ -155,10 +182,10 @@ impl Admin {
                     "created topic {} ({} partitions{})",
                     spec.name,
                     spec.partitions,
-                    spec.configs
-                        .iter()
-                        .map(|(k, v)| format!(", {k}={v}"))
-                        .collect::<String>()
+                    spec.configs.iter().fold(String::new(), |mut all, (k, v)| {
+                        all.push_str(&format!(", {k}={v}"));
+                        all
+                    })
                 );
             }
             outcomes.push((spec.name.clone(), outcome));
@@ -192,7 +219,7 @@ impl Admin {
             .collect())
     }
 
-    /// The configs the broker reports for `topic` (DescribeConfigs).
+    /// The configs the broker reports for `topic` (`DescribeConfigs`).
     pub async fn topic_configs(&self, topic: &str) -> Result<BTreeMap<String, String>, AdminError> {
         /// Kafka's `ConfigResource.Type.TOPIC`.
         const TOPIC_RESOURCE: i8 = 2;

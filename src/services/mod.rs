@@ -20,28 +20,44 @@ use crate::shutdown::Shutdown;
 /// Errors that stop a service from starting or running.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
+    /// The cluster could not be reached, or a topic is missing.
     #[error("{0}{hint}", hint = hint(.0.fix()))]
     Cluster(#[from] ClusterError),
+    /// The topics could not be created.
     #[error("preparing topics failed: {0}{hint}", hint = hint(.0.fix()))]
     Admin(#[from] AdminError),
+    /// The consumer stopped.
     #[error("{0}{hint}", hint = hint(.0.fix()))]
     Consumer(#[from] ConsumerError),
+    /// State could not be rebuilt from the topics.
     #[error("rebuilding state from Kafka failed: {0}{hint}", hint = hint(.0.fix()))]
     Rebuild(#[from] ReadError),
+    /// An event could not be published.
     #[error("{0}{hint}", hint = hint(.0.fix()))]
     Produce(#[from] ProduceError),
+    /// The API port could not be bound.
     #[error("cannot listen on {addr}: {source}; set APP_SERVER_HOST/APP_SERVER_PORT")]
     Bind {
+        /// The address.
         addr: String,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// The operations port could not be bound.
     #[error("{0}; set APP_METRICS_PORT")]
     MetricsBind(#[from] BindError),
+    /// The stock ledger cannot be used.
     #[error("the stock ledger: {0}")]
     Ledger(String),
+    /// The stock file cannot be read.
     #[error("stock file {path}: {reason}; set APP_INVENTORY_STOCK_FILE")]
-    StockFile { path: String, reason: String },
+    StockFile {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// A service the binaries can run.

@@ -37,15 +37,28 @@ pub const DEFAULT_GROUP: &str = "notification-service";
 /// Errors of the webhook.
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
+    /// The webhook answered with an error status.
     #[error("webhook {url} answered {status}")]
-    Status { url: String, status: u16 },
+    Status {
+        /// The webhook.
+        url: String,
+        /// The status it answered.
+        status: u16,
+    },
+    /// The request failed.
     #[error(transparent)]
     Http(#[from] HttpError),
+    /// Every attempt failed.
     #[error("webhook failed {attempts} times; last error: {last}")]
-    GaveUp { attempts: u32, last: String },
+    GaveUp {
+        /// How many attempts were made.
+        attempts: u32,
+        /// The last error.
+        last: String,
+    },
 }
 
-/// Where outcomes are POSTed.
+/// Where outcomes are `POSTed`.
 #[derive(Debug, Clone)]
 pub struct Webhook {
     url: HttpUrl,
@@ -55,6 +68,7 @@ pub struct Webhook {
 }
 
 impl Webhook {
+    /// A webhook at `url`, with the timeouts and retries `config` sets.
     pub fn new(url: HttpUrl, config: &NotificationConfig) -> Self {
         Self {
             url,

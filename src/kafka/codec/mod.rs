@@ -33,7 +33,9 @@ pub enum RecordsError {
     /// A field ran past the end of its batch.
     #[error("record batch at offset {base_offset} is truncated inside its {field}")]
     Truncated {
+        /// The first offset of the batch.
         base_offset: i64,
+        /// The field that was cut short.
         field: &'static str,
     },
     /// A batch's checksum does not match its bytes.
@@ -41,40 +43,69 @@ pub enum RecordsError {
         "record batch at offset {base_offset} is corrupt: CRC {actual:#010x}, expected {expected:#010x}"
     )]
     Crc {
+        /// The first offset of the batch.
         base_offset: i64,
+        /// The checksum the batch carries.
         expected: u32,
+        /// The checksum of its bytes.
         actual: u32,
     },
     /// A message set older than Kafka 0.11's record batches.
     #[error(
         "record batch at offset {base_offset} has magic {magic}; only magic 2 (Kafka 0.11+) is supported"
     )]
-    Magic { base_offset: i64, magic: i8 },
+    Magic {
+        /// The first offset of the batch.
+        base_offset: i64,
+        /// The format version it has.
+        magic: i8,
+    },
     /// A compression code Kafka does not define.
     #[error("record batch at offset {base_offset} has unknown compression code {codec}")]
-    Codec { base_offset: i64, codec: i16 },
+    Codec {
+        /// The first offset of the batch.
+        base_offset: i64,
+        /// The codec number it names.
+        codec: i16,
+    },
     /// The compressed data is invalid.
     #[error("record batch at offset {base_offset} cannot be decompressed: {reason}")]
-    Decompress { base_offset: i64, reason: String },
+    Decompress {
+        /// The first offset of the batch.
+        base_offset: i64,
+        /// The decoder's error.
+        reason: String,
+    },
     /// A field holds a value the format does not allow.
     #[error("record batch at offset {base_offset} is malformed: {reason}")]
-    Malformed { base_offset: i64, reason: String },
+    Malformed {
+        /// The first offset of the batch.
+        base_offset: i64,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// A fetched record. Its key and value share the memory of the batch they came
 /// in, which stays allocated while any of them is alive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchedRecord {
+    /// Its offset in the partition.
     pub offset: i64,
+    /// Its key, sharing the fetched buffer.
     pub key: Option<Bytes>,
+    /// Its value, sharing the fetched buffer.
     pub value: Option<Bytes>,
+    /// Its headers.
     pub headers: BTreeMap<String, Vec<u8>>,
+    /// Its timestamp: the broker's with `LogAppendTime`, the producer's otherwise.
     pub timestamp: DateTime<Utc>,
 }
 
 /// What one fetch of a partition returned.
 #[derive(Debug, Default)]
 pub struct Fetched {
+    /// The records, in offset order, without those of aborted transactions.
     pub records: Vec<FetchedRecord>,
     /// Where the next fetch starts: after the last whole batch, whether it held
     /// records or only a transaction marker, which a consumer must step over.

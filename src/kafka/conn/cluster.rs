@@ -100,8 +100,11 @@ pub enum ClusterError {
     /// The bootstrap brokers could not be reached.
     #[error("cannot reach Kafka at {brokers} within {timeout:?}: {reason}")]
     Unreachable {
+        /// The bootstrap brokers.
         brokers: String,
+        /// How long it tried.
         timeout: Duration,
+        /// The last error.
         reason: String,
     },
     /// The topic is not known to the cluster.
@@ -110,30 +113,40 @@ pub enum ClusterError {
     /// The partition does not exist in the topic.
     #[error("topic {topic:?} has {partitions} partitions; partition {partition} does not exist")]
     UnknownPartition {
+        /// The topic.
         topic: String,
+        /// The partition asked for.
         partition: i32,
+        /// The partitions it has.
         partitions: i32,
     },
     /// A request did not complete in time.
     #[error("Kafka {operation} timed out after {timeout:?}")]
     Timeout {
+        /// What was asked.
         operation: &'static str,
+        /// How long it waited.
         timeout: Duration,
     },
     /// Fetched record batches could not be decoded. Fetching them again returns
     /// the same bytes: the partition stays at this offset until they can be read.
     #[error("cannot read the records fetched from {topic}/{partition}: {source}")]
     Records {
+        /// The topic.
         topic: String,
+        /// The partition.
         partition: i32,
+        /// What is wrong with them.
         #[source]
         source: RecordsError,
     },
     /// The broker or the connection reported an error.
     #[error("Kafka {operation} failed: {source}")]
     Kafka {
+        /// What was asked.
         operation: &'static str,
         // Boxed: rskafka's error is large, and every error above embeds this one.
+        /// rskafka's error.
         #[source]
         source: Box<KafkaError>,
     },

@@ -31,32 +31,50 @@ use crate::secret::Secret;
 /// Errors setting up TLS or SASL.
 #[derive(Debug, thiserror::Error)]
 pub enum SecurityError {
+    /// This CPU lacks instructions the TLS implementation needs.
     #[error(
         "TLS needs a CPU with {required}; this one lacks {missing}. Run on a newer CPU, or connect without TLS"
     )]
     CpuUnsupported {
+        /// What the implementation needs, in words.
         required: &'static str,
+        /// The features this CPU lacks.
         missing: String,
     },
+    /// The CA file cannot be read or holds no certificate.
     #[error("CA file {path}: {reason}")]
-    CaFile { path: PathBuf, reason: String },
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// TLS could not be set up.
     #[error("TLS setup failed: {0}")]
     Tls(String),
+    /// A SASL mechanism this build does not know.
     #[error("unknown SASL mechanism {0:?}: expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")]
     Mechanism(String),
+    /// A broker host that cannot be a TLS server name.
     #[error("broker name {0:?} is not a valid TLS server name")]
     ServerName(String),
+    /// The TLS handshake failed.
     #[error("TLS handshake with Kafka broker {broker} failed: {reason}")]
     Handshake {
+        /// The broker, `host:port`.
         broker: String,
+        /// Why, in words that say what to change.
         reason: String,
         /// What would clear it, when the failure says (an untrusted
         /// certificate, a listener that does not speak TLS).
         fix: Option<Fix>,
     },
+    /// The TLS handshake did not finish in time.
     #[error("TLS handshake with Kafka broker {broker} did not finish within {timeout:?}")]
     HandshakeTimeout {
+        /// The broker, `host:port`.
         broker: String,
+        /// How long it waited.
         timeout: std::time::Duration,
     },
 }
@@ -272,12 +290,14 @@ fn check_cpu(detected: impl Fn(&str) -> bool) -> Result<(), SecurityError> {
 pub enum SaslMechanism {
     /// The password travels as is: only ever use it over TLS.
     Plain,
+    /// SCRAM with SHA-256 (RFC 7677).
     ScramSha256,
+    /// SCRAM with SHA-512.
     ScramSha512,
 }
 
 impl SaslMechanism {
-    /// The mechanism's registered name, as sent in SaslHandshake.
+    /// The mechanism's registered name, as sent in `SaslHandshake`.
     pub fn name(self) -> &'static str {
         match self {
             Self::Plain => "PLAIN",
@@ -309,8 +329,11 @@ impl fmt::Display for SaslMechanism {
 /// SASL credentials; the password prints as `***`.
 #[derive(Debug, Clone)]
 pub struct Sasl {
+    /// How the client proves who it is.
     pub mechanism: SaslMechanism,
+    /// The user.
     pub username: String,
+    /// The password, which no log line or dump shows.
     pub password: Secret,
 }
 

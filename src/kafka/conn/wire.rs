@@ -1,11 +1,11 @@
 //! A plain request/response connection for the Kafka requests rskafka does not
-//! expose (CreateTopics with configs, Metadata with the controller id), encoded
+//! expose (`CreateTopics` with configs, Metadata with the controller id), encoded
 //! with the `kafka-protocol` crate.
 //!
-//! Versions are negotiated with ApiVersions on connect: each request goes out at
+//! Versions are negotiated with `ApiVersions` on connect: each request goes out at
 //! the highest version both sides speak. The byte stream sits behind a private
 //! [`Transport`] trait, a TCP socket or a TLS stream over one; SASL, when
-//! configured, runs right after ApiVersions, as Kafka's own clients do it.
+//! configured, runs right after `ApiVersions`, as Kafka's own clients do it.
 //!
 //! Every cluster connection opens one of these first, so a wrong password or an
 //! untrusted certificate stops a service at start with a message naming the fix,
@@ -172,7 +172,7 @@ impl Connection {
         Ok(conn)
     }
 
-    /// SaslHandshake, then SaslAuthenticate rounds until the mechanism is done.
+    /// `SaslHandshake`, then `SaslAuthenticate` rounds until the mechanism is done.
     async fn authenticate(&mut self, sasl: &Sasl) -> Result<(), WireError> {
         use rsasl::prelude::{Mechname, SASLClient, SASLConfig};
 
@@ -193,7 +193,7 @@ impl Connection {
                 offered: response
                     .mechanisms
                     .iter()
-                    .map(|m| m.as_str())
+                    .map(kafka_protocol::protocol::StrBytes::as_str)
                     .collect::<Vec<_>>()
                     .join(", "),
             });
@@ -234,10 +234,10 @@ impl Connection {
                         addr: self.addr.clone(),
                         user: sasl.username.clone(),
                         mechanism,
-                        message: response
-                            .error_message
-                            .map(|m| m.to_string())
-                            .unwrap_or_else(|| format!("error code {}", response.error_code)),
+                        message: response.error_message.map_or_else(
+                            || format!("error code {}", response.error_code),
+                            |m| m.to_string(),
+                        ),
                     });
                 }
                 received = Some(response.auth_bytes);

@@ -16,6 +16,7 @@ pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 pub struct Poison(String);
 
 impl Poison {
+    /// A poison error with `reason`.
     pub fn new(reason: impl Into<String>) -> Self {
         Self(reason.into())
     }
@@ -35,6 +36,7 @@ impl Poison {
 
 /// Processes records. `Ok` commits the record; `Err` offers it again later.
 pub trait Handler: Send + Sync + 'static {
+    /// Handles `message`: `Ok` when it is processed, `Err` to be offered it again.
     fn handle(&self, message: &Message) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 

@@ -59,22 +59,34 @@ use crate::shutdown::{Shutdown, ShutdownTrigger};
 /// Errors that stop a consumer.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumerError {
+    /// No topic to consume was given.
     #[error("the consumer needs at least one topic")]
     NoTopics,
+    /// No group id was given.
     #[error("the consumer needs a group id")]
     NoGroup,
+    /// The cluster could not be reached, or a topic is missing.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    /// The coordination topic could not be created or checked.
     #[error("preparing the offsets topic failed: {0}")]
     Admin(#[from] AdminError),
+    /// Committed offsets could not be read or written.
     #[error(transparent)]
     Offsets(#[from] OffsetError),
+    /// An owner record could not be written.
     #[error("writing a partition's owner record failed: {0}")]
     Claim(#[from] ProduceError),
+    /// The coordination topic is stamped by producers' clocks, not the broker's.
     #[error(
         "the coordination topic {topic} has message.timestamp.type={found}, so members' clocks would decide who is alive; set it to LogAppendTime: kafka-configs.sh --bootstrap-server BROKER --alter --entity-type topics --entity-name {topic} --add-config message.timestamp.type=LogAppendTime"
     )]
-    CreateTimeCoordination { topic: String, found: String },
+    CreateTimeCoordination {
+        /// The coordination topic.
+        topic: String,
+        /// Its `message.timestamp.type`.
+        found: String,
+    },
 }
 
 impl ConsumerError {
@@ -271,7 +283,7 @@ impl Consumer {
                 match tokio::time::timeout(self.main_loop_bound(), coordinator.rebuild()).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
-                        log::warn!("reading the coordination log again failed, will retry: {e}")
+                        log::warn!("reading the coordination log again failed, will retry: {e}");
                     }
                     Err(_) => log::warn!(
                         "reading the coordination log again took over {:?}; will retry",

@@ -14,15 +14,20 @@ use crate::kafka::codec::FetchedRecord;
 pub struct Message {
     /// Shared by the messages of a partition: naming the topic costs no copy.
     pub topic: Arc<str>,
+    /// The partition it was read from.
     pub partition: i32,
+    /// Its offset in the partition.
     pub offset: i64,
     /// The key and value share the memory they were fetched in (the fetch
     /// response, up to `fetch_max_bytes`, or a decompressed batch), which stays
     /// allocated while either is alive: a handler that keeps a message for long
     /// should keep a copy (`to_vec`).
     pub key: Option<Bytes>,
+    /// Its value; `None` for a tombstone.
     pub value: Option<Bytes>,
+    /// Its headers.
     pub headers: BTreeMap<String, Vec<u8>>,
+    /// Its timestamp: the broker's with `LogAppendTime`, the producer's otherwise.
     pub timestamp: DateTime<Utc>,
     /// Which delivery of this record to the handler this is, from 1: the consumer
     /// offers a failed record again, and wrappers such as

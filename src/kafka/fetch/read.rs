@@ -18,19 +18,27 @@ const READ_BYTES: i32 = 4 * 1024 * 1024;
 /// Errors of reading a log to its end.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
+    /// The cluster failed to answer.
     #[error("reading {topic:?} failed: {source}")]
     Cluster {
+        /// The topic.
         topic: String,
+        /// Why.
         #[source]
         source: ClusterError,
     },
+    /// The broker returned nothing below the high watermark, several times.
     #[error(
         "reading {topic:?}/{partition} made no progress at offset {offset} (high watermark {high_watermark})"
     )]
     Stuck {
+        /// The topic.
         topic: String,
+        /// The partition.
         partition: i32,
+        /// Where reading stopped.
         offset: i64,
+        /// Where it should have got to.
         high_watermark: i64,
     },
 }

@@ -4,7 +4,7 @@
 //!
 //! The offsets that count stay in our compacted topic (`__eda_offsets`); this is
 //! a copy for standard tools. It is committed the way a consumer without group
-//! membership commits (Java's `assign()` + `commitSync()`): OffsetCommit with
+//! membership commits (Java's `assign()` + `commitSync()`): `OffsetCommit` with
 //! generation -1 and no member id, which Kafka accepts for a group with no active
 //! members. The copy runs in a task of its own and only ever sends the latest
 //! offsets, so a slow or refusing broker never holds up the consumer. If the
@@ -31,16 +31,27 @@ use crate::kafka::topic::TopicPartition;
 /// Why one copy failed; logged, never returned to the consumer.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerOffsetsError {
+    /// The connection to a broker failed.
     #[error(transparent)]
     Wire(#[from] WireError),
+    /// The group's coordinator could not be found.
     #[error("FindCoordinator for group {group:?} answered error code {code}")]
-    Coordinator { group: String, code: i16 },
+    Coordinator {
+        /// The group.
+        group: String,
+        /// The broker's error code.
+        code: i16,
+    },
+    /// The broker refused a commit.
     #[error(
         "the broker refused OffsetCommit for group {group:?} with error code {code} on {tp}; Kafka tools will not show this group's lag"
     )]
     Refused {
+        /// The group.
         group: String,
+        /// The partition.
         tp: TopicPartition,
+        /// The broker's error code.
         code: i16,
     },
 }
@@ -280,7 +291,7 @@ async fn coordinator(
     .await?)
 }
 
-/// The offsets the broker holds for `group` (OffsetFetch), as standard Kafka tools
+/// The offsets the broker holds for `group` (`OffsetFetch`), as standard Kafka tools
 /// see them: the next offset to read, per partition with a commit.
 pub async fn read(
     config: &ClusterConfig,

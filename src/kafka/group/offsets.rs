@@ -34,11 +34,15 @@ pub const DEFAULT_OFFSETS_TOPIC: &str = "__eda_offsets";
 /// Errors of the offset store.
 #[derive(Debug, thiserror::Error)]
 pub enum OffsetError {
+    /// The coordination topic could not be read.
     #[error("reading committed offsets failed: {0}")]
     Read(#[from] ReadError),
+    /// A commit was not acknowledged.
     #[error("committing offsets to {topic:?} failed: {source}")]
     Commit {
+        /// The coordination topic.
         topic: String,
+        /// Why.
         #[source]
         source: ProduceError,
     },
@@ -58,8 +62,11 @@ impl OffsetError {
 /// epoch the committer owns the partition in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnedCommit {
+    /// The partition.
     pub tp: TopicPartition,
+    /// The next offset to consume.
     pub offset: i64,
+    /// The epoch the committer owns it in.
     pub epoch: i64,
 }
 

@@ -239,7 +239,7 @@ where
     /// log says it owns that it does not run and did not hand over already. A
     /// handoff the log does not show yet names someone else already: a second
     /// record in the same epoch would restart that partition from an older offset.
-    pub fn left_behind(
+    pub(crate) fn left_behind(
         &self,
         state: &GroupState,
         running: impl Fn(&TopicPartition) -> bool,

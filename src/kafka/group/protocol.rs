@@ -21,17 +21,28 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Key {
     /// A member's announcement and heartbeat.
-    Member { group: String, member: String },
+    Member {
+        /// The group.
+        group: String,
+        /// The member.
+        member: String,
+    },
     /// Who owns a partition.
     Owner {
+        /// The group.
         group: String,
+        /// The topic.
         topic: String,
+        /// The partition.
         partition: i32,
     },
     /// The committed offset of a partition.
     Offset {
+        /// The group.
         group: String,
+        /// The topic.
         topic: String,
+        /// The partition.
         partition: i32,
     },
 }
@@ -159,12 +170,15 @@ impl OwnerValue {
 /// A committed offset: the next offset to consume.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OffsetValue {
+    /// The next offset to consume.
     pub offset: i64,
     /// The owner that committed it; absent in commits made outside a group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member: Option<String>,
+    /// The owner's epoch it was committed in; absent outside a group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<i64>,
+    /// When it was committed (RFC 3339).
     pub committed_at: String,
 }
 

@@ -36,6 +36,7 @@ use crate::kafka::topic::TopicPartition;
 /// A member as the log last described it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
+    /// Its latest member record.
     pub value: MemberValue,
     /// Timestamp of its latest record, in milliseconds.
     pub last_seen_ms: i64,
@@ -73,6 +74,7 @@ enum Counts {
 }
 
 impl GroupState {
+    /// The state of `group` before any record is read.
     pub fn new(group: impl Into<String>) -> Self {
         Self {
             group: group.into(),
@@ -80,6 +82,7 @@ impl GroupState {
         }
     }
 
+    /// The group this state is of.
     pub fn group(&self) -> &str {
         &self.group
     }
@@ -242,6 +245,7 @@ impl GroupState {
         ours
     }
 
+    /// The member `id`, if the log names it.
     pub fn member(&self, id: &str) -> Option<&Member> {
         self.members.get(id)
     }

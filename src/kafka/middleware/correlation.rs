@@ -20,6 +20,7 @@ where
     H: Handler,
     F: Fn(&Message) -> Option<String> + Send + Sync + 'static,
 {
+    /// Wraps `inner`; `id_of` finds a record's correlation id.
     pub fn new(inner: H, id_of: F) -> Self {
         Self { inner, id_of }
     }

@@ -20,10 +20,15 @@ use crate::kafka::produce::{Producer, ProducerRecord};
 
 /// Headers added to a dead-lettered record.
 pub mod headers {
+    /// The error that made the record unprocessable.
     pub const ERROR: &str = "dlq.error";
+    /// The topic it came from.
     pub const TOPIC: &str = "dlq.topic";
+    /// The partition it came from.
     pub const PARTITION: &str = "dlq.partition";
+    /// Its offset there.
     pub const OFFSET: &str = "dlq.offset";
+    /// How many times the handler was offered it.
     pub const ATTEMPTS: &str = "dlq.attempts";
     /// When the record was parked (RFC 3339).
     pub const PARKED_AT: &str = "dlq.parked_at";

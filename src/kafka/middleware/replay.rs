@@ -28,26 +28,38 @@ pub const REPLAYED_FROM: &str = "dlq.replayed_from";
 /// Errors of a replay.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
+    /// The dead-letter topic could not be read.
     #[error("reading the dead-letter topic failed: {0}")]
     Read(#[from] ReadError),
+    /// How far it was replayed could not be read or committed.
     #[error(transparent)]
     Offsets(#[from] OffsetError),
+    /// A parked record does not say where it came from.
     #[error(
         "{topic}/{partition}@{offset} has no {header} header, so its original topic is unknown; name the target topic explicitly"
     )]
     NoTarget {
+        /// The dead-letter topic.
         topic: String,
+        /// The partition.
         partition: i32,
+        /// The record's offset.
         offset: i64,
+        /// The header that is missing.
         header: &'static str,
     },
+    /// A record could not be put back.
     #[error(
         "copying {topic}/{partition}@{offset} back failed: {source}; nothing after it was marked replayed, so run the replay again"
     )]
     Produce {
+        /// The dead-letter topic.
         topic: String,
+        /// The partition.
         partition: i32,
+        /// The record's offset.
         offset: i64,
+        /// Why.
         #[source]
         source: ProduceError,
     },

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use parking_lot::Mutex;
 
-/// Kafka's `Utils.murmur2`: MurmurHash2, 32-bit, seed `0x9747b28c`.
+/// Kafka's `Utils.murmur2`: `MurmurHash2`, 32-bit, seed `0x9747b28c`.
 pub fn murmur2(data: &[u8]) -> i32 {
     const SEED: u32 = 0x9747_b28c;
     const M: u32 = 0x5bd1_e995;
@@ -78,17 +78,16 @@ impl StickyPartitioner {
     /// The partition for a keyless record of `size` bytes.
     pub(crate) fn partition(&self, topic: &str, partitions: i32, size: usize) -> i32 {
         let mut topics = self.topics.lock();
-        let state = match topics.get_mut(topic) {
-            Some(s) => s,
-            None => {
-                // Start each topic somewhere different so that many producers do not
-                // all pile onto partition 0 first.
-                let start = (uuid::Uuid::new_v4().as_u64_pair().0 % partitions as u64) as i32;
-                topics.entry(topic.to_owned()).or_insert(Sticky {
-                    partition: start,
-                    bytes: 0,
-                })
-            }
+        let state = if let Some(s) = topics.get_mut(topic) {
+            s
+        } else {
+            // Start each topic somewhere different so that many producers do not
+            // all pile onto partition 0 first.
+            let start = (uuid::Uuid::new_v4().as_u64_pair().0 % partitions as u64) as i32;
+            topics.entry(topic.to_owned()).or_insert(Sticky {
+                partition: start,
+                bytes: 0,
+            })
         };
         if state.partition >= partitions {
             state.partition %= partitions;

@@ -47,9 +47,12 @@ const RECORD_OVERHEAD: usize = 24;
 /// Compression of produced batches. Only pure-Rust codecs are built in.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Compression {
+    /// No compression.
     #[default]
     None,
+    /// gzip, pure Rust.
     Gzip,
+    /// snappy, pure Rust.
     Snappy,
 }
 
@@ -120,11 +123,15 @@ impl Default for ProducerConfig {
 /// A record to produce.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProducerRecord {
+    /// The topic.
     pub topic: String,
     /// Chosen by the partitioner when `None`.
     pub partition: Option<i32>,
+    /// The key; records with the same key go to the same partition.
     pub key: Option<Vec<u8>>,
+    /// The value; `None` writes a tombstone.
     pub value: Option<Vec<u8>>,
+    /// The headers.
     pub headers: BTreeMap<String, Vec<u8>>,
     /// Set to the enqueue time when `None` (Kafka's `CreateTime`).
     pub timestamp: Option<DateTime<Utc>>,
@@ -143,11 +150,13 @@ impl ProducerRecord {
         }
     }
 
+    /// Sets the key.
     pub fn key(mut self, key: impl Into<Vec<u8>>) -> Self {
         self.key = Some(key.into());
         self
     }
 
+    /// Sets the value.
     pub fn value(mut self, value: impl Into<Vec<u8>>) -> Self {
         self.value = Some(value.into());
         self
@@ -165,16 +174,19 @@ impl ProducerRecord {
         }
     }
 
+    /// Adds a header.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
         self.headers.insert(name.into(), value.into());
         self
     }
 
+    /// Sends to `partition` instead of the partitioner's choice.
     pub fn partition(mut self, partition: i32) -> Self {
         self.partition = Some(partition);
         self
     }
 
+    /// Sets the timestamp instead of the enqueue time.
     pub fn timestamp(mut self, timestamp: DateTime<Utc>) -> Self {
         self.timestamp = Some(timestamp);
         self
@@ -195,7 +207,9 @@ impl ProducerRecord {
 /// Where an acknowledged record was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Delivery {
+    /// Where it was written.
     pub partition: i32,
+    /// Its offset there.
     pub offset: i64,
 }
 
@@ -207,10 +221,20 @@ pub enum ProduceError {
     Closed,
     /// The record's value could not be encoded; nothing was sent.
     #[error("the record for {topic} could not be encoded: {reason}")]
-    Encode { topic: String, reason: String },
+    Encode {
+        /// The topic.
+        topic: String,
+        /// The encoder's error.
+        reason: String,
+    },
     /// The record does not fit into one batch.
     #[error("record of {size} bytes exceeds the batch limit of {max} bytes (batch_max_bytes)")]
-    RecordTooLarge { size: usize, max: usize },
+    RecordTooLarge {
+        /// The record's size in bytes.
+        size: usize,
+        /// The batch limit.
+        max: usize,
+    },
     /// The topic or partition is unknown, or metadata could not be loaded.
     #[error(transparent)]
     Cluster(Arc<ClusterError>),
@@ -219,16 +243,23 @@ pub enum ProduceError {
         "record for {topic}/{partition} not acknowledged within {timeout:?}; last error: {last_error}"
     )]
     DeliveryTimeout {
+        /// The topic.
         topic: String,
+        /// The partition.
         partition: i32,
+        /// The delivery timeout.
         timeout: Duration,
+        /// The last error before it ran out.
         last_error: String,
     },
     /// The broker refused the batch for a reason retrying cannot fix.
     #[error("broker rejected the record for {topic}/{partition}: {error}")]
     Rejected {
+        /// The topic.
         topic: String,
+        /// The partition.
         partition: i32,
+        /// The broker's error.
         error: String,
     },
 }
@@ -294,12 +325,11 @@ impl Future for DeliveryFuture {
         if let Some(result) = this.outcome.result.get() {
             return Poll::Ready(this.delivery(result));
         }
-        match this.waiter.and_then(|i| waiters.get_mut(i)) {
-            Some(waker) => waker.clone_from(cx.waker()),
-            None => {
-                this.waiter = Some(waiters.len());
-                waiters.push(cx.waker().clone());
-            }
+        if let Some(waker) = this.waiter.and_then(|i| waiters.get_mut(i)) {
+            waker.clone_from(cx.waker());
+        } else {
+            this.waiter = Some(waiters.len());
+            waiters.push(cx.waker().clone());
         }
         Poll::Pending
     }

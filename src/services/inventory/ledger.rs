@@ -18,14 +18,21 @@ use crate::events::{OrderCreated, ProductQuantity, Shortage};
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum LedgerRecord {
     /// The initial stock; only the first one counts.
-    Stock { quantities: BTreeMap<String, u64> },
+    Stock {
+        /// Units per product.
+        quantities: BTreeMap<String, u64>,
+    },
     /// A request to reserve for an order; only the first one per order counts.
     Reserve {
+        /// The order.
         order_id: OrderId,
+        /// Who ordered.
         customer_id: String,
+        /// What to reserve, one line per product.
         items: Vec<ProductQuantity>,
         /// The id of the outcome event this request leads to.
         event_id: Uuid,
+        /// The order's correlation id.
         correlation_id: String,
     },
 }
@@ -33,17 +40,24 @@ pub enum LedgerRecord {
 /// How the ledger decided an order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
+    /// Every item was reserved: these quantities.
     Reserved(Vec<ProductQuantity>),
+    /// Not enough stock: what was short.
     Rejected(Vec<Shortage>),
 }
 
 /// A decided order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
+    /// The order.
     pub order_id: OrderId,
+    /// Who ordered.
     pub customer_id: String,
+    /// The id of the outcome event.
     pub event_id: Uuid,
+    /// The order's correlation id.
     pub correlation_id: String,
+    /// How it was decided.
     pub outcome: Outcome,
 }
 
@@ -78,10 +92,12 @@ impl Ledger {
         initial.saturating_sub(self.reserved.get(product).copied().unwrap_or(0))
     }
 
+    /// Whether the initial stock was read.
     pub fn is_seeded(&self) -> bool {
         self.initial.is_some()
     }
 
+    /// How `order` was decided, if it was.
     pub fn decision(&self, order: &OrderId) -> Option<&Decision> {
         self.decisions.get(order)
     }
@@ -147,6 +163,7 @@ impl Ledger {
         self.published.insert(event_id);
     }
 
+    /// Whether the outcome event `event_id` was published already.
     pub fn is_published(&self, event_id: &Uuid) -> bool {
         self.published.contains(event_id)
     }
@@ -171,7 +188,7 @@ pub fn wanted(order: &OrderCreated) -> Vec<ProductQuantity> {
 pub(super) mod testing {
     use super::*;
 
-    pub fn request(order: OrderId, items: &[(&str, u64)]) -> LedgerRecord {
+    pub(crate) fn request(order: OrderId, items: &[(&str, u64)]) -> LedgerRecord {
         LedgerRecord::Reserve {
             order_id: order,
             customer_id: "c".into(),

@@ -168,27 +168,26 @@ impl ReserveStock {
         }
         let order = &event.payload;
         let known = self.shared.ledger.lock().decision(&order.order_id).cloned();
-        let decision = match known {
-            Some(decision) => decision,
-            None => {
-                let request = LedgerRecord::Reserve {
-                    order_id: order.order_id,
-                    customer_id: order.customer_id.clone(),
-                    items: wanted(order),
-                    event_id: Uuid::new_v4(),
-                    correlation_id: event.correlation_id.clone(),
-                };
-                let delivery = self.producer.send(ledger_record(&request)?).await?;
-                if !self.shared.apply_own(delivery.offset, request) {
-                    self.shared.wait_applied(delivery.offset + 1).await?;
-                }
-                self.shared
-                    .ledger
-                    .lock()
-                    .decision(&order.order_id)
-                    .cloned()
-                    .ok_or("the ledger holds no decision after applying the request")?
+        let decision = if let Some(decision) = known {
+            decision
+        } else {
+            let request = LedgerRecord::Reserve {
+                order_id: order.order_id,
+                customer_id: order.customer_id.clone(),
+                items: wanted(order),
+                event_id: Uuid::new_v4(),
+                correlation_id: event.correlation_id.clone(),
+            };
+            let delivery = self.producer.send(ledger_record(&request)?).await?;
+            if !self.shared.apply_own(delivery.offset, request) {
+                self.shared.wait_applied(delivery.offset + 1).await?;
             }
+            self.shared
+                .ledger
+                .lock()
+                .decision(&order.order_id)
+                .cloned()
+                .ok_or("the ledger holds no decision after applying the request")?
         };
         if self.shared.ledger.lock().is_published(&decision.event_id) {
             log::info!("order {} was decided and published before", order.order_id);

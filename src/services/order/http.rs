@@ -7,7 +7,7 @@
 //! | `GET /health` | `200` while the process runs |
 //! | `GET /ready` | `200` once the broker answers and the order view caught up; `503` before, or while a part reports a problem (`problems`) |
 //! | `GET /metrics` | Prometheus metrics (see [`crate::metrics`]) |
-//! | `GET /api/v1/openapi.json` | the OpenAPI 3 description of this API |
+//! | `GET /api/v1/openapi.json` | the `OpenAPI` 3 description of this API |
 //!
 //! `POST` takes an optional `Idempotency-Key` header. The order id is derived from
 //! the key and the customer, so a retry (after a timeout, on another instance,
@@ -46,14 +46,18 @@ pub const MAX_BODY_BYTES: u64 = 64 * 1024;
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
 /// The idempotency key header of `POST /api/v1/orders`.
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
-/// The OpenAPI document served at `/api/v1/openapi.json`.
+/// The `OpenAPI` document served at `/api/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// What the handlers share.
 pub struct AppState {
+    /// Publishes `order.created`.
     pub producer: Producer,
+    /// The orders as the topics tell them.
     pub views: Arc<OrderViews>,
+    /// Keeps the views up to date.
     pub follower: Follower,
+    /// For `/ready`.
     pub cluster: Cluster,
     /// Orders with an idempotency key being published by this instance.
     pub in_flight: parking_lot::Mutex<HashSet<OrderId>>,
@@ -186,12 +190,11 @@ fn tag(mut response: Response, correlation_id: &str) -> Response {
 fn is_json(content_type: Option<&str>) -> bool {
     content_type
         .and_then(|ct| ct.split(';').next())
-        .map(|mime| {
+        .is_some_and(|mime| {
             let mime = mime.trim().to_ascii_lowercase();
             mime == "application/json"
                 || (mime.starts_with("application/") && mime.ends_with("+json"))
         })
-        .unwrap_or(false)
 }
 
 /// What `POST /api/v1/orders` received.

@@ -22,18 +22,26 @@ use crate::kafka::Message;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
+    /// Accepted, not decided yet.
     Pending,
+    /// Every item was reserved.
     Reserved,
+    /// Not enough stock.
     Rejected,
 }
 
 /// An order as `GET /api/v1/orders/{id}` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OrderView {
+    /// The order.
     pub order_id: OrderId,
+    /// Who ordered.
     pub customer_id: String,
+    /// What was ordered.
     pub items: Vec<OrderItem>,
+    /// The sum of quantity × price.
     pub total: f64,
+    /// Where it stands.
     pub status: Status,
     /// Why the order was rejected.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -41,6 +49,7 @@ pub struct OrderView {
     /// The products that were short, for a rejected order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub missing: Vec<Shortage>,
+    /// When it was accepted (RFC 3339).
     pub created_at: String,
     /// When the inventory decided.
     pub decided_at: Option<String>,
@@ -70,6 +79,7 @@ pub struct OrderViews {
 }
 
 impl OrderViews {
+    /// No order yet.
     pub fn new() -> Self {
         Self::default()
     }
@@ -103,6 +113,7 @@ impl OrderViews {
             .count()
     }
 
+    /// Whether no order is known.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
