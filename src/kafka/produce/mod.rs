@@ -2,9 +2,13 @@
 //! compression, retries, a delivery future per record) and the Java-compatible
 //! [`partitioner`] that picks a record's partition.
 
+mod accumulator;
+mod delivery;
 pub mod partitioner;
 mod producer;
+mod record;
+mod worker;
 
-pub use self::producer::{
-    Compression, Delivery, DeliveryFuture, ProduceError, Producer, ProducerConfig, ProducerRecord,
-};
+pub use self::delivery::DeliveryFuture;
+pub use self::producer::{Producer, ProducerConfig};
+pub use self::record::{Compression, Delivery, ProduceError, ProducerRecord};

@@ -19,67 +19,24 @@
 //! lost acknowledgement may write a batch twice: delivery is at-least-once, as with
 //! the Java client without idempotence (rskafka 0.6 has no idempotent producer).
 
-use crate::kafka::fix::Fix;
-use crate::metrics;
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::pin::Pin;
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use rskafka::chrono::{DateTime, Utc};
-use rskafka::client::partition::{Compression as WireCompression, ProduceBatch};
 use rskafka::record::Record;
 use tokio::sync::{Notify, Semaphore, TryAcquireError, oneshot};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
-use crate::kafka::backoff::{Backoff, BackoffConfig, sleep_until_or_never};
-use crate::kafka::conn::{Cluster, ClusterError, Lane};
+use super::accumulator::{Queue, Shared};
+use super::delivery::DeliveryFuture;
+use super::record::{Compression, Delivery, ProduceError, ProducerRecord};
+use super::worker::{PartitionWorker, TopicMetrics};
+use crate::kafka::backoff::BackoffConfig;
+use crate::kafka::conn::{Cluster, ClusterError};
 use crate::kafka::produce::partitioner::{StickyPartitioner, partition_for_key};
-
-/// Bytes added to every record in a batch besides key, value and headers
-/// (length, attributes, deltas, header counts), for sizing batches.
-const RECORD_OVERHEAD: usize = 24;
-
-/// Compression of produced batches. Only pure-Rust codecs are built in.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Compression {
-    /// No compression.
-    #[default]
-    None,
-    /// gzip, pure Rust.
-    Gzip,
-    /// snappy, pure Rust.
-    Snappy,
-}
-
-impl std::str::FromStr for Compression {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "none" | "" => Ok(Self::None),
-            "gzip" => Ok(Self::Gzip),
-            "snappy" => Ok(Self::Snappy),
-            other => Err(format!(
-                "unknown compression {other:?}: expected none, gzip or snappy (lz4 and zstd need C libraries and are not built in)"
-            )),
-        }
-    }
-}
-
-impl From<Compression> for WireCompression {
-    fn from(c: Compression) -> Self {
-        match c {
-            Compression::None => WireCompression::NoCompression,
-            Compression::Gzip => WireCompression::Gzip,
-            Compression::Snappy => WireCompression::Snappy,
-        }
-    }
-}
 
 /// Producer settings. Defaults follow the Java client where that makes sense.
 #[derive(Debug, Clone)]
@@ -120,303 +77,25 @@ impl Default for ProducerConfig {
     }
 }
 
-/// A record to produce.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProducerRecord {
-    /// The topic.
-    pub topic: String,
-    /// Chosen by the partitioner when `None`.
-    pub partition: Option<i32>,
-    /// The key; records with the same key go to the same partition.
-    pub key: Option<Vec<u8>>,
-    /// The value; `None` writes a tombstone.
-    pub value: Option<Vec<u8>>,
-    /// The headers.
-    pub headers: BTreeMap<String, Vec<u8>>,
-    /// Set to the enqueue time when `None` (Kafka's `CreateTime`).
-    pub timestamp: Option<DateTime<Utc>>,
-}
-
-impl ProducerRecord {
-    /// An empty record for `topic`.
-    pub fn new(topic: impl Into<String>) -> Self {
-        Self {
-            topic: topic.into(),
-            partition: None,
-            key: None,
-            value: None,
-            headers: BTreeMap::new(),
-            timestamp: None,
-        }
-    }
-
-    /// Sets the key.
-    pub fn key(mut self, key: impl Into<Vec<u8>>) -> Self {
-        self.key = Some(key.into());
-        self
-    }
-
-    /// Sets the value.
-    pub fn value(mut self, value: impl Into<Vec<u8>>) -> Self {
-        self.value = Some(value.into());
-        self
-    }
-
-    /// The value as JSON. A value serde cannot encode (a map with keys that are
-    /// not strings, a `Serialize` that fails) is an error, never an empty record.
-    pub fn json<T: serde::Serialize + ?Sized>(self, value: &T) -> Result<Self, ProduceError> {
-        match serde_json::to_vec(value) {
-            Ok(bytes) => Ok(self.value(bytes)),
-            Err(e) => Err(ProduceError::Encode {
-                topic: self.topic,
-                reason: e.to_string(),
-            }),
-        }
-    }
-
-    /// Adds a header.
-    pub fn header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
-        self.headers.insert(name.into(), value.into());
-        self
-    }
-
-    /// Sends to `partition` instead of the partitioner's choice.
-    pub fn partition(mut self, partition: i32) -> Self {
-        self.partition = Some(partition);
-        self
-    }
-
-    /// Sets the timestamp instead of the enqueue time.
-    pub fn timestamp(mut self, timestamp: DateTime<Utc>) -> Self {
-        self.timestamp = Some(timestamp);
-        self
-    }
-
-    fn size(&self) -> usize {
-        RECORD_OVERHEAD
-            + self.key.as_ref().map_or(0, Vec::len)
-            + self.value.as_ref().map_or(0, Vec::len)
-            + self
-                .headers
-                .iter()
-                .map(|(k, v)| k.len() + v.len() + 8)
-                .sum::<usize>()
-    }
-}
-
-/// Where an acknowledged record was written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Delivery {
-    /// Where it was written.
-    pub partition: i32,
-    /// Its offset there.
-    pub offset: i64,
-}
-
-/// Why a record was not produced.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ProduceError {
-    /// The producer was closed before the record was accepted.
-    #[error("the producer is closed and accepts no more records")]
-    Closed,
-    /// The record's value could not be encoded; nothing was sent.
-    #[error("the record for {topic} could not be encoded: {reason}")]
-    Encode {
-        /// The topic.
-        topic: String,
-        /// The encoder's error.
-        reason: String,
-    },
-    /// The record does not fit into one batch.
-    #[error("record of {size} bytes exceeds the batch limit of {max} bytes (batch_max_bytes)")]
-    RecordTooLarge {
-        /// The record's size in bytes.
-        size: usize,
-        /// The batch limit.
-        max: usize,
-    },
-    /// The topic or partition is unknown, or metadata could not be loaded.
-    #[error(transparent)]
-    Cluster(Arc<ClusterError>),
-    /// No acknowledgement within the delivery timeout.
-    #[error(
-        "record for {topic}/{partition} not acknowledged within {timeout:?}; last error: {last_error}"
-    )]
-    DeliveryTimeout {
-        /// The topic.
-        topic: String,
-        /// The partition.
-        partition: i32,
-        /// The delivery timeout.
-        timeout: Duration,
-        /// The last error before it ran out.
-        last_error: String,
-    },
-    /// The broker refused the batch for a reason retrying cannot fix.
-    #[error("broker rejected the record for {topic}/{partition}: {error}")]
-    Rejected {
-        /// The topic.
-        topic: String,
-        /// The partition.
-        partition: i32,
-        /// The broker's error.
-        error: String,
-    },
-}
-
-impl ProduceError {
-    /// What would clear this error, if the failure says.
-    pub fn fix(&self) -> Option<Fix> {
-        match self {
-            Self::Cluster(e) => e.fix(),
-            _ => None,
-        }
-    }
-}
-
-impl From<ClusterError> for ProduceError {
-    fn from(e: ClusterError) -> Self {
-        Self::Cluster(Arc::new(e))
-    }
-}
-
-/// Resolves once the broker acknowledged the record, or it failed for good.
-pub struct DeliveryFuture {
-    outcome: Arc<BatchOutcome>,
-    partition: i32,
-    /// The record's place in its batch, and so its offset's.
-    index: usize,
-    /// Where this future's waker sits among the batch's waiters, once it waited.
-    waiter: Option<usize>,
-}
-
-impl std::fmt::Debug for DeliveryFuture {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeliveryFuture")
-            .field("partition", &self.partition)
-            .field("done", &self.outcome.result.get().is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-impl DeliveryFuture {
-    fn delivery(&self, result: &Result<Vec<i64>, ProduceError>) -> Result<Delivery, ProduceError> {
-        match result {
-            Ok(offsets) => Ok(Delivery {
-                partition: self.partition,
-                // The batch is answered with an error instead when counts differ.
-                offset: offsets.get(self.index).copied().unwrap_or(-1),
-            }),
-            Err(e) => Err(e.clone()),
-        }
-    }
-}
-
-impl Future for DeliveryFuture {
-    type Output = Result<Delivery, ProduceError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        if let Some(result) = this.outcome.result.get() {
-            return Poll::Ready(this.delivery(result));
-        }
-        let mut waiters = this.outcome.waiters.lock();
-        // Looked at again under the lock the answer takes to wake the waiters.
-        if let Some(result) = this.outcome.result.get() {
-            return Poll::Ready(this.delivery(result));
-        }
-        if let Some(waker) = this.waiter.and_then(|i| waiters.get_mut(i)) {
-            waker.clone_from(cx.waker());
-        } else {
-            this.waiter = Some(waiters.len());
-            waiters.push(cx.waker().clone());
-        }
-        Poll::Pending
-    }
-}
-
-/// The outcome of one batch, shared by the delivery futures of its records.
-#[derive(Default)]
-struct BatchOutcome {
-    /// The offset of each record, or why the batch failed.
-    result: OnceLock<Result<Vec<i64>, ProduceError>>,
-    waiters: Mutex<Vec<Waker>>,
-}
-
-impl BatchOutcome {
-    /// The first outcome set is the one kept.
-    fn set(&self, result: Result<Vec<i64>, ProduceError>) {
-        if self.result.set(result).is_ok() {
-            let waiters = std::mem::take(&mut *self.waiters.lock());
-            for waker in waiters {
-                waker.wake();
-            }
-        }
-    }
-}
-
-/// Answers a batch's records exactly once, and gives back their buffer space.
-/// Dropped unanswered (its worker ended or was aborted), it answers `Closed`, so
-/// no caller waits on a record nobody sends.
-struct Answer {
-    outcome: Arc<BatchOutcome>,
-    buffer: Arc<Semaphore>,
-    /// Buffer space held by the batch's records.
-    permits: usize,
-}
-
-impl Answer {
-    fn send(mut self, result: Result<Vec<i64>, ProduceError>) {
-        // Room first, so that the callers woken can enqueue at once.
-        self.buffer.add_permits(std::mem::take(&mut self.permits));
-        self.outcome.set(result);
-    }
-}
-
-impl Drop for Answer {
-    fn drop(&mut self) {
-        self.buffer.add_permits(std::mem::take(&mut self.permits));
-        self.outcome.set(Err(ProduceError::Closed));
-    }
-}
-
 /// The producer. Cheap to clone; all clones share batches and connections.
 #[derive(Clone)]
 pub struct Producer {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
-struct Inner {
-    cluster: Cluster,
-    config: ProducerConfig,
-    sticky: StickyPartitioner,
-    buffer: Arc<Semaphore>,
-    closed: AtomicBool,
+pub(super) struct Inner {
+    pub(super) cluster: Cluster,
+    pub(super) config: ProducerConfig,
+    pub(super) sticky: StickyPartitioner,
+    pub(super) buffer: Arc<Semaphore>,
+    pub(super) closed: AtomicBool,
     /// Per topic, then partition: looked up by `&str` so enqueueing copies no name.
-    workers: Mutex<HashMap<String, HashMap<i32, Worker>>>,
+    pub(super) workers: Mutex<HashMap<String, HashMap<i32, Worker>>>,
 }
 
-struct Worker {
-    shared: Arc<Shared>,
-    task: JoinHandle<()>,
-}
-
-/// A partition's queue, filled by callers and drained by its worker.
-///
-/// A shared queue rather than a channel: a channel allocates a block every few
-/// dozen records on the caller's thread and frees it on the worker's, which in a
-/// profile cost more than the rest of enqueueing.
-struct Shared {
-    queue: Mutex<Queue>,
-    /// Wakes an idle worker: for its first record, a full batch, a flush, the close.
-    wake: Notify,
-}
-
-impl Shared {
-    fn close(&self) {
-        self.queue.lock().closed = true;
-        self.wake.notify_one();
-    }
+pub(super) struct Worker {
+    pub(super) shared: Arc<Shared>,
+    pub(super) task: JoinHandle<()>,
 }
 
 /// A producer dropped without `close` still delivers what it accepted, and its
@@ -424,22 +103,6 @@ impl Shared {
 impl Drop for Worker {
     fn drop(&mut self) {
         self.shared.close();
-    }
-}
-
-/// Records of one partition gathered for one request.
-struct OpenBatch {
-    records: Vec<Record>,
-    /// When its first record came: its linger and delivery timeout count from here.
-    created: Instant,
-    answer: Answer,
-}
-
-impl OpenBatch {
-    /// Record sizes summed, as counted against `batch_max_bytes`: the buffer room
-    /// its records hold.
-    fn bytes(&self) -> usize {
-        self.answer.permits
     }
 }
 
@@ -569,7 +232,7 @@ impl Producer {
         Ok(pushed.into_future(partition))
     }
 
-    async fn choose_partition(
+    pub(super) async fn choose_partition(
         &self,
         record: &ProducerRecord,
         size: usize,
@@ -590,7 +253,7 @@ impl Producer {
         })
     }
 
-    fn spawn_worker(&self, topic: String, partition: i32) -> Worker {
+    pub(super) fn spawn_worker(&self, topic: String, partition: i32) -> Worker {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
@@ -653,343 +316,13 @@ impl Producer {
     }
 }
 
-/// A batch's request, from first attempt to answering its records.
-type InFlight<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
-
-struct PartitionWorker {
-    cluster: Cluster,
-    config: ProducerConfig,
-    metrics: TopicMetrics,
-    topic: String,
-    partition: i32,
-}
-
-/// What a producer reports per topic on `/metrics`.
-struct TopicMetrics {
-    records: metrics::Counter,
-    bytes: metrics::Counter,
-    errors: metrics::Counter,
-    retries: metrics::Counter,
-    latency: metrics::Histogram,
-}
-
-impl TopicMetrics {
-    fn new(topic: &str) -> Self {
-        let labels = [("topic", topic)];
-        Self {
-            records: metrics::counter(
-                "eda_producer_records_total",
-                "Records the broker acknowledged.",
-                &labels,
-            ),
-            bytes: metrics::counter(
-                "eda_producer_bytes_total",
-                "Key, value and header bytes of acknowledged records.",
-                &labels,
-            ),
-            errors: metrics::counter(
-                "eda_producer_errors_total",
-                "Records that failed for good (rejected or out of delivery time).",
-                &labels,
-            ),
-            retries: metrics::counter(
-                "eda_producer_retries_total",
-                "Produce requests retried after a retriable error.",
-                &labels,
-            ),
-            latency: metrics::histogram(
-                "eda_producer_request_seconds",
-                "Time from sending a batch to its acknowledgement, retries included.",
-                &labels,
-            ),
-        }
-    }
-}
-
-impl PartitionWorker {
-    /// Gathers records into batches and sends them, one request in flight. While a
-    /// batch is on its way the next one fills, so a busy partition sends full
-    /// batches back to back instead of waiting a linger between them.
-    async fn run(self, shared: Arc<Shared>) {
-        // However this task ends, callers must not wait on records nobody sends.
-        let _drain = DrainOnDrop(&shared);
-        // The batch on its way, with the number of records in it.
-        let mut in_flight: Option<(InFlight<'_>, u64)> = None;
-
-        loop {
-            let linger_end = {
-                let mut queue = shared.queue.lock();
-                if in_flight.is_none()
-                    && queue.ready(Instant::now(), &self.config)
-                    && let Some(batch) = queue.take_batch()
-                {
-                    let n = batch.records.len() as u64;
-                    in_flight = Some((Box::pin(self.send_batch(batch)), n));
-                }
-                if in_flight.is_none() && queue.batches.is_empty() {
-                    // Nothing pending: every earlier flush is satisfied.
-                    queue.answer_flushes(u64::MAX);
-                    if queue.closed {
-                        return;
-                    }
-                }
-                // Only an idle worker with records waits for their linger to end.
-                match (&in_flight, queue.batches.front()) {
-                    (None, Some(first)) => Some(first.created + self.config.linger),
-                    _ => None,
-                }
-            };
-            tokio::select! {
-                biased;
-                () = async {
-                    match in_flight.as_mut() {
-                        Some((send, _)) => send.await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    if let Some((_, n)) = in_flight.take() {
-                        shared.queue.lock().batch_done(n);
-                    }
-                }
-                // Not while a batch is on its way: records gather in the queue and
-                // are looked at when it returns, instead of waking this task for
-                // each. A wake sent meanwhile is kept for the next wait.
-                () = shared.wake.notified(), if in_flight.is_none() => {}
-                () = sleep_until_or_never(linger_end) => {}
-            }
-        }
-    }
-
-    /// Sends one batch until it is acknowledged, fails for good, or runs out of
-    /// delivery time; then answers every record in it, and gives back their room.
-    async fn send_batch(&self, batch: OpenBatch) {
-        let deadline = batch.created + self.config.delivery_timeout;
-        let records = batch.records.len();
-        let size = batch.bytes() as u64;
-        let answer = batch.answer;
-        // Made into a request once and sent by reference: a retry (or an attempt cut
-        // off by a timeout) needs no copy of the records.
-        let request = ProduceBatch::new(
-            &self.topic,
-            self.partition,
-            batch.records,
-            self.config.compression.into(),
-        );
-        let mut backoff = Backoff::new(self.config.retry_backoff);
-        let started = Instant::now();
-
-        let outcome = loop {
-            let attempt = async {
-                let client = self
-                    .cluster
-                    .partition_client(&self.topic, self.partition, Lane::Write)
-                    .await?;
-                self.cluster
-                    .timed("produce", client.produce_batch(&request))
-                    .await
-            };
-            let error = match tokio::time::timeout_at(deadline, attempt).await {
-                Ok(Ok(offsets)) => break Ok(offsets),
-                Ok(Err(e)) => e,
-                Err(_) => {
-                    break Err(ProduceError::DeliveryTimeout {
-                        topic: self.topic.clone(),
-                        partition: self.partition,
-                        timeout: self.config.delivery_timeout,
-                        last_error: "no acknowledgement from the broker".to_owned(),
-                    });
-                }
-            };
-            if !error.is_retriable() {
-                break Err(ProduceError::Rejected {
-                    topic: self.topic.clone(),
-                    partition: self.partition,
-                    error: error.to_string(),
-                });
-            }
-            let delay = backoff.next_delay();
-            if Instant::now() + delay >= deadline {
-                break Err(ProduceError::DeliveryTimeout {
-                    topic: self.topic.clone(),
-                    partition: self.partition,
-                    timeout: self.config.delivery_timeout,
-                    last_error: error.to_string(),
-                });
-            }
-            self.metrics.retries.inc();
-            log::warn!(
-                "produce to {}/{} failed (attempt {}), retrying in {delay:?}: {error}",
-                self.topic,
-                self.partition,
-                backoff.attempts()
-            );
-            tokio::time::sleep(delay).await;
-            self.cluster
-                .reset_partition(&self.topic, self.partition)
-                .await;
-        };
-
-        let outcome = match outcome {
-            Ok(offsets) if offsets.len() == records => Ok(offsets),
-            Ok(offsets) => Err(ProduceError::Rejected {
-                topic: self.topic.clone(),
-                partition: self.partition,
-                error: format!(
-                    "broker acknowledged {} offsets for {records} records",
-                    offsets.len(),
-                ),
-            }),
-            Err(error) => Err(error),
-        };
-        match &outcome {
-            Ok(_) => {
-                self.metrics.latency.observe(started.elapsed());
-                self.metrics.records.add(records as u64);
-                self.metrics.bytes.add(size);
-            }
-            Err(error) => {
-                self.metrics.errors.add(records as u64);
-                log::error!("{error}");
-            }
-        }
-        answer.send(outcome);
-    }
-}
-
-/// Empties a partition's queue when its worker ends, dropping the batches' answers,
-/// so every caller still waiting hears `Closed` (also when the task is aborted).
-struct DrainOnDrop<'a>(&'a Shared);
-
-impl Drop for DrainOnDrop<'_> {
-    fn drop(&mut self) {
-        let mut queue = self.0.queue.lock();
-        queue.closed = true;
-        queue.batches.clear();
-        queue.flushes.clear();
-    }
-}
-
-/// Records of one partition waiting for a request, in batches, and flushes
-/// waiting for them.
-#[derive(Default)]
-struct Queue {
-    /// Oldest first; only the newest takes more records.
-    batches: VecDeque<OpenBatch>,
-    /// Flush waiters, with the number of records that must be done before them.
-    flushes: VecDeque<(u64, oneshot::Sender<()>)>,
-    received: u64,
-    done: u64,
-    /// Records in the batch taken last: a new batch starts with room for as many.
-    last_batch_len: usize,
-    /// No more records: the worker sends what it has and ends.
-    closed: bool,
-}
-
-/// Where `Queue::push` put a record.
-struct Pushed {
-    outcome: Arc<BatchOutcome>,
-    index: usize,
-}
-
-impl Pushed {
-    /// The record's delivery, once its batch (of `partition`) is answered.
-    fn into_future(self, partition: i32) -> DeliveryFuture {
-        DeliveryFuture {
-            outcome: self.outcome,
-            partition,
-            index: self.index,
-            waiter: None,
-        }
-    }
-}
-
-impl Queue {
-    /// Adds a record of `size` bytes, holding as much room of `buffer`, to the
-    /// newest batch, or to a new one when it does not fit there. Also says whether
-    /// an idle worker must wake for it: for a new batch (the first, or one behind a
-    /// full one), or a batch that filled; otherwise its linger or the request in
-    /// flight brings it back anyway.
-    fn push(
-        &mut self,
-        record: Record,
-        size: usize,
-        buffer: &Arc<Semaphore>,
-        batch_max_bytes: usize,
-    ) -> (Pushed, bool) {
-        let fits = self
-            .batches
-            .back()
-            .is_some_and(|b| b.bytes() + size <= batch_max_bytes);
-        if !fits {
-            self.batches.push_back(OpenBatch {
-                records: Vec::with_capacity(self.last_batch_len.max(1)),
-                created: Instant::now(),
-                answer: Answer {
-                    outcome: Arc::default(),
-                    buffer: Arc::clone(buffer),
-                    permits: 0,
-                },
-            });
-        }
-        let last = self.batches.len() - 1;
-        let batch = &mut self.batches[last];
-        let index = batch.records.len();
-        batch.records.push(record);
-        batch.answer.permits += size;
-        self.received += 1;
-        let pushed = Pushed {
-            outcome: Arc::clone(&batch.answer.outcome),
-            index,
-        };
-        let filled = batch.bytes() >= batch_max_bytes;
-        (pushed, !fits || filled)
-    }
-
-    /// Answers `tx` once every record pushed before is done; at once when closed.
-    fn flush(&mut self, tx: oneshot::Sender<()>) {
-        if !self.closed || !self.batches.is_empty() {
-            self.flushes.push_back((self.received, tx));
-        }
-    }
-
-    /// Whether to send now: a full batch, an oldest batch that waited its
-    /// linger, someone flushing, or the producer closing.
-    fn ready(&self, now: Instant, config: &ProducerConfig) -> bool {
-        let Some(first) = self.batches.front() else {
-            return false;
-        };
-        self.closed
-            || !self.flushes.is_empty()
-            || self.batches.len() > 1
-            || first.bytes() >= config.batch_max_bytes
-            || now >= first.created + config.linger
-    }
-
-    /// The oldest batch.
-    fn take_batch(&mut self) -> Option<OpenBatch> {
-        let batch = self.batches.pop_front()?;
-        self.last_batch_len = batch.records.len();
-        Some(batch)
-    }
-
-    /// Counts `n` more records answered, and answers the flushes waiting for them.
-    fn batch_done(&mut self, n: u64) {
-        self.done += n;
-        self.answer_flushes(self.done);
-    }
-
-    fn answer_flushes(&mut self, done: u64) {
-        while self.flushes.front().is_some_and(|(upto, _)| *upto <= done) {
-            if let Some((_, tx)) = self.flushes.pop_front() {
-                let _ = tx.send(());
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::accumulator::{Pushed, Queue};
+    use super::super::record::RECORD_OVERHEAD;
     use super::*;
+    use std::collections::BTreeMap;
+    use tokio::time::Instant;
 
     #[test]
     fn compression_names() {

@@ -1,0 +1,232 @@
+//! One partition's worker: sends its batches one request at a time (so a
+//! retry never overtakes a later batch), retries what may pass with backoff
+//! and fresh metadata, and answers each batch's records at once.
+
+use crate::metrics;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use rskafka::client::partition::ProduceBatch;
+use tokio::time::Instant;
+
+use super::accumulator::{OpenBatch, Shared};
+use super::producer::ProducerConfig;
+use super::record::ProduceError;
+use crate::kafka::backoff::{Backoff, sleep_until_or_never};
+use crate::kafka::conn::{Cluster, Lane};
+
+/// A batch's request, from first attempt to answering its records.
+pub(super) type InFlight<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+pub(super) struct PartitionWorker {
+    pub(super) cluster: Cluster,
+    pub(super) config: ProducerConfig,
+    pub(super) metrics: TopicMetrics,
+    pub(super) topic: String,
+    pub(super) partition: i32,
+}
+
+/// What a producer reports per topic on `/metrics`.
+pub(super) struct TopicMetrics {
+    pub(super) records: metrics::Counter,
+    pub(super) bytes: metrics::Counter,
+    pub(super) errors: metrics::Counter,
+    pub(super) retries: metrics::Counter,
+    pub(super) latency: metrics::Histogram,
+}
+
+impl TopicMetrics {
+    pub(super) fn new(topic: &str) -> Self {
+        let labels = [("topic", topic)];
+        Self {
+            records: metrics::counter(
+                "eda_producer_records_total",
+                "Records the broker acknowledged.",
+                &labels,
+            ),
+            bytes: metrics::counter(
+                "eda_producer_bytes_total",
+                "Key, value and header bytes of acknowledged records.",
+                &labels,
+            ),
+            errors: metrics::counter(
+                "eda_producer_errors_total",
+                "Records that failed for good (rejected or out of delivery time).",
+                &labels,
+            ),
+            retries: metrics::counter(
+                "eda_producer_retries_total",
+                "Produce requests retried after a retriable error.",
+                &labels,
+            ),
+            latency: metrics::histogram(
+                "eda_producer_request_seconds",
+                "Time from sending a batch to its acknowledgement, retries included.",
+                &labels,
+            ),
+        }
+    }
+}
+
+impl PartitionWorker {
+    /// Gathers records into batches and sends them, one request in flight. While a
+    /// batch is on its way the next one fills, so a busy partition sends full
+    /// batches back to back instead of waiting a linger between them.
+    pub(super) async fn run(self, shared: Arc<Shared>) {
+        // However this task ends, callers must not wait on records nobody sends.
+        let _drain = DrainOnDrop(&shared);
+        // The batch on its way, with the number of records in it.
+        let mut in_flight: Option<(InFlight<'_>, u64)> = None;
+
+        loop {
+            let linger_end = {
+                let mut queue = shared.queue.lock();
+                if in_flight.is_none()
+                    && queue.ready(Instant::now(), &self.config)
+                    && let Some(batch) = queue.take_batch()
+                {
+                    let n = batch.records.len() as u64;
+                    in_flight = Some((Box::pin(self.send_batch(batch)), n));
+                }
+                if in_flight.is_none() && queue.batches.is_empty() {
+                    // Nothing pending: every earlier flush is satisfied.
+                    queue.answer_flushes(u64::MAX);
+                    if queue.closed {
+                        return;
+                    }
+                }
+                // Only an idle worker with records waits for their linger to end.
+                match (&in_flight, queue.batches.front()) {
+                    (None, Some(first)) => Some(first.created + self.config.linger),
+                    _ => None,
+                }
+            };
+            tokio::select! {
+                biased;
+                () = async {
+                    match in_flight.as_mut() {
+                        Some((send, _)) => send.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Some((_, n)) = in_flight.take() {
+                        shared.queue.lock().batch_done(n);
+                    }
+                }
+                // Not while a batch is on its way: records gather in the queue and
+                // are looked at when it returns, instead of waking this task for
+                // each. A wake sent meanwhile is kept for the next wait.
+                () = shared.wake.notified(), if in_flight.is_none() => {}
+                () = sleep_until_or_never(linger_end) => {}
+            }
+        }
+    }
+
+    /// Sends one batch until it is acknowledged, fails for good, or runs out of
+    /// delivery time; then answers every record in it, and gives back their room.
+    pub(super) async fn send_batch(&self, batch: OpenBatch) {
+        let deadline = batch.created + self.config.delivery_timeout;
+        let records = batch.records.len();
+        let size = batch.bytes() as u64;
+        let answer = batch.answer;
+        // Made into a request once and sent by reference: a retry (or an attempt cut
+        // off by a timeout) needs no copy of the records.
+        let request = ProduceBatch::new(
+            &self.topic,
+            self.partition,
+            batch.records,
+            self.config.compression.into(),
+        );
+        let mut backoff = Backoff::new(self.config.retry_backoff);
+        let started = Instant::now();
+
+        let outcome = loop {
+            let attempt = async {
+                let client = self
+                    .cluster
+                    .partition_client(&self.topic, self.partition, Lane::Write)
+                    .await?;
+                self.cluster
+                    .timed("produce", client.produce_batch(&request))
+                    .await
+            };
+            let error = match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(offsets)) => break Ok(offsets),
+                Ok(Err(e)) => e,
+                Err(_) => {
+                    break Err(ProduceError::DeliveryTimeout {
+                        topic: self.topic.clone(),
+                        partition: self.partition,
+                        timeout: self.config.delivery_timeout,
+                        last_error: "no acknowledgement from the broker".to_owned(),
+                    });
+                }
+            };
+            if !error.is_retriable() {
+                break Err(ProduceError::Rejected {
+                    topic: self.topic.clone(),
+                    partition: self.partition,
+                    error: error.to_string(),
+                });
+            }
+            let delay = backoff.next_delay();
+            if Instant::now() + delay >= deadline {
+                break Err(ProduceError::DeliveryTimeout {
+                    topic: self.topic.clone(),
+                    partition: self.partition,
+                    timeout: self.config.delivery_timeout,
+                    last_error: error.to_string(),
+                });
+            }
+            self.metrics.retries.inc();
+            log::warn!(
+                "produce to {}/{} failed (attempt {}), retrying in {delay:?}: {error}",
+                self.topic,
+                self.partition,
+                backoff.attempts()
+            );
+            tokio::time::sleep(delay).await;
+            self.cluster
+                .reset_partition(&self.topic, self.partition)
+                .await;
+        };
+
+        let outcome = match outcome {
+            Ok(offsets) if offsets.len() == records => Ok(offsets),
+            Ok(offsets) => Err(ProduceError::Rejected {
+                topic: self.topic.clone(),
+                partition: self.partition,
+                error: format!(
+                    "broker acknowledged {} offsets for {records} records",
+                    offsets.len(),
+                ),
+            }),
+            Err(error) => Err(error),
+        };
+        match &outcome {
+            Ok(_) => {
+                self.metrics.latency.observe(started.elapsed());
+                self.metrics.records.add(records as u64);
+                self.metrics.bytes.add(size);
+            }
+            Err(error) => {
+                self.metrics.errors.add(records as u64);
+                log::error!("{error}");
+            }
+        }
+        answer.send(outcome);
+    }
+}
+
+/// Empties a partition's queue when its worker ends, dropping the batches' answers,
+/// so every caller still waiting hears `Closed` (also when the task is aborted).
+pub(super) struct DrainOnDrop<'a>(&'a Shared);
+
+impl Drop for DrainOnDrop<'_> {
+    fn drop(&mut self) {
+        let mut queue = self.0.queue.lock();
+        queue.closed = true;
+        queue.batches.clear();
+        queue.flushes.clear();
+    }
+}
