@@ -328,6 +328,15 @@ mod tests {
         TopicPartition::new("t", p)
     }
 
+    /// Partition `p` to start in `epoch` at `offset`.
+    fn start(p: i32, epoch: i64, offset: i64) -> Start {
+        Start {
+            tp: tp(p),
+            epoch,
+            offset,
+        }
+    }
+
     #[test]
     fn a_lone_member_claims_after_the_grace_and_starts_what_it_owns() {
         let mut s = state_with(&[member("a")], 0);
@@ -342,14 +351,7 @@ mod tests {
 
         let mut s = state_with(&[member("a"), owner(0, "a", 0)], 0);
         let plan = planner.plan(&mut s, &BTreeMap::new(), true, true, t0 + GRACE);
-        assert_eq!(
-            plan.start,
-            [Start {
-                tp: tp(0),
-                epoch: 0,
-                offset: 0
-            }]
-        );
+        assert_eq!(plan.start, [start(0, 0, 0)]);
     }
 
     #[test]
@@ -377,14 +379,7 @@ mod tests {
         let plan = planner.plan(&mut s, &running, true, true, t0);
         assert!(plan.start.is_empty(), "waits first");
         let plan = planner.plan(&mut s, &running, true, true, t0 + GRACE);
-        assert_eq!(
-            plan.start,
-            [Start {
-                tp: tp(0),
-                epoch: 0,
-                offset: 0
-            }]
-        );
+        assert_eq!(plan.start, [start(0, 0, 0)]);
         // It ends again at once: the wait doubles, up to the cap.
         planner.ended(tp(0), t0 + GRACE);
         assert_eq!(planner.next_due(t0 + GRACE), Some(t0 + GRACE * 3));
@@ -448,14 +443,7 @@ mod tests {
         assert!(plan.start.is_empty(), "the record may still land");
         let later = t0 + GRACE * 10;
         let plan = planner.plan(&mut s, &BTreeMap::from([(tp(1), 0)]), true, true, later);
-        assert_eq!(
-            plan.start,
-            [Start {
-                tp: tp(0),
-                epoch: 0,
-                offset: 0
-            }]
-        );
+        assert_eq!(plan.start, [start(0, 0, 0)]);
     }
 
     #[test]
