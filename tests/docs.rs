@@ -1,0 +1,85 @@
+//! The documents say what the code does: the defaults `docs/kafka-layer.md`
+//! lists are the Kafka layer's own, read from its builders. (The services'
+//! variables are generated into `docs/configuration.md` and checked by a unit
+//! test of `config`.) No broker needed.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rust_eda::kafka::{ClusterConfig, ConsumerConfig, OffsetReset, ProducerConfig};
+
+/// A duration as the document writes it: `5 ms`, `30 s`, `5 min`.
+fn duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 60_000 == 0 {
+        format!("{} min", ms / 60_000)
+    } else if ms % 1_000 == 0 {
+        format!("{} s", ms / 1_000)
+    } else {
+        format!("{ms} ms")
+    }
+}
+
+/// A size as the document writes it: `1 MiB`.
+fn size(bytes: i64) -> String {
+    if bytes % (1 << 20) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+#[test]
+fn the_kafka_layer_document_lists_its_defaults() {
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/kafka-layer.md"),
+    )
+    .expect("docs/kafka-layer.md");
+    let row = |setting: &str| -> String {
+        let start = format!("| `{setting}` |");
+        doc.lines()
+            .find(|l| l.starts_with(&start))
+            .unwrap_or_else(|| panic!("docs/kafka-layer.md has no row for `{setting}`"))
+            .to_owned()
+    };
+    let producer = ProducerConfig::default();
+    let consumer = ConsumerConfig::new("g", ["t"]);
+    let cluster = ClusterConfig::new(vec!["localhost:9092".to_owned()]);
+    let expected = [
+        ("linger", duration(producer.linger)),
+        ("batch_max_bytes", size(producer.batch_max_bytes as i64)),
+        ("buffer_memory", size(producer.buffer_memory as i64)),
+        ("delivery_timeout", duration(producer.delivery_timeout)),
+        ("request_timeout", duration(cluster.request_timeout)),
+        ("metadata_max_age", duration(cluster.metadata_max_age)),
+        ("commit_interval", duration(consumer.commit_interval)),
+        ("fetch_max_bytes", size(i64::from(consumer.fetch_max_bytes))),
+        ("fetch_max_wait", duration(consumer.fetch_max_wait)),
+        (
+            "auto_offset_reset",
+            match consumer.auto_offset_reset {
+                OffsetReset::Earliest => "earliest".to_owned(),
+                OffsetReset::Latest => "latest".to_owned(),
+            },
+        ),
+    ];
+    for (setting, value) in expected {
+        let row = row(setting);
+        let default = row.split('|').nth(2).unwrap_or_default().trim();
+        assert!(
+            default.starts_with(&value),
+            "docs/kafka-layer.md says `{setting}` defaults to {default:?}; the code says {value}"
+        );
+    }
+    for (setting, value) in [
+        ("session_timeout", consumer.session_timeout),
+        ("heartbeat_interval", consumer.heartbeat_interval),
+        ("rebalance_grace", consumer.rebalance_grace),
+    ] {
+        let said = format!("`{setting}` ({})", duration(value));
+        assert!(
+            doc.contains(&said),
+            "docs/kafka-layer.md does not say {said}"
+        );
+    }
+}
