@@ -21,9 +21,17 @@
 //! configuration, starts logging, builds its service and runs it until SIGINT or
 //! SIGTERM.
 //!
-//! - [`kafka`]: our Kafka layer (producer, consumer, offsets, admin) over rskafka.
-//! - [`shutdown`]: the cooperative shutdown signal passed down to every task.
-//! - [`health`]: why the process is not ready, as `/ready` reports it.
+//! The modules form layers, each using only those below it (`tests/layers.rs`
+//! checks this):
+//!
+//! - what every layer shares: [`clock`], [`correlation`], [`secret`],
+//!   [`shutdown`] (the cooperative shutdown signal), [`health`] (why the
+//!   process is not ready), [`metrics`];
+//! - [`kafka`]: our Kafka layer over rskafka, by concern (connections, decoding,
+//!   admin, producing, fetching, groups, the consumer, middleware);
+//! - the system's vocabulary and settings: [`domain`], [`events`],
+//!   [`http_client`], [`config`], [`logging`], [`http`];
+//! - [`services`]: the three services; [`app`]: the process around one.
 
 pub mod app;
 pub mod clock;
