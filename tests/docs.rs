@@ -11,9 +11,9 @@ use rust_eda::kafka::{ClusterConfig, ConsumerConfig, OffsetReset, ProducerConfig
 /// A duration as the document writes it: `5 ms`, `30 s`, `5 min`.
 fn duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 60_000 == 0 {
+    if ms.is_multiple_of(60_000) {
         format!("{} min", ms / 60_000)
-    } else if ms % 1_000 == 0 {
+    } else if ms.is_multiple_of(1_000) {
         format!("{} s", ms / 1_000)
     } else {
         format!("{ms} ms")
@@ -21,8 +21,8 @@ fn duration(d: Duration) -> String {
 }
 
 /// A size as the document writes it: `1 MiB`.
-fn size(bytes: i64) -> String {
-    if bytes % (1 << 20) == 0 {
+fn size(bytes: u64) -> String {
+    if bytes.is_multiple_of(1 << 20) {
         format!("{} MiB", bytes >> 20)
     } else {
         format!("{bytes} bytes")
@@ -31,10 +31,9 @@ fn size(bytes: i64) -> String {
 
 #[test]
 fn the_kafka_layer_document_lists_its_defaults() {
-    let doc = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/kafka-layer.md"),
-    )
-    .expect("docs/kafka-layer.md");
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/kafka-layer.md"))
+            .expect("docs/kafka-layer.md");
     let row = |setting: &str| -> String {
         let start = format!("| `{setting}` |");
         doc.lines()
@@ -47,13 +46,16 @@ fn the_kafka_layer_document_lists_its_defaults() {
     let cluster = ClusterConfig::new(vec!["localhost:9092".to_owned()]);
     let expected = [
         ("linger", duration(producer.linger)),
-        ("batch_max_bytes", size(producer.batch_max_bytes as i64)),
-        ("buffer_memory", size(producer.buffer_memory as i64)),
+        ("batch_max_bytes", size(producer.batch_max_bytes as u64)),
+        ("buffer_memory", size(producer.buffer_memory as u64)),
         ("delivery_timeout", duration(producer.delivery_timeout)),
         ("request_timeout", duration(cluster.request_timeout)),
         ("metadata_max_age", duration(cluster.metadata_max_age)),
         ("commit_interval", duration(consumer.commit_interval)),
-        ("fetch_max_bytes", size(i64::from(consumer.fetch_max_bytes))),
+        (
+            "fetch_max_bytes",
+            size(u64::try_from(consumer.fetch_max_bytes).expect("a positive limit")),
+        ),
         ("fetch_max_wait", duration(consumer.fetch_max_wait)),
         (
             "auto_offset_reset",
