@@ -269,6 +269,9 @@ pub fn remedy(fix: Fix) -> &'static str {
         Fix::SaslMechanism => "set APP_KAFKA_SASL_MECHANISM to one the broker offers",
         Fix::SaslCredentials => "check APP_KAFKA_SASL_USERNAME and APP_KAFKA_SASL_PASSWORD",
         Fix::GroupId => "set APP_KAFKA_GROUP_ID",
+        Fix::LogAppendTime => {
+            "set it on the topic: kafka-configs.sh --bootstrap-server BROKER --alter --entity-type topics --entity-name TOPIC --add-config message.timestamp.type=LogAppendTime (scripts/kafka-tool.sh configs … locally)"
+        }
     }
 }
 

@@ -781,7 +781,8 @@ async fn the_group_runs_on_broker_time_whatever_a_client_stamps() {
     .expect_err("a CreateTime coordination topic must be refused");
     assert!(
         matches!(refused, ConsumerError::CreateTimeCoordination { .. })
-            && refused.to_string().contains("kafka-configs.sh"),
+            && refused.fix() == Some(rust_eda::kafka::Fix::LogAppendTime)
+            && rust_eda::config::hint(refused.fix()).contains("kafka-configs.sh"),
         "{refused}"
     );
 

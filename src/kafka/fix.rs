@@ -22,4 +22,7 @@ pub enum Fix {
     SaslCredentials,
     /// Name the consumer group.
     GroupId,
+    /// Have the broker stamp the coordination topic's records
+    /// (`message.timestamp.type=LogAppendTime`).
+    LogAppendTime,
 }

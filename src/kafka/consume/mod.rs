@@ -79,7 +79,7 @@ pub enum ConsumerError {
     Claim(#[from] ProduceError),
     /// The coordination topic is stamped by producers' clocks, not the broker's.
     #[error(
-        "the coordination topic {topic} has message.timestamp.type={found}, so members' clocks would decide who is alive; set it to LogAppendTime: kafka-configs.sh --bootstrap-server BROKER --alter --entity-type topics --entity-name {topic} --add-config message.timestamp.type=LogAppendTime"
+        "the coordination topic {topic} has message.timestamp.type={found}, so members' clocks would decide who is alive; it must be LogAppendTime"
     )]
     CreateTimeCoordination {
         /// The coordination topic.
@@ -94,6 +94,7 @@ impl ConsumerError {
     pub fn fix(&self) -> Option<Fix> {
         match self {
             Self::NoGroup => Some(Fix::GroupId),
+            Self::CreateTimeCoordination { .. } => Some(Fix::LogAppendTime),
             Self::Cluster(e) => e.fix(),
             Self::Admin(e) => e.fix(),
             Self::Offsets(e) => e.fix(),
