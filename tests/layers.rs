@@ -305,16 +305,24 @@ fn the_kafka_layer_knows_nothing_of_the_services() {
     for file in files {
         let text = std::fs::read_to_string(&file).expect("readable source");
         for line in library_code(&text).lines() {
-            for word in [
-                "APP_",
-                "scripts/",
-                ".sh ",
-                "rust_eda::services",
-                "crate::services",
-            ] {
+            for word in ["APP_", "scripts/", "rust_eda::services", "crate::services"] {
                 if line.contains(word) {
                     problems.push(format!("{}: {word} in {:?}", file.display(), line.trim()));
                 }
+            }
+            // A script's name: `.sh` not followed by more of an identifier.
+            let script = line.match_indices(".sh").any(|(i, _)| {
+                !line[i + 3..]
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_alphanumeric() || c == '_')
+            });
+            if script {
+                problems.push(format!(
+                    "{}: a script name in {:?}",
+                    file.display(),
+                    line.trim()
+                ));
             }
         }
     }
