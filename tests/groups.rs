@@ -61,7 +61,7 @@ fn group_member_child() {
         let cluster = connect(&env("EDA_CHILD_BROKERS")).await;
         let mut config = ConsumerConfig::new(env("EDA_CHILD_GROUP"), [env("EDA_CHILD_TOPIC")]);
         config.offsets_topic = env("EDA_CHILD_OFFSETS");
-        config.member_id = Some(name.clone());
+        config.member_id = Some(name.parse().expect("a member id"));
         config.session_timeout = Duration::from_millis(SESSION_MS);
         config.heartbeat_interval = Duration::from_millis(300);
         config.rebalance_grace = Duration::from_millis(500);

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use crate::kafka::backoff::BackoffConfig;
 use crate::kafka::fetch::{FetchConfig, OffsetReset};
-use crate::kafka::group::GroupConfig;
 use crate::kafka::group::offsets::DEFAULT_OFFSETS_TOPIC;
+use crate::kafka::group::{GroupConfig, MemberId};
 
 /// Consumer settings.
 #[derive(Debug, Clone)]
@@ -33,7 +33,7 @@ pub struct ConsumerConfig {
     /// (`<host>-<pid>-<random>`). A fixed id makes a restarted process the same
     /// member, which takes its partitions back at once instead of after the
     /// session timeout; two live processes must never share one.
-    pub member_id: Option<String>,
+    pub member_id: Option<MemberId>,
     /// A member silent for this long (in log time) is dead, and its partitions
     /// move (Java: `session.timeout.ms` = 45 s).
     pub session_timeout: Duration,
@@ -99,18 +99,4 @@ impl ConsumerConfig {
             auto_offset_reset: self.auto_offset_reset,
         }
     }
-}
-
-/// `<host>-<pid>-<random>`: says where a member runs, and never repeats.
-pub(super) fn default_member_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default();
-    let host = if host.is_empty() {
-        "host".to_owned()
-    } else {
-        host
-    };
-    let random = uuid::Uuid::new_v4().simple().to_string();
-    format!("{host}-{}-{}", std::process::id(), &random[..8])
 }

@@ -29,7 +29,6 @@ mod runner;
 mod stopwatch;
 
 pub use self::config::ConsumerConfig;
-use self::config::default_member_id;
 pub use self::handler::{FnHandler, Handler, HandlerError, Poison, handler_fn};
 use crate::kafka::fix::Fix;
 
@@ -46,11 +45,11 @@ use crate::kafka::admin::{Admin, AdminError};
 use crate::kafka::backoff::sleep_until_or_never;
 use crate::kafka::conn::{Cluster, ClusterError};
 use crate::kafka::fetch::{Progress, reset_offset};
-use crate::kafka::group::Coordinator;
 use crate::kafka::group::broker_offsets::BrokerOffsets;
 use crate::kafka::group::offsets::{OffsetError, OffsetStore, OwnedCommit, offsets_topic_spec};
 use crate::kafka::group::planner::{Handoff, PassOn, Plan, Planner, Start};
 use crate::kafka::group::protocol::OwnerValue;
+use crate::kafka::group::{Coordinator, MemberId};
 use crate::kafka::produce::{ProduceError, Producer, ProducerConfig};
 use crate::kafka::task::AbortOnDrop;
 use crate::kafka::topic::TopicPartition;
@@ -176,7 +175,11 @@ impl Consumer {
             },
         );
         let offsets = OffsetStore::new(producer, config.offsets_topic.clone());
-        let member_id = config.member_id.clone().unwrap_or_else(default_member_id);
+        let member_id = config
+            .member_id
+            .clone()
+            .unwrap_or_else(MemberId::generate)
+            .to_string();
         let broker_offsets = config
             .broker_offsets
             .then(|| BrokerOffsets::start(cluster.config().clone(), config.group_id.clone()));

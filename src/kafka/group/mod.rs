@@ -31,6 +31,7 @@ pub mod broker_offsets;
 mod coordinator;
 mod lease;
 mod log;
+mod member_id;
 pub mod offsets;
 pub(crate) mod planner;
 pub mod protocol;
@@ -40,6 +41,7 @@ pub mod state;
 
 pub(crate) use self::coordinator::Coordinator;
 pub(crate) use self::lease::Lease;
+pub use self::member_id::{InvalidMemberId, MemberId};
 pub use self::state::GroupState;
 
 use std::time::Duration;
