@@ -6,9 +6,12 @@ mod accumulator;
 mod delivery;
 pub mod partitioner;
 mod producer;
+mod producer_id;
 mod record;
 mod worker;
 
 pub use self::delivery::DeliveryFuture;
 pub use self::producer::{Producer, ProducerConfig};
+pub use self::producer_id::init_producer_id;
+pub use self::producer_id::{ProducerIdError, ProducerIdentity};
 pub use self::record::{Compression, Delivery, ProduceError, ProducerRecord};

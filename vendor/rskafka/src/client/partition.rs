@@ -716,6 +716,22 @@ pub struct ProduceBatch {
     records: i64,
 }
 
+/// Changed for rust-eda (not in rskafka 0.6.0): who writes a batch, for an
+/// idempotent or transactional producer. The broker keeps the last batches of
+/// each producer id and epoch per partition by their sequence numbers, and
+/// drops a batch it already wrote instead of writing it twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchProducer {
+    /// From `InitProducerId`.
+    pub producer_id: i64,
+    /// From `InitProducerId`.
+    pub producer_epoch: i16,
+    /// The sequence number of the batch's first record in this partition.
+    pub base_sequence: i32,
+    /// `Some` for a transactional producer: its transactional id.
+    pub transactional_id: Option<String>,
+}
+
 impl ProduceBatch {
     pub fn new(
         topic: &str,
@@ -723,9 +739,31 @@ impl ProduceBatch {
         records: Vec<Record>,
         compression: Compression,
     ) -> Self {
+        Self::build(topic, partition, records, compression, None)
+    }
+
+    /// Changed for rust-eda (not in rskafka 0.6.0): a batch that carries its
+    /// producer's id, epoch and sequence numbers (and transactional id).
+    pub fn with_producer(
+        topic: &str,
+        partition: i32,
+        records: Vec<Record>,
+        compression: Compression,
+        producer: BatchProducer,
+    ) -> Self {
+        Self::build(topic, partition, records, compression, Some(producer))
+    }
+
+    fn build(
+        topic: &str,
+        partition: i32,
+        records: Vec<Record>,
+        compression: Compression,
+        producer: Option<BatchProducer>,
+    ) -> Self {
         let n = records.len() as i64;
         let request = (!records.is_empty())
-            .then(|| build_produce_request(partition, topic, records, compression));
+            .then(|| build_produce_request(partition, topic, records, compression, producer));
         Self {
             request,
             records: n,
@@ -738,6 +776,7 @@ fn build_produce_request(
     topic: &str,
     records: Vec<Record>,
     compression: Compression,
+    producer: Option<BatchProducer>,
 ) -> ProduceRequest {
     let n = records.len() as i32;
 
@@ -772,8 +811,10 @@ fn build_produce_request(
             base_offset: 0,
             partition_leader_epoch: 0,
             last_offset_delta: n - 1,
-            is_transactional: false,
-            base_sequence: -1,
+            is_transactional: producer
+                .as_ref()
+                .is_some_and(|p| p.transactional_id.is_some()),
+            base_sequence: producer.as_ref().map_or(-1, |p| p.base_sequence),
             compression: match compression {
                 Compression::NoCompression => RecordBatchCompression::NoCompression,
                 #[cfg(feature = "compression-gzip")]
@@ -786,8 +827,8 @@ fn build_produce_request(
                 Compression::Zstd => RecordBatchCompression::Zstd,
             },
             timestamp_type: RecordBatchTimestampType::CreateTime,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id: producer.as_ref().map_or(-1, |p| p.producer_id),
+            producer_epoch: producer.as_ref().map_or(-1, |p| p.producer_epoch),
             first_timestamp: first_timestamp.timestamp_millis(),
             max_timestamp: max_timestamp.timestamp_millis(),
             records: ControlBatchOrRecords::Records(records),
@@ -795,7 +836,9 @@ fn build_produce_request(
     };
 
     ProduceRequest {
-        transactional_id: crate::protocol::primitives::NullableString(None),
+        transactional_id: crate::protocol::primitives::NullableString(
+            producer.and_then(|p| p.transactional_id),
+        ),
         acks: Int16(-1),
         timeout_ms: Int32(30_000),
         topic_data: vec![ProduceRequestTopicData {

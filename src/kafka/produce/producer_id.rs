@@ -1,0 +1,112 @@
+//! A producer's identity at the broker: the producer id and epoch that
+//! `InitProducerId` hands out, which idempotent and transactional batches carry
+//! so that the broker can drop a batch it already wrote and fence an older
+//! instance of the same producer.
+
+use std::time::Duration;
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::{InitProducerIdRequest, ProducerId, TransactionalId};
+use kafka_protocol::protocol::StrBytes;
+
+use tokio::time::Instant;
+
+use crate::kafka::backoff::{Backoff, BackoffConfig};
+use crate::kafka::conn::ClusterConfig;
+use crate::kafka::conn::wire::{Connection, WireError};
+
+/// A producer id and the epoch it is used in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerIdentity {
+    /// Assigned by the broker; unique in the cluster.
+    pub id: i64,
+    /// Grows each time the same transactional id asks again, fencing the
+    /// instance before it.
+    pub epoch: i16,
+}
+
+/// Why no producer id was handed out.
+#[derive(Debug, thiserror::Error)]
+pub enum ProducerIdError {
+    /// The connection to a broker failed.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The broker answered with an error.
+    #[error("InitProducerId answered {error:?}")]
+    Refused {
+        /// The broker's error.
+        error: ResponseError,
+    },
+}
+
+impl ProducerIdError {
+    /// Whether asking again later may succeed (the coordinator is loading or
+    /// moving).
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Self::Wire(_) => true,
+            Self::Refused { error } => error.is_retriable(),
+        }
+    }
+}
+
+/// Asks the cluster for a producer id, again with backoff while the broker
+/// says it cannot yet (a fresh cluster answers `COORDINATOR_LOAD_IN_PROGRESS`
+/// while it creates its transaction log), until `config.request_timeout`.
+/// Without a transactional id any broker answers; a transactional producer
+/// must ask its transaction coordinator, which the caller finds first.
+pub async fn init_producer_id(
+    config: &ClusterConfig,
+    transactional_id: Option<&str>,
+    transaction_timeout: Duration,
+) -> Result<ProducerIdentity, ProducerIdError> {
+    let deadline = Instant::now() + config.request_timeout;
+    let mut backoff = Backoff::new(BackoffConfig {
+        initial: Duration::from_millis(50),
+        max: Duration::from_secs(1),
+    });
+    loop {
+        match ask(config, transactional_id, transaction_timeout).await {
+            Err(e) if e.is_retriable() => {
+                let delay = backoff.next_delay();
+                if Instant::now() + delay >= deadline {
+                    return Err(e);
+                }
+                log::debug!("InitProducerId failed, asking again in {delay:?}: {e}");
+                tokio::time::sleep(delay).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+async fn ask(
+    config: &ClusterConfig,
+    transactional_id: Option<&str>,
+    transaction_timeout: Duration,
+) -> Result<ProducerIdentity, ProducerIdError> {
+    let mut connection = Connection::connect_any(
+        &config.brokers,
+        &config.client_id,
+        config.request_timeout,
+        &config.security,
+    )
+    .await?;
+    let request = InitProducerIdRequest::default()
+        .with_transactional_id(
+            transactional_id.map(|id| TransactionalId(StrBytes::from_string(id.to_owned()))),
+        )
+        .with_transaction_timeout_ms(
+            i32::try_from(transaction_timeout.as_millis()).unwrap_or(i32::MAX),
+        )
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    let response = connection.request(&request).await?;
+    if let Some(error) = ResponseError::try_from_code(response.error_code) {
+        return Err(ProducerIdError::Refused { error });
+    }
+    Ok(ProducerIdentity {
+        id: response.producer_id.0,
+        epoch: response.producer_epoch,
+    })
+}
