@@ -87,3 +87,48 @@ async fn a_batch_with_a_producer_id_is_written_once_however_often_it_is_sent() {
         .unwrap();
     assert_eq!(read.len(), 20, "written twice");
 }
+
+/// The producer's batches carry consecutive sequence numbers per partition:
+/// were a batch to repeat one, the broker would take it for a duplicate and
+/// drop it, and fewer records would be read back than were acknowledged.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_idempotent_producer_numbers_its_batches_so_that_every_one_is_written() {
+    use rust_eda::kafka::{Producer, ProducerConfig, ProducerRecord};
+    let cluster = cluster().await;
+    let topic = create_topic(&cluster, 3).await;
+    let config = ProducerConfig {
+        linger: Duration::ZERO,
+        ..ProducerConfig::default()
+    };
+    assert!(config.idempotence, "on by default");
+    let producer = Producer::new(cluster.clone(), config);
+    let mut sent = 0;
+    for round in 0..5 {
+        let mut deliveries = Vec::new();
+        for i in 0..200 {
+            let record = ProducerRecord::new(&topic)
+                .key(format!("k{}", i % 7))
+                .value(format!("{round}-{i}"));
+            deliveries.push(producer.enqueue(record).await.expect("accepted"));
+        }
+        for d in deliveries {
+            within(30, "an acknowledgement", d)
+                .await
+                .expect("delivered");
+            sent += 1;
+        }
+    }
+    producer.close().await;
+    let read = within(30, "reading back", read_topic(&cluster, &topic))
+        .await
+        .unwrap();
+    assert_eq!(read.len(), sent);
+    // Nothing was refused for its sequence and sent again under a new id.
+    let metrics = rust_eda::metrics::render();
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("eda_producer_id_renewals_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}

@@ -32,6 +32,7 @@ use tokio::task::JoinHandle;
 
 use super::accumulator::{Queue, Shared};
 use super::delivery::DeliveryFuture;
+use super::producer_id::Identity;
 use super::record::{Compression, Delivery, ProduceError, ProducerRecord};
 use super::worker::{PartitionWorker, TopicMetrics};
 use crate::kafka::backoff::BackoffConfig;
@@ -58,6 +59,10 @@ pub struct ProducerConfig {
     pub retry_backoff: BackoffConfig,
     /// Keyless records move to the next partition after this many bytes.
     pub sticky_switch_bytes: usize,
+    /// Batches carry a producer id and sequence numbers, so that the broker
+    /// writes a batch once however often a retry sends it (Java:
+    /// `enable.idempotence`, on by default since Kafka 3.0).
+    pub idempotence: bool,
 }
 
 impl Default for ProducerConfig {
@@ -73,6 +78,7 @@ impl Default for ProducerConfig {
                 max: Duration::from_secs(2),
             },
             sticky_switch_bytes: 16 * 1024,
+            idempotence: true,
         }
     }
 }
@@ -91,6 +97,8 @@ pub(super) struct Inner {
     pub(super) closed: AtomicBool,
     /// Per topic, then partition: looked up by `&str` so enqueueing copies no name.
     pub(super) workers: Mutex<HashMap<String, HashMap<i32, Worker>>>,
+    /// The producer id its batches carry, with idempotence on.
+    pub(super) identity: Option<Arc<Identity>>,
 }
 
 pub(super) struct Worker {
@@ -120,6 +128,9 @@ impl Producer {
         let permits = config.buffer_memory.clamp(1, Semaphore::MAX_PERMITS);
         Self {
             inner: Arc::new(Inner {
+                identity: config
+                    .idempotence
+                    .then(|| Arc::new(Identity::new(cluster.config().clone()))),
                 sticky: StickyPartitioner::new(config.sticky_switch_bytes),
                 buffer: Arc::new(Semaphore::new(permits)),
                 cluster,
@@ -264,6 +275,8 @@ impl Producer {
             metrics: TopicMetrics::new(&topic),
             topic,
             partition,
+            identity: self.inner.identity.clone(),
+            sequence: parking_lot::Mutex::new((0, 0)),
         };
         Worker {
             task: tokio::spawn(worker.run(Arc::clone(&shared))),

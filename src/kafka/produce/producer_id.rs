@@ -110,3 +110,96 @@ async fn ask(
         epoch: response.producer_epoch,
     })
 }
+
+/// The producer id its batches carry, shared by its partitions' workers, and
+/// a generation that moves each time a new id is taken: a worker that sees
+/// the generation move starts its partition's sequence numbers at 0 again.
+#[derive(Debug)]
+pub(super) struct Identity {
+    cluster: ClusterConfig,
+    current: parking_lot::Mutex<Option<(ProducerIdentity, u64)>>,
+    /// One `InitProducerId` at a time, whichever worker asks.
+    asking: tokio::sync::Mutex<()>,
+    /// The cluster refused idempotent writes: batches go without an id.
+    disabled: std::sync::atomic::AtomicBool,
+}
+
+impl Identity {
+    pub(super) fn new(cluster: ClusterConfig) -> Self {
+        Self {
+            cluster,
+            current: parking_lot::Mutex::new(None),
+            asking: tokio::sync::Mutex::new(()),
+            disabled: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The id to write with, and its generation; asks the cluster the first
+    /// time. `None` when the cluster does not let this client write
+    /// idempotently (no `IdempotentWrite` permission on a cluster before Kafka
+    /// 3.0's defaults): batches then go without, as the Java client does when
+    /// idempotence was not asked for explicitly (KIP-679).
+    pub(super) async fn get(&self) -> Result<Option<(ProducerIdentity, u64)>, ProducerIdError> {
+        if self.disabled.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(None);
+        }
+        if let Some(current) = *self.current.lock() {
+            return Ok(Some(current));
+        }
+        let _asking = self.asking.lock().await;
+        if let Some(current) = *self.current.lock() {
+            return Ok(Some(current));
+        }
+        if self.disabled.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(None);
+        }
+        let id = match init_producer_id(&self.cluster, None, Duration::from_secs(60)).await {
+            Ok(id) => id,
+            Err(ProducerIdError::Refused {
+                error: ResponseError::ClusterAuthorizationFailed,
+            }) => {
+                log::warn!(
+                    "the cluster does not allow this client to write idempotently (no IdempotentWrite permission); producing without idempotence, so a retried batch may be written twice"
+                );
+                self.disabled
+                    .store(true, std::sync::atomic::Ordering::Release);
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let current = (id, 0);
+        *self.current.lock() = Some(current);
+        Ok(Some(current))
+    }
+
+    /// Takes a new id after generation `seen` could not go on: a batch whose
+    /// outcome is unknown left a gap in its partition's sequence, or the broker
+    /// no longer knows the id. Another worker may have renewed it already.
+    pub(super) async fn renew(
+        &self,
+        seen: u64,
+    ) -> Result<(ProducerIdentity, u64), ProducerIdError> {
+        let _asking = self.asking.lock().await;
+        if let Some(current) = *self.current.lock()
+            && current.1 != seen
+        {
+            return Ok(current);
+        }
+        let id = init_producer_id(&self.cluster, None, Duration::from_secs(60)).await?;
+        crate::metrics::counter(
+            "eda_producer_id_renewals_total",
+            "Producer ids taken anew because a batch's sequence could not go on (a batch of unknown outcome, or a broker that lost the id).",
+            &[],
+        )
+        .inc();
+        let current = (id, seen + 1);
+        *self.current.lock() = Some(current);
+        log::info!(
+            "producer id {} epoch {} (generation {}): sequence numbers start again",
+            id.id,
+            id.epoch,
+            current.1
+        );
+        Ok(current)
+    }
+}

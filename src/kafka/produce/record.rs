@@ -159,6 +159,12 @@ pub enum ProduceError {
         /// The encoder's error.
         reason: String,
     },
+    /// No producer id could be had for an idempotent producer.
+    #[error("the producer has no producer id from the broker: {reason}")]
+    ProducerId {
+        /// Why.
+        reason: String,
+    },
     /// The record does not fit into one batch.
     #[error("record of {size} bytes exceeds the batch limit of {max} bytes (batch_max_bytes)")]
     RecordTooLarge {

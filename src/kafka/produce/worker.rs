@@ -6,14 +6,15 @@ use crate::metrics;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use rskafka::client::partition::ProduceBatch;
+use rskafka::client::partition::{BatchProducer, ProduceBatch};
 use tokio::time::Instant;
 
 use super::accumulator::{OpenBatch, Shared};
 use super::producer::ProducerConfig;
+use super::producer_id::{Identity, ProducerIdentity};
 use super::record::ProduceError;
 use crate::kafka::backoff::{Backoff, sleep_until_or_never};
-use crate::kafka::conn::{Cluster, Lane};
+use crate::kafka::conn::{Cluster, ClusterError, Lane};
 
 /// A batch's request, from first attempt to answering its records.
 pub(super) type InFlight<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
@@ -24,6 +25,38 @@ pub(super) struct PartitionWorker {
     pub(super) metrics: TopicMetrics,
     pub(super) topic: String,
     pub(super) partition: i32,
+    /// The producer id its batches carry; `None` with idempotence off.
+    pub(super) identity: Option<Arc<Identity>>,
+    /// The generation of that id this partition's sequence numbers belong to,
+    /// and the next one. One batch is in flight at a time, so the next batch's
+    /// sequence is known when it is made.
+    pub(super) sequence: parking_lot::Mutex<(u64, i32)>,
+}
+
+/// Whether the broker refused a batch because of its producer id, epoch or
+/// sequence: it lost the id's state, or a batch before this one never landed.
+/// The producer takes a new id and the batch goes again, from sequence 0.
+fn needs_new_identity(error: &ClusterError) -> bool {
+    use rskafka::client::error::{Error, ProtocolError};
+    matches!(
+        error,
+        ClusterError::Kafka { source, .. } if matches!(
+            **source,
+            Error::ServerError {
+                protocol_error: ProtocolError::OutOfOrderSequenceNumber
+                    | ProtocolError::UnknownProducerId
+                    | ProtocolError::InvalidProducerEpoch,
+                ..
+            }
+        )
+    )
+}
+
+/// The sequence number after `records` records from `base`: Kafka's wrap
+/// past `i32::MAX` to 0.
+fn next_sequence(base: i32, records: usize) -> i32 {
+    let next = (i64::from(base) + records as i64) % (i64::from(i32::MAX) + 1);
+    i32::try_from(next).unwrap_or(0)
 }
 
 /// What a producer reports per topic on `/metrics`.
@@ -68,7 +101,31 @@ impl TopicMetrics {
     }
 }
 
+/// The producer fields of a batch written by `id` from sequence `base`.
+fn batch_producer(id: ProducerIdentity, base: i32) -> BatchProducer {
+    BatchProducer {
+        producer_id: id.id,
+        producer_epoch: id.epoch,
+        base_sequence: base,
+        transactional_id: None,
+    }
+}
+
 impl PartitionWorker {
+    /// The id, generation and first sequence number of the next batch: 0 when
+    /// the id is new to this partition.
+    fn start_sequence(
+        &self,
+        id: ProducerIdentity,
+        generation: u64,
+    ) -> (ProducerIdentity, u64, i32) {
+        let mut sequence = self.sequence.lock();
+        if sequence.0 != generation {
+            *sequence = (generation, 0);
+        }
+        (id, generation, sequence.1)
+    }
+
     /// Gathers records into batches and sends them, one request in flight. While a
     /// batch is on its way the next one fills, so a busy partition sends full
     /// batches back to back instead of waiting a linger between them.
@@ -131,12 +188,35 @@ impl PartitionWorker {
         let answer = batch.answer;
         // Made into a request once and sent by reference: a retry (or an attempt cut
         // off by a timeout) needs no copy of the records.
-        let request = ProduceBatch::new(
-            &self.topic,
-            self.partition,
-            batch.records,
-            self.config.compression.into(),
-        );
+        let mut writer = None;
+        if let Some(identity) = &self.identity {
+            match identity.get().await {
+                Ok(Some((id, generation))) => writer = Some(self.start_sequence(id, generation)),
+                Ok(None) => {}
+                Err(e) => {
+                    self.metrics.errors.add(records as u64);
+                    answer.send(Err(ProduceError::ProducerId {
+                        reason: e.to_string(),
+                    }));
+                    return;
+                }
+            }
+        }
+        let mut request = match &writer {
+            None => ProduceBatch::new(
+                &self.topic,
+                self.partition,
+                batch.records,
+                self.config.compression.into(),
+            ),
+            Some((id, _, base)) => ProduceBatch::with_producer(
+                &self.topic,
+                self.partition,
+                batch.records,
+                self.config.compression.into(),
+                batch_producer(*id, *base),
+            ),
+        };
         let mut backoff = Backoff::new(self.config.retry_backoff);
         let started = Instant::now();
 
@@ -162,6 +242,28 @@ impl PartitionWorker {
                     });
                 }
             };
+            if let (Some(identity), Some((_, generation, _))) = (&self.identity, writer)
+                && needs_new_identity(&error)
+            {
+                match identity.renew(generation).await {
+                    Ok((id, generation)) => {
+                        log::warn!(
+                            "{}/{}: the broker refused the batch's producer id or sequence ({error}); sending it again with a new id",
+                            self.topic,
+                            self.partition
+                        );
+                        let (id, generation, base) = self.start_sequence(id, generation);
+                        request.set_producer(batch_producer(id, base));
+                        writer = Some((id, generation, base));
+                        continue;
+                    }
+                    Err(e) => {
+                        break Err(ProduceError::ProducerId {
+                            reason: e.to_string(),
+                        });
+                    }
+                }
+            }
             if !error.is_retriable() {
                 break Err(ProduceError::Rejected {
                     topic: self.topic.clone(),
@@ -203,6 +305,24 @@ impl PartitionWorker {
             }),
             Err(error) => Err(error),
         };
+        if let (Some(identity), Some((_, generation, base))) = (&self.identity, writer) {
+            match &outcome {
+                Ok(_) => {
+                    let mut sequence = self.sequence.lock();
+                    if sequence.0 == generation {
+                        sequence.1 = next_sequence(base, records);
+                    }
+                }
+                // Whether the batch landed is unknown (or it did not), so the
+                // sequence has a gap the broker would refuse the next batch for:
+                // the next batch goes with a new id.
+                Err(_) => {
+                    if let Err(e) = identity.renew(generation).await {
+                        log::warn!("a new producer id could not be had yet: {e}");
+                    }
+                }
+            }
+        }
         match &outcome {
             Ok(_) => {
                 self.metrics.latency.observe(started.elapsed());

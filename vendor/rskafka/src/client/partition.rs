@@ -754,6 +754,27 @@ impl ProduceBatch {
         Self::build(topic, partition, records, compression, Some(producer))
     }
 
+    /// Changed for rust-eda (not in rskafka 0.6.0): rewrites who writes the
+    /// batch, for a producer that took a new id or epoch and starts its
+    /// sequence numbers again; the records stay as they are.
+    pub fn set_producer(&mut self, producer: BatchProducer) {
+        let Some(request) = &mut self.request else {
+            return;
+        };
+        request.transactional_id =
+            crate::protocol::primitives::NullableString(producer.transactional_id.clone());
+        for topic in &mut request.topic_data {
+            for partition in &mut topic.partition_data {
+                for batch in &mut partition.records.0 {
+                    batch.producer_id = producer.producer_id;
+                    batch.producer_epoch = producer.producer_epoch;
+                    batch.base_sequence = producer.base_sequence;
+                    batch.is_transactional = producer.transactional_id.is_some();
+                }
+            }
+        }
+    }
+
     fn build(
         topic: &str,
         partition: i32,
