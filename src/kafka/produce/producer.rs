@@ -128,9 +128,18 @@ impl Producer {
         let permits = config.buffer_memory.clamp(1, Semaphore::MAX_PERMITS);
         Self {
             inner: Arc::new(Inner {
-                identity: config
-                    .idempotence
-                    .then(|| Arc::new(Identity::new(cluster.config().clone()))),
+                identity: config.idempotence.then(|| {
+                    let identity = Arc::new(Identity::new(cluster.config().clone()));
+                    // Asked for at once, so that the first record does not wait
+                    // for it; a failure here is asked again by that record.
+                    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                        let early = Arc::clone(&identity);
+                        runtime.spawn(async move {
+                            let _ = early.get().await;
+                        });
+                    }
+                    identity
+                }),
                 sticky: StickyPartitioner::new(config.sticky_switch_bytes),
                 buffer: Arc::new(Semaphore::new(permits)),
                 cluster,

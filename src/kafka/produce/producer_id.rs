@@ -44,6 +44,7 @@ impl ProducerIdError {
     /// moving).
     pub fn is_retriable(&self) -> bool {
         match self {
+            Self::Wire(WireError::Unsupported { .. }) => false,
             Self::Wire(_) => true,
             Self::Refused { error } => error.is_retriable(),
         }
@@ -117,89 +118,102 @@ async fn ask(
 #[derive(Debug)]
 pub(super) struct Identity {
     cluster: ClusterConfig,
-    current: parking_lot::Mutex<Option<(ProducerIdentity, u64)>>,
+    state: parking_lot::Mutex<IdentityState>,
     /// One `InitProducerId` at a time, whichever worker asks.
     asking: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct IdentityState {
+    /// The id in use and its generation; `None` before the first and after
+    /// one was retired.
+    current: Option<(ProducerIdentity, u64)>,
+    /// The generation the next id taken gets.
+    next_generation: u64,
     /// The cluster refused idempotent writes: batches go without an id.
-    disabled: std::sync::atomic::AtomicBool,
+    disabled: bool,
 }
 
 impl Identity {
     pub(super) fn new(cluster: ClusterConfig) -> Self {
         Self {
             cluster,
-            current: parking_lot::Mutex::new(None),
+            state: parking_lot::Mutex::new(IdentityState::default()),
             asking: tokio::sync::Mutex::new(()),
-            disabled: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// The id to write with, and its generation; asks the cluster the first
-    /// time. `None` when the cluster does not let this client write
-    /// idempotently (no `IdempotentWrite` permission on a cluster before Kafka
-    /// 3.0's defaults): batches then go without, as the Java client does when
+    /// The id to write with, and its generation; asks the cluster when there
+    /// is none. `None` when the cluster does not let this client write
+    /// idempotently (no `IdempotentWrite` permission, or a broker without
+    /// `InitProducerId`): batches then go without, as the Java client does when
     /// idempotence was not asked for explicitly (KIP-679).
     pub(super) async fn get(&self) -> Result<Option<(ProducerIdentity, u64)>, ProducerIdError> {
-        if self.disabled.load(std::sync::atomic::Ordering::Acquire) {
-            return Ok(None);
-        }
-        if let Some(current) = *self.current.lock() {
-            return Ok(Some(current));
+        if let Some(known) = self.known() {
+            return Ok(known);
         }
         let _asking = self.asking.lock().await;
-        if let Some(current) = *self.current.lock() {
-            return Ok(Some(current));
+        if let Some(known) = self.known() {
+            return Ok(known);
         }
-        if self.disabled.load(std::sync::atomic::Ordering::Acquire) {
-            return Ok(None);
-        }
-        let id = match init_producer_id(&self.cluster, None, Duration::from_secs(60)).await {
-            Ok(id) => id,
-            Err(ProducerIdError::Refused {
-                error: ResponseError::ClusterAuthorizationFailed,
-            }) => {
-                log::warn!(
-                    "the cluster does not allow this client to write idempotently (no IdempotentWrite permission); producing without idempotence, so a retried batch may be written twice"
-                );
-                self.disabled
-                    .store(true, std::sync::atomic::Ordering::Release);
-                return Ok(None);
+        match init_producer_id(&self.cluster, None, Duration::from_secs(60)).await {
+            Ok(id) => {
+                let mut state = self.state.lock();
+                let current = (id, state.next_generation);
+                state.next_generation += 1;
+                state.current = Some(current);
+                if current.1 > 0 {
+                    crate::metrics::counter(
+                        "eda_producer_id_renewals_total",
+                        "Producer ids taken anew because a batch's sequence could not go on (a batch of unknown outcome, or a broker that lost the id).",
+                        &[],
+                    )
+                    .inc();
+                    log::info!(
+                        "producer id {} epoch {} (generation {}): sequence numbers start again",
+                        id.id,
+                        id.epoch,
+                        current.1
+                    );
+                }
+                Ok(Some(current))
             }
-            Err(e) => return Err(e),
-        };
-        let current = (id, 0);
-        *self.current.lock() = Some(current);
-        Ok(Some(current))
+            Err(
+                e @ (ProducerIdError::Refused {
+                    error: ResponseError::ClusterAuthorizationFailed,
+                }
+                | ProducerIdError::Wire(WireError::Unsupported { .. })),
+            ) => {
+                log::warn!(
+                    "the cluster does not let this client write idempotently ({e}); producing without idempotence, so a retried batch may be written twice"
+                );
+                self.state.lock().disabled = true;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
-    /// Takes a new id after generation `seen` could not go on: a batch whose
-    /// outcome is unknown left a gap in its partition's sequence, or the broker
-    /// no longer knows the id. Another worker may have renewed it already.
-    pub(super) async fn renew(
-        &self,
-        seen: u64,
-    ) -> Result<(ProducerIdentity, u64), ProducerIdError> {
-        let _asking = self.asking.lock().await;
-        if let Some(current) = *self.current.lock()
-            && current.1 != seen
-        {
-            return Ok(current);
+    /// What is known without asking: `Some(None)` when disabled.
+    fn known(&self) -> Option<Option<(ProducerIdentity, u64)>> {
+        let state = self.state.lock();
+        if state.disabled {
+            return Some(None);
         }
-        let id = init_producer_id(&self.cluster, None, Duration::from_secs(60)).await?;
-        crate::metrics::counter(
-            "eda_producer_id_renewals_total",
-            "Producer ids taken anew because a batch's sequence could not go on (a batch of unknown outcome, or a broker that lost the id).",
-            &[],
-        )
-        .inc();
-        let current = (id, seen + 1);
-        *self.current.lock() = Some(current);
-        log::info!(
-            "producer id {} epoch {} (generation {}): sequence numbers start again",
-            id.id,
-            id.epoch,
-            current.1
-        );
-        Ok(current)
+        state.current.map(Some)
+    }
+
+    /// Generation `seen` cannot go on: a batch of unknown outcome left a gap in
+    /// its partition's sequence (sending the next batch under it could have the
+    /// broker take it for that one and drop it), or the broker no longer knows
+    /// the id. The next [`Self::get`] takes a new id.
+    pub(super) fn retire(&self, seen: u64) {
+        let mut state = self.state.lock();
+        if state
+            .current
+            .is_some_and(|(_, generation)| generation == seen)
+        {
+            state.current = None;
+        }
     }
 }

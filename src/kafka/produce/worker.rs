@@ -190,16 +190,29 @@ impl PartitionWorker {
         // off by a timeout) needs no copy of the records.
         let mut writer = None;
         if let Some(identity) = &self.identity {
-            match identity.get().await {
-                Ok(Some((id, generation))) => writer = Some(self.start_sequence(id, generation)),
-                Ok(None) => {}
-                Err(e) => {
-                    self.metrics.errors.add(records as u64);
-                    answer.send(Err(ProduceError::ProducerId {
-                        reason: e.to_string(),
-                    }));
-                    return;
+            // Bounded by the batch's delivery time like its sends: with the
+            // broker out of reach the caller hears so in time.
+            let error = match tokio::time::timeout_at(deadline, identity.get()).await {
+                Ok(Ok(Some((id, generation)))) => {
+                    writer = Some(self.start_sequence(id, generation));
+                    None
                 }
+                Ok(Ok(None)) => None,
+                Ok(Err(e)) => Some(ProduceError::ProducerId {
+                    reason: e.to_string(),
+                }),
+                Err(_) => Some(ProduceError::DeliveryTimeout {
+                    topic: self.topic.clone(),
+                    partition: self.partition,
+                    timeout: self.config.delivery_timeout,
+                    last_error: "no producer id from the broker in time".to_owned(),
+                }),
+            };
+            if let Some(error) = error {
+                self.metrics.errors.add(records as u64);
+                log::error!("{error}");
+                answer.send(Err(error));
+                return;
             }
         }
         let mut request = match &writer {
@@ -245,8 +258,9 @@ impl PartitionWorker {
             if let (Some(identity), Some((_, generation, _))) = (&self.identity, writer)
                 && needs_new_identity(&error)
             {
-                match identity.renew(generation).await {
-                    Ok((id, generation)) => {
+                identity.retire(generation);
+                match tokio::time::timeout_at(deadline, identity.get()).await {
+                    Ok(Ok(Some((id, generation)))) => {
                         log::warn!(
                             "{}/{}: the broker refused the batch's producer id or sequence ({error}); sending it again with a new id",
                             self.topic,
@@ -257,9 +271,22 @@ impl PartitionWorker {
                         writer = Some((id, generation, base));
                         continue;
                     }
-                    Err(e) => {
+                    Ok(Ok(None)) => {
+                        break Err(ProduceError::ProducerId {
+                            reason: "the cluster stopped allowing idempotent writes".to_owned(),
+                        });
+                    }
+                    Ok(Err(e)) => {
                         break Err(ProduceError::ProducerId {
                             reason: e.to_string(),
+                        });
+                    }
+                    Err(_) => {
+                        break Err(ProduceError::DeliveryTimeout {
+                            topic: self.topic.clone(),
+                            partition: self.partition,
+                            timeout: self.config.delivery_timeout,
+                            last_error: "no new producer id in time".to_owned(),
                         });
                     }
                 }
@@ -316,11 +343,7 @@ impl PartitionWorker {
                 // Whether the batch landed is unknown (or it did not), so the
                 // sequence has a gap the broker would refuse the next batch for:
                 // the next batch goes with a new id.
-                Err(_) => {
-                    if let Err(e) = identity.renew(generation).await {
-                        log::warn!("a new producer id could not be had yet: {e}");
-                    }
-                }
+                Err(_) => identity.retire(generation),
             }
         }
         match &outcome {
