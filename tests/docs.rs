@@ -48,6 +48,10 @@ fn the_kafka_layer_document_lists_its_defaults() {
         ("linger", duration(producer.linger)),
         ("batch_max_bytes", size(producer.batch_max_bytes as u64)),
         ("buffer_memory", size(producer.buffer_memory as u64)),
+        (
+            "idempotence",
+            if producer.idempotence { "on" } else { "off" }.to_owned(),
+        ),
         ("delivery_timeout", duration(producer.delivery_timeout)),
         ("request_timeout", duration(cluster.request_timeout)),
         ("metadata_max_age", duration(cluster.metadata_max_age)),

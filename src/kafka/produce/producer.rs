@@ -15,9 +15,13 @@
 //!
 //! Failures that may pass (a broker restarting, a leader moving, a timeout) are
 //! retried with backoff after refreshing the metadata, until the record's delivery
-//! timeout; then its caller gets [`ProduceError::DeliveryTimeout`]. A retry after a
-//! lost acknowledgement may write a batch twice: delivery is at-least-once, as with
-//! the Java client without idempotence (rskafka 0.6 has no idempotent producer).
+//! timeout; then its caller gets [`ProduceError::DeliveryTimeout`]. With
+//! idempotence (the default, as in the Java client since Kafka 3.0) every batch
+//! carries the producer's id and its partition's sequence numbers, so a retry
+//! after a lost acknowledgement is not written twice; a batch that fails for good
+//! retires the id, and the next batch takes a new one and starts the sequence
+//! again. Without it (turned off, or refused by the cluster) delivery is
+//! at-least-once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
