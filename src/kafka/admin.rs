@@ -251,13 +251,7 @@ impl Admin {
         if self.config.brokers.is_empty() {
             return Err(AdminError::NoBrokers);
         }
-        Ok(Connection::connect_any(
-            &self.config.brokers,
-            &self.config.client_id,
-            self.config.request_timeout,
-            &self.config.security,
-        )
-        .await?)
+        Ok(Connection::bootstrap(&self.config).await?)
     }
 
     /// A connection to the controller, reusing `conn` when it already is one.

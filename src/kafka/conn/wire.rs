@@ -26,6 +26,7 @@ use kafka_protocol::protocol::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::kafka::conn::ClusterConfig;
 use crate::kafka::conn::security::{Sasl, Security, SecurityError};
 
 /// Largest response accepted; metadata of very large clusters stays far below.
@@ -272,6 +273,19 @@ impl Connection {
         Err(WireError::Unreachable {
             tried: tried.join("; "),
         })
+    }
+
+    /// Connects to the first broker of `config` that answers, within its
+    /// request timeout: the connection admin requests, group offsets and
+    /// producer ids start from.
+    pub(crate) async fn bootstrap(config: &ClusterConfig) -> Result<Self, WireError> {
+        Self::connect_any(
+            &config.brokers,
+            &config.client_id,
+            config.request_timeout,
+            &config.security,
+        )
+        .await
     }
 
     /// The broker address.

@@ -249,13 +249,7 @@ async fn coordinator(
     config: &ClusterConfig,
     group: &str,
 ) -> Result<Connection, BrokerOffsetsError> {
-    let mut bootstrap = Connection::connect_any(
-        &config.brokers,
-        &config.client_id,
-        config.request_timeout,
-        &config.security,
-    )
-    .await?;
+    let mut bootstrap = Connection::bootstrap(config).await?;
     let key = StrBytes::from_string(group.to_owned());
     // Versions 0-3 name one group in `key`, 4 and later a list.
     let request = if bootstrap.version::<FindCoordinatorRequest>()? < 4 {

@@ -86,13 +86,7 @@ async fn ask(
     transactional_id: Option<&str>,
     transaction_timeout: Duration,
 ) -> Result<ProducerIdentity, ProducerIdError> {
-    let mut connection = Connection::connect_any(
-        &config.brokers,
-        &config.client_id,
-        config.request_timeout,
-        &config.security,
-    )
-    .await?;
+    let mut connection = Connection::bootstrap(config).await?;
     let request = InitProducerIdRequest::default()
         .with_transactional_id(
             transactional_id.map(|id| TransactionalId(StrBytes::from_string(id.to_owned()))),
