@@ -62,5 +62,6 @@ pub use group::offsets::{DEFAULT_OFFSETS_TOPIC, OffsetError, OffsetStore};
 pub use middleware::DeadLetter;
 pub use produce::{
     Compression, Delivery, DeliveryFuture, ProduceError, Producer, ProducerConfig, ProducerRecord,
+    TransactionConfig, TransactionError, TransactionalProducer,
 };
 pub use topic::TopicPartition;

@@ -9,9 +9,10 @@
 //       COUNT records "committed-i" that is committed
 //   ... send BROKERS TOPIC CODEC KEY VALUE
 //       one record, default partitioner, compressed with CODEC
-//   ... consume BROKERS TOPIC COUNT
+//   ... consume BROKERS TOPIC COUNT [ISOLATION]
 //       reads COUNT records from the start in a group of its own and prints one
-//       JSON line per record: partition, offset, key, value
+//       JSON line per record: partition, offset, key, value; ISOLATION is
+//       read_uncommitted (the Java client's default) or read_committed
 //
 // Exits non-zero with a message on any error.
 
@@ -29,7 +30,7 @@ import org.apache.kafka.common.serialization.StringSerializer;
 public class JavaClient {
     public static void main(String[] args) throws Exception {
         if (args.length < 4) {
-            System.err.println("usage: produce|transactions BROKERS TOPIC CODEC COUNT | consume BROKERS TOPIC COUNT");
+            System.err.println("usage: produce|transactions BROKERS TOPIC CODEC COUNT | consume BROKERS TOPIC COUNT [ISOLATION]");
             System.exit(2);
         }
         String brokers = args[1], topic = args[2];
@@ -38,7 +39,8 @@ public class JavaClient {
             case "transactions" -> produce(brokers, topic, args[3], Integer.parseInt(args[4]),
                     "interop-" + UUID.randomUUID());
             case "send" -> send(brokers, topic, args[3], args[4], args[5]);
-            case "consume" -> consume(brokers, topic, Integer.parseInt(args[3]));
+            case "consume" -> consume(brokers, topic, Integer.parseInt(args[3]),
+                    args.length > 4 ? args[4] : "read_uncommitted");
             default -> {
                 System.err.println("unknown command " + args[0]);
                 System.exit(2);
@@ -94,8 +96,9 @@ public class JavaClient {
         }
     }
 
-    static void consume(String brokers, String topic, int count) {
+    static void consume(String brokers, String topic, int count, String isolation) {
         Properties p = new Properties();
+        p.put("isolation.level", isolation);
         p.put("bootstrap.servers", brokers);
         p.put("group.id", "interop-" + UUID.randomUUID());
         p.put("auto.offset.reset", "earliest");

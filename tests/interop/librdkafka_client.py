@@ -8,9 +8,10 @@
         COUNT records "committed-i" that is committed
     librdkafka_client.py send BROKERS TOPIC CODEC KEY VALUE
         one record, murmur2-partitioned, compressed with CODEC
-    librdkafka_client.py consume BROKERS TOPIC COUNT
+    librdkafka_client.py consume BROKERS TOPIC COUNT [ISOLATION]
         reads COUNT records from the start in a group of its own and prints one
-        JSON line per record: partition, offset, key, value, headers
+        JSON line per record: partition, offset, key, value, headers; ISOLATION
+        is read_committed (librdkafka's default) or read_uncommitted
 
 Exits non-zero with a message on any error.
 """
@@ -66,9 +67,10 @@ def transactions(brokers, topic, codec, count):
             p.commit_transaction(30)
 
 
-def consume(brokers, topic, count):
+def consume(brokers, topic, count, isolation="read_committed"):
     c = Consumer({"bootstrap.servers": brokers, "group.id": f"interop-{uuid.uuid4()}",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                  "isolation.level": isolation})
     c.subscribe([topic])
     seen = 0
     idle = 0
@@ -104,7 +106,7 @@ def main(args):
     elif command == "transactions":
         transactions(brokers, topic, rest[0], int(rest[1]))
     elif command == "consume":
-        consume(brokers, topic, int(rest[0]))
+        consume(brokers, topic, int(rest[0]), *rest[1:2])
     else:
         fail(__doc__)
 

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, RequestHeader, ResponseHeader, SaslAuthenticateRequest,
-    SaslHandshakeRequest,
+    ApiKey, ApiVersionsRequest, FindCoordinatorRequest, RequestHeader, ResponseHeader,
+    SaslAuthenticateRequest, SaslHandshakeRequest,
 };
 use kafka_protocol::protocol::{
     Decodable, HeaderVersion, Message, Request, StrBytes, encode_request_header_into_buffer,
@@ -84,6 +84,30 @@ pub enum WireError {
         api: ApiKey,
         ours: String,
     },
+    #[error("FindCoordinator for {kind} {key:?} answered {error:?}")]
+    Coordinator {
+        kind: CoordinatorKind,
+        key: String,
+        error: kafka_protocol::ResponseError,
+    },
+}
+
+/// Which coordinator `FindCoordinator` looks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CoordinatorKind {
+    /// A consumer group's (key type 0).
+    Group,
+    /// A transactional id's (key type 1).
+    Transaction,
+}
+
+impl std::fmt::Display for CoordinatorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Group => "group",
+            Self::Transaction => "transactional id",
+        })
+    }
 }
 
 impl WireError {
@@ -288,6 +312,55 @@ impl Connection {
         .await
     }
 
+    /// A connection to the coordinator of `key` (a group or a transactional
+    /// id), found through any bootstrap broker.
+    pub(crate) async fn coordinator(
+        config: &ClusterConfig,
+        kind: CoordinatorKind,
+        key: &str,
+    ) -> Result<Self, WireError> {
+        let mut bootstrap = Self::bootstrap(config).await?;
+        let name = StrBytes::from_string(key.to_owned());
+        let key_type = match kind {
+            CoordinatorKind::Group => 0,
+            CoordinatorKind::Transaction => 1,
+        };
+        // Versions 0-3 name one key, 4 and later a list.
+        let request = if bootstrap.version::<FindCoordinatorRequest>()? < 4 {
+            FindCoordinatorRequest::default().with_key(name)
+        } else {
+            FindCoordinatorRequest::default().with_coordinator_keys(vec![name])
+        }
+        .with_key_type(key_type);
+        let response = bootstrap.request(&request).await?;
+        let (code, host, port) = match response.coordinators.first() {
+            Some(c) => (c.error_code, c.host.to_string(), c.port),
+            None => (
+                response.error_code,
+                response.host.to_string(),
+                response.port,
+            ),
+        };
+        if let Some(error) = kafka_protocol::ResponseError::try_from_code(code) {
+            return Err(WireError::Coordinator {
+                kind,
+                key: key.to_owned(),
+                error,
+            });
+        }
+        let addr = format!("{host}:{port}");
+        if addr == bootstrap.addr() {
+            return Ok(bootstrap);
+        }
+        Self::connect(
+            &addr,
+            &config.client_id,
+            config.request_timeout,
+            &config.security,
+        )
+        .await
+    }
+
     /// The broker address.
     pub(crate) fn addr(&self) -> &str {
         &self.addr
@@ -302,14 +375,30 @@ impl Connection {
         self.request_at(request, version).await
     }
 
+    /// Sends `request` at the highest version both sides support up to `cap`:
+    /// for requests whose later versions are meant for brokers, or change what
+    /// the request means.
+    pub(crate) async fn request_capped<R: Request>(
+        &mut self,
+        request: &R,
+        cap: i16,
+    ) -> Result<R::Response, WireError> {
+        let version = self.version_capped::<R>(cap)?;
+        self.request_at(request, version).await
+    }
+
     /// The version [`Self::request`] sends `R` at, for requests whose fields
     /// differ between versions.
     pub(crate) fn version<R: Request>(&self) -> Result<i16, WireError> {
+        self.version_capped::<R>(i16::MAX)
+    }
+
+    fn version_capped<R: Request>(&self, cap: i16) -> Result<i16, WireError> {
         let api = ApiKey::try_from(R::KEY)
             .map_err(|()| self.protocol(format!("unknown API key {}", R::KEY)))?;
         let ours = <R as Message>::VERSIONS;
         let (min, max) = self.versions.get(&R::KEY).copied().unwrap_or((-1, -1));
-        let version = max.min(ours.max);
+        let version = max.min(ours.max).min(cap);
         if version < min.max(ours.min) {
             return Err(WireError::Unsupported {
                 addr: self.addr.clone(),

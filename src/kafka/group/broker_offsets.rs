@@ -17,14 +17,12 @@ use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
-use kafka_protocol::messages::{
-    FindCoordinatorRequest, GroupId, OffsetCommitRequest, OffsetFetchRequest, TopicName,
-};
+use kafka_protocol::messages::{GroupId, OffsetCommitRequest, OffsetFetchRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::watch;
 
 use crate::kafka::conn::ClusterConfig;
-use crate::kafka::conn::wire::{Connection, WireError};
+use crate::kafka::conn::wire::{Connection, CoordinatorKind, WireError};
 use crate::kafka::task::AbortOnDrop;
 use crate::kafka::topic::TopicPartition;
 
@@ -34,14 +32,6 @@ pub enum BrokerOffsetsError {
     /// The connection to a broker failed.
     #[error(transparent)]
     Wire(#[from] WireError),
-    /// The group's coordinator could not be found.
-    #[error("FindCoordinator for group {group:?} answered error code {code}")]
-    Coordinator {
-        /// The group.
-        group: String,
-        /// The broker's error code.
-        code: i16,
-    },
     /// The broker refused a commit.
     #[error(
         "the broker refused OffsetCommit for group {group:?} with error code {code} on {tp}; Kafka tools will not show this group's lag"
@@ -244,45 +234,9 @@ async fn commit(
     Ok(())
 }
 
-/// A connection to the group's coordinator, found through any bootstrap broker.
-async fn coordinator(
-    config: &ClusterConfig,
-    group: &str,
-) -> Result<Connection, BrokerOffsetsError> {
-    let mut bootstrap = Connection::bootstrap(config).await?;
-    let key = StrBytes::from_string(group.to_owned());
-    // Versions 0-3 name one group in `key`, 4 and later a list.
-    let request = if bootstrap.version::<FindCoordinatorRequest>()? < 4 {
-        FindCoordinatorRequest::default().with_key(key)
-    } else {
-        FindCoordinatorRequest::default().with_coordinator_keys(vec![key])
-    };
-    let response = bootstrap.request(&request).await?;
-    let (code, host, port) = match response.coordinators.first() {
-        Some(c) => (c.error_code, c.host.to_string(), c.port),
-        None => (
-            response.error_code,
-            response.host.to_string(),
-            response.port,
-        ),
-    };
-    if code != 0 {
-        return Err(BrokerOffsetsError::Coordinator {
-            group: group.to_owned(),
-            code,
-        });
-    }
-    let addr = format!("{host}:{port}");
-    if addr == bootstrap.addr() {
-        return Ok(bootstrap);
-    }
-    Ok(Connection::connect(
-        &addr,
-        &config.client_id,
-        config.request_timeout,
-        &config.security,
-    )
-    .await?)
+/// A connection to the group's coordinator.
+async fn coordinator(config: &ClusterConfig, group: &str) -> Result<Connection, WireError> {
+    Connection::coordinator(config, CoordinatorKind::Group, group).await
 }
 
 /// The offsets the broker holds for `group` (`OffsetFetch`), as standard Kafka tools

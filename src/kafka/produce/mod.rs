@@ -1,6 +1,7 @@
 //! Producing: the [`Producer`] (batching per partition, `acks=all`,
-//! compression, retries, a delivery future per record) and the Java-compatible
-//! [`partitioner`] that picks a record's partition.
+//! compression, retries, idempotence, a delivery future per record), the
+//! [`TransactionalProducer`] over it, and the Java-compatible [`partitioner`]
+//! that picks a record's partition.
 
 mod accumulator;
 mod delivery;
@@ -8,6 +9,7 @@ pub mod partitioner;
 mod producer;
 mod producer_id;
 mod record;
+mod transaction;
 mod worker;
 
 pub use self::delivery::DeliveryFuture;
@@ -15,3 +17,4 @@ pub use self::producer::{Producer, ProducerConfig};
 pub use self::producer_id::init_producer_id;
 pub use self::producer_id::{ProducerIdError, ProducerIdentity};
 pub use self::record::{Compression, Delivery, ProduceError, ProducerRecord};
+pub use self::transaction::{TransactionConfig, TransactionError, TransactionalProducer};

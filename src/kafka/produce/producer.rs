@@ -129,21 +129,35 @@ impl std::fmt::Debug for Producer {
 impl Producer {
     /// A producer over `cluster`.
     pub fn new(cluster: Cluster, config: ProducerConfig) -> Self {
+        let identity = config.idempotence.then(|| {
+            let identity = Arc::new(Identity::new(cluster.config().clone()));
+            // Asked for at once, so that the first record does not wait
+            // for it; a failure here is asked again by that record.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let early = Arc::clone(&identity);
+                runtime.spawn(async move {
+                    let _ = early.get().await;
+                });
+            }
+            identity
+        });
+        Self::build(cluster, config, identity)
+    }
+
+    /// A producer whose batches carry `identity`: a transactional producer's.
+    pub(super) fn with_identity(
+        cluster: Cluster,
+        config: ProducerConfig,
+        identity: Arc<Identity>,
+    ) -> Self {
+        Self::build(cluster, config, Some(identity))
+    }
+
+    fn build(cluster: Cluster, config: ProducerConfig, identity: Option<Arc<Identity>>) -> Self {
         let permits = config.buffer_memory.clamp(1, Semaphore::MAX_PERMITS);
         Self {
             inner: Arc::new(Inner {
-                identity: config.idempotence.then(|| {
-                    let identity = Arc::new(Identity::new(cluster.config().clone()));
-                    // Asked for at once, so that the first record does not wait
-                    // for it; a failure here is asked again by that record.
-                    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                        let early = Arc::clone(&identity);
-                        runtime.spawn(async move {
-                            let _ = early.get().await;
-                        });
-                    }
-                    identity
-                }),
+                identity,
                 sticky: StickyPartitioner::new(config.sticky_switch_bytes),
                 buffer: Arc::new(Semaphore::new(permits)),
                 cluster,

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::kafka::backoff::{Backoff, BackoffConfig};
 use crate::kafka::conn::ClusterConfig;
-use crate::kafka::conn::wire::{Connection, WireError};
+use crate::kafka::conn::wire::{Connection, CoordinatorKind, WireError};
 
 /// A producer id and the epoch it is used in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +37,10 @@ pub enum ProducerIdError {
         /// The broker's error.
         error: ResponseError,
     },
+    /// A batch of the open transaction failed: nothing more can be written in
+    /// it, and it must be aborted.
+    #[error("a batch of this transaction failed; the transaction must be aborted")]
+    TransactionFailed,
 }
 
 impl ProducerIdError {
@@ -46,9 +50,17 @@ impl ProducerIdError {
         match self {
             Self::Wire(WireError::Unsupported { .. }) => false,
             Self::Wire(_) => true,
-            Self::Refused { error } => error.is_retriable(),
+            Self::Refused { error } => is_retriable(*error),
+            Self::TransactionFailed => false,
         }
     }
+}
+
+/// Whether a transaction or producer id request answered `error` may succeed
+/// when sent again. As in the Java client, `CONCURRENT_TRANSACTIONS` is one:
+/// the coordinator is still finishing the previous transaction of the id.
+pub(super) fn is_retriable(error: ResponseError) -> bool {
+    error.is_retriable() || error == ResponseError::ConcurrentTransactions
 }
 
 /// Asks the cluster for a producer id, again with backoff while the broker
@@ -86,7 +98,10 @@ async fn ask(
     transactional_id: Option<&str>,
     transaction_timeout: Duration,
 ) -> Result<ProducerIdentity, ProducerIdError> {
-    let mut connection = Connection::bootstrap(config).await?;
+    let mut connection = match transactional_id {
+        None => Connection::bootstrap(config).await?,
+        Some(id) => Connection::coordinator(config, CoordinatorKind::Transaction, id).await?,
+    };
     let request = InitProducerIdRequest::default()
         .with_transactional_id(
             transactional_id.map(|id| TransactionalId(StrBytes::from_string(id.to_owned()))),
@@ -112,6 +127,10 @@ async fn ask(
 #[derive(Debug)]
 pub(super) struct Identity {
     cluster: ClusterConfig,
+    /// Set for a transactional producer, whose id comes from its transaction
+    /// coordinator and is never taken anew behind its back: a failed batch
+    /// fails the transaction instead (see [`Self::retire`]).
+    transactional_id: Option<String>,
     state: parking_lot::Mutex<IdentityState>,
     /// One `InitProducerId` at a time, whichever worker asks.
     asking: tokio::sync::Mutex<()>,
@@ -126,15 +145,65 @@ struct IdentityState {
     next_generation: u64,
     /// The cluster refused idempotent writes: batches go without an id.
     disabled: bool,
+    /// The id given last, retired or not.
+    last: Option<ProducerIdentity>,
 }
 
 impl Identity {
     pub(super) fn new(cluster: ClusterConfig) -> Self {
         Self {
             cluster,
+            transactional_id: None,
             state: parking_lot::Mutex::new(IdentityState::default()),
             asking: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The identity of transactional producer `transactional_id`, which its
+    /// coordinator gave `id`.
+    pub(super) fn transactional(
+        cluster: ClusterConfig,
+        transactional_id: String,
+        id: ProducerIdentity,
+    ) -> Self {
+        Self {
+            cluster,
+            transactional_id: Some(transactional_id),
+            state: parking_lot::Mutex::new(IdentityState {
+                current: Some((id, 0)),
+                next_generation: 1,
+                disabled: false,
+                last: Some(id),
+            }),
+            asking: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The transactional id its batches carry, if it has one.
+    pub(super) fn transactional_id(&self) -> Option<&str> {
+        self.transactional_id.as_deref()
+    }
+
+    /// A transactional producer's new id or epoch, after aborting a failed
+    /// transaction: sequence numbers start again.
+    pub(super) fn renew(&self, id: ProducerIdentity) {
+        let mut state = self.state.lock();
+        let current = (id, state.next_generation);
+        state.next_generation += 1;
+        state.current = Some(current);
+        state.last = Some(id);
+    }
+
+    /// The id given last, also after it was retired.
+    pub(super) fn last(&self) -> Option<ProducerIdentity> {
+        self.state.lock().last
+    }
+
+    /// Whether a batch failed since the id was last given (a transactional
+    /// producer's open transaction cannot commit then).
+    pub(super) fn is_retired(&self) -> bool {
+        let state = self.state.lock();
+        state.current.is_none() && !state.disabled
     }
 
     /// The id to write with, and its generation; asks the cluster when there
@@ -146,6 +215,9 @@ impl Identity {
         if let Some(known) = self.known() {
             return Ok(known);
         }
+        if self.transactional_id.is_some() {
+            return Err(ProducerIdError::TransactionFailed);
+        }
         let _asking = self.asking.lock().await;
         if let Some(known) = self.known() {
             return Ok(known);
@@ -156,6 +228,7 @@ impl Identity {
                 let current = (id, state.next_generation);
                 state.next_generation += 1;
                 state.current = Some(current);
+                state.last = Some(id);
                 if current.1 > 0 {
                     crate::metrics::counter(
                         "eda_producer_id_renewals_total",

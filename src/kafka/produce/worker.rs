@@ -45,7 +45,8 @@ fn needs_new_identity(error: &ClusterError) -> bool {
             Error::ServerError {
                 protocol_error: ProtocolError::OutOfOrderSequenceNumber
                     | ProtocolError::UnknownProducerId
-                    | ProtocolError::InvalidProducerEpoch,
+                    | ProtocolError::InvalidProducerEpoch
+                    | ProtocolError::ProducerFenced,
                 ..
             }
         )
@@ -102,12 +103,12 @@ impl TopicMetrics {
 }
 
 /// The producer fields of a batch written by `id` from sequence `base`.
-fn batch_producer(id: ProducerIdentity, base: i32) -> BatchProducer {
+fn batch_producer(identity: &Identity, id: ProducerIdentity, base: i32) -> BatchProducer {
     BatchProducer {
         producer_id: id.id,
         producer_epoch: id.epoch,
         base_sequence: base,
-        transactional_id: None,
+        transactional_id: identity.transactional_id().map(str::to_owned),
     }
 }
 
@@ -215,19 +216,19 @@ impl PartitionWorker {
                 return;
             }
         }
-        let mut request = match &writer {
-            None => ProduceBatch::new(
+        let mut request = match (&self.identity, &writer) {
+            (Some(identity), Some((id, _, base))) => ProduceBatch::with_producer(
                 &self.topic,
                 self.partition,
                 batch.records,
                 self.config.compression.into(),
+                batch_producer(identity, *id, *base),
             ),
-            Some((id, _, base)) => ProduceBatch::with_producer(
+            _ => ProduceBatch::new(
                 &self.topic,
                 self.partition,
                 batch.records,
                 self.config.compression.into(),
-                batch_producer(*id, *base),
             ),
         };
         let mut backoff = Backoff::new(self.config.retry_backoff);
@@ -267,7 +268,7 @@ impl PartitionWorker {
                             self.partition
                         );
                         let (id, generation, base) = self.start_sequence(id, generation);
-                        request.set_producer(batch_producer(id, base));
+                        request.set_producer(batch_producer(identity, id, base));
                         writer = Some((id, generation, base));
                         continue;
                     }

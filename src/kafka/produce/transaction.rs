@@ -1,0 +1,555 @@
+//! The transactional producer: records written to any partitions between
+//! [`begin`](TransactionalProducer::begin) and
+//! [`commit`](TransactionalProducer::commit) become visible to `read_committed`
+//! readers together, or, after [`abort`](TransactionalProducer::abort), never.
+//!
+//! It speaks Kafka's transaction protocol (KIP-98) to the coordinator of its
+//! transactional id: `InitProducerId` once, which hands out the id's producer id
+//! with a new epoch, fences every older producer of the same transactional id
+//! and aborts (or finishes committing) a transaction one of them left open;
+//! `AddPartitionsToTxn` before a partition's first record in a transaction; and
+//! `EndTxn` to commit or abort, after which the coordinator writes the markers
+//! into every partition of the transaction. The batches themselves go through
+//! the ordinary [`Producer`] with the transactional id, producer id, epoch and
+//! sequence numbers, so they are idempotent too.
+//!
+//! Kafka 4 brokers also offer a second version of the protocol
+//! (`transaction.version=2`, KIP-890), where a produce request adds its
+//! partition and the epoch grows with every transaction. The broker keeps
+//! serving the first version to clients that ask for it, which is what this
+//! producer does: `AddPartitionsToTxn` at most v3 and `EndTxn` at most v4. The
+//! version the cluster has finalized is read at start and logged.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+use kafka_protocol::messages::{
+    AddPartitionsToTxnRequest, ApiVersionsRequest, EndTxnRequest, ProducerId, TopicName,
+    TransactionalId,
+};
+use kafka_protocol::protocol::StrBytes;
+use tokio::time::Instant;
+
+use super::delivery::DeliveryFuture;
+use super::producer::{Producer, ProducerConfig};
+use super::producer_id::{
+    Identity, ProducerIdError, ProducerIdentity, init_producer_id, is_retriable,
+};
+use super::record::{ProduceError, ProducerRecord};
+use crate::kafka::backoff::{Backoff, BackoffConfig};
+use crate::kafka::conn::Cluster;
+use crate::kafka::conn::wire::{Connection, CoordinatorKind, WireError};
+
+/// The highest `AddPartitionsToTxn` version a client sends: v4 and later are
+/// the brokers' own (KIP-890).
+const ADD_PARTITIONS_MAX_VERSION: i16 = 3;
+/// The highest `EndTxn` version of the first transaction protocol: v5 asks for
+/// the second, where each transaction ends with a new epoch.
+const END_TXN_MAX_VERSION: i16 = 4;
+
+/// Settings of a transactional producer.
+#[derive(Debug, Clone)]
+pub struct TransactionConfig {
+    /// Names the producer across restarts: a new producer with the same id
+    /// fences the old one (Java: `transactional.id`).
+    pub transactional_id: String,
+    /// A transaction open this long is aborted by its coordinator (Java:
+    /// `transaction.timeout.ms` = 60 s); at most the broker's
+    /// `transaction.max.timeout.ms` (15 min by default).
+    pub transaction_timeout: Duration,
+    /// The producer the records go through; idempotence is always on.
+    pub producer: ProducerConfig,
+}
+
+impl TransactionConfig {
+    /// Settings for `transactional_id`, every other value at its default.
+    pub fn new(transactional_id: impl Into<String>) -> Self {
+        Self {
+            transactional_id: transactional_id.into(),
+            transaction_timeout: Duration::from_secs(60),
+            producer: ProducerConfig::default(),
+        }
+    }
+}
+
+/// Why a transaction step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransactionError {
+    /// No producer id could be had from the transaction coordinator.
+    #[error("transactional id {id:?}: no producer id: {source}")]
+    ProducerId {
+        /// The transactional id.
+        id: String,
+        /// Why.
+        #[source]
+        source: ProducerIdError,
+    },
+    /// A newer producer with the same transactional id started, or the
+    /// coordinator aborted this producer's transaction after its timeout.
+    /// Nothing more can be written with this producer; make a new one.
+    #[error(
+        "transactional id {id:?} is fenced: a newer producer with the same id started, or the transaction ran past its timeout; this producer can write no more"
+    )]
+    Fenced {
+        /// The transactional id.
+        id: String,
+    },
+    /// The transaction coordinator could not be reached in time.
+    #[error("{request} for transactional id {id:?} failed: {source}")]
+    Wire {
+        /// The request.
+        request: &'static str,
+        /// The transactional id.
+        id: String,
+        /// Why.
+        #[source]
+        source: Box<WireError>,
+    },
+    /// The coordinator refused a request for a reason retrying cannot fix.
+    #[error("{request} for transactional id {id:?} answered {error:?}")]
+    Refused {
+        /// The request.
+        request: &'static str,
+        /// The transactional id.
+        id: String,
+        /// The coordinator's error.
+        error: ResponseError,
+    },
+    /// A record of the open transaction was not written: it cannot commit
+    /// and must be aborted.
+    #[error("a record of the transaction of {id:?} was not written; abort the transaction")]
+    MustAbort {
+        /// The transactional id.
+        id: String,
+    },
+    /// A record could not be accepted.
+    #[error(transparent)]
+    Produce(#[from] ProduceError),
+    /// `send`, `commit` or `abort` without an open transaction.
+    #[error("no transaction is open; call begin first")]
+    NotOpen,
+    /// `begin` while a transaction is open.
+    #[error("a transaction is already open; commit or abort it first")]
+    AlreadyOpen,
+}
+
+impl TransactionError {
+    /// Whether the producer can go on: after an error that is not `Fenced`,
+    /// aborting the transaction and beginning a new one may succeed.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, Self::Fenced { .. })
+    }
+}
+
+/// What one transaction has touched so far.
+#[derive(Debug, Default)]
+struct Open {
+    /// Partitions the coordinator knows are in the transaction.
+    partitions: BTreeSet<(String, i32)>,
+}
+
+struct State {
+    /// The coordinator connection, kept between requests.
+    coordinator: Option<Connection>,
+    open: Option<Open>,
+    fenced: bool,
+}
+
+/// A producer whose records are written in transactions.
+pub struct TransactionalProducer {
+    producer: Producer,
+    identity: Arc<Identity>,
+    config: TransactionConfig,
+    cluster: Cluster,
+    /// Held across a request to the coordinator: one at a time, in order.
+    state: tokio::sync::Mutex<State>,
+}
+
+impl std::fmt::Debug for TransactionalProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransactionalProducer")
+            .field("transactional_id", &self.config.transactional_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TransactionalProducer {
+    /// Takes the transactional id's producer id from its coordinator, which
+    /// fences every older producer with this transactional id and ends the
+    /// transaction it left open (aborted, unless its commit had begun).
+    /// Returns once that transaction is over.
+    pub async fn new(
+        cluster: Cluster,
+        config: TransactionConfig,
+    ) -> Result<Self, TransactionError> {
+        let id = init(&cluster, &config).await?;
+        log::info!(
+            "transactional id {:?}: producer id {} epoch {}",
+            config.transactional_id,
+            id.id,
+            id.epoch
+        );
+        let identity = Arc::new(Identity::transactional(
+            cluster.config().clone(),
+            config.transactional_id.clone(),
+            id,
+        ));
+        let producer_config = ProducerConfig {
+            idempotence: true,
+            ..config.producer.clone()
+        };
+        let producer =
+            Producer::with_identity(cluster.clone(), producer_config, Arc::clone(&identity));
+        let this = Self {
+            producer,
+            identity,
+            config,
+            cluster,
+            state: tokio::sync::Mutex::new(State {
+                coordinator: None,
+                open: None,
+                fenced: false,
+            }),
+        };
+        this.log_transaction_version().await;
+        Ok(this)
+    }
+
+    /// The transactional id.
+    pub fn transactional_id(&self) -> &str {
+        &self.config.transactional_id
+    }
+
+    /// Opens a transaction. Local only: the coordinator hears of it with its
+    /// first partition.
+    pub async fn begin(&self) -> Result<(), TransactionError> {
+        let mut state = self.state.lock().await;
+        if state.fenced {
+            return Err(self.fenced());
+        }
+        if state.open.is_some() {
+            return Err(TransactionError::AlreadyOpen);
+        }
+        state.open = Some(Open::default());
+        Ok(())
+    }
+
+    /// Whether a transaction is open.
+    pub async fn is_open(&self) -> bool {
+        self.state.lock().await.open.is_some()
+    }
+
+    /// Accepts `record` into the open transaction and returns its delivery,
+    /// as [`Producer::enqueue`] does. The partition is added to the
+    /// transaction first, if it is new to it.
+    pub async fn send(
+        &self,
+        mut record: ProducerRecord,
+    ) -> Result<DeliveryFuture, TransactionError> {
+        let partition = self
+            .producer
+            .choose_partition(&record, record.size())
+            .await?;
+        record.partition = Some(partition);
+        {
+            let mut state = self.state.lock().await;
+            if state.fenced {
+                return Err(self.fenced());
+            }
+            let Some(open) = &state.open else {
+                return Err(TransactionError::NotOpen);
+            };
+            let key = (record.topic.clone(), partition);
+            if !open.partitions.contains(&key) {
+                self.add_partition(&mut state, &key).await?;
+                if let Some(open) = &mut state.open {
+                    open.partitions.insert(key);
+                }
+            }
+        }
+        Ok(self.producer.enqueue(record).await?)
+    }
+
+    /// Waits for every record of the transaction, then commits it: all of them
+    /// become visible to `read_committed` readers. On `MustAbort` the
+    /// transaction stays open for [`Self::abort`].
+    pub async fn commit(&self) -> Result<(), TransactionError> {
+        self.producer.flush().await;
+        let mut state = self.state.lock().await;
+        if state.fenced {
+            return Err(self.fenced());
+        }
+        let Some(open) = &state.open else {
+            return Err(TransactionError::NotOpen);
+        };
+        if self.identity.is_retired() {
+            return Err(TransactionError::MustAbort {
+                id: self.config.transactional_id.clone(),
+            });
+        }
+        if !open.partitions.is_empty() {
+            self.end(&mut state, true).await?;
+        }
+        state.open = None;
+        Ok(())
+    }
+
+    /// Waits for the records already sent, then aborts the transaction: none
+    /// of its records become visible to `read_committed` readers. After a
+    /// failed record the producer takes a new epoch from the coordinator, so
+    /// that its sequence numbers can start again.
+    pub async fn abort(&self) -> Result<(), TransactionError> {
+        self.producer.flush().await;
+        let mut state = self.state.lock().await;
+        if state.fenced {
+            return Err(self.fenced());
+        }
+        let Some(open) = &state.open else {
+            return Err(TransactionError::NotOpen);
+        };
+        if !open.partitions.is_empty() {
+            self.end(&mut state, false).await?;
+        }
+        state.open = None;
+        if self.identity.is_retired() {
+            // Also fences the epoch the failed batch was written with.
+            let id = init(&self.cluster, &self.config).await?;
+            log::info!(
+                "transactional id {:?}: producer id {} epoch {} after an aborted transaction",
+                self.config.transactional_id,
+                id.id,
+                id.epoch
+            );
+            self.identity.renew(id);
+        }
+        Ok(())
+    }
+
+    /// Delivers what was accepted and stops the producer; an open transaction
+    /// is left to its coordinator, which aborts it after its timeout or when
+    /// the next producer of the same transactional id starts.
+    pub async fn close(&self) {
+        self.producer.close().await;
+    }
+
+    fn fenced(&self) -> TransactionError {
+        TransactionError::Fenced {
+            id: self.config.transactional_id.clone(),
+        }
+    }
+
+    async fn add_partition(
+        &self,
+        state: &mut State,
+        (topic, partition): &(String, i32),
+    ) -> Result<(), TransactionError> {
+        let id = self.current_id()?;
+        let request = AddPartitionsToTxnRequest::default()
+            .with_v3_and_below_transactional_id(self.txn_id())
+            .with_v3_and_below_producer_id(ProducerId(id.id))
+            .with_v3_and_below_producer_epoch(id.epoch)
+            .with_v3_and_below_topics(vec![
+                AddPartitionsToTxnTopic::default()
+                    .with_name(TopicName(StrBytes::from_string(topic.clone())))
+                    .with_partitions(vec![*partition]),
+            ]);
+        self.call(state, "AddPartitionsToTxn", async |conn| {
+            let response = conn
+                .request_capped(&request, ADD_PARTITIONS_MAX_VERSION)
+                .await?;
+            let code = response
+                .results_by_topic_v3_and_below
+                .iter()
+                .flat_map(|t| &t.results_by_partition)
+                .map(|p| p.partition_error_code)
+                .find(|&c| c != 0)
+                .unwrap_or(response.error_code);
+            Ok(code)
+        })
+        .await
+    }
+
+    async fn end(&self, state: &mut State, commit: bool) -> Result<(), TransactionError> {
+        let id = self.current_id()?;
+        let request = EndTxnRequest::default()
+            .with_transactional_id(self.txn_id())
+            .with_producer_id(ProducerId(id.id))
+            .with_producer_epoch(id.epoch)
+            .with_committed(commit);
+        self.call(state, "EndTxn", async |conn| {
+            let response = conn.request_capped(&request, END_TXN_MAX_VERSION).await?;
+            Ok(response.error_code)
+        })
+        .await
+    }
+
+    /// The id the open transaction writes with. A batch that failed retired
+    /// it; the transaction's requests still carry the epoch it had.
+    fn current_id(&self) -> Result<ProducerIdentity, TransactionError> {
+        self.identity
+            .last()
+            .ok_or_else(|| TransactionError::MustAbort {
+                id: self.config.transactional_id.clone(),
+            })
+    }
+
+    fn txn_id(&self) -> TransactionalId {
+        TransactionalId(StrBytes::from_string(self.config.transactional_id.clone()))
+    }
+
+    /// Sends a request to the coordinator until it is answered without a
+    /// retriable error, within the request timeout: the coordinator may be
+    /// loading, moving, or still finishing the previous transaction
+    /// (`CONCURRENT_TRANSACTIONS`).
+    async fn call(
+        &self,
+        state: &mut State,
+        request: &'static str,
+        mut send: impl AsyncFnMut(&mut Connection) -> Result<i16, WireError>,
+    ) -> Result<(), TransactionError> {
+        let id = &self.config.transactional_id;
+        let deadline = Instant::now() + self.cluster.config().request_timeout;
+        let mut backoff = Backoff::new(BackoffConfig {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(500),
+        });
+        loop {
+            let outcome = match &mut state.coordinator {
+                Some(conn) => send(conn).await.map(ResponseError::try_from_code),
+                None => match Connection::coordinator(
+                    self.cluster.config(),
+                    CoordinatorKind::Transaction,
+                    id,
+                )
+                .await
+                {
+                    Ok(conn) => {
+                        let conn = state.coordinator.insert(conn);
+                        send(conn).await.map(ResponseError::try_from_code)
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            let retry = match outcome {
+                Ok(None) => return Ok(()),
+                Ok(Some(
+                    ResponseError::ProducerFenced
+                    | ResponseError::InvalidProducerEpoch
+                    | ResponseError::InvalidProducerIdMapping,
+                )) => {
+                    state.fenced = true;
+                    return Err(self.fenced());
+                }
+                Ok(Some(error)) if is_retriable(error) => {
+                    if matches!(
+                        error,
+                        ResponseError::NotCoordinator | ResponseError::CoordinatorNotAvailable
+                    ) {
+                        state.coordinator = None;
+                    }
+                    format!("{error:?}")
+                }
+                Ok(Some(error)) => {
+                    return Err(TransactionError::Refused {
+                        request,
+                        id: id.clone(),
+                        error,
+                    });
+                }
+                Err(e @ WireError::Unsupported { .. }) => {
+                    return Err(TransactionError::Wire {
+                        request,
+                        id: id.clone(),
+                        source: Box::new(e),
+                    });
+                }
+                Err(e) => {
+                    state.coordinator = None;
+                    let delay = backoff.next_delay();
+                    if Instant::now() + delay >= deadline {
+                        return Err(TransactionError::Wire {
+                            request,
+                            id: id.clone(),
+                            source: Box::new(e),
+                        });
+                    }
+                    e.to_string()
+                }
+            };
+            let delay = backoff.next_delay();
+            if Instant::now() + delay >= deadline {
+                return Err(TransactionError::Wire {
+                    request,
+                    id: id.clone(),
+                    source: Box::new(WireError::Timeout {
+                        addr: format!("the coordinator of {id:?} (last answer: {retry})"),
+                        timeout: self.cluster.config().request_timeout,
+                    }),
+                });
+            }
+            log::debug!("{request} for {id:?}: {retry}; again in {delay:?}");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Logs the `transaction.version` the cluster finalized (Kafka 3.8 and
+    /// later advertise it in `ApiVersions` v3).
+    async fn log_transaction_version(&self) {
+        let id = &self.config.transactional_id;
+        let version = async {
+            let mut conn =
+                Connection::coordinator(self.cluster.config(), CoordinatorKind::Transaction, id)
+                    .await
+                    .ok()?;
+            let request = ApiVersionsRequest::default()
+                .with_client_software_name(StrBytes::from_static_str("rust-eda"))
+                .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
+            let response = conn.request_capped(&request, 3).await.ok()?;
+            Some(
+                response
+                    .finalized_features
+                    .iter()
+                    .find(|f| f.name.as_str() == "transaction.version")
+                    .map_or(0, |f| f.max_version_level),
+            )
+        };
+        match tokio::time::timeout(self.cluster.config().request_timeout, version).await {
+            Ok(Some(level)) => log::info!(
+                "transactional id {id:?}: the cluster's transaction.version is {level}; this producer speaks version 1 of the transaction protocol, which every Kafka since 0.11 serves"
+            ),
+            _ => {
+                log::debug!(
+                    "transactional id {id:?}: the cluster's transaction.version is unknown"
+                );
+            }
+        }
+    }
+}
+
+/// `InitProducerId` for the transactional id, as [`TransactionalProducer::new`]
+/// describes.
+async fn init(
+    cluster: &Cluster,
+    config: &TransactionConfig,
+) -> Result<ProducerIdentity, TransactionError> {
+    init_producer_id(
+        cluster.config(),
+        Some(&config.transactional_id),
+        config.transaction_timeout,
+    )
+    .await
+    .map_err(|source| match source {
+        ProducerIdError::Refused {
+            error: ResponseError::ProducerFenced | ResponseError::InvalidProducerEpoch,
+        } => TransactionError::Fenced {
+            id: config.transactional_id.clone(),
+        },
+        source => TransactionError::ProducerId {
+            id: config.transactional_id.clone(),
+            source,
+        },
+    })
+}
