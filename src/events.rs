@@ -332,6 +332,7 @@ mod tests {
             headers: record.headers,
             timestamp: rskafka::chrono::DateTime::from_timestamp_millis(0).unwrap(),
             attempt: 1,
+            outbox: None,
         }
     }
 

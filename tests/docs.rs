@@ -68,6 +68,22 @@ fn the_kafka_layer_document_lists_its_defaults() {
                 OffsetReset::Latest => "latest".to_owned(),
             },
         ),
+        (
+            "processing_guarantee",
+            consumer.processing_guarantee.to_string(),
+        ),
+        (
+            "transaction_interval",
+            duration(consumer.transaction_interval),
+        ),
+        (
+            "transaction_max_records",
+            consumer.transaction_max_records.to_string(),
+        ),
+        (
+            "transaction_timeout",
+            duration(consumer.transaction_timeout),
+        ),
     ];
     for (setting, value) in expected {
         let row = row(setting);

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::http_client::HttpUrl;
-use crate::kafka::{ClusterConfig, Compression, ConsumerConfig, Fix, ProducerConfig, Security};
+use crate::kafka::{
+    ClusterConfig, Compression, ConsumerConfig, Fix, ProcessingGuarantee, ProducerConfig, Security,
+};
 pub use crate::secret::Secret;
 
 mod parse;
@@ -215,6 +217,12 @@ pub struct KafkaConfig {
     /// handler commits only once its events are written), so a linger adds its whole
     /// length to each hop; batches still form while a request is in flight.
     pub linger: Duration,
+    /// `APP_KAFKA_IDEMPOTENCE`: producers carry producer ids and sequence
+    /// numbers, so that a retried batch is written once.
+    pub idempotence: bool,
+    /// `APP_KAFKA_PROCESSING_GUARANTEE`: whether the consuming services
+    /// process in transactions.
+    pub processing_guarantee: ProcessingGuarantee,
 }
 
 /// What is logged, and how.
@@ -328,6 +336,7 @@ impl Config {
         consumer.heartbeat_interval = self.kafka.heartbeat_interval;
         consumer.rebalance_grace = self.kafka.rebalance_grace;
         consumer.fetch_max_wait = self.kafka.fetch_max_wait;
+        consumer.processing_guarantee = self.kafka.processing_guarantee;
         consumer
     }
 
@@ -336,6 +345,7 @@ impl Config {
         ProducerConfig {
             compression: self.kafka.compression,
             linger: self.kafka.linger,
+            idempotence: self.kafka.idempotence,
             ..ProducerConfig::default()
         }
     }

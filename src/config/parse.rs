@@ -12,6 +12,7 @@ use super::{
     NotificationConfig, OrderConfig, ServerConfig,
 };
 use crate::http_client::HttpUrl;
+use crate::kafka::ProcessingGuarantee;
 use crate::kafka::{Sasl, Security, Tls};
 use crate::secret::Secret;
 
@@ -264,6 +265,26 @@ impl Values {
             linger: self
                 .number("APP_KAFKA_LINGER_MS", 0..=60_000)
                 .map(Duration::from_millis)?,
+            idempotence: self.choice(
+                "APP_KAFKA_IDEMPOTENCE",
+                &[
+                    ("true", true),
+                    ("1", true),
+                    ("yes", true),
+                    ("false", false),
+                    ("0", false),
+                    ("no", false),
+                ],
+                "true or false",
+            )?,
+            processing_guarantee: self.choice(
+                "APP_KAFKA_PROCESSING_GUARANTEE",
+                &[
+                    ("exactly_once", ProcessingGuarantee::ExactlyOnce),
+                    ("at_least_once", ProcessingGuarantee::AtLeastOnce),
+                ],
+                "exactly_once or at_least_once",
+            )?,
         })
     }
 

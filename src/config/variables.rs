@@ -172,6 +172,16 @@ pub const VARIABLES: &[Variable] = &[
         "a consumed record that failed this many times is parked in `<topic>.dlq` (about 30 s of backoff)",
     ),
     var(
+        "APP_KAFKA_IDEMPOTENCE",
+        "true",
+        "producers write each batch once however often a retry sends it (producer ids and sequence numbers); `false` for a cluster whose ACLs refuse `IdempotentWrite`",
+    ),
+    var(
+        "APP_KAFKA_PROCESSING_GUARANTEE",
+        "exactly_once",
+        "`exactly_once`: inventory and notification write their output and their input's offsets in one transaction, so `read_committed` readers see each outcome once; `at_least_once`: output is written again for records handled again after a crash (the fallback on a cluster without transactions)",
+    ),
+    var(
         "APP_LOGGER_LEVEL",
         "info",
         "`trace`, `debug`, `info`, `warn`, `error`, `off` (`RUST_LOG` refines it)",

@@ -52,7 +52,8 @@ pub use admin::{Admin, AdminError, TopicOutcome, TopicSpec};
 pub use conn::security::{Sasl, SaslMechanism, Security, SecurityError, Tls};
 pub use conn::{Cluster, ClusterConfig, ClusterError, Lane};
 pub use consume::{
-    Consumer, ConsumerConfig, ConsumerError, Handler, HandlerError, Poison, handler_fn,
+    Consumer, ConsumerConfig, ConsumerError, Handler, HandlerError, Poison, ProcessingGuarantee,
+    handler_fn,
 };
 pub use fetch::{
     FetchConfig, Follower, LogCursor, Message, OffsetReset, Read, ReadError, read_topic,
@@ -61,7 +62,7 @@ pub use fix::Fix;
 pub use group::offsets::{DEFAULT_OFFSETS_TOPIC, OffsetError, OffsetStore};
 pub use middleware::DeadLetter;
 pub use produce::{
-    Compression, Delivery, DeliveryFuture, ProduceError, Producer, ProducerConfig, ProducerRecord,
-    TransactionConfig, TransactionError, TransactionalProducer,
+    Compression, Delivery, DeliveryFuture, Outbox, ProduceError, Producer, ProducerConfig,
+    ProducerRecord, TransactionConfig, TransactionError, TransactionalProducer,
 };
 pub use topic::TopicPartition;

@@ -181,12 +181,12 @@ impl Handler for Notify {
             }
             other => return Err(Poison::new(format!("unexpected topic {other}")).into()),
         };
-        self.notify(outcome).await
+        self.notify(message, outcome).await
     }
 }
 
 impl Notify {
-    async fn notify(&self, o: Notice) -> Result<(), HandlerError> {
+    async fn notify(&self, input: &Message, o: Notice) -> Result<(), HandlerError> {
         if self.notified.lock().contains(&o.event_id) {
             log::info!(
                 "order {}: outcome {} was notified before; skipping",
@@ -231,8 +231,12 @@ impl Notify {
             },
             o.correlation_id,
         );
-        self.producer.send(sent.to_record()?).await?;
-        self.notified.lock().insert(o.event_id);
+        input.send_output(&self.producer, sent.to_record()?).await?;
+        // In a transaction, notified once it commits: following
+        // notification.sent (read_committed) marks it then.
+        if input.outbox().is_none() {
+            self.notified.lock().insert(o.event_id);
+        }
         Ok(())
     }
 }

@@ -13,8 +13,9 @@
 //! message sets are refused, as rskafka does. Every codec Kafka has is read, by
 //! pure-Rust decoders: gzip, snappy (raw, and the xerial framing older Java
 //! clients wrote), lz4 (frames, KIP-57) and zstd. As Kafka's consumer does with
-//! `read_committed`, which is what the fetch asks for, transaction markers are
-//! stepped over and the batches of aborted transactions dropped.
+//! `read_committed`, which is what a fetch asks for by default, transaction
+//! markers are stepped over and the batches of aborted transactions dropped; a
+//! `read_uncommitted` fetch is decoded with its transactions tagged instead.
 
 use std::collections::BTreeMap;
 
@@ -100,6 +101,30 @@ pub struct FetchedRecord {
     pub headers: BTreeMap<String, Vec<u8>>,
     /// Its timestamp: the broker's with `LogAppendTime`, the producer's otherwise.
     pub timestamp: DateTime<Utc>,
+    /// Where it stands in a transaction; only a `read_uncommitted` read
+    /// ([`decode_uncommitted`]) says, and then only for transactional batches.
+    pub transaction: Option<InTransaction>,
+}
+
+/// What a `read_uncommitted` read says of a record's transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InTransaction {
+    /// Written in a transaction of this producer, which has not ended at
+    /// this point of the log: it counts once the producer's next marker
+    /// commits it.
+    Record {
+        /// The producer that wrote it.
+        producer_id: i64,
+    },
+    /// The marker ending this producer's transaction (a control record,
+    /// with no key or value): its records before this point are committed,
+    /// or aborted.
+    End {
+        /// The producer whose transaction ended.
+        producer_id: i64,
+        /// Committed, or aborted.
+        committed: bool,
+    },
 }
 
 /// What one fetch of a partition returned.
@@ -126,8 +151,43 @@ pub fn decode(
     aborted: &[(i64, i64)],
     pool: &BufferPool,
 ) -> Result<Fetched, RecordsError> {
+    decode_with(
+        data,
+        from,
+        &mut Isolation::Committed(Aborted::new(aborted)),
+        pool,
+    )
+}
+
+/// Decodes as [`decode`] does the batches of a `read_uncommitted` fetch, which
+/// holds open and aborted transactions too: their records come tagged with
+/// their producer ([`InTransaction::Record`]), and each transaction marker
+/// as a record of its own ([`InTransaction::End`]), for the reader to sort
+/// out what counts, as Kafka's group coordinator does with transactional
+/// offset commits.
+pub fn decode_uncommitted(
+    data: Bytes,
+    from: i64,
+    pool: &BufferPool,
+) -> Result<Fetched, RecordsError> {
+    decode_with(data, from, &mut Isolation::Uncommitted, pool)
+}
+
+/// How a read treats transactions.
+enum Isolation {
+    /// Drops the aborted ones, and steps over the markers.
+    Committed(Aborted),
+    /// Hands everything on, tagged.
+    Uncommitted,
+}
+
+fn decode_with(
+    data: Bytes,
+    from: i64,
+    isolation: &mut Isolation,
+    pool: &BufferPool,
+) -> Result<Fetched, RecordsError> {
     let mut fetched = Fetched::default();
-    let mut aborted = Aborted::new(aborted);
     let mut rest = data;
     // baseOffset (8) and batchLength (4) precede every batch.
     while rest.len() >= 12 {
@@ -149,7 +209,7 @@ pub fn decode(
             batch,
             from,
             pool,
-            &mut aborted,
+            isolation,
             &mut fetched.records,
         )?;
         fetched.next_offset = Some(last_offset + 1);
@@ -206,7 +266,7 @@ fn decode_batch(
     batch: Bytes,
     from: i64,
     pool: &BufferPool,
-    aborted: &mut Aborted,
+    isolation: &mut Isolation,
     records: &mut Vec<FetchedRecord>,
 ) -> Result<i64, RecordsError> {
     let mut r = Reader::new(&batch, base_offset);
@@ -235,16 +295,45 @@ fn decode_batch(
     let last_offset = base_offset + i64::from(last_offset_delta);
     let is_transactional = attributes & 0x10 != 0;
     let is_control = attributes & 0x20 != 0;
-    if producer_id >= 0 {
-        aborted.reach(last_offset);
-    }
-    if is_control {
-        if is_abort_marker(&batch[r.pos..], base_offset)? {
-            aborted.close(producer_id);
+    let transaction = match isolation {
+        Isolation::Committed(aborted) => {
+            if producer_id >= 0 {
+                aborted.reach(last_offset);
+            }
+            if is_control {
+                if is_abort_marker(&batch[r.pos..], base_offset)? {
+                    aborted.close(producer_id);
+                }
+                return Ok(last_offset);
+            }
+            if is_transactional && aborted.is_open(producer_id) {
+                return Ok(last_offset);
+            }
+            None
         }
-        return Ok(last_offset);
-    }
-    if last_offset < from || (is_transactional && aborted.is_open(producer_id)) {
+        Isolation::Uncommitted if is_control => {
+            if base_offset >= from {
+                let committed = !is_abort_marker(&batch[r.pos..], base_offset)?;
+                records.push(FetchedRecord {
+                    offset: base_offset,
+                    key: None,
+                    value: None,
+                    headers: BTreeMap::new(),
+                    timestamp: Utc
+                        .timestamp_millis_opt(max_timestamp)
+                        .single()
+                        .unwrap_or_default(),
+                    transaction: Some(InTransaction::End {
+                        producer_id,
+                        committed,
+                    }),
+                });
+            }
+            return Ok(last_offset);
+        }
+        Isolation::Uncommitted => is_transactional.then_some(InTransaction::Record { producer_id }),
+    };
+    if last_offset < from {
         return Ok(last_offset);
     }
     // LogAppendTime: the broker's time, kept once for the batch (as Kafka's own
@@ -329,6 +418,7 @@ fn decode_batch(
             value,
             headers,
             timestamp,
+            transaction,
         });
     }
     Ok(last_offset)

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use rskafka::client::error::{Error as KafkaError, ProtocolError};
-use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
+use rskafka::client::partition::{Isolation, PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 
 use crate::kafka::codec::{self, BufferPool, Fetched, RecordsError};
@@ -435,6 +435,9 @@ impl Cluster {
     /// Fetches and decodes what `partition` holds from `offset` on: at most about
     /// `max_bytes` (Java: `max.partition.fetch.bytes`), waiting up to `max_wait`
     /// for the first byte. Returns the records and the partition's high watermark.
+    /// With [`Isolation::ReadCommitted`] (what every consumer reads with) the
+    /// records of aborted transactions are dropped and the markers stepped over;
+    /// with `ReadUncommitted` they come tagged (see [`codec::decode_uncommitted`]).
     pub async fn fetch(
         &self,
         topic: &str,
@@ -442,23 +445,29 @@ impl Cluster {
         offset: i64,
         max_bytes: i32,
         max_wait: Duration,
+        isolation: Isolation,
     ) -> Result<(Fetched, i64), ClusterError> {
         let client = self.partition_client(topic, partition, Lane::Read).await?;
         let wait_ms = max_wait.as_millis().min(i32::MAX as u128) as i32;
         let (raw, high_watermark) = self
             .timed(
                 "fetch",
-                client.fetch_raw_records(offset, 1..max_bytes, wait_ms),
+                client.fetch_raw_records(offset, 1..max_bytes, wait_ms, isolation),
             )
             .await?;
         let data = Bytes::from(raw.frame).slice(raw.range);
-        let fetched = codec::decode(
-            data,
-            offset,
-            &raw.aborted_transactions,
-            &self.inner.decompressed,
-        )
-        .map_err(|source| ClusterError::Records {
+        let decoded = match isolation {
+            Isolation::ReadCommitted => codec::decode(
+                data,
+                offset,
+                &raw.aborted_transactions,
+                &self.inner.decompressed,
+            ),
+            Isolation::ReadUncommitted => {
+                codec::decode_uncommitted(data, offset, &self.inner.decompressed)
+            }
+        };
+        let fetched = decoded.map_err(|source| ClusterError::Records {
             topic: topic.to_owned(),
             partition,
             source,

@@ -10,3 +10,4 @@ mod tunnel;
 pub(crate) mod wire;
 
 pub use self::cluster::{Cluster, ClusterConfig, ClusterError, Lane};
+pub use rskafka::client::partition::Isolation;

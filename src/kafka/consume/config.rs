@@ -49,6 +49,60 @@ pub struct ConsumerConfig {
     /// and no progress, for this long is reported as stalled: in
     /// `eda_consumer_stalled_partitions` and by `/ready`, which answers `503`.
     pub stall_after: Duration,
+    /// Whether a handler's output and its input's offset commit go into one
+    /// transaction (Kafka Streams: `processing.guarantee`).
+    pub processing_guarantee: ProcessingGuarantee,
+    /// Under exactly-once, a partition's open transaction commits after this
+    /// long (Kafka Streams: `commit.interval.ms`, 100 ms under exactly-once):
+    /// its output becomes visible to `read_committed` readers then.
+    pub transaction_interval: Duration,
+    /// Under exactly-once, a transaction commits after this many input
+    /// records at the latest; a handler error replays at most these.
+    pub transaction_max_records: usize,
+    /// Under exactly-once, a transaction open this long is aborted by its
+    /// coordinator (Kafka Streams: `transaction.timeout.ms` = 10 s): the
+    /// longest that a crashed member's open transaction can hold back
+    /// `read_committed` readers of the partitions it wrote to, when no new
+    /// owner fences it sooner.
+    pub transaction_timeout: Duration,
+}
+
+/// What a consumer promises about the effects of each record it consumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessingGuarantee {
+    /// Offsets are committed every `commit_interval`, apart from the
+    /// handler's output: after a crash, the records handled since the last
+    /// commit are handled again, and their output is written again.
+    AtLeastOnce,
+    /// Per partition, a batch of input records' output (sent through
+    /// [`Message::outbox`](crate::kafka::Message::outbox)) and the offset
+    /// commit after them go into one Kafka transaction: a `read_committed`
+    /// reader of the output sees each input's effects exactly once, whatever
+    /// crashes, pauses or rebalances happen (`docs/transactions.md`).
+    ExactlyOnce,
+}
+
+impl std::str::FromStr for ProcessingGuarantee {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "at_least_once" => Ok(Self::AtLeastOnce),
+            "exactly_once" => Ok(Self::ExactlyOnce),
+            other => Err(format!(
+                "unknown processing guarantee {other:?}: expected at_least_once or exactly_once"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for ProcessingGuarantee {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::AtLeastOnce => "at_least_once",
+            Self::ExactlyOnce => "exactly_once",
+        })
+    }
 }
 
 impl ConsumerConfig {
@@ -75,6 +129,10 @@ impl ConsumerConfig {
             rebalance_grace: Duration::from_secs(1),
             broker_offsets: true,
             stall_after: Duration::from_secs(60),
+            processing_guarantee: ProcessingGuarantee::AtLeastOnce,
+            transaction_interval: Duration::from_millis(100),
+            transaction_max_records: 1000,
+            transaction_timeout: Duration::from_secs(10),
         }
     }
 

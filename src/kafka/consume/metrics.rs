@@ -86,7 +86,7 @@ impl GroupMetrics {
             let r = running.get(tp).filter(|r| !r.task.0.is_finished());
             let seen = r.map(|r| {
                 let next = r.progress.next.load(Ordering::Acquire);
-                let waiting = r.progress.high_watermark.load(Ordering::Acquire) > next;
+                let waiting = r.progress.is_waiting();
                 (next, waiting, r.progress.fetch_error())
             });
             if let Some(why) = self.stalls.observe(tp, seen, now, config.stall_after) {

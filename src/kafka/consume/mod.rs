@@ -23,15 +23,17 @@
 //! hands the partitions over to the remaining members, and returns.
 
 mod config;
+mod exactly_once;
 mod handler;
 mod metrics;
 mod runner;
 mod stopwatch;
 
-pub use self::config::ConsumerConfig;
+pub use self::config::{ConsumerConfig, ProcessingGuarantee};
 pub use self::handler::{FnHandler, Handler, HandlerError, Poison, handler_fn};
 use crate::kafka::fix::Fix;
 
+use self::exactly_once::TransactionalRunner;
 use self::metrics::{GroupMetrics, PartitionMetrics};
 use self::runner::{PartitionRunner, Running};
 use std::collections::BTreeMap;
@@ -50,7 +52,7 @@ use crate::kafka::group::offsets::{OffsetError, OffsetStore, OwnedCommit, offset
 use crate::kafka::group::planner::{Handoff, PassOn, Plan, Planner, Start};
 use crate::kafka::group::protocol::OwnerValue;
 use crate::kafka::group::{Coordinator, MemberId};
-use crate::kafka::produce::{ProduceError, Producer, ProducerConfig};
+use crate::kafka::produce::{ProduceError, Producer, ProducerConfig, transactions_supported};
 use crate::kafka::task::AbortOnDrop;
 use crate::kafka::topic::TopicPartition;
 use crate::shutdown::{Shutdown, ShutdownTrigger};
@@ -165,6 +167,23 @@ impl Consumer {
                     .await?;
             }
             Err(e) => return Err(e.into()),
+        }
+        let mut config = config;
+        if config.processing_guarantee == ProcessingGuarantee::ExactlyOnce {
+            match transactions_supported(cluster.config()).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    log::warn!(
+                        "group {}: the cluster does not offer transactions; processing is at-least-once, so a record handled again after a crash writes its output again",
+                        config.group_id
+                    );
+                    config.processing_guarantee = ProcessingGuarantee::AtLeastOnce;
+                }
+                Err(e) => log::warn!(
+                    "group {}: could not ask the cluster whether it offers transactions ({e}); processing exactly-once",
+                    config.group_id
+                ),
+            }
         }
         // Commits are few and small: send each at once.
         let producer = Producer::new(
@@ -327,6 +346,11 @@ impl Consumer {
             copy.finish(self.config.shutdown_commit_timeout).await;
         }
         Ok(())
+    }
+
+    /// Whether partitions are processed in transactions.
+    fn exactly_once(&self) -> bool {
+        self.config.processing_guarantee == ProcessingGuarantee::ExactlyOnce
     }
 
     /// How long one wait of the main loop may take: while it waits, the member
@@ -523,11 +547,18 @@ impl Consumer {
             progress: Arc::clone(&progress),
             lease: Arc::clone(&coordinator.lease),
         };
-        let task = AbortOnDrop(tokio::spawn(runner.run(
-            Arc::clone(handler),
-            stop_signal,
-            shutdown.clone(),
-        )));
+        let handler = Arc::clone(handler);
+        let task = AbortOnDrop(if self.exactly_once() {
+            let runner = TransactionalRunner {
+                runner,
+                member: coordinator.member.clone(),
+                epoch,
+                view: coordinator.transaction_view(),
+            };
+            tokio::spawn(runner.run(handler, stop_signal, shutdown.clone()))
+        } else {
+            tokio::spawn(runner.run(handler, stop_signal, shutdown.clone()))
+        });
         Running {
             epoch,
             progress,
@@ -556,9 +587,19 @@ impl Consumer {
             log::warn!("{tp}: lost before it could be handed over; nothing committed");
             return None;
         }
-        let next = progress.next.load(Ordering::Acquire);
+        let next = progress.settled(progress.next());
         let mut start = progress.committed.load(Ordering::Acquire);
-        match progress.due() {
+        // Under exactly-once the task committed its last transaction as it
+        // stopped; what it handled after that has no output, and is the next
+        // owner's to handle.
+        let due = if self.exactly_once() {
+            self.mirror(&[(tp.clone(), start)]);
+            None
+        } else {
+            progress.due()
+        };
+        match due {
+            None if self.exactly_once() => {}
             None => start = next,
             Some(offset) => match self
                 .offsets
@@ -642,6 +683,15 @@ impl Consumer {
         running: &BTreeMap<TopicPartition, Running>,
     ) -> Result<(), OffsetError> {
         if !coordinator.lease.is_valid() {
+            return Ok(());
+        }
+        if self.exactly_once() {
+            // The partitions' transactions commit; Kafka's tools still get a copy.
+            let committed: Vec<(TopicPartition, i64)> = running
+                .iter()
+                .map(|(tp, r)| (tp.clone(), r.progress.committed.load(Ordering::Acquire)))
+                .collect();
+            self.mirror(&committed);
             return Ok(());
         }
         let due: Vec<(TopicPartition, i64, i64, Arc<Progress>)> = running

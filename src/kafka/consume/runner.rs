@@ -13,12 +13,12 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::ConsumerConfig;
-use super::handler::Handler;
+use super::handler::{Handler, HandlerError};
 use super::metrics::{PartitionMetrics, Tally};
 use super::stopwatch::Stopwatch;
 use crate::kafka::backoff::Backoff;
 use crate::kafka::codec::FetchedRecord;
-use crate::kafka::conn::Cluster;
+use crate::kafka::conn::{Cluster, Isolation};
 use crate::kafka::fetch::{Fetcher, Message, Progress};
 use crate::kafka::group::Lease;
 use crate::kafka::task::AbortOnDrop;
@@ -64,6 +64,9 @@ pub(super) enum RunnerExit {
     LeaseLost,
     /// Its fetcher stopped.
     FetchEnded,
+    /// Under exactly-once, a transaction could be neither committed nor
+    /// aborted: the partition starts again from its last commit.
+    TransactionFailed,
 }
 
 /// How a partition task ended.
@@ -80,6 +83,7 @@ impl std::fmt::Display for ExitReason {
             Self::Ended(RunnerExit::Stopped) => "stopped",
             Self::Ended(RunnerExit::LeaseLost) => "the member's lease ran out",
             Self::Ended(RunnerExit::FetchEnded) => "its fetcher stopped",
+            Self::Ended(RunnerExit::TransactionFailed) => "its transaction failed",
             Self::Panicked => "the handler panicked",
             Self::Aborted => "aborted",
         })
@@ -113,6 +117,7 @@ impl PartitionRunner {
             tp: self.tp.clone(),
             progress: Some(Arc::clone(&self.progress)),
             lag: Some(self.metrics.lag.clone()),
+            isolation: Isolation::ReadCommitted,
         };
         // Aborted with this task too, when the partition is fenced or the consumer dropped.
         let _fetch_task = AbortOnDrop(tokio::spawn(fetcher.run(start, tx, stop.clone())));
@@ -185,9 +190,7 @@ impl PartitionRunner {
 
     /// Offers `message` until the handler accepts it (`None`), or says why it
     /// stopped first: the stop signal, or the lease ran out during a call or
-    /// while waiting to retry. A call still waiting when the lease runs out is
-    /// dropped there, so a member cut off from the group never finishes a record
-    /// that another member may have taken over by then.
+    /// while waiting to retry.
     pub(super) async fn handle<H: Handler>(
         &self,
         handler: &H,
@@ -199,55 +202,10 @@ impl PartitionRunner {
         let mut backoff = Backoff::new(self.config.retry_backoff);
         loop {
             message.attempt = backoff.attempts() + 1;
-            let mut waited_at = None;
-            let outcome = {
-                let mut call = pin!(handler.handle(message));
-                // Made only for a call that waits: most finish on their first poll.
-                let mut lease_end: Option<Pin<Box<tokio::time::Sleep>>> = None;
-                poll_fn(|cx| {
-                    if let Poll::Ready(outcome) = call.as_mut().poll(cx) {
-                        return Poll::Ready(Some(outcome));
-                    }
-                    if waited_at.is_none() {
-                        waited_at = Some(Instant::now());
-                    }
-                    loop {
-                        let until = self.lease.valid_until();
-                        let end = lease_end
-                            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
-                        if end.deadline() != until {
-                            end.as_mut().reset(until);
-                        }
-                        if end.as_mut().poll(cx).is_pending() {
-                            return Poll::Pending;
-                        }
-                        if !self.lease.is_valid() {
-                            return Poll::Ready(None);
-                        }
-                    }
-                })
-                .await
-            };
-            clock.finished(waited_at, &mut tally.latency);
-            match outcome {
-                Some(Ok(())) => {
-                    tally.records += 1;
-                    tally.bytes += (message.key.as_ref().map_or(0, Bytes::len)
-                        + message.value.as_ref().map_or(0, Bytes::len))
-                        as u64;
-                    return None;
-                }
-                None => {
-                    log::warn!(
-                        "{}: lease expired while the handler worked on offset {}; the call was abandoned",
-                        self.tp,
-                        message.offset
-                    );
-                    return Some(RunnerExit::LeaseLost);
-                }
+            match self.call(handler, message, clock, tally).await {
+                Some(Ok(())) => return None,
+                None => return Some(RunnerExit::LeaseLost),
                 Some(Err(e)) => {
-                    clock.close_run(Instant::now(), &mut tally.latency);
-                    self.metrics.errors.inc();
                     let delay = backoff.next_delay();
                     log::warn!(
                         "handler failed on {}@{} (attempt {}), retrying in {delay:?}: {e}",
@@ -267,5 +225,66 @@ impl PartitionRunner {
                 }
             }
         }
+    }
+
+    /// Offers `message` to the handler once, and counts the outcome. `None`
+    /// when the lease ran out first: a call still waiting then is dropped
+    /// there, so a member cut off from the group never finishes a record
+    /// that another member may have taken over by then.
+    pub(super) async fn call<H: Handler>(
+        &self,
+        handler: &H,
+        message: &Message,
+        clock: &mut Stopwatch,
+        tally: &mut Tally,
+    ) -> Option<Result<(), HandlerError>> {
+        let mut waited_at = None;
+        let outcome = {
+            let mut call = pin!(handler.handle(message));
+            // Made only for a call that waits: most finish on their first poll.
+            let mut lease_end: Option<Pin<Box<tokio::time::Sleep>>> = None;
+            poll_fn(|cx| {
+                if let Poll::Ready(outcome) = call.as_mut().poll(cx) {
+                    return Poll::Ready(Some(outcome));
+                }
+                if waited_at.is_none() {
+                    waited_at = Some(Instant::now());
+                }
+                loop {
+                    let until = self.lease.valid_until();
+                    let end =
+                        lease_end.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+                    if end.deadline() != until {
+                        end.as_mut().reset(until);
+                    }
+                    if end.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    if !self.lease.is_valid() {
+                        return Poll::Ready(None);
+                    }
+                }
+            })
+            .await
+        };
+        clock.finished(waited_at, &mut tally.latency);
+        match &outcome {
+            Some(Ok(())) => {
+                tally.records += 1;
+                tally.bytes += (message.key.as_ref().map_or(0, Bytes::len)
+                    + message.value.as_ref().map_or(0, Bytes::len))
+                    as u64;
+            }
+            None => log::warn!(
+                "{}: lease expired while the handler worked on offset {}; the call was abandoned",
+                self.tp,
+                message.offset
+            ),
+            Some(Err(_)) => {
+                clock.close_run(Instant::now(), &mut tally.latency);
+                self.metrics.errors.inc();
+            }
+        }
+        outcome
     }
 }

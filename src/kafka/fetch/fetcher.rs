@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::kafka::backoff::{Backoff, BackoffConfig};
 use crate::kafka::codec::{Fetched, FetchedRecord};
-use crate::kafka::conn::{Cluster, ClusterError, Lane};
+use crate::kafka::conn::{Cluster, ClusterError, Isolation, Lane};
 use crate::kafka::topic::TopicPartition;
 use crate::metrics;
 use crate::shutdown::Shutdown;
@@ -78,6 +78,13 @@ pub(crate) struct Progress {
     pub(crate) committed: AtomicI64,
     /// The partition's high watermark at the latest fetch; `-1` before the first.
     pub(crate) high_watermark: AtomicI64,
+    /// The offset after the last record the fetcher handed on.
+    delivered_to: AtomicI64,
+    /// Where the fetcher's next fetch starts: past transaction markers and
+    /// aborted transactions too, which hand nothing on. Stored after
+    /// `delivered_to`, so that a reader of both that sees this one new sees
+    /// that one new too.
+    fetched_to: AtomicI64,
     /// Why the latest fetch failed, until one succeeds.
     fetch_error: parking_lot::Mutex<Option<String>>,
 }
@@ -89,6 +96,8 @@ impl Progress {
             next: AtomicI64::new(start),
             committed: AtomicI64::new(start),
             high_watermark: AtomicI64::new(-1),
+            delivered_to: AtomicI64::new(start),
+            fetched_to: AtomicI64::new(start),
             fetch_error: parking_lot::Mutex::new(None),
         }
     }
@@ -103,6 +112,29 @@ impl Progress {
         self.next.store(next, Ordering::Release);
     }
 
+    /// Where the handler can go on from, once it handled every record before
+    /// `next`: past the transaction markers and aborted records the fetcher
+    /// stepped over after the last record it handed on, so that the position
+    /// committed is the one Kafka's own consumers commit, and a partition
+    /// ending in a marker has nothing waiting. `next` when records it handed
+    /// on wait for the handler.
+    pub(crate) fn settled(&self, next: i64) -> i64 {
+        let fetched_to = self.fetched_to.load(Ordering::Acquire);
+        if self.delivered_to.load(Ordering::Acquire) <= next {
+            next.max(fetched_to)
+        } else {
+            next
+        }
+    }
+
+    /// Whether records wait for the handler: handed on and not handled, or
+    /// not fetched yet.
+    pub(crate) fn is_waiting(&self) -> bool {
+        let next = self.next();
+        self.settled(next) < self.high_watermark.load(Ordering::Acquire)
+            || self.delivered_to.load(Ordering::Acquire) > next
+    }
+
     /// The latest fetch failed with `error`.
     pub(crate) fn fetch_failed(&self, error: String) {
         *self.fetch_error.lock() = Some(error);
@@ -115,7 +147,7 @@ impl Progress {
 
     /// The offset to commit, if it moved since the last commit.
     pub(crate) fn due(&self) -> Option<i64> {
-        let next = self.next.load(Ordering::Acquire);
+        let next = self.settled(self.next.load(Ordering::Acquire));
         (next >= 0 && next > self.committed.load(Ordering::Acquire)).then_some(next)
     }
 }
@@ -144,6 +176,9 @@ pub(crate) struct Fetcher {
     pub(crate) progress: Option<Arc<Progress>>,
     /// A group member's lag gauge: high watermark minus committed offset.
     pub(crate) lag: Option<metrics::Gauge>,
+    /// `ReadCommitted` for every consumer; the coordination log reads
+    /// uncommitted, with the transaction markers.
+    pub(crate) isolation: Isolation,
 }
 
 impl Fetcher {
@@ -167,6 +202,14 @@ impl Fetcher {
                         continue;
                     };
                     offset = next;
+                    if let Some(progress) = &self.progress {
+                        if let Some(last) = fetched.records.last() {
+                            progress
+                                .delivered_to
+                                .store(last.offset + 1, Ordering::Release);
+                        }
+                        progress.fetched_to.store(next, Ordering::Release);
+                    }
                     // A fetch of transaction markers only moves the offset on.
                     if !fetched.records.is_empty() && tx.send(fetched.records).await.is_err() {
                         return;
@@ -200,6 +243,7 @@ impl Fetcher {
                 offset,
                 self.config.fetch_max_bytes,
                 self.config.fetch_max_wait,
+                self.isolation,
             )
             .await?;
         if let Some(progress) = &self.progress {

@@ -25,7 +25,7 @@ use rskafka::client::partition::OffsetAt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::kafka::conn::{Cluster, ClusterError, Lane};
+use crate::kafka::conn::{Cluster, ClusterError, Isolation, Lane};
 use crate::kafka::fetch::Message;
 use crate::kafka::fetch::{FetchConfig, Fetcher, Progress, Stalls};
 use crate::kafka::task::AbortOnDrop;
@@ -39,6 +39,9 @@ pub const STALL_AFTER: Duration = Duration::from_secs(60);
 
 /// How often the supervisor looks at the partitions.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// How often a follower that has not caught up looks at where its fetcher is.
+const CATCH_UP_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// A running follower. Dropping it stops the reading.
 #[derive(Debug)]
@@ -98,6 +101,7 @@ impl Follower {
                 tp: tp.clone(),
                 progress: Some(Arc::clone(&progress)),
                 lag: None,
+                isolation: Isolation::ReadCommitted,
             };
             let apply = Arc::clone(&apply);
             let pending = Arc::clone(&pending);
@@ -111,16 +115,28 @@ impl Follower {
                     let (tx, mut rx) = mpsc::channel(1);
                     let _fetch = AbortOnDrop(tokio::spawn(fetcher.run(start, tx, shutdown)));
                     let mut behind = start < end;
-                    while let Some(batch) = rx.recv().await {
+                    loop {
+                        // While behind, looked at now and then too: a partition
+                        // that ends in a transaction marker hands nothing on
+                        // for it, and is caught up once the fetcher steps over it.
+                        let batch = if behind {
+                            tokio::select! {
+                                batch = rx.recv() => batch,
+                                () = tokio::time::sleep(CATCH_UP_CHECK) => Some(Vec::new()),
+                            }
+                        } else {
+                            rx.recv().await
+                        };
+                        let Some(batch) = batch else { break };
                         for record in batch {
                             let offset = record.offset;
                             apply(Message::new(Arc::clone(&topic), partition, record));
                             handled.advance_to(offset + 1);
-                            if behind && offset + 1 >= end {
-                                behind = false;
-                                if pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-                                    ready_tx.send_replace(true);
-                                }
+                        }
+                        if behind && handled.settled(handled.next()) >= end {
+                            behind = false;
+                            if pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+                                ready_tx.send_replace(true);
                             }
                         }
                     }

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use rskafka::chrono::{DateTime, Utc};
 
 use crate::kafka::codec::FetchedRecord;
+use crate::kafka::produce::{Delivery, Outbox, ProduceError, Producer, ProducerRecord};
 
 /// A consumed record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +34,8 @@ pub struct Message {
     /// offers a failed record again, and wrappers such as
     /// [`DeadLetter`](crate::kafka::middleware::DeadLetter) give up after a budget.
     pub attempt: u32,
+    /// Under exactly-once processing, the transaction it is handled in.
+    pub(crate) outbox: Option<Outbox>,
 }
 
 impl Message {
@@ -46,6 +49,28 @@ impl Message {
             headers: r.headers,
             timestamp: r.timestamp,
             attempt: 1,
+            outbox: None,
+        }
+    }
+
+    /// Under exactly-once processing, the transaction this record is handled
+    /// in: records sent there are committed together with the record's
+    /// offset, or not at all. `None` under at-least-once processing.
+    pub fn outbox(&self) -> Option<&Outbox> {
+        self.outbox.as_ref()
+    }
+
+    /// Sends `record` as output of handling this record: into its
+    /// transaction under exactly-once processing, through `producer`
+    /// otherwise. Waits until the broker has it.
+    pub async fn send_output(
+        &self,
+        producer: &Producer,
+        record: ProducerRecord,
+    ) -> Result<Delivery, ProduceError> {
+        match &self.outbox {
+            Some(outbox) => outbox.send(record).await,
+            None => producer.send(record).await,
         }
     }
 

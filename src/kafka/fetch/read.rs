@@ -9,7 +9,7 @@ use rskafka::client::partition::OffsetAt;
 
 use super::Message;
 use crate::kafka::codec::FetchedRecord;
-use crate::kafka::conn::{Cluster, ClusterError, Lane};
+use crate::kafka::conn::{Cluster, ClusterError, Isolation, Lane};
 use crate::kafka::fix::Fix;
 
 /// The largest fetch while reading a log back.
@@ -81,12 +81,26 @@ pub async fn read_topic(cluster: &Cluster, topic: &str) -> Result<Vec<Message>, 
     Ok(messages)
 }
 
-/// One partition from its earliest retained record up to the high watermark seen
-/// when the read started; returns the records and that high watermark.
+/// One partition from its earliest retained record up to the end seen when the
+/// read started, as `read_committed` sees it: the records of committed
+/// transactions and of none, up to the last stable offset. Returns the records
+/// and that end.
 pub async fn read_partition(
     cluster: &Cluster,
     topic: &str,
     partition: i32,
+) -> Result<(Vec<FetchedRecord>, i64), ReadError> {
+    read_partition_with(cluster, topic, partition, Isolation::ReadCommitted).await
+}
+
+/// [`read_partition`] with the isolation given: with `ReadUncommitted`, up to
+/// the high watermark, transactions tagged (the coordination log's reading,
+/// which no open transaction may hold back).
+pub(crate) async fn read_partition_with(
+    cluster: &Cluster,
+    topic: &str,
+    partition: i32,
+    isolation: Isolation,
 ) -> Result<(Vec<FetchedRecord>, i64), ReadError> {
     let read_error = |source| ReadError::Cluster {
         topic: topic.to_owned(),
@@ -100,24 +114,36 @@ pub async fn read_partition(
         .timed("list offsets", client.get_offset(OffsetAt::Earliest))
         .await
         .map_err(read_error)?;
-    let high_watermark = cluster
-        .timed("list offsets", client.get_offset(OffsetAt::Latest))
-        .await
-        .map_err(read_error)?;
+    // ListOffsets answers the last stable offset, as `read_committed` reads;
+    // the high watermark comes with the first fetch.
+    let mut end = match isolation {
+        Isolation::ReadCommitted => Some(
+            cluster
+                .timed("list offsets", client.get_offset(OffsetAt::Latest))
+                .await
+                .map_err(read_error)?,
+        ),
+        Isolation::ReadUncommitted => None,
+    };
 
     let mut records = Vec::new();
     let mut empty_reads = 0;
-    while offset < high_watermark {
-        let (fetched, _) = cluster
+    while end.is_none_or(|end| offset < end) {
+        let (fetched, high_watermark) = cluster
             .fetch(
                 topic,
                 partition,
                 offset,
                 READ_BYTES,
                 Duration::from_millis(100),
+                isolation,
             )
             .await
             .map_err(read_error)?;
+        let high_watermark = *end.get_or_insert(high_watermark);
+        if offset >= high_watermark {
+            break;
+        }
         match fetched.next_offset {
             Some(next) => {
                 offset = next;
@@ -141,5 +167,39 @@ pub async fn read_partition(
             }
         }
     }
-    Ok((records, high_watermark))
+    Ok((records, end.unwrap_or(offset)))
+}
+
+/// Where `partition`'s log ends now, open transactions included: its high
+/// watermark, which a `read_uncommitted` fetch reports (`ListOffsets` answers
+/// the last stable offset, before the first open transaction).
+pub(crate) async fn high_watermark(
+    cluster: &Cluster,
+    topic: &str,
+    partition: i32,
+) -> Result<i64, ReadError> {
+    let read_error = |source| ReadError::Cluster {
+        topic: topic.to_owned(),
+        source,
+    };
+    let client = cluster
+        .partition_client(topic, partition, Lane::Read)
+        .await
+        .map_err(read_error)?;
+    let stable = cluster
+        .timed("list offsets", client.get_offset(OffsetAt::Latest))
+        .await
+        .map_err(read_error)?;
+    let (_, high_watermark) = cluster
+        .fetch(
+            topic,
+            partition,
+            stable,
+            1024,
+            Duration::ZERO,
+            Isolation::ReadUncommitted,
+        )
+        .await
+        .map_err(read_error)?;
+    Ok(high_watermark)
 }

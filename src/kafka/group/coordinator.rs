@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::lease::Lease;
@@ -43,6 +43,19 @@ pub(crate) struct Coordinator<L: CoordinationLog = KafkaLog> {
     shutdown: Shutdown,
     _tail: AbortOnDrop,
     heartbeat: Option<AbortOnDrop>,
+    /// Published after every read, for the partitions' exactly-once runners.
+    view: watch::Sender<TransactionView>,
+}
+
+/// What an exactly-once partition runner needs of the coordination log: how
+/// far this member's state has read it, and the offsets committed in
+/// transactions up to there.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct TransactionView {
+    /// The next offset of the log to read.
+    pub(crate) read_through: i64,
+    /// [`GroupState::transaction_committed`] of every partition.
+    pub(crate) commits: BTreeMap<TopicPartition, i64>,
 }
 
 /// A state read from the whole coordination log, and the tail that follows it.
@@ -140,7 +153,9 @@ impl<L: CoordinationLog> Coordinator<L> {
             shutdown,
             _tail: reading.tail,
             heartbeat: None,
+            view: watch::channel(TransactionView::default()).0,
         };
+        coordinator.publish_view();
         coordinator.start_heartbeat(first_beat);
         log::info!(
             "member {} joining group {} ({} coordination records read)",
@@ -195,14 +210,7 @@ impl<L: CoordinationLog> Coordinator<L> {
                 r.key.as_deref() == Some(&own.key[..]) && r.value.as_deref() == own.value.as_deref()
             };
             match cursor.read(r.offset, same) {
-                Read::Fresh => {
-                    ours |= self.state.apply(
-                        r.offset,
-                        r.key.as_deref(),
-                        r.value.as_deref(),
-                        Some(r.timestamp.timestamp_millis()),
-                    );
-                }
+                Read::Fresh => ours |= self.state.apply_read(r),
                 Read::Applied => {}
                 Read::Diverged => {
                     log::error!(
@@ -218,7 +226,26 @@ impl<L: CoordinationLog> Coordinator<L> {
         }
         let caught_up = self.catch_up();
         self.lease.read_through(self.cursor.get_mut().next());
+        self.publish_view();
         ours | caught_up
+    }
+
+    /// Where the state has read to, with the transactions' commits there.
+    pub(crate) fn transaction_view(&self) -> watch::Receiver<TransactionView> {
+        self.view.subscribe()
+    }
+
+    fn publish_view(&mut self) {
+        let read_through = self.cursor.get_mut().next();
+        let commits = self.state.transaction_commits();
+        self.view.send_if_modified(|view| {
+            if view.read_through == read_through && &view.commits == commits {
+                return false;
+            }
+            view.read_through = read_through;
+            view.commits.clone_from(commits);
+            true
+        });
     }
 
     /// Applies the owner records this member wrote that directly follow what the
@@ -248,6 +275,7 @@ impl<L: CoordinationLog> Coordinator<L> {
         *self.cursor.get_mut() = LogCursor::at(reading.high_watermark);
         self.lease.read_through(reading.high_watermark);
         self.diverged = false;
+        self.publish_view();
         log::warn!(
             "group {} read again from {} coordination records",
             self.config.group_id,

@@ -12,8 +12,8 @@ use tokio::sync::mpsc;
 use super::LOG_PARTITION;
 use super::offsets::OffsetError;
 use crate::kafka::codec::FetchedRecord;
-use crate::kafka::conn::{Cluster, ClusterError};
-use crate::kafka::fetch::{FetchConfig, Fetcher, read_partition};
+use crate::kafka::conn::{Cluster, ClusterError, Isolation};
+use crate::kafka::fetch::{FetchConfig, Fetcher, read_partition_with};
 use crate::kafka::produce::{ProduceError, Producer, ProducerConfig, ProducerRecord};
 use crate::kafka::topic::TopicPartition;
 use crate::shutdown::Shutdown;
@@ -98,7 +98,13 @@ impl CoordinationLog for KafkaLog {
     }
 
     async fn read_all(&self) -> Result<(Vec<FetchedRecord>, i64), OffsetError> {
-        Ok(read_partition(&self.cluster, &self.topic, LOG_PARTITION).await?)
+        Ok(read_partition_with(
+            &self.cluster,
+            &self.topic,
+            LOG_PARTITION,
+            Isolation::ReadUncommitted,
+        )
+        .await?)
     }
 
     fn tail(
@@ -113,6 +119,7 @@ impl CoordinationLog for KafkaLog {
             tp: TopicPartition::new(&self.topic, LOG_PARTITION),
             progress: None,
             lag: None,
+            isolation: Isolation::ReadUncommitted,
         };
         fetcher.run(from, tx, shutdown)
     }
@@ -198,6 +205,7 @@ pub(crate) mod memory {
                 value: record.value.map(Into::into),
                 headers: record.headers,
                 timestamp: DateTime::from_timestamp_millis(ms).unwrap_or_default(),
+                transaction: None,
             });
             self.0.appended.notify_waiters();
             Ok(offset)

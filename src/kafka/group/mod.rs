@@ -39,7 +39,7 @@ pub mod protocol;
 mod sim;
 pub mod state;
 
-pub(crate) use self::coordinator::Coordinator;
+pub(crate) use self::coordinator::{Coordinator, TransactionView};
 pub(crate) use self::lease::Lease;
 pub use self::member_id::{InvalidMemberId, MemberId};
 pub use self::state::GroupState;

@@ -22,7 +22,8 @@ use crate::kafka::fix::Fix;
 use std::collections::HashMap;
 
 use crate::kafka::admin::TopicSpec;
-use crate::kafka::fetch::{ReadError, read_partition};
+use crate::kafka::conn::Isolation;
+use crate::kafka::fetch::{ReadError, read_partition_with};
 use crate::kafka::group::protocol::{Key, OffsetValue};
 use crate::kafka::group::{GroupState, LOG_PARTITION};
 use crate::kafka::produce::{ProduceError, Producer, ProducerRecord};
@@ -117,8 +118,13 @@ impl OffsetStore {
 
     /// The state of `group` as the coordination log holds it now.
     pub async fn group_state(&self, group: &str) -> Result<GroupState, OffsetError> {
-        let (records, _) =
-            read_partition(self.producer.cluster(), &self.topic, LOG_PARTITION).await?;
+        let (records, _) = read_partition_with(
+            self.producer.cluster(),
+            &self.topic,
+            LOG_PARTITION,
+            Isolation::ReadUncommitted,
+        )
+        .await?;
         let mut state = GroupState::new(group);
         state.apply_all(&records);
         Ok(state)
@@ -175,21 +181,7 @@ impl OffsetStore {
         offset: i64,
         owner: Option<Owner<'_>>,
     ) -> Result<ProducerRecord, ProduceError> {
-        let key = Key::Offset {
-            group: group.to_owned(),
-            topic: tp.topic.clone(),
-            partition: tp.partition,
-        };
-        let value = OffsetValue {
-            offset,
-            member: owner.map(|o| o.member.to_owned()),
-            epoch: owner.map(|o| o.epoch),
-            committed_at: crate::clock::now(),
-        };
-        ProducerRecord::new(&self.topic)
-            .partition(LOG_PARTITION)
-            .key(key.encode())
-            .json(&value)
+        offset_record(&self.topic, group, tp, offset, owner)
     }
 
     async fn send_all(
@@ -214,6 +206,46 @@ impl OffsetStore {
         }
         Ok(())
     }
+}
+
+/// The record of a commit by `member`, owner of `commit.tp` in `commit.epoch`,
+/// for `group` in coordination topic `topic`: what an exactly-once partition
+/// runner writes in the transaction of the records it committed.
+pub fn owned_commit_record(
+    topic: &str,
+    group: &str,
+    member: &str,
+    commit: &OwnedCommit,
+) -> Result<ProducerRecord, ProduceError> {
+    let owner = Owner {
+        member,
+        epoch: commit.epoch,
+    };
+    offset_record(topic, group, &commit.tp, commit.offset, Some(owner))
+}
+
+fn offset_record(
+    topic: &str,
+    group: &str,
+    tp: &TopicPartition,
+    offset: i64,
+    owner: Option<Owner<'_>>,
+) -> Result<ProducerRecord, ProduceError> {
+    let key = Key::Offset {
+        group: group.to_owned(),
+        topic: tp.topic.clone(),
+        partition: tp.partition,
+    };
+    let value = OffsetValue {
+        offset,
+        member: owner.map(|o| o.member.to_owned()),
+        epoch: owner.map(|o| o.epoch),
+        committed_at: crate::clock::now(),
+    };
+    ProducerRecord::new(topic)
+        .partition(LOG_PARTITION)
+        .key(key.encode())
+        .json(&value)
 }
 
 #[cfg(test)]

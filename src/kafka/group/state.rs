@@ -27,7 +27,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::kafka::codec::FetchedRecord;
+use crate::kafka::codec::{FetchedRecord, InTransaction};
 
 use super::assignor::assign;
 use super::protocol::{Key, MemberValue, OffsetValue, OwnerValue};
@@ -53,6 +53,15 @@ pub struct GroupState {
     /// Partitions for which an owner record did not count since the last
     /// [`GroupState::take_contested`], with the offsets of those records.
     contested: BTreeMap<TopicPartition, BTreeSet<i64>>,
+    /// This group's records written in transactions that have not ended
+    /// where the state has read to, by producer id: they count when the
+    /// producer's commit marker is read, and are dropped at its abort marker.
+    pending: BTreeMap<i64, Vec<FetchedRecord>>,
+    /// Per partition, the offset committed last in a transaction, by
+    /// whichever owner: under exactly-once processing the owner's
+    /// transactional id fences every earlier one, so the last transaction
+    /// that committed is the truth, whatever the owner epochs say.
+    transaction_commits: BTreeMap<TopicPartition, i64>,
 }
 
 /// The owner record of a partition that counts, and the offset of the record
@@ -235,14 +244,78 @@ impl GroupState {
     pub fn apply_all(&mut self, records: &[FetchedRecord]) -> bool {
         let mut ours = false;
         for r in records {
-            ours |= self.apply(
+            ours |= self.apply_read(r);
+        }
+        ours
+    }
+
+    /// Applies one record as read from the log: at once, unless it was
+    /// written in a transaction, which holds it back until its producer's
+    /// marker says whether it counts. Whether it changed this group's state.
+    pub fn apply_read(&mut self, r: &FetchedRecord) -> bool {
+        let timestamp_ms = r.timestamp.timestamp_millis();
+        match r.transaction {
+            None => self.apply(
                 r.offset,
                 r.key.as_deref(),
                 r.value.as_deref(),
-                Some(r.timestamp.timestamp_millis()),
-            );
+                Some(timestamp_ms),
+            ),
+            Some(InTransaction::Record { producer_id }) => {
+                self.log_time_ms = self.log_time_ms.max(timestamp_ms);
+                let ours = r
+                    .key
+                    .as_deref()
+                    .and_then(Key::decode)
+                    .is_some_and(|k| k.group() == self.group);
+                if ours {
+                    self.pending.entry(producer_id).or_default().push(r.clone());
+                }
+                false
+            }
+            Some(InTransaction::End {
+                producer_id,
+                committed,
+            }) => {
+                self.log_time_ms = self.log_time_ms.max(timestamp_ms);
+                let records = self.pending.remove(&producer_id).unwrap_or_default();
+                if !committed {
+                    return false;
+                }
+                let mut ours = false;
+                for record in &records {
+                    ours |= self.apply(
+                        record.offset,
+                        record.key.as_deref(),
+                        record.value.as_deref(),
+                        Some(record.timestamp.timestamp_millis()),
+                    );
+                    if let Some(Key::Offset {
+                        topic, partition, ..
+                    }) = record.key.as_deref().and_then(Key::decode)
+                        && let Some(Ok(v)) = record
+                            .value
+                            .as_deref()
+                            .map(serde_json::from_slice::<OffsetValue>)
+                    {
+                        self.transaction_commits
+                            .insert(TopicPartition::new(topic, partition), v.offset);
+                    }
+                }
+                ours
+            }
         }
-        ours
+    }
+
+    /// The offset committed last in a transaction for `tp`, whoever committed
+    /// it (see the field's documentation).
+    pub fn transaction_committed(&self, tp: &TopicPartition) -> Option<i64> {
+        self.transaction_commits.get(tp).copied()
+    }
+
+    /// Every partition's [`Self::transaction_committed`].
+    pub fn transaction_commits(&self) -> &BTreeMap<TopicPartition, i64> {
+        &self.transaction_commits
     }
 
     /// The member `id`, if the log names it.

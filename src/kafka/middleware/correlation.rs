@@ -64,6 +64,7 @@ mod tests {
             headers,
             timestamp: rskafka::chrono::DateTime::from_timestamp_millis(0).unwrap(),
             attempt: 1,
+            outbox: None,
         }
     }
 

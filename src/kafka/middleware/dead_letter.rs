@@ -95,7 +95,9 @@ impl<H: Handler> Handler for DeadLetter<H> {
             .header(headers::ATTEMPTS, message.attempt.to_string())
             .header(headers::PARKED_AT, crate::clock::now());
         // If parking fails the error goes back to the consumer, which retries.
-        let delivery = self.producer.send(record).await?;
+        // Under exactly-once, parked in the same transaction as the offset
+        // that moves past it.
+        let delivery = message.send_output(&self.producer, record).await?;
         metrics::counter(
             "eda_dead_letter_records_total",
             "Records parked in a dead-letter topic, by original topic.",

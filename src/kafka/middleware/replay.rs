@@ -188,6 +188,7 @@ mod tests {
             headers: BTreeMap::new(),
             timestamp: DateTime::from_timestamp_millis(0).unwrap(),
             attempt: 1,
+            outbox: None,
         };
         for h in headers::ALL {
             message.headers.insert(h.to_owned(), b"x".to_vec());

@@ -17,4 +17,6 @@ pub use self::producer::{Producer, ProducerConfig};
 pub use self::producer_id::init_producer_id;
 pub use self::producer_id::{ProducerIdError, ProducerIdentity};
 pub use self::record::{Compression, Delivery, ProduceError, ProducerRecord};
-pub use self::transaction::{TransactionConfig, TransactionError, TransactionalProducer};
+pub use self::transaction::{
+    Outbox, TransactionConfig, TransactionError, TransactionalProducer, transactions_supported,
+};

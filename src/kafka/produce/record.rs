@@ -190,6 +190,13 @@ pub enum ProduceError {
         /// The last error before it ran out.
         last_error: String,
     },
+    /// The record was to go into a transaction that cannot take it (fenced,
+    /// failed, or its coordinator out of reach).
+    #[error("the record's transaction cannot take it: {reason}")]
+    Transaction {
+        /// Why.
+        reason: String,
+    },
     /// The broker refused the batch for a reason retrying cannot fix.
     #[error("broker rejected the record for {topic}/{partition}: {error}")]
     Rejected {

@@ -38,7 +38,7 @@ use super::producer::{Producer, ProducerConfig};
 use super::producer_id::{
     Identity, ProducerIdError, ProducerIdentity, init_producer_id, is_retriable,
 };
-use super::record::{ProduceError, ProducerRecord};
+use super::record::{Delivery, ProduceError, ProducerRecord};
 use crate::kafka::backoff::{Backoff, BackoffConfig};
 use crate::kafka::conn::Cluster;
 use crate::kafka::conn::wire::{Connection, CoordinatorKind, WireError};
@@ -356,20 +356,8 @@ impl TransactionalProducer {
                     .with_name(TopicName(StrBytes::from_string(topic.clone())))
                     .with_partitions(vec![*partition]),
             ]);
-        self.call(state, "AddPartitionsToTxn", async |conn| {
-            let response = conn
-                .request_capped(&request, ADD_PARTITIONS_MAX_VERSION)
-                .await?;
-            let code = response
-                .results_by_topic_v3_and_below
-                .iter()
-                .flat_map(|t| &t.results_by_partition)
-                .map(|p| p.partition_error_code)
-                .find(|&c| c != 0)
-                .unwrap_or(response.error_code);
-            Ok(code)
-        })
-        .await
+        self.call(state, &CoordinatorRequest::AddPartitions(request))
+            .await
     }
 
     async fn end(&self, state: &mut State, commit: bool) -> Result<(), TransactionError> {
@@ -379,11 +367,7 @@ impl TransactionalProducer {
             .with_producer_id(ProducerId(id.id))
             .with_producer_epoch(id.epoch)
             .with_committed(commit);
-        self.call(state, "EndTxn", async |conn| {
-            let response = conn.request_capped(&request, END_TXN_MAX_VERSION).await?;
-            Ok(response.error_code)
-        })
-        .await
+        self.call(state, &CoordinatorRequest::End(request)).await
     }
 
     /// The id the open transaction writes with. A batch that failed retired
@@ -407,9 +391,9 @@ impl TransactionalProducer {
     async fn call(
         &self,
         state: &mut State,
-        request: &'static str,
-        mut send: impl AsyncFnMut(&mut Connection) -> Result<i16, WireError>,
+        call: &CoordinatorRequest,
     ) -> Result<(), TransactionError> {
+        let request = call.name();
         let id = &self.config.transactional_id;
         let deadline = Instant::now() + self.cluster.config().request_timeout;
         let mut backoff = Backoff::new(BackoffConfig {
@@ -418,7 +402,7 @@ impl TransactionalProducer {
         });
         loop {
             let outcome = match &mut state.coordinator {
-                Some(conn) => send(conn).await.map(ResponseError::try_from_code),
+                Some(conn) => call.send(conn).await.map(ResponseError::try_from_code),
                 None => match Connection::coordinator(
                     self.cluster.config(),
                     CoordinatorKind::Transaction,
@@ -428,7 +412,7 @@ impl TransactionalProducer {
                 {
                     Ok(conn) => {
                         let conn = state.coordinator.insert(conn);
-                        send(conn).await.map(ResponseError::try_from_code)
+                        call.send(conn).await.map(ResponseError::try_from_code)
                     }
                     Err(e) => Err(e),
                 },
@@ -529,6 +513,58 @@ impl TransactionalProducer {
     }
 }
 
+/// Whether the cluster's brokers speak the transaction protocol (Kafka 0.11
+/// and later do; some Kafka-compatible services do not).
+pub async fn transactions_supported(
+    config: &crate::kafka::conn::ClusterConfig,
+) -> Result<bool, WireError> {
+    let conn = Connection::bootstrap(config).await?;
+    let speaks = |result: Result<i16, WireError>| match result {
+        Ok(_) => Ok(true),
+        Err(WireError::Unsupported { .. }) => Ok(false),
+        Err(e) => Err(e),
+    };
+    Ok(speaks(conn.version::<EndTxnRequest>())?
+        && speaks(conn.version::<AddPartitionsToTxnRequest>())?)
+}
+
+/// A request to the transaction coordinator.
+enum CoordinatorRequest {
+    AddPartitions(AddPartitionsToTxnRequest),
+    End(EndTxnRequest),
+}
+
+impl CoordinatorRequest {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::AddPartitions(_) => "AddPartitionsToTxn",
+            Self::End(_) => "EndTxn",
+        }
+    }
+
+    /// Sends it over `conn`; the error code of the answer (0 for none).
+    async fn send(&self, conn: &mut Connection) -> Result<i16, WireError> {
+        match self {
+            Self::AddPartitions(request) => {
+                let response = conn
+                    .request_capped(request, ADD_PARTITIONS_MAX_VERSION)
+                    .await?;
+                Ok(response
+                    .results_by_topic_v3_and_below
+                    .iter()
+                    .flat_map(|t| &t.results_by_partition)
+                    .map(|p| p.partition_error_code)
+                    .find(|&c| c != 0)
+                    .unwrap_or(response.error_code))
+            }
+            Self::End(request) => Ok(conn
+                .request_capped(request, END_TXN_MAX_VERSION)
+                .await?
+                .error_code),
+        }
+    }
+}
+
 /// `InitProducerId` for the transactional id, as [`TransactionalProducer::new`]
 /// describes.
 async fn init(
@@ -552,4 +588,44 @@ async fn init(
             source,
         },
     })
+}
+
+impl From<TransactionError> for ProduceError {
+    fn from(error: TransactionError) -> Self {
+        match error {
+            TransactionError::Produce(e) => e,
+            other => Self::Transaction {
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+/// The open transaction a consumed record is handled in, as its handler sees
+/// it: output records go in, and the consumer commits them with the record's
+/// offset, or aborts them.
+#[derive(Debug, Clone)]
+pub struct Outbox(Arc<TransactionalProducer>);
+
+/// Two are equal when they are the same transactional producer's.
+impl PartialEq for Outbox {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Outbox {}
+
+impl Outbox {
+    /// The transaction of `producer`, for the consumer to hand its handler.
+    pub(crate) fn new(producer: Arc<TransactionalProducer>) -> Self {
+        Self(producer)
+    }
+
+    /// Sends `record` in the transaction and waits until the broker has it;
+    /// it becomes visible to `read_committed` readers when the transaction
+    /// commits.
+    pub async fn send(&self, record: ProducerRecord) -> Result<Delivery, ProduceError> {
+        self.0.send(record).await?.await
+    }
 }

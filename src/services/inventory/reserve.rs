@@ -157,12 +157,16 @@ pub(super) struct ReserveStock {
 impl Handler for ReserveStock {
     async fn handle(&self, message: &Message) -> Result<(), HandlerError> {
         let event = Envelope::<OrderCreated>::decode(message)?;
-        self.reserve(event).await
+        self.reserve(message, event).await
     }
 }
 
 impl ReserveStock {
-    async fn reserve(&self, event: Envelope<OrderCreated>) -> Result<(), HandlerError> {
+    async fn reserve(
+        &self,
+        message: &Message,
+        event: Envelope<OrderCreated>,
+    ) -> Result<(), HandlerError> {
         if let Some(reason) = self.shared.divergence() {
             return Err(reason.into());
         }
@@ -193,12 +197,17 @@ impl ReserveStock {
             log::info!("order {} was decided and published before", order.order_id);
             return Ok(());
         }
-        self.publish(&decision).await?;
-        self.shared.ledger.lock().mark_published(decision.event_id);
+        self.publish(message, &decision).await?;
+        // In a transaction the outcome is published once it commits, which
+        // following the outcome topics (read_committed) tells; marked now,
+        // an aborted transaction would leave the order without an outcome.
+        if message.outbox().is_none() {
+            self.shared.ledger.lock().mark_published(decision.event_id);
+        }
         Ok(())
     }
 
-    async fn publish(&self, d: &Decision) -> Result<(), HandlerError> {
+    async fn publish(&self, input: &Message, d: &Decision) -> Result<(), HandlerError> {
         let record = match &d.outcome {
             Outcome::Reserved(items) => {
                 log::info!("order {} reserved", d.order_id);
@@ -239,7 +248,7 @@ impl ReserveStock {
                 .to_record()
             }
         };
-        self.producer.send(record?).await?;
+        input.send_output(&self.producer, record?).await?;
         Ok(())
     }
 }
@@ -261,6 +270,7 @@ mod tests {
             headers: BTreeMap::new(),
             timestamp: crate::clock::now().parse().unwrap(),
             attempt: 1,
+            outbox: None,
         }
     }
 

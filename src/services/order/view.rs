@@ -199,6 +199,7 @@ mod tests {
             headers: r.headers,
             timestamp: rskafka::chrono::DateTime::from_timestamp_millis(0).unwrap(),
             attempt: 1,
+            outbox: None,
         }
     }
 

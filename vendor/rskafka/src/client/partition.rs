@@ -285,14 +285,23 @@ impl PartitionClient {
     /// each key and value out of the response.
     ///
     /// Returns the response frame and where this partition's record batches are in it, and the
-    /// current high watermark.
+    /// current high watermark. `isolation` says whether the broker stops at the last stable
+    /// offset and lists the aborted transactions (`ReadCommitted`, as `fetch_records` always
+    /// does), or returns everything up to the high watermark, markers included.
     pub async fn fetch_raw_records(
         &self,
         offset: i64,
         bytes: Range<i32>,
         max_wait_ms: i32,
+        isolation: Isolation,
     ) -> Result<(RawRecords, i64)> {
-        let request = &build_fetch_request(offset, bytes, max_wait_ms, self.partition, &self.topic);
+        let mut request =
+            build_fetch_request(offset, bytes, max_wait_ms, self.partition, &self.topic);
+        request.isolation_level = Some(match isolation {
+            Isolation::ReadCommitted => IsolationLevel::ReadCommitted,
+            Isolation::ReadUncommitted => IsolationLevel::ReadUncommitted,
+        });
+        let request = &request;
 
         maybe_retry(
             &self.backoff_config,
@@ -704,6 +713,15 @@ where
         })
         .await
         .map_err(Error::RetryFailed)?
+}
+
+/// Changed for rust-eda (not in rskafka 0.6.0): which records a raw fetch returns (KIP-98).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Up to the last stable offset, with the aborted transactions listed.
+    ReadCommitted,
+    /// Up to the high watermark: open and aborted transactions too, and no list.
+    ReadUncommitted,
 }
 
 /// Changed for rust-eda (not in rskafka 0.6.0): records made into a produce request
