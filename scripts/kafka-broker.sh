@@ -31,6 +31,9 @@
 #                     once in DATA/tls (clients trust DATA/tls/ca.pem)    (default 0)
 #   EDA_BROKER_AUTH   1: clients authenticate with SASL (PLAIN, SCRAM-SHA-256,
 #                     SCRAM-SHA-512)                                      (default 0)
+#   EDA_BROKER_ADVERTISED_PORT  the client port metadata names for node 1, when a
+#                     proxy listens there in front of it (tests that cut or
+#                     delay a connection's answers)       (default: its own port)
 #   EDA_KAFKA_VERSION the Apache Kafka release (default: pinned in configs/kafka/pom.xml)
 #   EDA_KAFKA_CACHE   where the jars go  (default ~/.cache/rust-eda/kafka-VERSION)
 #   EDA_KAFKA_HEAP    each node's heap   (default 512m)
@@ -135,7 +138,11 @@ configure() {
       -e "s|@REPLICAS@|$replicas|g" -e "s|@MIN_ISR@|$min_isr|g" \
       "$root/configs/kafka/server.properties"
     echo "listeners=CLIENT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port,INTERNAL://127.0.0.1:$internal_port"
-    echo "advertised.listeners=CLIENT://127.0.0.1:$port,INTERNAL://127.0.0.1:$internal_port"
+    local advertised=$port
+    if [[ $n == 1 && -n ${EDA_BROKER_ADVERTISED_PORT:-} ]]; then
+      advertised=$EDA_BROKER_ADVERTISED_PORT
+    fi
+    echo "advertised.listeners=CLIENT://127.0.0.1:$advertised,INTERNAL://127.0.0.1:$internal_port"
     echo "listener.security.protocol.map=CLIENT:$protocol,CONTROLLER:PLAINTEXT,INTERNAL:PLAINTEXT"
     if [[ $tls == 1 ]]; then
       echo "listener.name.client.ssl.keystore.type=PEM"

@@ -1,9 +1,13 @@
-//! The pieces of the idempotent producer against Apache Kafka: the broker hands
-//! out a producer id, and a batch that carries it is written once however often
-//! it is sent; without it, every send is written again.
+//! The idempotent producer against Apache Kafka: the broker hands out a
+//! producer id, and a batch that carries it is written once however often it
+//! is sent; without it, every send is written again. Through a proxy that
+//! loses produce answers, the producer's own retries show the same.
 
 mod support;
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rskafka::chrono::{DateTime, Utc};
@@ -11,7 +15,8 @@ use rskafka::client::partition::{BatchProducer, Compression, ProduceBatch};
 use rskafka::record::Record;
 use rust_eda::kafka::produce::init_producer_id;
 use rust_eda::kafka::{Lane, read_topic};
-use support::{cluster, create_topic, within};
+use support::{PrivateBroker, cluster, connect, create_topic, within};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn records(n: usize) -> Vec<Record> {
     (0..n)
@@ -131,4 +136,183 @@ async fn the_idempotent_producer_numbers_its_batches_so_that_every_one_is_writte
             .any(|l| l.starts_with("eda_producer_id_renewals_total") && !l.ends_with(" 0")),
         "{metrics}"
     );
+}
+
+/// A TCP proxy in front of the broker that loses the answers to the first
+/// `drops` produce requests: it reads each request's API key and correlation
+/// id as it passes, and when the answer to a produce request comes back, it
+/// closes the connection instead of passing it on. The broker has written the
+/// batch; the client hears nothing and sends it again.
+struct LosingProxy {
+    port: u16,
+    target: Arc<parking_lot::Mutex<Option<u16>>>,
+    dropped: Arc<AtomicUsize>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl LosingProxy {
+    async fn start(drops: usize) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let target = Arc::new(parking_lot::Mutex::new(None::<u16>));
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let budget = Arc::new(AtomicUsize::new(drops));
+        let task = {
+            let dropped = Arc::clone(&dropped);
+            let target = Arc::clone(&target);
+            tokio::spawn(async move {
+                loop {
+                    let Ok((client, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let Some(broker_port) = *target.lock() else {
+                        continue;
+                    };
+                    let budget = Arc::clone(&budget);
+                    let dropped = Arc::clone(&dropped);
+                    tokio::spawn(async move {
+                        let Ok(broker) =
+                            tokio::net::TcpStream::connect(("127.0.0.1", broker_port)).await
+                        else {
+                            return;
+                        };
+                        relay(client, broker, budget, dropped).await;
+                    });
+                }
+            })
+        };
+        Self {
+            port,
+            target,
+            dropped,
+            _task: task,
+        }
+    }
+
+    /// Points the proxy at the broker listening on `port`: the broker must
+    /// know the proxy's port first, to name it in its metadata.
+    fn forward_to(&self, port: u16) {
+        *self.target.lock() = Some(port);
+    }
+}
+
+/// Reads one length-prefixed Kafka frame.
+async fn frame(stream: &mut (impl AsyncReadExt + Unpin)) -> Option<Vec<u8>> {
+    let len = stream.read_i32().await.ok()?;
+    let mut body = vec![0; usize::try_from(len).ok()?];
+    stream.read_exact(&mut body).await.ok()?;
+    let mut out = len.to_be_bytes().to_vec();
+    out.extend(body);
+    Some(out)
+}
+
+async fn relay(
+    client: tokio::net::TcpStream,
+    broker: tokio::net::TcpStream,
+    budget: Arc<AtomicUsize>,
+    dropped: Arc<AtomicUsize>,
+) {
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut broker_read, mut broker_write) = broker.into_split();
+    // Correlation id → API key of the requests on their way.
+    let keys: Arc<parking_lot::Mutex<HashMap<i32, i16>>> = Arc::default();
+    let requests = {
+        let keys = Arc::clone(&keys);
+        async move {
+            while let Some(f) = frame(&mut client_read).await {
+                let key = i16::from_be_bytes([f[4], f[5]]);
+                let correlation = i32::from_be_bytes([f[8], f[9], f[10], f[11]]);
+                keys.lock().insert(correlation, key);
+                if broker_write.write_all(&f).await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    let answers = async move {
+        while let Some(f) = frame(&mut broker_read).await {
+            let correlation = i32::from_be_bytes([f[4], f[5], f[6], f[7]]);
+            let key = keys.lock().remove(&correlation);
+            const PRODUCE: i16 = 0;
+            if key == Some(PRODUCE)
+                && budget
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                    .is_ok()
+            {
+                dropped.fetch_add(1, Ordering::AcqRel);
+                // Lost with the connection: the client must send it again.
+                return;
+            }
+            if client_write.write_all(&f).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = requests => {}
+        () = answers => {}
+    }
+}
+
+/// Produces `count` records one batch at a time through a proxy that loses the
+/// answers to the first `drops` produce requests; the values read back, in
+/// offset order.
+async fn through_a_losing_proxy(idempotence: bool, count: usize, drops: usize) -> Vec<String> {
+    use rust_eda::kafka::{Producer, ProducerConfig, ProducerRecord};
+    let proxy = LosingProxy::start(drops).await;
+    let broker = PrivateBroker::start_advertising(proxy.port);
+    proxy.forward_to(broker.port);
+    let brokers = format!("127.0.0.1:{}", proxy.port);
+    let cluster = connect(&brokers).await;
+    let topic = create_topic(&cluster, 1).await;
+    let producer = Producer::new(
+        cluster.clone(),
+        ProducerConfig {
+            linger: Duration::ZERO,
+            idempotence,
+            ..ProducerConfig::default()
+        },
+    );
+    for i in 0..count {
+        let record = ProducerRecord::new(&topic).value(format!("record-{i}"));
+        within(60, "a delivery through the proxy", producer.send(record))
+            .await
+            .expect("delivered after retries");
+    }
+    producer.close().await;
+    assert_eq!(
+        proxy.dropped.load(Ordering::Acquire),
+        drops,
+        "the proxy lost as many answers as it was told to"
+    );
+    let values = within(30, "reading back", read_topic(&cluster, &topic))
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| String::from_utf8_lossy(m.value.as_deref().unwrap_or_default()).into_owned())
+        .collect();
+    drop(broker);
+    values
+}
+
+/// With idempotence, a batch sent again after its answer was lost is not
+/// written again: the topic, read back by offset, holds each record once, in
+/// order. Without it, each lost answer leaves a duplicate.
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_produce_answers_leave_no_duplicate_with_idempotence_and_duplicates_without() {
+    const COUNT: usize = 20;
+    const DROPS: usize = 5;
+    let want: Vec<String> = (0..COUNT).map(|i| format!("record-{i}")).collect();
+
+    let idempotent = through_a_losing_proxy(true, COUNT, DROPS).await;
+    assert_eq!(idempotent, want, "each record once, in order");
+
+    let plain = through_a_losing_proxy(false, COUNT, DROPS).await;
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for v in &plain {
+        *counts.entry(v.as_str()).or_default() += 1;
+    }
+    let duplicates: usize = counts.values().map(|n| n - 1).sum();
+    eprintln!("without idempotence: {duplicates} duplicates from {DROPS} lost answers");
+    assert_eq!(duplicates, DROPS, "{plain:?}");
 }

@@ -195,7 +195,7 @@ pub struct PrivateBroker {
     pub port: u16,
     pub data: PathBuf,
     /// `EDA_BROKER_TLS` and `EDA_BROKER_AUTH` for every start.
-    secured: Vec<(&'static str, &'static str)>,
+    secured: Vec<(&'static str, String)>,
 }
 
 /// A SASL user: name, password, and `scram256`, `scram512` or `plain`.
@@ -223,11 +223,23 @@ impl PrivateBroker {
                 broker.run(&["user", name, password, mechanism]);
             }
             broker.script("stop");
-            broker.secured.push(("EDA_BROKER_AUTH", "1"));
+            broker.secured.push(("EDA_BROKER_AUTH", "1".to_owned()));
         }
         if tls {
-            broker.secured.push(("EDA_BROKER_TLS", "1"));
+            broker.secured.push(("EDA_BROKER_TLS", "1".to_owned()));
         }
+        broker.script("start");
+        broker
+    }
+
+    /// A broker whose metadata names `advertised` as its address, where a
+    /// proxy of the test's listens in front of it.
+    pub fn start_advertising(advertised: u16) -> Self {
+        let broker = Self {
+            port: free_port(),
+            data: std::env::temp_dir().join(unique("eda-broker")),
+            secured: vec![("EDA_BROKER_ADVERTISED_PORT", advertised.to_string())],
+        };
         broker.script("start");
         broker
     }
@@ -279,7 +291,7 @@ impl PrivateBroker {
             .env("EDA_BROKER_PORT", self.port.to_string())
             .env("EDA_BROKER_DATA", &self.data)
             .env("EDA_BROKER_STORAGE", "sqlite")
-            .envs(self.secured.iter().copied())
+            .envs(self.secured.iter().map(|(k, v)| (*k, v.as_str())))
             .output()
             .expect("cannot run scripts/broker.sh");
         assert!(

@@ -827,6 +827,42 @@ mod tests {
     }
 
     #[test]
+    fn an_uncommitted_read_tags_transactional_records_and_hands_on_the_markers() {
+        let mut data = batch_by(5, 0, 0x10, &[PLAIN, PLAIN]);
+        data.extend(marker(5, 2, false));
+        data.extend(batch(3, 0, &[PLAIN]));
+        data.extend(batch_by(6, 4, 0x10, &[PLAIN]));
+        data.extend(marker(6, 5, true));
+        let fetched = decode_uncommitted(data.into(), 1, &pool()).unwrap();
+        let tags: Vec<(i64, Option<InTransaction>)> = fetched
+            .records
+            .iter()
+            .map(|r| (r.offset, r.transaction))
+            .collect();
+        let record = |producer_id| Some(InTransaction::Record { producer_id });
+        let end = |producer_id, committed| {
+            Some(InTransaction::End {
+                producer_id,
+                committed,
+            })
+        };
+        assert_eq!(
+            tags,
+            [
+                (1, record(5)),
+                (2, end(5, false)),
+                (3, None),
+                (4, record(6)),
+                (5, end(6, true)),
+            ],
+            "from offset 1 on, in log order"
+        );
+        assert_eq!(fetched.next_offset, Some(6));
+        let end_marker = &fetched.records[1];
+        assert!(end_marker.key.is_none() && end_marker.value.is_none());
+    }
+
+    #[test]
     fn log_append_time_is_the_batch_time() {
         let fetched = decode(batch(0, 0x08, &[PLAIN, PLAIN]).into(), 0, &[], &pool()).unwrap();
         for r in &fetched.records {

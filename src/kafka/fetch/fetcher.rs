@@ -361,6 +361,31 @@ mod tests {
     }
 
     #[test]
+    fn a_handler_steps_over_markers_only_once_it_handled_every_record_before() {
+        let p = Progress::new(10);
+        // The fetcher handed on records 10..=11, then stepped over a marker at 12.
+        p.delivered_to.store(12, Ordering::Release);
+        p.fetched_to.store(13, Ordering::Release);
+        p.high_watermark.store(13, Ordering::Release);
+        assert_eq!(p.settled(10), 10, "records wait");
+        assert!(p.is_waiting());
+        p.advance_to(12);
+        assert_eq!(p.settled(12), 13, "only the marker is left");
+        assert!(
+            !p.is_waiting(),
+            "a partition ending in a marker has nothing waiting"
+        );
+        assert_eq!(
+            p.due(),
+            Some(13),
+            "commits past the marker, as Kafka's consumers do"
+        );
+        // More records arrive: waiting again.
+        p.high_watermark.store(20, Ordering::Release);
+        assert!(p.is_waiting());
+    }
+
+    #[test]
     fn a_partition_is_stalled_after_the_bound_without_a_task_or_progress() {
         let bound = Duration::from_secs(60);
         let t0 = Instant::now();

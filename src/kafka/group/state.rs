@@ -519,6 +519,66 @@ mod tests {
         s.apply(next_offset(), Some(&k), Some(&v), Some(ts));
     }
 
+    /// `record` as a `read_uncommitted` read hands it on, written by
+    /// `producer` in a transaction.
+    fn in_transaction(producer_id: i64, (k, v): (Vec<u8>, Vec<u8>)) -> FetchedRecord {
+        FetchedRecord {
+            offset: next_offset(),
+            key: Some(k.into()),
+            value: Some(v.into()),
+            headers: BTreeMap::new(),
+            timestamp: rskafka::chrono::DateTime::from_timestamp_millis(0).unwrap(),
+            transaction: Some(InTransaction::Record { producer_id }),
+        }
+    }
+
+    fn marker(producer_id: i64, committed: bool) -> FetchedRecord {
+        FetchedRecord {
+            offset: next_offset(),
+            key: None,
+            value: None,
+            headers: BTreeMap::new(),
+            timestamp: rskafka::chrono::DateTime::from_timestamp_millis(0).unwrap(),
+            transaction: Some(InTransaction::End {
+                producer_id,
+                committed,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_transactional_commit_counts_at_its_commit_marker_and_never_after_an_abort() {
+        let tp = TopicPartition::new("t", 0);
+        let mut s = GroupState::new("g");
+        apply(&mut s, owner(0, "a", 1, 0), 0);
+        // Producer 7 commits offset 40 in a transaction; producer 8's open one
+        // (another partition's) does not hold it up.
+        assert!(!s.apply_read(&in_transaction(7, commit(0, 40, "a", 1))));
+        assert!(!s.apply_read(&in_transaction(8, commit(1, 99, "a", 1))));
+        assert_eq!(s.committed(&tp), Some(0), "not before the marker");
+        assert_eq!(s.transaction_committed(&tp), None);
+        assert!(s.apply_read(&marker(7, true)));
+        assert_eq!(s.committed(&tp), Some(40));
+        assert_eq!(s.transaction_committed(&tp), Some(40));
+
+        // An aborted transaction's commit never counts, marker or not.
+        s.apply_read(&in_transaction(7, commit(0, 55, "a", 1)));
+        assert!(!s.apply_read(&marker(7, false)));
+        assert_eq!(s.committed(&tp), Some(40));
+        assert_eq!(s.transaction_committed(&tp), Some(40));
+        // A marker of a producer with nothing pending changes nothing.
+        assert!(!s.apply_read(&marker(9, true)));
+
+        // b took over in epoch 2; a's transaction that committed after the
+        // claim in log order (before b's fence) does not count by epoch, but
+        // is the truth of what was processed: b resumes after it.
+        apply(&mut s, owner(0, "b", 2, 40), 0);
+        s.apply_read(&in_transaction(7, commit(0, 70, "a", 1)));
+        s.apply_read(&marker(7, true));
+        assert_eq!(s.committed(&tp), Some(40));
+        assert_eq!(s.transaction_committed(&tp), Some(70));
+    }
+
     #[test]
     fn members_die_after_their_session_timeout_in_log_time() {
         let mut s = GroupState::new("g");
