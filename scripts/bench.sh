@@ -8,7 +8,9 @@
 #   4. HTTP: POST /api/v1/orders against GET /health;
 #   5. footprint: RSS idle and under load, binary sizes, start to /ready, and the
 #      order view rebuilt from 100,000 orders;
-#   6. scaling: the pipeline with 1, 2 and 3 inventory instances.
+#   6. scaling: the pipeline with 1, 2 and 3 inventory instances;
+#   7. delivery guarantees: our producer and librdkafka with idempotence on and
+#      off, and the pipeline under exactly-once and at-least-once processing.
 #
 #   scripts/bench.sh            full size (1,000,000 × 100 B and 200,000 × 1 KiB)
 #   scripts/bench.sh --quick    a tenth of the records, shorter load phases
@@ -99,6 +101,20 @@ echo "== producer and consumer, sqlite storage" >&2
 broker sqlite
 kafka_round sqlite "$large" 100 none
 
+echo "== idempotence on and off" >&2
+broker memory
+# The clients take turns, each setting three times; the report takes medians.
+for _ in 1 2 3; do
+  for idempotence in true false; do
+    for client in ours rdkafka; do
+      t=bench-idempotence-$client-$idempotence-$RANDOM
+      "$bench" create brokers="$brokers" topic="$t" partitions=6 >/dev/null
+      record idempotence "{\"idempotence\":$idempotence,\"size\":100}" "$bench" produce client="$client" \
+        brokers="$brokers" topic="$t" records="$large" size=100 compression=none idempotence="$idempotence"
+    done
+  done
+done
+
 # The services, as a user runs them.
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 wait_ready() { # port → milliseconds until /ready answered 200
@@ -113,7 +129,9 @@ wait_ready() { # port → milliseconds until /ready answered 200
 }
 webhook_port=$(free_port)
 api_port=$(free_port)
+guarantee=exactly_once
 common_env() {
+  export APP_KAFKA_PROCESSING_GUARANTEE=$guarantee
   export APP_KAFKA_BROKERS=$brokers APP_SERVER_HOST=127.0.0.1 APP_LOGGER_LEVEL=warn \
     APP_KAFKA_FETCH_MAX_WAIT_MS=20 APP_KAFKA_TOPIC_PARTITIONS=6 \
     APP_INVENTORY_STOCK_FILE=$scratch/stock.json \
@@ -144,7 +162,9 @@ pipeline_services() { # inventory instances, section for the start-up times
   sleep 3
 }
 pipeline_run() { # extra JSON fields, rate (0: saturation)
-  record pipeline "$1" "$bench" pipeline apis="$api" webhook="$webhook_port" brokers="$brokers" \
+  local extra
+  extra=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["guarantee"]=sys.argv[2]; print(json.dumps(d))' "$1" "$guarantee")
+  record pipeline "$extra" "$bench" pipeline apis="$api" webhook="$webhook_port" brokers="$brokers" \
     rate="$2" concurrency=64 seconds="$load_seconds"
 }
 # A saturation run with the CPU time of the broker and of every service over it:
@@ -188,6 +208,15 @@ done
 saturation=$(python3 -c 'import json,sys; print(max(1, int([json.loads(l) for l in open(sys.argv[1]) if "saturation" in l][-1]["orders_per_s"] / 2)))' "$results")
 pipeline_services 1 restart
 pipeline_run '{"instances":1,"phase":"half"}' "$saturation"
+
+echo "== at-least-once processing" >&2
+guarantee=at_least_once
+pipeline_services 1 restart
+pipeline_run '{"instances":1,"phase":"saturation"}' 0
+alo_half=$(python3 -c 'import json,sys; print(max(1, int([json.loads(l) for l in open(sys.argv[1]) if "\"saturation\"" in l and "at_least_once" in l][-1]["orders_per_s"] / 2)))' "$results")
+pipeline_services 1 restart
+pipeline_run '{"instances":1,"phase":"half"}' "$alo_half"
+guarantee=exactly_once
 
 echo "== scaling the inventory" >&2
 for n in 2 3; do

@@ -138,6 +138,9 @@ async fn produce(o: &HashMap<String, String>) -> Result<Value, Error> {
     let records = num(o, "records")?;
     let size = num(o, "size")? as usize;
     let snappy = opt(o, "compression")? == "snappy";
+    // Idempotent by default for both clients, as the Java client is: the
+    // comparison is like for like. `idempotence=false` measures its cost.
+    let idempotence = o.get("idempotence").is_none_or(|v| v == "true");
     let value = vec![b'x'; size];
     let bytes = records * (size as u64 + 9);
     let cpu = cpu_seconds();
@@ -161,6 +164,7 @@ async fn produce(o: &HashMap<String, String>) -> Result<Value, Error> {
                     } else {
                         Compression::None
                     },
+                    idempotence,
                     ..ProducerConfig::default()
                 },
             );
@@ -232,7 +236,7 @@ async fn produce(o: &HashMap<String, String>) -> Result<Value, Error> {
                 .set("bootstrap.servers", brokers)
                 .set("acks", "all")
                 .set("linger.ms", "5")
-                .set("enable.idempotence", "false")
+                .set("enable.idempotence", idempotence.to_string())
                 .set("compression.type", if snappy { "snappy" } else { "none" })
                 .create()?;
             let mut pending = VecDeque::new();
@@ -686,15 +690,13 @@ const TRAIL: [(&str, &str, usize); 4] = [
 
 /// Where the pipeline's topics ended when the load began: the records after
 /// that are this run's, and their timestamps (set by the producing service when
-/// it sends) split each order's latency into hops.
+/// it sends) split each order's latency into hops. Read with our consumer's
+/// decoder, `read_committed`: the outcome topics hold transaction markers,
+/// which rskafka 0.6.0's own decoder cannot read.
 struct Trail {
-    /// Each partition of the trail's topics, with its pointer, stage and start.
-    from: Vec<(
-        rskafka::client::partition::PartitionClient,
-        &'static str,
-        usize,
-        i64,
-    )>,
+    cluster: rust_eda::kafka::Cluster,
+    /// Each partition of the trail's topics, with where it ended.
+    start: HashMap<(&'static str, i32), i64>,
 }
 
 impl Trail {
@@ -703,17 +705,20 @@ impl Trail {
         let kafka = rskafka::client::ClientBuilder::new(vec![brokers.to_owned()])
             .build()
             .await?;
-        let mut from = Vec::new();
-        for (topic, pointer, stage) in TRAIL {
+        let mut start = HashMap::new();
+        for (topic, _, _) in TRAIL {
             for p in 0..partitions_of(&kafka, topic).await? {
                 let pc = kafka
                     .partition_client(topic, p, UnknownTopicHandling::Retry)
                     .await?;
-                let start = pc.get_offset(OffsetAt::Latest).await?;
-                from.push((pc, pointer, stage, start));
+                start.insert((topic, p), pc.get_offset(OffsetAt::Latest).await?);
             }
         }
-        Ok(Self { from })
+        let cluster = rust_eda::kafka::Cluster::connect(
+            rust_eda::kafka::ClusterConfig::from_broker_list(brokers),
+        )
+        .await?;
+        Ok(Self { cluster, start })
     }
 
     /// p50 and p99 of each hop: POST → `order.created` sent → ledger request
@@ -723,7 +728,6 @@ impl Trail {
         posted: &HashMap<String, (Instant, f64)>,
         arrived: &HashMap<String, (Instant, f64)>,
     ) -> Result<Value, Error> {
-        use rskafka::client::partition::OffsetAt;
         // order id → epoch ms at each stage
         let mut stages: HashMap<String, [f64; 5]> = HashMap::new();
         for (id, (_, wall)) in posted {
@@ -734,31 +738,24 @@ impl Trail {
                 s[4] = *wall;
             }
         }
-        for &(ref pc, pointer, stage, start) in &self.from {
-            let end = pc.get_offset(OffsetAt::Latest).await?;
-            let mut offset = start;
-            while offset < end {
-                let (batch, _) = pc.fetch_records(offset, 1..4 * 1024 * 1024, 100).await?;
-                for r in &batch {
-                    let id = r
-                        .record
-                        .value
-                        .as_deref()
-                        .and_then(|v| serde_json::from_slice::<Value>(v).ok())
-                        .and_then(|v| {
-                            v.pointer(pointer)
-                                .and_then(Value::as_str)
-                                .map(str::to_owned)
-                        });
-                    if let Some(s) = id.and_then(|id| stages.get_mut(&id))
-                        && s[stage].is_nan()
-                    {
-                        s[stage] = r.record.timestamp.timestamp_micros() as f64 / 1e3;
-                    }
+        for (topic, pointer, stage) in TRAIL {
+            for m in rust_eda::kafka::read_topic(&self.cluster, topic).await? {
+                if m.offset < self.start.get(&(topic, m.partition)).copied().unwrap_or(0) {
+                    continue;
                 }
-                match batch.last() {
-                    Some(last) => offset = last.offset + 1,
-                    None => break,
+                let id = m
+                    .value
+                    .as_deref()
+                    .and_then(|v| serde_json::from_slice::<Value>(v).ok())
+                    .and_then(|v| {
+                        v.pointer(pointer)
+                            .and_then(Value::as_str)
+                            .map(str::to_owned)
+                    });
+                if let Some(s) = id.and_then(|id| stages.get_mut(&id))
+                    && s[stage].is_nan()
+                {
+                    s[stage] = m.timestamp.timestamp_micros() as f64 / 1e3;
                 }
             }
         }

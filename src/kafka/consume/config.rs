@@ -52,9 +52,11 @@ pub struct ConsumerConfig {
     /// Whether a handler's output and its input's offset commit go into one
     /// transaction (Kafka Streams: `processing.guarantee`).
     pub processing_guarantee: ProcessingGuarantee,
-    /// Under exactly-once, a partition's open transaction commits after this
-    /// long (Kafka Streams: `commit.interval.ms`, 100 ms under exactly-once):
-    /// its output becomes visible to `read_committed` readers then.
+    /// Under exactly-once, a partition's open transaction commits once no
+    /// more records are at hand, and while they keep coming after this long
+    /// at the latest (Kafka Streams: `commit.interval.ms`, 100 ms under
+    /// exactly-once): its output becomes visible to `read_committed` readers
+    /// then.
     pub transaction_interval: Duration,
     /// Under exactly-once, a transaction commits after this many input
     /// records at the latest; a handler error replays at most these.

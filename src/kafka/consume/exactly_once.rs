@@ -12,9 +12,11 @@
 //! neither commit nor write anything after that, whatever its own clock and
 //! lease say (`docs/transactions.md`).
 //!
-//! A transaction commits every `transaction_interval` or
-//! `transaction_max_records` input records, and when the partition is handed
-//! over or the consumer stops. A handler error aborts it: the records handled
+//! A transaction commits once no more records are at hand, so that a quiet
+//! partition's output is visible at once; under load, records gather while a
+//! commit is on its way, and a transaction grows up to `transaction_interval`
+//! or `transaction_max_records` input records. It also commits when the
+//! partition is handed over or the consumer stops. A handler error aborts it: the records handled
 //! in it so far are offered again in a new one, then the failed record, with
 //! its attempt count carried on, so that retry budgets and dead-lettering work
 //! as under at-least-once.
@@ -231,6 +233,25 @@ impl TransactionalRunner {
             let Some(record) = pending.pop_front() else {
                 clock.close_run(Instant::now(), &mut tally.latency);
                 r.metrics.add(&mut tally);
+                // Nothing more at hand: commit now rather than at the interval,
+                // so a quiet partition's output is visible at once. Under load
+                // records gather while a commit is on its way, and transactions
+                // grow by themselves, up to the interval and the record bound.
+                match rx.try_recv() {
+                    Ok(batch) => {
+                        pending.extend(batch);
+                        clock.restart(Instant::now());
+                        continue;
+                    }
+                    Err(_) if open.is_some() => {
+                        if let Err(exit) = self.commit(producer, &mut open).await {
+                            return exit;
+                        }
+                        failures.clear();
+                        continue;
+                    }
+                    Err(_) => {}
+                }
                 tokio::select! {
                     batch = rx.recv() => match batch {
                         Some(batch) => {
