@@ -22,7 +22,9 @@ w = out.append
 w("# Benchmark results\n")
 w(f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine}; "
   f"broker {broker}; {rustc}. Records: {int(small):,} × 100 B and "
-  f"{int(large):,} × 1 KiB (sqlite: {int(large):,} × 100 B), keyed over 6 partitions, acks=all, linger 5 ms. "
+  f"{int(large):,} × 1 KiB (sqlite: {int(large):,} × 100 B), keyed over 6 partitions, acks=all, linger 5 ms; "
+  "in the producer table idempotence is off for all three clients (raw rskafka has none), and the "
+  "idempotence section measures it. "
   "The machine is shared and noisy: compare the clients with each other (ratios), "
   "not with other runs.\n")
 

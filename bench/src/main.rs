@@ -138,8 +138,8 @@ async fn produce(o: &HashMap<String, String>) -> Result<Value, Error> {
     let records = num(o, "records")?;
     let size = num(o, "size")? as usize;
     let snappy = opt(o, "compression")? == "snappy";
-    // Idempotent by default for both clients, as the Java client is: the
-    // comparison is like for like. `idempotence=false` measures its cost.
+    // Idempotent by default, as the Java client is; `idempotence=false` for
+    // both ours and librdkafka, like for like with raw rskafka.
     let idempotence = o.get("idempotence").is_none_or(|v| v == "true");
     let value = vec![b'x'; size];
     let bytes = records * (size as u64 + 9);

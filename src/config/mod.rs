@@ -337,6 +337,7 @@ impl Config {
         consumer.rebalance_grace = self.kafka.rebalance_grace;
         consumer.fetch_max_wait = self.kafka.fetch_max_wait;
         consumer.processing_guarantee = self.kafka.processing_guarantee;
+        consumer.transaction_producer = self.producer();
         consumer
     }
 

@@ -6,6 +6,7 @@ use crate::kafka::backoff::BackoffConfig;
 use crate::kafka::fetch::{FetchConfig, OffsetReset};
 use crate::kafka::group::offsets::DEFAULT_OFFSETS_TOPIC;
 use crate::kafka::group::{GroupConfig, MemberId};
+use crate::kafka::produce::ProducerConfig;
 
 /// Consumer settings.
 #[derive(Debug, Clone)]
@@ -67,6 +68,10 @@ pub struct ConsumerConfig {
     /// `read_committed` readers of the partitions it wrote to, when no new
     /// owner fences it sooner.
     pub transaction_timeout: Duration,
+    /// Under exactly-once, how each partition's transactional producer
+    /// batches and compresses the handler's output (its delivery timeout is
+    /// at most `transaction_timeout`, and idempotence is always on).
+    pub transaction_producer: ProducerConfig,
 }
 
 /// What a consumer promises about the effects of each record it consumes.
@@ -135,6 +140,12 @@ impl ConsumerConfig {
             transaction_interval: Duration::from_millis(100),
             transaction_max_records: 1000,
             transaction_timeout: Duration::from_secs(10),
+            // Output goes as soon as the handler sends it: the handler waits
+            // for each record, and the commit for all of them.
+            transaction_producer: ProducerConfig {
+                linger: Duration::ZERO,
+                ..ProducerConfig::default()
+            },
         }
     }
 

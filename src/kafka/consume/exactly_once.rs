@@ -24,7 +24,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -97,11 +96,12 @@ impl TransactionalRunner {
             transactional_id: transactional_id(&r.config.group_id, &r.tp),
             transaction_timeout: r.config.transaction_timeout,
             producer: ProducerConfig {
-                // Output records go as soon as the handler sends them: the
-                // handler waits for each, and the commit waits for all.
-                linger: Duration::ZERO,
-                delivery_timeout: r.config.transaction_timeout,
-                ..ProducerConfig::default()
+                delivery_timeout: r
+                    .config
+                    .transaction_producer
+                    .delivery_timeout
+                    .min(r.config.transaction_timeout),
+                ..r.config.transaction_producer.clone()
             },
         };
         let mut backoff = Backoff::new(r.config.retry_backoff);
@@ -282,7 +282,13 @@ impl TransactionalRunner {
                 return RunnerExit::LeaseLost;
             }
             if open.is_none() {
-                if let Err(e) = producer.begin().await {
+                // Every transaction ends with the offset commit: its partition
+                // joins with the first output's, in one request.
+                let begun = async {
+                    producer.begin().await?;
+                    producer.prepare(&r.config.offsets_topic, 0).await
+                };
+                if let Err(e) = begun.await {
                     log::warn!("{}: beginning a transaction failed: {e}", r.tp);
                     return RunnerExit::TransactionFailed;
                 }
