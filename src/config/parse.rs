@@ -108,6 +108,22 @@ impl Values {
             .ok_or_else(|| invalid(name, text, expected))
     }
 
+    /// A yes-or-no setting: `true`, `1`, `yes`, `false`, `0` or `no`.
+    fn flag(&self, name: &'static str) -> Result<bool, ConfigError> {
+        self.choice(
+            name,
+            &[
+                ("true", true),
+                ("1", true),
+                ("yes", true),
+                ("false", false),
+                ("0", false),
+                ("no", false),
+            ],
+            "true or false",
+        )
+    }
+
     /// `APP_KAFKA_SECURITY_PROTOCOL` and the TLS and SASL settings it calls for.
     fn security(&self) -> Result<Security, ConfigError> {
         const PROTOCOL: &str = "APP_KAFKA_SECURITY_PROTOCOL";
@@ -236,18 +252,7 @@ impl Values {
             client_id: self.given("APP_KAFKA_CLIENT_ID").map(str::to_owned),
             topic_partitions: self.number("APP_KAFKA_TOPIC_PARTITIONS", 1..=10_000)?,
             replication_factor,
-            create_topics: self.choice(
-                "APP_KAFKA_CREATE_TOPICS",
-                &[
-                    ("true", true),
-                    ("1", true),
-                    ("yes", true),
-                    ("false", false),
-                    ("0", false),
-                    ("no", false),
-                ],
-                "true or false",
-            )?,
+            create_topics: self.flag("APP_KAFKA_CREATE_TOPICS")?,
             compression: self.text("APP_KAFKA_COMPRESSION").parse().map_err(|_| {
                 invalid(
                     "APP_KAFKA_COMPRESSION",
@@ -265,18 +270,7 @@ impl Values {
             linger: self
                 .number("APP_KAFKA_LINGER_MS", 0..=60_000)
                 .map(Duration::from_millis)?,
-            idempotence: self.choice(
-                "APP_KAFKA_IDEMPOTENCE",
-                &[
-                    ("true", true),
-                    ("1", true),
-                    ("yes", true),
-                    ("false", false),
-                    ("0", false),
-                    ("no", false),
-                ],
-                "true or false",
-            )?,
+            idempotence: self.flag("APP_KAFKA_IDEMPOTENCE")?,
             processing_guarantee: self.choice(
                 "APP_KAFKA_PROCESSING_GUARANTEE",
                 &[

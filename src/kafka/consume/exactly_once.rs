@@ -25,7 +25,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::handler::Handler;
@@ -34,12 +34,10 @@ use super::runner::{PartitionRunner, RunnerExit};
 use super::stopwatch::Stopwatch;
 use crate::kafka::backoff::{Backoff, sleep_until_or_never};
 use crate::kafka::codec::FetchedRecord;
-use crate::kafka::conn::Isolation;
-use crate::kafka::fetch::{Fetcher, Message, high_watermark};
+use crate::kafka::fetch::{Message, high_watermark};
 use crate::kafka::group::TransactionView;
 use crate::kafka::group::offsets::{OwnedCommit, owned_commit_record};
 use crate::kafka::produce::{Outbox, ProducerConfig, TransactionConfig, TransactionalProducer};
-use crate::kafka::task::AbortOnDrop;
 use crate::shutdown::Shutdown;
 
 /// A partition runner that processes in transactions.
@@ -189,17 +187,7 @@ impl TransactionalRunner {
         mut shutdown: Shutdown,
     ) -> RunnerExit {
         let r = &self.runner;
-        let start = r.progress.next();
-        let (tx, mut rx) = mpsc::channel::<Vec<FetchedRecord>>(1);
-        let fetcher = Fetcher {
-            cluster: r.cluster.clone(),
-            config: r.config.fetch(),
-            tp: r.tp.clone(),
-            progress: Some(Arc::clone(&r.progress)),
-            lag: Some(r.metrics.lag.clone()),
-            isolation: Isolation::ReadCommitted,
-        };
-        let _fetch_task = AbortOnDrop(tokio::spawn(fetcher.run(start, tx, stop.clone())));
+        let (_fetch_task, mut rx) = r.fetch(&stop);
         let topic: Arc<str> = Arc::from(r.tp.topic.as_str());
         let outbox = Outbox::new(Arc::clone(producer));
         let mut tally = Tally::default();

@@ -108,19 +108,8 @@ impl PartitionRunner {
         mut stop: Shutdown,
         mut shutdown: Shutdown,
     ) -> RunnerExit {
-        let start = self.progress.next.load(Ordering::Acquire);
-        let mut next = start;
-        let (tx, mut rx) = mpsc::channel::<Vec<FetchedRecord>>(1);
-        let fetcher = Fetcher {
-            cluster: self.cluster.clone(),
-            config: self.config.fetch(),
-            tp: self.tp.clone(),
-            progress: Some(Arc::clone(&self.progress)),
-            lag: Some(self.metrics.lag.clone()),
-            isolation: Isolation::ReadCommitted,
-        };
-        // Aborted with this task too, when the partition is fenced or the consumer dropped.
-        let _fetch_task = AbortOnDrop(tokio::spawn(fetcher.run(start, tx, stop.clone())));
+        let mut next = self.progress.next.load(Ordering::Acquire);
+        let (_fetch_task, mut rx) = self.fetch(&stop);
         // Handed from each message to the next rather than cloned for each: counting
         // an Arc up and down per record showed in the profile.
         let mut topic: Arc<str> = Arc::from(self.tp.topic.as_str());
@@ -186,6 +175,30 @@ impl PartitionRunner {
                 return exit;
             }
         }
+    }
+
+    /// Starts fetching from where the partition's progress stands, one batch
+    /// ahead of the handler, into the receiver returned; the fetcher is
+    /// aborted with the handle, when the partition is fenced or the consumer
+    /// dropped.
+    pub(super) fn fetch(
+        &self,
+        stop: &Shutdown,
+    ) -> (AbortOnDrop, mpsc::Receiver<Vec<FetchedRecord>>) {
+        let (tx, rx) = mpsc::channel::<Vec<FetchedRecord>>(1);
+        let fetcher = Fetcher {
+            cluster: self.cluster.clone(),
+            config: self.config.fetch(),
+            tp: self.tp.clone(),
+            progress: Some(Arc::clone(&self.progress)),
+            lag: Some(self.metrics.lag.clone()),
+            isolation: Isolation::ReadCommitted,
+        };
+        let start = self.progress.next();
+        (
+            AbortOnDrop(tokio::spawn(fetcher.run(start, tx, stop.clone()))),
+            rx,
+        )
     }
 
     /// Offers `message` until the handler accepts it (`None`), or says why it

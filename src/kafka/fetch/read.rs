@@ -106,23 +106,13 @@ pub(crate) async fn read_partition_with(
         topic: topic.to_owned(),
         source,
     };
-    let client = cluster
-        .partition_client(topic, partition, Lane::Read)
-        .await
-        .map_err(read_error)?;
-    let mut offset = cluster
-        .timed("list offsets", client.get_offset(OffsetAt::Earliest))
-        .await
-        .map_err(read_error)?;
+    let mut offset = list_offset(cluster, topic, partition, OffsetAt::Earliest).await?;
     // ListOffsets answers the last stable offset, as `read_committed` reads;
     // the high watermark comes with the first fetch.
     let mut end = match isolation {
-        Isolation::ReadCommitted => Some(
-            cluster
-                .timed("list offsets", client.get_offset(OffsetAt::Latest))
-                .await
-                .map_err(read_error)?,
-        ),
+        Isolation::ReadCommitted => {
+            Some(list_offset(cluster, topic, partition, OffsetAt::Latest).await?)
+        }
         Isolation::ReadUncommitted => None,
     };
 
@@ -178,18 +168,7 @@ pub(crate) async fn high_watermark(
     topic: &str,
     partition: i32,
 ) -> Result<i64, ReadError> {
-    let read_error = |source| ReadError::Cluster {
-        topic: topic.to_owned(),
-        source,
-    };
-    let client = cluster
-        .partition_client(topic, partition, Lane::Read)
-        .await
-        .map_err(read_error)?;
-    let stable = cluster
-        .timed("list offsets", client.get_offset(OffsetAt::Latest))
-        .await
-        .map_err(read_error)?;
+    let stable = list_offset(cluster, topic, partition, OffsetAt::Latest).await?;
     let (_, high_watermark) = cluster
         .fetch(
             topic,
@@ -200,6 +179,31 @@ pub(crate) async fn high_watermark(
             Isolation::ReadUncommitted,
         )
         .await
-        .map_err(read_error)?;
+        .map_err(|source| ReadError::Cluster {
+            topic: topic.to_owned(),
+            source,
+        })?;
     Ok(high_watermark)
+}
+
+/// `ListOffsets` for one partition: its earliest offset, or (`Latest`) its
+/// last stable offset.
+async fn list_offset(
+    cluster: &Cluster,
+    topic: &str,
+    partition: i32,
+    at: OffsetAt,
+) -> Result<i64, ReadError> {
+    let read_error = |source| ReadError::Cluster {
+        topic: topic.to_owned(),
+        source,
+    };
+    let client = cluster
+        .partition_client(topic, partition, Lane::Read)
+        .await
+        .map_err(read_error)?;
+    cluster
+        .timed("list offsets", client.get_offset(at))
+        .await
+        .map_err(read_error)
 }

@@ -299,24 +299,7 @@ impl TransactionalProducer {
     /// become visible to `read_committed` readers. On `MustAbort` the
     /// transaction stays open for [`Self::abort`].
     pub async fn commit(&self) -> Result<(), TransactionError> {
-        self.producer.flush().await;
-        let mut state = self.state.lock().await;
-        if state.fenced {
-            return Err(self.fenced());
-        }
-        let Some(open) = &state.open else {
-            return Err(TransactionError::NotOpen);
-        };
-        if self.identity.is_retired() {
-            return Err(TransactionError::MustAbort {
-                id: self.config.transactional_id.clone(),
-            });
-        }
-        if !open.partitions.is_empty() {
-            self.end(&mut state, true).await?;
-        }
-        state.open = None;
-        Ok(())
+        self.end_open(true).await
     }
 
     /// Waits for the records already sent, then aborts the transaction: none
@@ -324,18 +307,7 @@ impl TransactionalProducer {
     /// failed record the producer takes a new epoch from the coordinator, so
     /// that its sequence numbers can start again.
     pub async fn abort(&self) -> Result<(), TransactionError> {
-        self.producer.flush().await;
-        let mut state = self.state.lock().await;
-        if state.fenced {
-            return Err(self.fenced());
-        }
-        let Some(open) = &state.open else {
-            return Err(TransactionError::NotOpen);
-        };
-        if !open.partitions.is_empty() {
-            self.end(&mut state, false).await?;
-        }
-        state.open = None;
+        self.end_open(false).await?;
         if self.identity.is_retired() {
             // Also fences the epoch the failed batch was written with.
             let id = init(&self.cluster, &self.config).await?;
@@ -355,6 +327,30 @@ impl TransactionalProducer {
     /// the next producer of the same transactional id starts.
     pub async fn close(&self) {
         self.producer.close().await;
+    }
+
+    /// Waits for the records sent, then ends the open transaction; the
+    /// coordinator hears of it only if a partition was added. A failed
+    /// record leaves a transaction that may only be aborted.
+    async fn end_open(&self, commit: bool) -> Result<(), TransactionError> {
+        self.producer.flush().await;
+        let mut state = self.state.lock().await;
+        if state.fenced {
+            return Err(self.fenced());
+        }
+        let Some(open) = &state.open else {
+            return Err(TransactionError::NotOpen);
+        };
+        if commit && self.identity.is_retired() {
+            return Err(TransactionError::MustAbort {
+                id: self.config.transactional_id.clone(),
+            });
+        }
+        if !open.partitions.is_empty() {
+            self.end(&mut state, commit).await?;
+        }
+        state.open = None;
+        Ok(())
     }
 
     fn fenced(&self) -> TransactionError {
