@@ -53,6 +53,23 @@ fn needs_new_identity(error: &ClusterError) -> bool {
     )
 }
 
+/// Whether the broker says it wrote this batch already
+/// (`DUPLICATE_SEQUENCE_NUMBER`): brokers before 2.0 answer a repeat that way,
+/// without its offsets, and it counts as delivered, as in the Java client.
+fn is_duplicate(error: &ClusterError) -> bool {
+    use rskafka::client::error::{Error, ProtocolError};
+    matches!(
+        error,
+        ClusterError::Kafka { source, .. } if matches!(
+            **source,
+            Error::ServerError {
+                protocol_error: ProtocolError::DuplicateSequenceNumber,
+                ..
+            }
+        )
+    )
+}
+
 /// The sequence number after `records` records from `base`: Kafka's wrap
 /// past `i32::MAX` to 0.
 fn next_sequence(base: i32, records: usize) -> i32 {
@@ -246,6 +263,15 @@ impl PartitionWorker {
             };
             let error = match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(Ok(offsets)) => break Ok(offsets),
+                // Written before; where is not said: each record's offset is -1.
+                Ok(Err(e)) if writer.is_some() && is_duplicate(&e) => {
+                    log::debug!(
+                        "{}/{}: the broker had this batch already ({e})",
+                        self.topic,
+                        self.partition
+                    );
+                    break Ok(vec![-1; records]);
+                }
                 Ok(Err(e)) => e,
                 Err(_) => {
                     break Err(ProduceError::DeliveryTimeout {
@@ -372,5 +398,51 @@ impl Drop for DrainOnDrop<'_> {
         queue.closed = true;
         queue.batches.clear();
         queue.flushes.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rskafka::client::error::{Error, ProtocolError, RequestContext};
+
+    fn refused(protocol_error: ProtocolError) -> ClusterError {
+        ClusterError::kafka(
+            "produce",
+            Error::ServerError {
+                protocol_error,
+                error_message: None,
+                request: RequestContext::Partition("t".to_owned(), 0),
+                response: None,
+                is_virtual: false,
+            },
+        )
+    }
+
+    #[test]
+    fn the_broker_answers_that_take_a_new_id_or_count_as_written() {
+        for e in [
+            ProtocolError::OutOfOrderSequenceNumber,
+            ProtocolError::UnknownProducerId,
+            ProtocolError::InvalidProducerEpoch,
+            ProtocolError::ProducerFenced,
+        ] {
+            assert!(needs_new_identity(&refused(e)), "{e:?}");
+            assert!(!is_duplicate(&refused(e)), "{e:?}");
+        }
+        assert!(is_duplicate(&refused(
+            ProtocolError::DuplicateSequenceNumber
+        )));
+        assert!(!needs_new_identity(&refused(
+            ProtocolError::NotLeaderOrFollower
+        )));
+    }
+
+    #[test]
+    fn sequence_numbers_wrap_past_i32_max_to_zero() {
+        assert_eq!(next_sequence(0, 5), 5);
+        assert_eq!(next_sequence(i32::MAX - 1, 1), i32::MAX);
+        assert_eq!(next_sequence(i32::MAX, 1), 0);
+        assert_eq!(next_sequence(i32::MAX - 1, 3), 1);
     }
 }
