@@ -38,6 +38,8 @@ pub mod protocol;
 #[cfg(test)]
 mod sim;
 pub mod state;
+#[cfg(test)]
+mod txn_sim;
 
 pub(crate) use self::coordinator::{Coordinator, TransactionView};
 pub(crate) use self::lease::Lease;

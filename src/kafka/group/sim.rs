@@ -35,7 +35,7 @@ use crate::kafka::fetch::{LogCursor, Read};
 use crate::kafka::topic::TopicPartition;
 
 /// Seeds run by `cargo test`.
-const CI_SEEDS: u64 = 200;
+pub(super) const CI_SEEDS: u64 = 200;
 
 const GROUP: &str = "g";
 const TOPIC: &str = "t";
@@ -56,10 +56,10 @@ const RECORDS: i64 = 600;
 const COMPACTION_LAG: u64 = 30 * SESSION;
 
 /// splitmix64: small, fast, and the same sequence everywhere.
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -67,11 +67,11 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(super) fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
 
-    fn chance(&mut self, per_million: u64) -> bool {
+    pub(super) fn chance(&mut self, per_million: u64) -> bool {
         self.below(1_000_000) < per_million
     }
 }
@@ -894,7 +894,7 @@ fn run(seed: u64, compaction: bool) -> Result<BTreeMap<&'static str, u64>, Strin
     Ok(world.faults)
 }
 
-fn env_u64(name: &str, default: u64) -> u64 {
+pub(super) fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
