@@ -113,6 +113,20 @@ impl GroupState {
         value: Option<&[u8]>,
         timestamp_ms: Option<i64>,
     ) -> bool {
+        self.apply_record(offset, key, value, timestamp_ms, false)
+    }
+
+    /// [`Self::apply`]; `committed_in_transaction` for a record whose
+    /// transaction's commit marker was just read, which also counts as the
+    /// partition's [`Self::transaction_committed`] offset if it is a commit.
+    fn apply_record(
+        &mut self,
+        offset: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        timestamp_ms: Option<i64>,
+        committed_in_transaction: bool,
+    ) -> bool {
         if let Some(ts) = timestamp_ms {
             self.log_time_ms = self.log_time_ms.max(ts);
         }
@@ -171,6 +185,9 @@ impl GroupState {
                 let tp = TopicPartition::new(topic, partition);
                 match value.map(serde_json::from_slice::<OffsetValue>) {
                     Some(Ok(v)) => {
+                        if committed_in_transaction {
+                            self.transaction_commits.insert(tp.clone(), v.offset);
+                        }
                         self.commits.insert(tp, v);
                     }
                     None => {
@@ -284,23 +301,13 @@ impl GroupState {
                 }
                 let mut ours = false;
                 for record in &records {
-                    ours |= self.apply(
+                    ours |= self.apply_record(
                         record.offset,
                         record.key.as_deref(),
                         record.value.as_deref(),
                         Some(record.timestamp.timestamp_millis()),
+                        true,
                     );
-                    if let Some(Key::Offset {
-                        topic, partition, ..
-                    }) = record.key.as_deref().and_then(Key::decode)
-                        && let Some(Ok(v)) = record
-                            .value
-                            .as_deref()
-                            .map(serde_json::from_slice::<OffsetValue>)
-                    {
-                        self.transaction_commits
-                            .insert(TopicPartition::new(topic, partition), v.offset);
-                    }
                 }
                 ours
             }

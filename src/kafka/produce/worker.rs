@@ -37,18 +37,14 @@ pub(super) struct PartitionWorker {
 /// sequence: it lost the id's state, or a batch before this one never landed.
 /// The producer takes a new id and the batch goes again, from sequence 0.
 fn needs_new_identity(error: &ClusterError) -> bool {
-    use rskafka::client::error::{Error, ProtocolError};
+    use rskafka::client::error::ProtocolError;
     matches!(
-        error,
-        ClusterError::Kafka { source, .. } if matches!(
-            **source,
-            Error::ServerError {
-                protocol_error: ProtocolError::OutOfOrderSequenceNumber
-                    | ProtocolError::UnknownProducerId
-                    | ProtocolError::InvalidProducerEpoch
-                    | ProtocolError::ProducerFenced,
-                ..
-            }
+        error.protocol_error(),
+        Some(
+            ProtocolError::OutOfOrderSequenceNumber
+                | ProtocolError::UnknownProducerId
+                | ProtocolError::InvalidProducerEpoch
+                | ProtocolError::ProducerFenced
         )
     )
 }
@@ -57,17 +53,7 @@ fn needs_new_identity(error: &ClusterError) -> bool {
 /// (`DUPLICATE_SEQUENCE_NUMBER`): brokers before 2.0 answer a repeat that way,
 /// without its offsets, and it counts as delivered, as in the Java client.
 fn is_duplicate(error: &ClusterError) -> bool {
-    use rskafka::client::error::{Error, ProtocolError};
-    matches!(
-        error,
-        ClusterError::Kafka { source, .. } if matches!(
-            **source,
-            Error::ServerError {
-                protocol_error: ProtocolError::DuplicateSequenceNumber,
-                ..
-            }
-        )
-    )
+    error.protocol_error() == Some(rskafka::client::error::ProtocolError::DuplicateSequenceNumber)
 }
 
 /// The sequence number after `records` records from `base`: Kafka's wrap
@@ -142,6 +128,16 @@ impl PartitionWorker {
             *sequence = (generation, 0);
         }
         (id, generation, sequence.1)
+    }
+
+    /// A batch's delivery time ran out; `last_error` says what stood in the way.
+    fn out_of_time(&self, last_error: impl Into<String>) -> ProduceError {
+        ProduceError::DeliveryTimeout {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            timeout: self.config.delivery_timeout,
+            last_error: last_error.into(),
+        }
     }
 
     /// Gathers records into batches and sends them, one request in flight. While a
@@ -219,12 +215,7 @@ impl PartitionWorker {
                 Ok(Err(e)) => Some(ProduceError::ProducerId {
                     reason: e.to_string(),
                 }),
-                Err(_) => Some(ProduceError::DeliveryTimeout {
-                    topic: self.topic.clone(),
-                    partition: self.partition,
-                    timeout: self.config.delivery_timeout,
-                    last_error: "no producer id from the broker in time".to_owned(),
-                }),
+                Err(_) => Some(self.out_of_time("no producer id from the broker in time")),
             };
             if let Some(error) = error {
                 self.metrics.errors.add(records as u64);
@@ -274,12 +265,7 @@ impl PartitionWorker {
                 }
                 Ok(Err(e)) => e,
                 Err(_) => {
-                    break Err(ProduceError::DeliveryTimeout {
-                        topic: self.topic.clone(),
-                        partition: self.partition,
-                        timeout: self.config.delivery_timeout,
-                        last_error: "no acknowledgement from the broker".to_owned(),
-                    });
+                    break Err(self.out_of_time("no acknowledgement from the broker"));
                 }
             };
             if let (Some(identity), Some((_, generation, _))) = (&self.identity, writer)
@@ -309,12 +295,7 @@ impl PartitionWorker {
                         });
                     }
                     Err(_) => {
-                        break Err(ProduceError::DeliveryTimeout {
-                            topic: self.topic.clone(),
-                            partition: self.partition,
-                            timeout: self.config.delivery_timeout,
-                            last_error: "no new producer id in time".to_owned(),
-                        });
+                        break Err(self.out_of_time("no new producer id in time"));
                     }
                 }
             }
@@ -327,12 +308,7 @@ impl PartitionWorker {
             }
             let delay = backoff.next_delay();
             if Instant::now() + delay >= deadline {
-                break Err(ProduceError::DeliveryTimeout {
-                    topic: self.topic.clone(),
-                    partition: self.partition,
-                    timeout: self.config.delivery_timeout,
-                    last_error: error.to_string(),
-                });
+                break Err(self.out_of_time(error.to_string()));
             }
             self.metrics.retries.inc();
             log::warn!(
