@@ -32,11 +32,11 @@ use super::handler::Handler;
 use super::metrics::Tally;
 use super::runner::{PartitionRunner, RunnerExit};
 use super::stopwatch::Stopwatch;
-use crate::kafka::backoff::{Backoff, sleep_until_or_never};
+use crate::kafka::backoff::Backoff;
 use crate::kafka::codec::FetchedRecord;
 use crate::kafka::fetch::{Message, high_watermark};
-use crate::kafka::group::TransactionView;
 use crate::kafka::group::offsets::{OwnedCommit, owned_commit_record};
+use crate::kafka::group::{LOG_PARTITION, TransactionView};
 use crate::kafka::produce::{Outbox, ProducerConfig, TransactionConfig, TransactionalProducer};
 use crate::shutdown::Shutdown;
 
@@ -53,7 +53,7 @@ pub(super) struct TransactionalRunner {
 /// The transaction in progress and the input records handled in it.
 struct Open {
     since: Instant,
-    inputs: Vec<FetchedRecord>,
+    inputs: Vec<Message>,
 }
 
 /// The transactional id of the producer that processes `tp` for `group`.
@@ -112,7 +112,7 @@ impl TransactionalRunner {
                 let producer = TransactionalProducer::new(r.cluster.clone(), config.clone())
                     .await
                     .map_err(|e| e.to_string())?;
-                let end = high_watermark(&r.cluster, &r.config.offsets_topic, 0)
+                let end = high_watermark(&r.cluster, &r.config.offsets_topic, LOG_PARTITION)
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok::<_, String>((producer, end))
@@ -190,9 +190,18 @@ impl TransactionalRunner {
         let (_fetch_task, mut rx) = r.fetch(&stop);
         let topic: Arc<str> = Arc::from(r.tp.topic.as_str());
         let outbox = Outbox::new(Arc::clone(producer));
+        // Records become messages as they arrive, in this partition's
+        // transaction, and are kept as such for a replay.
+        let as_messages = |batch: Vec<FetchedRecord>| {
+            batch.into_iter().map(|record| {
+                let mut message = Message::new(Arc::clone(&topic), r.tp.partition, record);
+                message.outbox = Some(outbox.clone());
+                message
+            })
+        };
         let mut tally = Tally::default();
         let mut clock = Stopwatch::new(Instant::now());
-        let mut pending: VecDeque<FetchedRecord> = VecDeque::new();
+        let mut pending: VecDeque<Message> = VecDeque::new();
         let mut open: Option<Open> = None;
         // How often each record since the last commit failed: a record
         // offered again after an abort keeps its count, so retry budgets hold.
@@ -200,13 +209,21 @@ impl TransactionalRunner {
         let mut backoff = Backoff::new(r.config.retry_backoff);
 
         loop {
-            let due = open
-                .as_ref()
-                .map(|o| o.since + r.config.transaction_interval);
-            let full = open
-                .as_ref()
-                .is_some_and(|o| o.inputs.len() >= r.config.transaction_max_records);
-            if full || due.is_some_and(|due| Instant::now() >= due) {
+            if pending.is_empty()
+                && let Ok(batch) = rx.try_recv()
+            {
+                pending.extend(as_messages(batch));
+                clock.restart(Instant::now());
+            }
+            // Commit once nothing more is at hand, so that a quiet partition's
+            // output is visible at once; under load records gather while a
+            // commit is on its way, and a transaction grows by itself up to
+            // the interval and the record bound.
+            if let Some(o) = &open
+                && (pending.is_empty()
+                    || o.inputs.len() >= r.config.transaction_max_records
+                    || Instant::now() >= o.since + r.config.transaction_interval)
+            {
                 clock.close_run(Instant::now(), &mut tally.latency);
                 r.metrics.add(&mut tally);
                 if let Err(exit) = self.commit(producer, &mut open).await {
@@ -218,43 +235,21 @@ impl TransactionalRunner {
             if stop.is_shutdown() || shutdown.is_shutdown() {
                 return self.finish(producer, &mut open).await;
             }
-            let Some(record) = pending.pop_front() else {
+            // No transaction is open here: wait for records.
+            let Some(mut message) = pending.pop_front() else {
                 clock.close_run(Instant::now(), &mut tally.latency);
                 r.metrics.add(&mut tally);
-                // Nothing more at hand: commit now rather than at the interval,
-                // so a quiet partition's output is visible at once. Under load
-                // records gather while a commit is on its way, and transactions
-                // grow by themselves, up to the interval and the record bound.
-                match rx.try_recv() {
-                    Ok(batch) => {
-                        pending.extend(batch);
-                        clock.restart(Instant::now());
-                        continue;
-                    }
-                    Err(_) if open.is_some() => {
-                        if let Err(exit) = self.commit(producer, &mut open).await {
-                            return exit;
-                        }
-                        failures.clear();
-                        continue;
-                    }
-                    Err(_) => {}
-                }
                 tokio::select! {
                     batch = rx.recv() => match batch {
                         Some(batch) => {
-                            pending.extend(batch);
+                            pending.extend(as_messages(batch));
                             clock.restart(Instant::now());
                         }
                         None if stop.is_shutdown() || shutdown.is_shutdown() => {
-                            return self.finish(producer, &mut open).await;
+                            return RunnerExit::Stopped;
                         }
-                        None => {
-                            self.abort(producer, &mut open).await;
-                            return RunnerExit::FetchEnded;
-                        }
+                        None => return RunnerExit::FetchEnded,
                     },
-                    () = sleep_until_or_never(due) => {}
                     () = stop.recv() => {}
                     () = shutdown.recv() => {}
                 }
@@ -264,7 +259,7 @@ impl TransactionalRunner {
                 log::warn!(
                     "{}: lease expired; not processing offset {}",
                     r.tp,
-                    record.offset
+                    message.offset
                 );
                 self.abort(producer, &mut open).await;
                 return RunnerExit::LeaseLost;
@@ -274,7 +269,9 @@ impl TransactionalRunner {
                 // joins with the first output's, in one request.
                 let begun = async {
                     producer.begin().await?;
-                    producer.prepare(&r.config.offsets_topic, 0).await
+                    producer
+                        .prepare(&r.config.offsets_topic, LOG_PARTITION)
+                        .await
                 };
                 if let Err(e) = begun.await {
                     log::warn!("{}: beginning a transaction failed: {e}", r.tp);
@@ -285,17 +282,15 @@ impl TransactionalRunner {
                     inputs: Vec::new(),
                 });
             }
-            let mut message = Message::new(Arc::clone(&topic), r.tp.partition, record.clone());
-            message.outbox = Some(outbox.clone());
-            message.attempt = failures.get(&record.offset).map_or(1, |n| n + 1);
+            message.attempt = failures.get(&message.offset).map_or(1, |n| n + 1);
             match r.call(handler, &message, &mut clock, &mut tally).await {
                 Some(Ok(())) => {
                     if message.attempt > 1 {
                         backoff = Backoff::new(r.config.retry_backoff);
                     }
-                    r.progress.advance_to(record.offset + 1);
+                    r.progress.advance_to(message.offset + 1);
                     if let Some(open) = &mut open {
-                        open.inputs.push(record);
+                        open.inputs.push(message);
                     }
                 }
                 None => {
@@ -303,12 +298,12 @@ impl TransactionalRunner {
                     return RunnerExit::LeaseLost;
                 }
                 Some(Err(e)) => {
-                    failures.insert(record.offset, message.attempt);
+                    failures.insert(message.offset, message.attempt);
                     let delay = backoff.next_delay();
                     log::warn!(
                         "handler failed on {}@{} (attempt {}), aborting its transaction and retrying in {delay:?}: {e}",
                         r.tp,
-                        record.offset,
+                        message.offset,
                         message.attempt,
                     );
                     // The records handled in the aborted transaction lost their
@@ -317,7 +312,7 @@ impl TransactionalRunner {
                     if !self.abort(producer, &mut open).await {
                         return RunnerExit::TransactionFailed;
                     }
-                    pending.push_front(record);
+                    pending.push_front(message);
                     for input in replay.into_iter().flatten().rev() {
                         pending.push_front(input);
                     }

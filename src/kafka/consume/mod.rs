@@ -587,40 +587,15 @@ impl Consumer {
             log::warn!("{tp}: lost before it could be handed over; nothing committed");
             return None;
         }
-        let next = progress.settled(progress.next());
         let mut start = progress.committed.load(Ordering::Acquire);
-        // Under exactly-once the task committed its last transaction as it
-        // stopped; what it handled after that has no output, and is the next
-        // owner's to handle.
-        let due = if self.exactly_once() {
+        if self.exactly_once() {
+            // The task committed its last transaction as it stopped; what it
+            // handled after that has no output, and is the next owner's.
             self.mirror(&[(tp.clone(), start)]);
-            None
         } else {
-            progress.due()
-        };
-        match due {
-            None if self.exactly_once() => {}
-            None => start = next,
-            Some(offset) => match self
-                .offsets
-                .commit_owned(
-                    &self.config.group_id,
-                    &coordinator.member,
-                    &[OwnedCommit {
-                        tp: tp.clone(),
-                        offset,
-                        epoch,
-                    }],
-                )
-                .await
-            {
-                Ok(()) => {
-                    start = offset;
-                    self.mirror(&[(tp.clone(), offset)]);
-                }
-                // The new owner then starts from the previous commit: redelivery, no loss.
-                Err(e) => log::warn!("{tp}: commit before handoff failed: {e}"),
-            },
+            start = self
+                .commit_before_handoff(coordinator, tp, epoch, &progress, start)
+                .await;
         }
         let owner = OwnerValue {
             member: to.map(str::to_owned),
@@ -641,6 +616,42 @@ impl Consumer {
             }
         }
         Some(epoch + 1)
+    }
+
+    /// Commits what the task handled before a handoff under at-least-once;
+    /// where the next owner starts: the commit (where the task got to, when
+    /// nothing was left to commit), or `committed` if it failed.
+    async fn commit_before_handoff(
+        &self,
+        coordinator: &Coordinator,
+        tp: &TopicPartition,
+        epoch: i64,
+        progress: &Progress,
+        committed: i64,
+    ) -> i64 {
+        let Some(offset) = progress.due() else {
+            return progress.settled(progress.next());
+        };
+        let commit = OwnedCommit {
+            tp: tp.clone(),
+            offset,
+            epoch,
+        };
+        match self
+            .offsets
+            .commit_owned(&self.config.group_id, &coordinator.member, &[commit])
+            .await
+        {
+            Ok(()) => {
+                self.mirror(&[(tp.clone(), offset)]);
+                offset
+            }
+            // The new owner then starts from the previous commit: redelivery, no loss.
+            Err(e) => {
+                log::warn!("{tp}: commit before handoff failed: {e}");
+                committed
+            }
+        }
     }
 
     /// Names the next owner of a partition this member owns but does not run,
