@@ -66,9 +66,21 @@ pub(super) fn is_retriable(error: ResponseError) -> bool {
 /// Asks the cluster for a producer id, again with backoff while the broker
 /// says it cannot yet (a fresh cluster answers `COORDINATOR_LOAD_IN_PROGRESS`
 /// while it creates its transaction log), until `config.request_timeout`.
-/// Without a transactional id any broker answers; a transactional producer
-/// must ask its transaction coordinator, which the caller finds first.
+/// Without a transactional id any broker answers; with one, its transaction
+/// coordinator, found first.
 pub async fn init_producer_id(
+    config: &ClusterConfig,
+    transactional_id: Option<&str>,
+    transaction_timeout: Duration,
+) -> Result<ProducerIdentity, ProducerIdError> {
+    init_producer_id_on(&mut None, config, transactional_id, transaction_timeout).await
+}
+
+/// [`init_producer_id`] over `connection`, which it opens when `None` and
+/// keeps for the caller's next request; it is opened again after a broken
+/// connection or a coordinator that moved, not for every retry.
+pub(super) async fn init_producer_id_on(
+    connection: &mut Option<Connection>,
     config: &ClusterConfig,
     transactional_id: Option<&str>,
     transaction_timeout: Duration,
@@ -79,7 +91,17 @@ pub async fn init_producer_id(
         max: Duration::from_secs(1),
     });
     loop {
-        match ask(config, transactional_id, transaction_timeout).await {
+        let outcome = ask(connection, config, transactional_id, transaction_timeout).await;
+        if matches!(
+            outcome,
+            Err(ProducerIdError::Wire(_)
+                | ProducerIdError::Refused {
+                    error: ResponseError::NotCoordinator | ResponseError::CoordinatorNotAvailable,
+                })
+        ) {
+            *connection = None;
+        }
+        match outcome {
             Err(e) if e.is_retriable() => {
                 let delay = backoff.next_delay();
                 if Instant::now() + delay >= deadline {
@@ -94,13 +116,17 @@ pub async fn init_producer_id(
 }
 
 async fn ask(
+    connection: &mut Option<Connection>,
     config: &ClusterConfig,
     transactional_id: Option<&str>,
     transaction_timeout: Duration,
 ) -> Result<ProducerIdentity, ProducerIdError> {
-    let mut connection = match transactional_id {
-        None => Connection::bootstrap(config).await?,
-        Some(id) => Connection::coordinator(config, CoordinatorKind::Transaction, id).await?,
+    let connection = match connection {
+        Some(connection) => connection,
+        None => connection.insert(match transactional_id {
+            None => Connection::bootstrap(config).await?,
+            Some(id) => Connection::coordinator(config, CoordinatorKind::Transaction, id).await?,
+        }),
     };
     let request = InitProducerIdRequest::default()
         .with_transactional_id(

@@ -36,7 +36,7 @@ use tokio::time::Instant;
 use super::delivery::DeliveryFuture;
 use super::producer::{Producer, ProducerConfig};
 use super::producer_id::{
-    Identity, ProducerIdError, ProducerIdentity, init_producer_id, is_retriable,
+    Identity, ProducerIdError, ProducerIdentity, init_producer_id_on, is_retriable,
 };
 use super::record::{Delivery, ProduceError, ProducerRecord};
 use crate::kafka::backoff::{Backoff, BackoffConfig};
@@ -188,7 +188,9 @@ impl TransactionalProducer {
         cluster: Cluster,
         config: TransactionConfig,
     ) -> Result<Self, TransactionError> {
-        let id = init(&cluster, &config).await?;
+        // Kept for the transactions' requests: the coordinator is the same.
+        let mut coordinator = None;
+        let id = init(&cluster, &config, &mut coordinator).await?;
         log::info!(
             "transactional id {:?}: producer id {} epoch {}",
             config.transactional_id,
@@ -206,19 +208,20 @@ impl TransactionalProducer {
         };
         let producer =
             Producer::with_identity(cluster.clone(), producer_config, Arc::clone(&identity));
-        let this = Self {
+        if log::log_enabled!(log::Level::Debug) {
+            log_transaction_version(&config.transactional_id, &mut coordinator).await;
+        }
+        Ok(Self {
             producer,
             identity,
             config,
             cluster,
             state: tokio::sync::Mutex::new(State {
-                coordinator: None,
+                coordinator,
                 open: None,
                 fenced: false,
             }),
-        };
-        this.log_transaction_version().await;
-        Ok(this)
+        })
     }
 
     /// The transactional id.
@@ -310,7 +313,8 @@ impl TransactionalProducer {
         self.end_open(false).await?;
         if self.identity.is_retired() {
             // Also fences the epoch the failed batch was written with.
-            let id = init(&self.cluster, &self.config).await?;
+            let mut state = self.state.lock().await;
+            let id = init(&self.cluster, &self.config, &mut state.coordinator).await?;
             log::info!(
                 "transactional id {:?}: producer id {} epoch {} after an aborted transaction",
                 self.config.transactional_id,
@@ -460,7 +464,7 @@ impl TransactionalProducer {
                     ) {
                         state.coordinator = None;
                     }
-                    format!("{error:?}")
+                    Ok(format!("{error:?}"))
                 }
                 Ok(Some(error)) => {
                     return Err(TransactionError::Refused {
@@ -478,64 +482,60 @@ impl TransactionalProducer {
                 }
                 Err(e) => {
                     state.coordinator = None;
-                    let delay = backoff.next_delay();
-                    if Instant::now() + delay >= deadline {
-                        return Err(TransactionError::Wire {
-                            request,
-                            id: id.clone(),
-                            source: Box::new(e),
-                        });
-                    }
-                    e.to_string()
+                    Err(e)
                 }
             };
             let delay = backoff.next_delay();
             if Instant::now() + delay >= deadline {
+                // The last connection error, or what the coordinator last said.
+                let source = match retry {
+                    Err(e) => e,
+                    Ok(answer) => WireError::Timeout {
+                        addr: format!("the coordinator of {id:?} (last answer: {answer})"),
+                        timeout: self.cluster.config().request_timeout,
+                    },
+                };
                 return Err(TransactionError::Wire {
                     request,
                     id: id.clone(),
-                    source: Box::new(WireError::Timeout {
-                        addr: format!("the coordinator of {id:?} (last answer: {retry})"),
-                        timeout: self.cluster.config().request_timeout,
-                    }),
+                    source: Box::new(source),
                 });
             }
-            log::debug!("{request} for {id:?}: {retry}; again in {delay:?}");
+            let why = match &retry {
+                Err(e) => e.to_string(),
+                Ok(answer) => answer.clone(),
+            };
+            log::debug!("{request} for {id:?}: {why}; again in {delay:?}");
             tokio::time::sleep(delay).await;
         }
     }
+}
 
-    /// Logs (at debug level: every partition's producer does it) the
-    /// `transaction.version` the cluster finalized (Kafka 3.8 and later
-    /// advertise it in `ApiVersions` v3).
-    async fn log_transaction_version(&self) {
-        let id = &self.config.transactional_id;
-        let version = async {
-            let mut conn =
-                Connection::coordinator(self.cluster.config(), CoordinatorKind::Transaction, id)
-                    .await
-                    .ok()?;
-            let request = ApiVersionsRequest::default()
-                .with_client_software_name(StrBytes::from_static_str("rust-eda"))
-                .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
-            let response = conn.request_capped(&request, 3).await.ok()?;
-            Some(
-                response
-                    .finalized_features
-                    .iter()
-                    .find(|f| f.name.as_str() == "transaction.version")
-                    .map_or(0, |f| f.max_version_level),
-            )
-        };
-        match tokio::time::timeout(self.cluster.config().request_timeout, version).await {
-            Ok(Some(level)) => log::debug!(
-                "transactional id {id:?}: the cluster's transaction.version is {level}; this producer speaks version 1 of the transaction protocol, which every Kafka since 0.11 serves"
-            ),
-            _ => {
-                log::debug!(
-                    "transactional id {id:?}: the cluster's transaction.version is unknown"
-                );
-            }
+/// Logs the `transaction.version` the cluster finalized (Kafka 3.8 and later
+/// advertise it in `ApiVersions` v3), over the coordinator connection
+/// `InitProducerId` left. Every partition's producer would log it: it is
+/// asked only at debug level.
+async fn log_transaction_version(id: &str, coordinator: &mut Option<Connection>) {
+    let version = async {
+        let conn = coordinator.as_mut()?;
+        let request = ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("rust-eda"))
+            .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
+        let response = conn.request_capped(&request, 3).await.ok()?;
+        Some(
+            response
+                .finalized_features
+                .iter()
+                .find(|f| f.name.as_str() == "transaction.version")
+                .map_or(0, |f| f.max_version_level),
+        )
+    };
+    match version.await {
+        Some(level) => log::debug!(
+            "transactional id {id:?}: the cluster's transaction.version is {level}; this producer speaks version 1 of the transaction protocol, which every Kafka since 0.11 serves"
+        ),
+        None => {
+            log::debug!("transactional id {id:?}: the cluster's transaction.version is unknown");
         }
     }
 }
@@ -597,8 +597,10 @@ impl CoordinatorRequest {
 async fn init(
     cluster: &Cluster,
     config: &TransactionConfig,
+    coordinator: &mut Option<Connection>,
 ) -> Result<ProducerIdentity, TransactionError> {
-    init_producer_id(
+    init_producer_id_on(
+        coordinator,
         cluster.config(),
         Some(&config.transactional_id),
         config.transaction_timeout,
