@@ -52,6 +52,7 @@ fn the_kafka_layer_document_lists_its_defaults() {
             "idempotence",
             if producer.idempotence { "on" } else { "off" }.to_owned(),
         ),
+        ("max_in_flight", producer.max_in_flight.to_string()),
         ("delivery_timeout", duration(producer.delivery_timeout)),
         ("request_timeout", duration(cluster.request_timeout)),
         ("metadata_max_age", duration(cluster.metadata_max_age)),

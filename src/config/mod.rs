@@ -220,6 +220,9 @@ pub struct KafkaConfig {
     /// `APP_KAFKA_IDEMPOTENCE`: producers carry producer ids and sequence
     /// numbers, so that a retried batch is written once.
     pub idempotence: bool,
+    /// `APP_KAFKA_MAX_IN_FLIGHT`: produce requests on their way per
+    /// partition at once, with idempotence.
+    pub max_in_flight: usize,
     /// `APP_KAFKA_PROCESSING_GUARANTEE`: whether the consuming services
     /// process in transactions.
     pub processing_guarantee: ProcessingGuarantee,
@@ -347,6 +350,7 @@ impl Config {
             compression: self.kafka.compression,
             linger: self.kafka.linger,
             idempotence: self.kafka.idempotence,
+            max_in_flight: self.kafka.max_in_flight,
             ..ProducerConfig::default()
         }
     }

@@ -271,6 +271,7 @@ impl Values {
                 .number("APP_KAFKA_LINGER_MS", 0..=60_000)
                 .map(Duration::from_millis)?,
             idempotence: self.flag("APP_KAFKA_IDEMPOTENCE")?,
+            max_in_flight: self.number("APP_KAFKA_MAX_IN_FLIGHT", 1..=5)?,
             processing_guarantee: self.choice(
                 "APP_KAFKA_PROCESSING_GUARANTEE",
                 &[

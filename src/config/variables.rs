@@ -177,6 +177,11 @@ pub const VARIABLES: &[Variable] = &[
         "producers write each batch once however often a retry sends it (producer ids and sequence numbers); `false` for a cluster whose ACLs refuse `IdempotentWrite`",
     ),
     var(
+        "APP_KAFKA_MAX_IN_FLIGHT",
+        "5",
+        "produce requests on their way per partition at once with idempotence, 1 to 5 (Java's `max.in.flight.requests.per.connection`); order holds either way, and without idempotence one goes at a time",
+    ),
+    var(
         "APP_KAFKA_PROCESSING_GUARANTEE",
         "exactly_once",
         "`exactly_once`: inventory and notification write their output and their input's offsets in one transaction, so `read_committed` readers see each outcome once; `at_least_once`: output is written again for records handled again after a crash (the fallback on a cluster without transactions)",

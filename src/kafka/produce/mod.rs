@@ -10,6 +10,9 @@ mod producer;
 mod producer_id;
 mod record;
 mod transaction;
+mod window;
+#[cfg(test)]
+mod window_sim;
 mod worker;
 
 pub use self::delivery::DeliveryFuture;

@@ -6,12 +6,14 @@
 //! one when it does not fit), as in the Java client's accumulator. The partition's
 //! worker task sends a batch once it is full or has waited `linger`, with
 //! `acks=all`, and answers all its records at once: they share one outcome, so a
-//! record costs no channel or allocation of its own. A worker keeps one request in
-//! flight, so a retried batch can never overtake a later one: the order of records
-//! within a partition is the order in which they were enqueued. While that request
-//! is on its way the next batches fill, and the worker looks at them when the
-//! answer comes, so a busy partition sends full batches back to back and its worker
-//! wakes once per batch, not once per record.
+//! record costs no channel or allocation of its own. The order of records within a
+//! partition is the order in which they were enqueued: with idempotence a worker
+//! keeps up to `max_in_flight` requests on their way and the broker's sequence
+//! checks keep them in order (see [`window`](super::window)); without, it keeps
+//! one, so a retried batch can never overtake a later one. While requests are on
+//! their way the next batches fill, and the worker looks at them when an answer
+//! comes, so a busy partition sends full batches back to back and its worker wakes
+//! once per batch, not once per record.
 //!
 //! Failures that may pass (a broker restarting, a leader moving, a timeout) are
 //! retried with backoff after refreshing the metadata, until the record's delivery
@@ -67,6 +69,11 @@ pub struct ProducerConfig {
     /// writes a batch once however often a retry sends it (Java:
     /// `enable.idempotence`, on by default since Kafka 3.0).
     pub idempotence: bool,
+    /// Requests on their way per partition at once, with idempotence (Java:
+    /// `max.in.flight.requests.per.connection` = 5, also the most Kafka allows
+    /// with idempotence, and so the most taken here). Without idempotence one
+    /// at a time, so that a retry never overtakes a later batch.
+    pub max_in_flight: usize,
 }
 
 impl Default for ProducerConfig {
@@ -83,6 +90,7 @@ impl Default for ProducerConfig {
             },
             sticky_switch_bytes: 16 * 1024,
             idempotence: true,
+            max_in_flight: 5,
         }
     }
 }
@@ -303,7 +311,6 @@ impl Producer {
             topic,
             partition,
             identity: self.inner.identity.clone(),
-            sequence: parking_lot::Mutex::new((0, 0)),
         };
         Worker {
             task: tokio::spawn(worker.run(Arc::clone(&shared))),

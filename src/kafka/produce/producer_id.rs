@@ -288,7 +288,7 @@ impl Identity {
     }
 
     /// What is known without asking: `Some(None)` when disabled.
-    fn known(&self) -> Option<Option<(ProducerIdentity, u64)>> {
+    pub(super) fn known(&self) -> Option<Option<(ProducerIdentity, u64)>> {
         let state = self.state.lock();
         if state.disabled {
             return Some(None);

@@ -1,23 +1,27 @@
-//! One partition's worker: sends its batches one request at a time (so a
-//! retry never overtakes a later batch), retries what may pass with backoff
-//! and fresh metadata, and answers each batch's records at once.
+//! One partition's worker: sends its batches, up to `max_in_flight` requests
+//! at once with idempotence (one at a time without, so a retry never
+//! overtakes a later batch), retries what may pass with backoff and fresh
+//! metadata, and answers each batch's records at once. Which batch goes when,
+//! and under which sequence numbers, is the [`Window`]'s to say.
 
 use crate::metrics;
-use std::pin::Pin;
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use rskafka::client::partition::{BatchProducer, ProduceBatch};
 use tokio::time::Instant;
 
 use super::accumulator::{OpenBatch, Shared};
+use super::delivery::Answer;
 use super::producer::ProducerConfig;
-use super::producer_id::{Identity, ProducerIdentity};
+use super::producer_id::Identity;
 use super::record::ProduceError;
+use super::window::{MAX_IN_FLIGHT, Next, Retry, Stamp, Verdict, Window};
 use crate::kafka::backoff::{Backoff, sleep_until_or_never};
 use crate::kafka::conn::{Cluster, ClusterError, Lane};
-
-/// A batch's request, from first attempt to answering its records.
-pub(super) type InFlight<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 pub(super) struct PartitionWorker {
     pub(super) cluster: Cluster,
@@ -27,15 +31,32 @@ pub(super) struct PartitionWorker {
     pub(super) partition: i32,
     /// The producer id its batches carry; `None` with idempotence off.
     pub(super) identity: Option<Arc<Identity>>,
-    /// The generation of that id this partition's sequence numbers belong to,
-    /// and the next one. One batch is in flight at a time, so the next batch's
-    /// sequence is known when it is made.
-    pub(super) sequence: parking_lot::Mutex<(u64, i32)>,
+}
+
+/// A batch taken from the queue, from its first send to its answer.
+struct Flight {
+    key: u64,
+    /// Made once and sent by reference: a retry needs no copy of the records.
+    request: ProduceBatch,
+    records: usize,
+    size: u64,
+    answer: Answer,
+    deadline: Instant,
+    started: Instant,
+    backoff: Backoff,
+    /// What the broker said last, for the error when time runs out.
+    last_error: String,
+}
+
+/// One send of a batch, come back: the offsets, the broker's error, or
+/// `None` when the batch's delivery time ran out first.
+struct Sent {
+    flight: Flight,
+    result: Result<Vec<i64>, Option<ClusterError>>,
 }
 
 /// Whether the broker refused a batch because of its producer id, epoch or
 /// sequence: it lost the id's state, or a batch before this one never landed.
-/// The producer takes a new id and the batch goes again, from sequence 0.
 fn needs_new_identity(error: &ClusterError) -> bool {
     use rskafka::client::error::ProtocolError;
     matches!(
@@ -54,13 +75,6 @@ fn needs_new_identity(error: &ClusterError) -> bool {
 /// without its offsets, and it counts as delivered, as in the Java client.
 fn is_duplicate(error: &ClusterError) -> bool {
     error.protocol_error() == Some(rskafka::client::error::ProtocolError::DuplicateSequenceNumber)
-}
-
-/// The sequence number after `records` records from `base`: Kafka's wrap
-/// past `i32::MAX` to 0.
-fn next_sequence(base: i32, records: usize) -> i32 {
-    let next = (i64::from(base) + records as i64) % (i64::from(i32::MAX) + 1);
-    i32::try_from(next).unwrap_or(0)
 }
 
 /// What a producer reports per topic on `/metrics`.
@@ -105,31 +119,21 @@ impl TopicMetrics {
     }
 }
 
-/// The producer fields of a batch written by `id` from sequence `base`.
-fn batch_producer(identity: &Identity, id: ProducerIdentity, base: i32) -> BatchProducer {
+/// The producer fields of a batch sent with `stamp`.
+fn batch_producer(identity: &Identity, stamp: Stamp) -> BatchProducer {
     BatchProducer {
-        producer_id: id.id,
-        producer_epoch: id.epoch,
-        base_sequence: base,
+        producer_id: stamp.id.id,
+        producer_epoch: stamp.id.epoch,
+        base_sequence: stamp.base,
         transactional_id: identity.transactional_id().map(str::to_owned),
     }
 }
 
-impl PartitionWorker {
-    /// The id, generation and first sequence number of the next batch: 0 when
-    /// the id is new to this partition.
-    fn start_sequence(
-        &self,
-        id: ProducerIdentity,
-        generation: u64,
-    ) -> (ProducerIdentity, u64, i32) {
-        let mut sequence = self.sequence.lock();
-        if sequence.0 != generation {
-            *sequence = (generation, 0);
-        }
-        (id, generation, sequence.1)
-    }
+/// The id new batches are stamped with: `None` without idempotence or on a
+/// cluster that refused it.
+type Writer = Option<(super::producer_id::ProducerIdentity, u64)>;
 
+impl PartitionWorker {
     /// A batch's delivery time ran out; `last_error` says what stood in the way.
     fn out_of_time(&self, last_error: impl Into<String>) -> ProduceError {
         ProduceError::DeliveryTimeout {
@@ -140,227 +144,343 @@ impl PartitionWorker {
         }
     }
 
-    /// Gathers records into batches and sends them, one request in flight. While a
-    /// batch is on its way the next one fills, so a busy partition sends full
-    /// batches back to back instead of waiting a linger between them.
+    fn rejected(&self, error: impl Into<String>) -> ProduceError {
+        ProduceError::Rejected {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            error: error.into(),
+        }
+    }
+
+    /// The id to stamp new batches with, when known without asking the broker.
+    fn writer_now(&self) -> Option<Writer> {
+        match &self.identity {
+            None => Some(None),
+            Some(identity) => identity.known(),
+        }
+    }
+
+    /// The id to stamp batches with, asked for if need be, by `deadline`: with
+    /// the broker out of reach the batch's callers hear so in time.
+    async fn writer(&self, deadline: Instant) -> Result<Writer, ProduceError> {
+        let Some(identity) = &self.identity else {
+            return Ok(None);
+        };
+        match tokio::time::timeout_at(deadline, identity.get()).await {
+            Ok(Ok(writer)) => Ok(writer),
+            Ok(Err(e)) => Err(ProduceError::ProducerId {
+                reason: e.to_string(),
+            }),
+            Err(_) => Err(self.out_of_time("no producer id from the broker in time")),
+        }
+    }
+
+    /// Gathers records into batches and sends them, up to the window's limit
+    /// at once. While batches are on their way the next ones fill, so a busy
+    /// partition sends full batches back to back instead of waiting a linger
+    /// between them.
     pub(super) async fn run(self, shared: Arc<Shared>) {
         // However this task ends, callers must not wait on records nobody sends.
         let _drain = DrainOnDrop(&shared);
-        // The batch on its way, with the number of records in it.
-        let mut in_flight: Option<(InFlight<'_>, u64)> = None;
+        let limit = if self.identity.is_some() {
+            self.config.max_in_flight.clamp(1, MAX_IN_FLIGHT)
+        } else {
+            1
+        };
+        let mut window = Window::new(limit);
+        let mut sending = FuturesUnordered::new();
+        let mut parked: BTreeMap<u64, Flight> = BTreeMap::new();
 
         loop {
-            let linger_end = {
+            // A batch that must go again goes first, once nothing is on its way.
+            if let Some(retry) = window.next_retry() {
+                if let Some(flight) = parked.remove(&retry.key)
+                    && let Some((flight, delay)) = self.retry(&mut window, retry, flight).await
+                {
+                    sending.push(self.send(flight, delay, retry.backoff));
+                }
+                self.count_done(&mut window, &shared);
+                continue;
+            }
+            let writer = self.writer_now();
+            let (taken, listen, linger_end) = {
                 let mut queue = shared.queue.lock();
-                if in_flight.is_none()
-                    && queue.ready(Instant::now(), &self.config)
+                let room = match writer {
+                    Some(writer) => window.room(writer.map(|(_, generation)| generation)),
+                    // The id is asked for with nothing else on its way.
+                    None => usize::from(window.is_empty()),
+                };
+                let now = Instant::now();
+                let mut taken = Vec::new();
+                while taken.len() < room
+                    && queue.ready(now, &self.config)
                     && let Some(batch) = queue.take_batch()
                 {
-                    let n = batch.records.len() as u64;
-                    in_flight = Some((Box::pin(self.send_batch(batch)), n));
+                    taken.push(batch);
                 }
-                if in_flight.is_none() && queue.batches.is_empty() {
+                if taken.is_empty() && window.is_empty() && queue.batches.is_empty() {
                     // Nothing pending: every earlier flush is satisfied.
                     queue.answer_flushes(u64::MAX);
                     if queue.closed {
                         return;
                     }
                 }
-                // Only an idle worker with records waits for their linger to end.
-                match (&in_flight, queue.batches.front()) {
-                    (None, Some(first)) => Some(first.created + self.config.linger),
+                // Records wait for their linger only while a batch could go;
+                // otherwise they gather in the queue and are looked at when a
+                // send comes back, instead of waking this task for each.
+                let listen = taken.len() < room;
+                let linger_end = match queue.batches.front() {
+                    Some(first) if listen => Some(first.created + self.config.linger),
                     _ => None,
-                }
+                };
+                (taken, listen, linger_end)
             };
+            for batch in taken {
+                if let Some(flight) = self.take_off(&mut window, writer, batch).await {
+                    sending.push(self.send(flight, Duration::ZERO, false));
+                }
+                self.count_done(&mut window, &shared);
+            }
             tokio::select! {
                 biased;
-                () = async {
-                    match in_flight.as_mut() {
-                        Some((send, _)) => send.await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    if let Some((_, n)) = in_flight.take() {
-                        shared.queue.lock().batch_done(n);
-                    }
+                Some(sent) = sending.next(), if !sending.is_empty() => {
+                    self.settle(&mut window, &mut parked, sent);
+                    self.count_done(&mut window, &shared);
                 }
-                // Not while a batch is on its way: records gather in the queue and
-                // are looked at when it returns, instead of waking this task for
-                // each. A wake sent meanwhile is kept for the next wait.
-                () = shared.wake.notified(), if in_flight.is_none() => {}
+                // A wake sent while not listening is kept for the next wait.
+                () = shared.wake.notified(), if listen => {}
                 () = sleep_until_or_never(linger_end) => {}
             }
         }
     }
 
-    /// Sends one batch until it is acknowledged, fails for good, or runs out of
-    /// delivery time; then answers every record in it, and gives back their room.
-    pub(super) async fn send_batch(&self, batch: OpenBatch) {
+    /// Lets flushes count the batches answered in order so far.
+    fn count_done(&self, window: &mut Window, shared: &Shared) {
+        let done = window.take_done();
+        if done > 0 {
+            shared.queue.lock().batch_done(done);
+        }
+    }
+
+    /// Stamps a batch taken from the queue and takes it into the window; the
+    /// flight to send, or `None` when no id could be had (then it is answered).
+    async fn take_off(
+        &self,
+        window: &mut Window,
+        writer: Option<Writer>,
+        batch: OpenBatch,
+    ) -> Option<Flight> {
         let deadline = batch.created + self.config.delivery_timeout;
         let records = batch.records.len();
-        let size = batch.bytes() as u64;
-        let answer = batch.answer;
-        // Made into a request once and sent by reference: a retry (or an attempt cut
-        // off by a timeout) needs no copy of the records.
-        let mut writer = None;
-        if let Some(identity) = &self.identity {
-            // Bounded by the batch's delivery time like its sends: with the
-            // broker out of reach the caller hears so in time.
-            let error = match tokio::time::timeout_at(deadline, identity.get()).await {
-                Ok(Ok(Some((id, generation)))) => {
-                    writer = Some(self.start_sequence(id, generation));
-                    None
+        let writer = match writer {
+            Some(writer) => writer,
+            None => match self.writer(deadline).await {
+                Ok(writer) => writer,
+                Err(error) => {
+                    // Nothing else is in the window, so this is its turn.
+                    let key = window.admit(records, None);
+                    window.settle(key, &Verdict::Failed);
+                    self.metrics.errors.add(records as u64);
+                    log::error!("{error}");
+                    batch.answer.send(Err(error));
+                    return None;
                 }
-                Ok(Ok(None)) => None,
-                Ok(Err(e)) => Some(ProduceError::ProducerId {
-                    reason: e.to_string(),
-                }),
-                Err(_) => Some(self.out_of_time("no producer id from the broker in time")),
-            };
-            if let Some(error) = error {
-                self.metrics.errors.add(records as u64);
-                log::error!("{error}");
-                answer.send(Err(error));
-                return;
-            }
-        }
-        let mut request = match (&self.identity, &writer) {
-            (Some(identity), Some((id, _, base))) => ProduceBatch::with_producer(
-                &self.topic,
-                self.partition,
-                batch.records,
-                self.config.compression.into(),
-                batch_producer(identity, *id, *base),
-            ),
-            _ => ProduceBatch::new(
-                &self.topic,
-                self.partition,
-                batch.records,
-                self.config.compression.into(),
-            ),
+            },
         };
-        let mut backoff = Backoff::new(self.config.retry_backoff);
-        let started = Instant::now();
-
-        let outcome = loop {
-            let attempt = async {
-                let client = self
-                    .cluster
-                    .partition_client(&self.topic, self.partition, Lane::Write)
-                    .await?;
-                self.cluster
-                    .timed("produce", client.produce_batch(&request))
-                    .await
-            };
-            let error = match tokio::time::timeout_at(deadline, attempt).await {
-                Ok(Ok(offsets)) => break Ok(offsets),
-                // Written before; where is not said: each record's offset is -1.
-                Ok(Err(e)) if writer.is_some() && is_duplicate(&e) => {
-                    log::debug!(
-                        "{}/{}: the broker had this batch already ({e})",
-                        self.topic,
-                        self.partition
-                    );
-                    break Ok(vec![-1; records]);
-                }
-                Ok(Err(e)) => e,
-                Err(_) => {
-                    break Err(self.out_of_time("no acknowledgement from the broker"));
-                }
-            };
-            if let (Some(identity), Some((_, generation, _))) = (&self.identity, writer)
-                && needs_new_identity(&error)
-            {
-                identity.retire(generation);
-                match tokio::time::timeout_at(deadline, identity.get()).await {
-                    Ok(Ok(Some((id, generation)))) => {
-                        log::warn!(
-                            "{}/{}: the broker refused the batch's producer id or sequence ({error}); sending it again with a new id",
-                            self.topic,
-                            self.partition
-                        );
-                        let (id, generation, base) = self.start_sequence(id, generation);
-                        request.set_producer(batch_producer(identity, id, base));
-                        writer = Some((id, generation, base));
-                        continue;
-                    }
-                    Ok(Ok(None)) => {
-                        break Err(ProduceError::ProducerId {
-                            reason: "the cluster stopped allowing idempotent writes".to_owned(),
-                        });
-                    }
-                    Ok(Err(e)) => {
-                        break Err(ProduceError::ProducerId {
-                            reason: e.to_string(),
-                        });
-                    }
-                    Err(_) => {
-                        break Err(self.out_of_time("no new producer id in time"));
-                    }
-                }
-            }
-            if !error.is_retriable() {
-                break Err(ProduceError::Rejected {
-                    topic: self.topic.clone(),
-                    partition: self.partition,
-                    error: error.to_string(),
-                });
-            }
-            let delay = backoff.next_delay();
-            if Instant::now() + delay >= deadline {
-                break Err(self.out_of_time(error.to_string()));
-            }
-            self.metrics.retries.inc();
-            log::warn!(
-                "produce to {}/{} failed (attempt {}), retrying in {delay:?}: {error}",
-                self.topic,
+        let stamp = writer.map(|(id, generation)| window.stamp(id, generation, records));
+        let key = window.admit(records, stamp);
+        let size = batch.bytes() as u64;
+        let compression = self.config.compression.into();
+        let request = match (&self.identity, stamp) {
+            (Some(identity), Some(stamp)) => ProduceBatch::with_producer(
+                &self.topic,
                 self.partition,
-                backoff.attempts()
-            );
+                batch.records,
+                compression,
+                batch_producer(identity, stamp),
+            ),
+            _ => ProduceBatch::new(&self.topic, self.partition, batch.records, compression),
+        };
+        Some(Flight {
+            key,
+            request,
+            records,
+            size,
+            answer: batch.answer,
+            deadline,
+            started: Instant::now(),
+            backoff: Backoff::new(self.config.retry_backoff),
+            last_error: String::new(),
+        })
+    }
+
+    /// One send of `flight`, after `delay` and, when `refresh`, after looking
+    /// the partition's leader up again.
+    async fn send(&self, flight: Flight, delay: Duration, refresh: bool) -> Sent {
+        if !delay.is_zero() {
             tokio::time::sleep(delay).await;
+        }
+        if refresh {
             self.cluster
                 .reset_partition(&self.topic, self.partition)
                 .await;
+        }
+        let attempt = async {
+            let client = self
+                .cluster
+                .partition_client(&self.topic, self.partition, Lane::Write)
+                .await?;
+            self.cluster
+                .timed("produce", client.produce_batch(&flight.request))
+                .await
         };
+        let result = match tokio::time::timeout_at(flight.deadline, attempt).await {
+            Ok(result) => result.map_err(Some),
+            Err(_) => Err(None),
+        };
+        Sent { flight, result }
+    }
 
-        let outcome = match outcome {
-            Ok(offsets) if offsets.len() == records => Ok(offsets),
-            Ok(offsets) => Err(ProduceError::Rejected {
-                topic: self.topic.clone(),
-                partition: self.partition,
-                error: format!(
-                    "broker acknowledged {} offsets for {records} records",
+    /// What a send came back with: the batch is answered, or parked to go again.
+    fn settle(&self, window: &mut Window, parked: &mut BTreeMap<u64, Flight>, sent: Sent) {
+        let Sent { mut flight, result } = sent;
+        let stamped = window.stamp_of(flight.key).is_some();
+        let (verdict, outcome) = match result {
+            Ok(offsets) if offsets.len() == flight.records => (Verdict::Written, Ok(offsets)),
+            Ok(offsets) => (
+                Verdict::Failed,
+                Err(self.rejected(format!(
+                    "broker acknowledged {} offsets for {} records",
                     offsets.len(),
-                ),
-            }),
-            Err(error) => Err(error),
+                    flight.records
+                ))),
+            ),
+            Err(None) => (
+                Verdict::Failed,
+                Err(self.out_of_time("no acknowledgement from the broker")),
+            ),
+            // Written before; where is not said: each record's offset is -1.
+            Err(Some(e)) if stamped && is_duplicate(&e) => {
+                log::debug!(
+                    "{}/{}: the broker had this batch already ({e})",
+                    self.topic,
+                    self.partition
+                );
+                (Verdict::Written, Ok(vec![-1; flight.records]))
+            }
+            Err(Some(e)) => {
+                let verdict = if stamped && needs_new_identity(&e) {
+                    Verdict::SequenceRefused
+                } else if e.is_retriable() {
+                    Verdict::Retriable
+                } else {
+                    Verdict::Failed
+                };
+                let outcome = Err(self.rejected(e.to_string()));
+                flight.last_error = e.to_string();
+                (verdict, outcome)
+            }
         };
-        if let (Some(identity), Some((_, generation, base))) = (&self.identity, writer) {
-            match &outcome {
-                Ok(_) => {
-                    let mut sequence = self.sequence.lock();
-                    if sequence.0 == generation {
-                        sequence.1 = next_sequence(base, records);
-                    }
-                }
-                // Whether the batch landed is unknown (or it did not), so the
-                // sequence has a gap the broker would refuse the next batch for:
-                // the next batch goes with a new id.
-                Err(_) => identity.retire(generation),
+        let (next, retire) = window.settle(flight.key, &verdict);
+        if let (Some(identity), Some(generation)) = (&self.identity, retire) {
+            identity.retire(generation);
+        }
+        match next {
+            Next::Answer => self.answer(flight, outcome),
+            Next::Park => {
+                parked.insert(flight.key, flight);
             }
         }
+    }
+
+    /// Makes a parked batch ready to go again: a new id and sequence when the
+    /// broker surely did not write it, its backoff when the error may take
+    /// time to pass. `None` when it failed for good instead (then answered).
+    async fn retry(
+        &self,
+        window: &mut Window,
+        retry: Retry,
+        mut flight: Flight,
+    ) -> Option<(Flight, Duration)> {
+        if retry.renumber
+            && let Some(identity) = &self.identity
+        {
+            let failure = match self.writer(flight.deadline).await {
+                Ok(Some((id, generation))) => {
+                    log::warn!(
+                        "{}/{}: the broker refused the batch's producer id or sequence ({}); sending it again with a new id",
+                        self.topic,
+                        self.partition,
+                        flight.last_error
+                    );
+                    let stamp = window.stamp(id, generation, flight.records);
+                    window.restamp(flight.key, stamp);
+                    flight.request.set_producer(batch_producer(identity, stamp));
+                    None
+                }
+                Ok(None) => Some(ProduceError::ProducerId {
+                    reason: "the cluster stopped allowing idempotent writes".to_owned(),
+                }),
+                Err(error) => Some(error),
+            };
+            if let Some(error) = failure {
+                self.fail(window, flight, error);
+                return None;
+            }
+        }
+        let delay = if retry.backoff {
+            flight.backoff.next_delay()
+        } else {
+            Duration::ZERO
+        };
+        if Instant::now() + delay >= flight.deadline {
+            let error = self.out_of_time(flight.last_error.clone());
+            self.fail(window, flight, error);
+            return None;
+        }
+        self.metrics.retries.inc();
+        if retry.backoff {
+            log::warn!(
+                "produce to {}/{} failed (attempt {}), retrying in {delay:?}: {}",
+                self.topic,
+                self.partition,
+                flight.backoff.attempts(),
+                flight.last_error
+            );
+        } else {
+            log::debug!(
+                "{}/{}: a batch refused while an earlier one was unanswered goes again ({})",
+                self.topic,
+                self.partition,
+                flight.last_error
+            );
+        }
+        Some((flight, delay))
+    }
+
+    /// Answers a batch in the window with an error, for good.
+    fn fail(&self, window: &mut Window, flight: Flight, error: ProduceError) {
+        let (_, retire) = window.settle(flight.key, &Verdict::Failed);
+        if let (Some(identity), Some(generation)) = (&self.identity, retire) {
+            identity.retire(generation);
+        }
+        self.answer(flight, Err(error));
+    }
+
+    /// Answers every record of a batch, and gives back their room.
+    fn answer(&self, flight: Flight, outcome: Result<Vec<i64>, ProduceError>) {
         match &outcome {
             Ok(_) => {
-                self.metrics.latency.observe(started.elapsed());
-                self.metrics.records.add(records as u64);
-                self.metrics.bytes.add(size);
+                self.metrics.latency.observe(flight.started.elapsed());
+                self.metrics.records.add(flight.records as u64);
+                self.metrics.bytes.add(flight.size);
             }
             Err(error) => {
-                self.metrics.errors.add(records as u64);
+                self.metrics.errors.add(flight.records as u64);
                 log::error!("{error}");
             }
         }
-        answer.send(outcome);
+        flight.answer.send(outcome);
     }
 }
 
@@ -412,13 +532,5 @@ mod tests {
         assert!(!needs_new_identity(&refused(
             ProtocolError::NotLeaderOrFollower
         )));
-    }
-
-    #[test]
-    fn sequence_numbers_wrap_past_i32_max_to_zero() {
-        assert_eq!(next_sequence(0, 5), 5);
-        assert_eq!(next_sequence(i32::MAX - 1, 1), i32::MAX);
-        assert_eq!(next_sequence(i32::MAX, 1), 0);
-        assert_eq!(next_sequence(i32::MAX - 1, 3), 1);
     }
 }
