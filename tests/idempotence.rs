@@ -460,3 +460,73 @@ async fn batches_in_flight_together_are_written_once_and_in_order_through_lost_a
     assert_eq!(through.values.len(), COUNT, "nothing lost or written twice");
     assert_eq!(through.values, want, "each record once, in order");
 }
+
+/// The broker goes away for longer than a delivery timeout: records fail in
+/// time (first for want of an answer, then for want of a producer id), and
+/// once the broker is back the same producer takes a new id and delivers
+/// again. A worker that stopped after a batch found no id would leave every
+/// later record waiting for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_producer_goes_on_after_the_broker_was_away_past_its_delivery_timeout() {
+    use rust_eda::kafka::{Producer, ProducerConfig, ProducerRecord};
+    let broker = PrivateBroker::start();
+    let cluster = connect(&broker.brokers()).await;
+    let topic = create_topic(&cluster, 1).await;
+    let producer = Producer::new(
+        cluster.clone(),
+        ProducerConfig {
+            linger: Duration::ZERO,
+            delivery_timeout: Duration::from_secs(1),
+            ..ProducerConfig::default()
+        },
+    );
+    let record = |i: usize| ProducerRecord::new(&topic).value(format!("record-{i}"));
+    within(30, "a delivery", producer.send(record(0)))
+        .await
+        .expect("delivered");
+
+    broker.stop();
+    let mut failures = Vec::new();
+    for i in 1..=4 {
+        let outcome = within(
+            10,
+            "an answer while the broker is away",
+            producer.send(record(i)),
+        )
+        .await;
+        failures.push(
+            outcome
+                .expect_err("nothing is delivered without a broker")
+                .to_string(),
+        );
+    }
+    eprintln!("while the broker was away: {failures:#?}");
+    assert!(
+        failures.iter().any(|f| f.contains("producer id")),
+        "some record waited for a producer id: {failures:?}"
+    );
+
+    broker.restart();
+    let mut delivered = None;
+    for i in 5..60 {
+        match within(
+            10,
+            "an answer after the broker came back",
+            producer.send(record(i)),
+        )
+        .await
+        {
+            Ok(delivery) => {
+                delivered = Some(delivery);
+                break;
+            }
+            Err(e) => eprintln!("not yet: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        delivered.is_some(),
+        "nothing was delivered after the broker came back"
+    );
+    producer.close().await;
+}

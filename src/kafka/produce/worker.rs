@@ -203,7 +203,7 @@ impl PartitionWorker {
                 continue;
             }
             let writer = self.writer_now();
-            let (taken, listen, linger_end) = {
+            let (taken, room, linger_end) = {
                 let mut queue = shared.queue.lock();
                 let room = match writer {
                     Some(writer) => window.room(writer.map(|(_, generation)| generation)),
@@ -228,19 +228,26 @@ impl PartitionWorker {
                 // Records wait for their linger only while a batch could go;
                 // otherwise they gather in the queue and are looked at when a
                 // send comes back, instead of waking this task for each.
-                let listen = taken.len() < room;
                 let linger_end = match queue.batches.front() {
-                    Some(first) if listen => Some(first.created + self.config.linger),
+                    Some(first) if room > 0 => Some(first.created + self.config.linger),
                     _ => None,
                 };
-                (taken, listen, linger_end)
+                (taken, room, linger_end)
             };
-            for batch in taken {
-                if let Some(flight) = self.take_off(&mut window, writer, batch).await {
-                    sending.push(self.send(flight, Duration::ZERO, false));
+            if !taken.is_empty() {
+                for batch in taken {
+                    if let Some(flight) = self.take_off(&mut window, writer, batch).await {
+                        sending.push(self.send(flight, Duration::ZERO, false));
+                    }
+                    self.count_done(&mut window, &shared);
                 }
-                self.count_done(&mut window, &shared);
+                // A batch that found no id was answered instead of sent:
+                // the state is looked at again before waiting on anything.
+                continue;
             }
+            // With no room, something is on its way: an unanswered batch is
+            // sending or parked, and a parked one goes again above once
+            // nothing is sending.
             tokio::select! {
                 biased;
                 Some(sent) = sending.next(), if !sending.is_empty() => {
@@ -248,7 +255,7 @@ impl PartitionWorker {
                     self.count_done(&mut window, &shared);
                 }
                 // A wake sent while not listening is kept for the next wait.
-                () = shared.wake.notified(), if listen => {}
+                () = shared.wake.notified(), if room > 0 => {}
                 () = sleep_until_or_never(linger_end) => {}
             }
         }
