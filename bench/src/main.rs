@@ -165,6 +165,12 @@ async fn produce(o: &HashMap<String, String>) -> Result<Value, Error> {
                         Compression::None
                     },
                     idempotence,
+                    // `in_flight=1` measures what sending several requests
+                    // per partition at once buys.
+                    max_in_flight: o
+                        .get("in_flight")
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(ProducerConfig::default().max_in_flight),
                     ..ProducerConfig::default()
                 },
             );

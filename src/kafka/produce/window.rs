@@ -20,6 +20,11 @@
 //! - New batches take the current id only when every batch still on its way
 //!   carries it too, so a new batch can never be written ahead of an older
 //!   one that is still to be renumbered.
+//! - The first batch of an id at a partition goes alone. A partition with no
+//!   state for a producer id takes its first batch whatever the sequence
+//!   (Kafka allows it for producers whose state retention removed), so a
+//!   later batch that overtook the first one, say on a new connection after
+//!   a lost one, would be written ahead of it.
 //!
 //! This module holds the bookkeeping alone (no I/O, no clock), so a
 //! deterministic simulation against a model of the broker's sequence checks
@@ -41,6 +46,8 @@ pub(super) struct Stamp {
     /// The generation of the id in the producer's [`Identity`](super::producer_id::Identity).
     pub(super) generation: u64,
     pub(super) base: i32,
+    /// The first batch of its generation at this partition.
+    pub(super) opens: bool,
 }
 
 /// What the broker's answer to one send of a batch means.
@@ -146,7 +153,10 @@ impl Window {
         };
         let blocked = self.slots.values().any(|s| match s.state {
             State::Parked { .. } | State::Sending { again: true, .. } => true,
-            State::Sending { again: false, .. } => s.stamp.map(|stamp| stamp.generation) != current,
+            // Without an id (`None`) nothing opens and nothing is stale.
+            State::Sending { again: false, .. } => s.stamp.map_or(current.is_some(), |stamp| {
+                stamp.opens || Some(stamp.generation) != current
+            }),
             State::Answered => false,
         });
         if blocked {
@@ -160,6 +170,7 @@ impl Window {
     /// the sequence goes on from the last batch numbered in that generation,
     /// from 0 in a new one, and wraps past `i32::MAX` to 0 as Kafka's does.
     pub(super) fn stamp(&mut self, id: ProducerIdentity, generation: u64, records: usize) -> Stamp {
+        let opens = self.numbering.0 != generation || self.numbering.1 == 0;
         if self.numbering.0 != generation {
             self.numbering = (generation, 0);
         }
@@ -169,6 +180,7 @@ impl Window {
             id,
             generation,
             base,
+            opens,
         }
     }
 

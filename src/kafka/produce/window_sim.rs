@@ -1,8 +1,9 @@
 //! A deterministic simulation of one partition's idempotent producer with
 //! several batches in flight, against a model of the broker's sequence checks
 //! (Kafka's `ProducerStateManager`: a producer's batches are written only in
-//! sequence order, and a repeat of one of its last five batches is answered
-//! as written without writing it again).
+//! sequence order, a repeat of one of its last five batches is answered as
+//! written without writing it again, and the first batch of a producer id the
+//! partition has no state for is taken whatever its sequence).
 //!
 //! The network loses requests and answers, delivers requests out of order
 //! (as a reconnect and rskafka's own retries can) and answers out of order;
@@ -11,7 +12,8 @@
 //! the partition worker drives them. At the end every batch was answered
 //! once; every batch answered as written is in the log exactly once; no
 //! refused batch is; and the log holds the batches in the order they were
-//! taken. `EDA_SIM_SEEDS` and `EDA_SIM_FIRST_SEED` run more seeds.
+//! taken. `EDA_SIM_SEEDS` and `EDA_SIM_FIRST_SEED` run more seeds;
+//! `EDA_SIM_TRACE=1` prints each send and answer, to follow a failing seed.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -43,7 +45,6 @@ impl Rng {
 }
 
 /// A producer id's state at the broker.
-#[derive(Default)]
 struct ProducerState {
     next_sequence: i32,
     /// `(base, records)` of its last batches written.
@@ -59,7 +60,16 @@ struct Broker {
 
 impl Broker {
     fn append(&mut self, key: u64, stamp: Stamp, records: usize) -> Verdict {
-        let state = self.producers.entry(stamp.id.id).or_default();
+        // A producer id the partition has no state for starts wherever its
+        // first batch says (Kafka accepts any sequence then, for a producer
+        // whose state was removed by retention).
+        let state = self
+            .producers
+            .entry(stamp.id.id)
+            .or_insert_with(|| ProducerState {
+                next_sequence: stamp.base,
+                recent: VecDeque::new(),
+            });
         if state
             .recent
             .iter()
@@ -112,6 +122,7 @@ enum Outcome {
 }
 
 fn run(seed: u64, max_in_flight: usize) -> Result<BTreeMap<&'static str, u64>, String> {
+    let trace = std::env::var_os("EDA_SIM_TRACE").is_some();
     let mut rng = Rng::new(seed);
     let batches = 20 + rng.below(40);
     let records: Vec<usize> = (0..batches).map(|_| 1 + rng.below(4)).collect();
@@ -199,6 +210,9 @@ fn run(seed: u64, max_in_flight: usize) -> Result<BTreeMap<&'static str, u64>, S
                     verdict
                 }
             };
+            if trace {
+                eprintln!("batch {key} sent with {stamp:?}: {verdict:?}");
+            }
             answers.push((key, verdict));
         } else if !answers.is_empty() {
             let i = if rng.chance(reorder) {
@@ -207,6 +221,9 @@ fn run(seed: u64, max_in_flight: usize) -> Result<BTreeMap<&'static str, u64>, S
                 0
             };
             let (key, verdict) = answers.remove(i);
+            if trace {
+                eprintln!("batch {key}: the producer hears {verdict:?}");
+            }
             let (next, retire) = window.settle(key, &verdict);
             if let Some(generation) = retire {
                 ids.retire(generation);
