@@ -10,8 +10,9 @@
 #      order view rebuilt from 100,000 orders;
 #   6. scaling: the pipeline with 1, 2 and 3 inventory instances;
 #   7. delivery guarantees: our producer and librdkafka with idempotence on and
-#      off (ours also with one request in flight per partition instead of five),
-#      and the pipeline under exactly-once and at-least-once processing.
+#      off (ours also with one request in flight per partition instead of five,
+#      on loopback and across a proxy adding 5 ms each way), and the pipeline
+#      under exactly-once and at-least-once processing.
 #
 #   scripts/bench.sh            full size (1,000,000 × 100 B and 200,000 × 1 KiB)
 #   scripts/bench.sh --quick    a tenth of the records, shorter load phases
@@ -118,6 +119,29 @@ for _ in 1 2 3; do
       idempotence="$idempotence" in_flight="$in_flight"
   done
 done
+
+echo "== idempotence across a slower link (5 ms each way)" >&2
+# The broker names the proxy's port in its metadata, so every connection of
+# every client goes through it.
+proxy_port=$(free_port)
+EDA_BROKER_ADVERTISED_PORT=$proxy_port broker memory
+"$bench" delay-proxy listen="$proxy_port" target="$EDA_BROKER_PORT" delay_ms=5 &
+proxy_pid=$!
+pids+=("$proxy_pid")
+slow=127.0.0.1:$proxy_port
+# Ours also with 16 KiB batches (Java's batch.size), where a batch fills
+# before its predecessor's answer is back and requests in flight matter.
+for _ in 1 2 3; do
+  for setting in "ours 5 1048576" "ours 1 1048576" "rdkafka 5 1048576" "ours 5 16384" "ours 1 16384"; do
+    read -r client in_flight batch_bytes <<<"$setting"
+    t=bench-slow-$client-$in_flight-$RANDOM
+    "$bench" create brokers="$slow" topic="$t" partitions=6 >/dev/null
+    record slow_link "{\"delay_ms\":5,\"in_flight\":$in_flight,\"batch_bytes\":$batch_bytes,\"size\":100}" \
+      "$bench" produce client="$client" brokers="$slow" topic="$t" records="$large" size=100 \
+      compression=none idempotence=true in_flight="$in_flight" batch_bytes="$batch_bytes"
+  done
+done
+kill "$proxy_pid" 2>/dev/null || true
 
 # The services, as a user runs them.
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }

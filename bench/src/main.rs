@@ -50,6 +50,7 @@ fn main() {
             "pipeline" => pipeline(&options).await,
             "create" => create(&options).await,
             "seed-orders" => seed_orders(&options).await,
+            "delay-proxy" => delay_proxy(&options).await,
             other => Err(format!("unknown command {other}").into()),
         }
     });
@@ -129,6 +130,51 @@ fn report(client: &str, records: u64, bytes: u64, started: Instant, cpu_start: f
         "mb_per_s": bytes as f64 / seconds / 1e6,
         "cpu_s_per_million": cpu / records as f64 * 1e6,
     })
+}
+
+/// A TCP proxy that holds every chunk of bytes `delay_ms` in each direction
+/// before passing it on, so the broker behind it answers a round trip later,
+/// as across a data centre or to a managed cluster; chunks still stream
+/// back to back, so throughput is not capped. Runs until killed.
+async fn delay_proxy(o: &HashMap<String, String>) -> Result<Value, Error> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listen: u16 = num(o, "listen")?.try_into()?;
+    let target: u16 = num(o, "target")?.try_into()?;
+    let delay = Duration::from_millis(num(o, "delay_ms")?);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", listen)).await?;
+    async fn pipe(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        delay: Duration,
+    ) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+        let writer = tokio::spawn(async move {
+            while let Some((at, chunk)) = rx.recv().await {
+                tokio::time::sleep_until((at + delay).into()).await;
+                if to.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut buf = vec![0; 256 * 1024];
+        while let Ok(n) = from.read(&mut buf).await {
+            if n == 0 || tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
+                break;
+            }
+        }
+        drop(tx);
+        let _ = writer.await;
+    }
+    loop {
+        let (client, _) = listener.accept().await?;
+        let broker = tokio::net::TcpStream::connect(("127.0.0.1", target)).await?;
+        client.set_nodelay(true)?;
+        broker.set_nodelay(true)?;
+        let (client_read, client_write) = client.into_split();
+        let (broker_read, broker_write) = broker.into_split();
+        tokio::spawn(pipe(client_read, broker_write, delay));
+        tokio::spawn(pipe(broker_read, client_write, delay));
+    }
 }
 
 async fn produce(o: &HashMap<String, String>) -> Result<Value, Error> {

@@ -159,6 +159,13 @@ impl Window {
             }),
             State::Answered => false,
         });
+        // The batch that opens a generation here goes alone, also when several
+        // are taken at once.
+        let limit = if current.is_some_and(|generation| self.opens(generation)) {
+            1
+        } else {
+            limit
+        };
         if blocked {
             0
         } else {
@@ -166,11 +173,16 @@ impl Window {
         }
     }
 
+    /// Whether the next batch stamped under `generation` is its first here.
+    fn opens(&self, generation: u64) -> bool {
+        self.numbering.0 != generation || self.numbering.1 == 0
+    }
+
     /// The producer fields for `records` records under `id` of `generation`:
     /// the sequence goes on from the last batch numbered in that generation,
     /// from 0 in a new one, and wraps past `i32::MAX` to 0 as Kafka's does.
     pub(super) fn stamp(&mut self, id: ProducerIdentity, generation: u64, records: usize) -> Stamp {
-        let opens = self.numbering.0 != generation || self.numbering.1 == 0;
+        let opens = self.opens(generation);
         if self.numbering.0 != generation {
             self.numbering = (generation, 0);
         }

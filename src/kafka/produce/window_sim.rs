@@ -140,6 +140,12 @@ fn run(seed: u64, max_in_flight: usize) -> Result<BTreeMap<&'static str, u64>, S
         current: None,
         next: 0,
     };
+    // The producer asks for its id as it starts, and other partitions' workers
+    // take a new one after a retirement: this partition may find an id ready.
+    let id_ready = rng.chance(50);
+    if id_ready {
+        ids.get();
+    }
     let mut broker = Broker::default();
     let mut taken = 0;
     let mut requests: Vec<(u64, Stamp)> = Vec::new();
@@ -166,10 +172,14 @@ fn run(seed: u64, max_in_flight: usize) -> Result<BTreeMap<&'static str, u64>, S
             *faults.entry("retries").or_default() += 1;
             continue;
         }
-        if taken < batches && window.room(ids.current) > 0 {
-            // A worker with nothing on its way waits for an id; with batches
-            // on their way it first lets them finish.
-            if ids.current.is_some() || window.is_empty() {
+        // As many as there is room for, taken at once as the worker takes
+        // them; a worker with no id asks for one with nothing on its way.
+        let room = match ids.current {
+            Some(_) => window.room(ids.current),
+            None => usize::from(window.is_empty()),
+        };
+        if taken < batches && room > 0 {
+            for _ in 0..room.min(batches - taken) {
                 let (id, generation) = ids.get();
                 let stamp = window.stamp(id, generation, records[taken]);
                 let key = window.admit(records[taken], Some(stamp));
@@ -178,8 +188,8 @@ fn run(seed: u64, max_in_flight: usize) -> Result<BTreeMap<&'static str, u64>, S
                 }
                 requests.push((key, stamp));
                 taken += 1;
-                continue;
             }
+            continue;
         }
         // The network.
         let deliver_request = !requests.is_empty() && (answers.is_empty() || rng.chance(50));
@@ -227,6 +237,9 @@ fn run(seed: u64, max_in_flight: usize) -> Result<BTreeMap<&'static str, u64>, S
             let (next, retire) = window.settle(key, &verdict);
             if let Some(generation) = retire {
                 ids.retire(generation);
+                if id_ready {
+                    ids.get();
+                }
             }
             if next == Next::Answer {
                 let outcome = if verdict == Verdict::Written {
