@@ -23,6 +23,7 @@ const LAYERS: &[(&str, Exact)] = &[
     ("kafka::topic", Exact::No),
     ("kafka::backoff", Exact::No),
     ("kafka::task", Exact::No),
+    ("kafka::seeds", Exact::No),
     ("kafka::codec", Exact::No),
     ("kafka::conn", Exact::No),
     ("kafka::admin", Exact::No),

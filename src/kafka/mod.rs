@@ -45,6 +45,8 @@ pub mod fix;
 pub mod group;
 pub mod middleware;
 pub mod produce;
+#[cfg(test)]
+mod seeds;
 mod task;
 pub mod topic;
 

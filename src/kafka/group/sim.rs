@@ -894,43 +894,13 @@ fn run(seed: u64, compaction: bool) -> Result<BTreeMap<&'static str, u64>, Strin
     Ok(world.faults)
 }
 
-pub(super) fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// Runs the seeds `EDA_SIM_FIRST_SEED` (1) onwards, `EDA_SIM_SEEDS` of them
 /// ([`CI_SEEDS`]), and fails with every failing seed.
 fn run_seeds(compaction: bool) {
-    let first = env_u64("EDA_SIM_FIRST_SEED", 1);
-    let seeds = env_u64("EDA_SIM_SEEDS", CI_SEEDS);
-    let mut totals: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let mut failures = Vec::new();
-    for seed in first..first + seeds {
-        match run(seed, compaction) {
-            Ok(faults) => {
-                for (k, v) in faults {
-                    *totals.entry(k).or_default() += v;
-                }
-            }
-            Err(e) => failures.push(e),
-        }
-    }
-    for f in &failures {
-        eprintln!("{f}");
-    }
-    eprintln!(
-        "group simulation (compaction: {compaction}): seeds {first}..{}, {} failed; faults injected: {totals:?}",
-        first + seeds - 1,
-        failures.len()
-    );
-    assert!(
-        failures.is_empty(),
-        "{} of {seeds} seeds failed, first: {}",
-        failures.len(),
-        failures[0]
+    crate::kafka::seeds::run_seeds(
+        &format!("group simulation (compaction: {compaction})"),
+        CI_SEEDS,
+        |seed| run(seed, compaction),
     );
 }
 

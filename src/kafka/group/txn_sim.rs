@@ -19,9 +19,10 @@ use std::collections::BTreeMap;
 use rskafka::chrono::DateTime;
 
 use super::protocol::{Key, OffsetValue, encode};
-use super::sim::{CI_SEEDS, Rng, env_u64};
+use super::sim::{CI_SEEDS, Rng};
 use super::state::GroupState;
 use crate::kafka::codec::{FetchedRecord, InTransaction};
+use crate::kafka::seeds::{Faults, run_seeds};
 use crate::kafka::topic::TopicPartition;
 
 /// The producer id of the partition's transactional id: the same for every
@@ -326,17 +327,9 @@ fn run(seed: u64, broken: bool) -> Result<(), String> {
 
 #[test]
 fn exactly_once_holds_through_crashes_pauses_handoffs_and_aborts_over_many_seeds() {
-    let first = env_u64("EDA_SIM_FIRST_SEED", 1);
-    let seeds = env_u64("EDA_SIM_SEEDS", CI_SEEDS * 5);
-    let failures: Vec<String> = (first..first + seeds)
-        .filter_map(|seed| run(seed, false).err().map(|e| format!("seed {seed}: {e}")))
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "{} of {seeds} seeds failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    run_seeds("exactly-once simulation", CI_SEEDS * 5, |seed| {
+        run(seed, false).map(|()| Faults::new())
+    });
 }
 
 #[test]

@@ -17,6 +17,8 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use crate::kafka::seeds::{Faults, run_seeds};
+
 use super::producer_id::ProducerIdentity;
 use super::window::{MAX_IN_FLIGHT, Next, Stamp, Verdict, Window};
 
@@ -121,7 +123,7 @@ enum Outcome {
     Failed,
 }
 
-fn run(seed: u64, max_in_flight: usize) -> Result<BTreeMap<&'static str, u64>, String> {
+fn run(seed: u64, max_in_flight: usize) -> Result<Faults, String> {
     let trace = std::env::var_os("EDA_SIM_TRACE").is_some();
     let mut rng = Rng::new(seed);
     let batches = 20 + rng.below(40);
@@ -151,7 +153,7 @@ fn run(seed: u64, max_in_flight: usize) -> Result<BTreeMap<&'static str, u64>, S
     let mut requests: Vec<(u64, Stamp)> = Vec::new();
     let mut answers: Vec<(u64, Verdict)> = Vec::new();
     let mut outcomes: BTreeMap<u64, Outcome> = BTreeMap::new();
-    let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut faults = Faults::new();
 
     for _step in 0..200_000 {
         if outcomes.len() == batches && window.is_empty() {
@@ -298,40 +300,11 @@ fn check(broker: &Broker, outcomes: &BTreeMap<u64, Outcome>, batches: usize) -> 
     Ok(())
 }
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[test]
 fn batches_in_flight_are_written_once_and_in_order_over_many_seeds() {
-    let first = env_u64("EDA_SIM_FIRST_SEED", 1);
-    let seeds = env_u64("EDA_SIM_SEEDS", 20_000);
-    let mut totals: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let mut failures = Vec::new();
-    for seed in first..first + seeds {
-        match run(seed, MAX_IN_FLIGHT) {
-            Ok(faults) => {
-                for (k, v) in faults {
-                    *totals.entry(k).or_default() += v;
-                }
-            }
-            Err(e) => failures.push(format!("seed {seed}: {e}")),
-        }
-    }
-    eprintln!(
-        "produce window simulation: seeds {first}..{}, {} failed; faults: {totals:?}",
-        first + seeds - 1,
-        failures.len()
-    );
-    assert!(
-        failures.is_empty(),
-        "{} of {seeds} seeds failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    run_seeds("produce window simulation", 20_000, |seed| {
+        run(seed, MAX_IN_FLIGHT)
+    });
 }
 
 #[test]
