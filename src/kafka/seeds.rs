@@ -9,6 +9,29 @@ use std::collections::BTreeMap;
 /// Faults a seed injected, by kind.
 pub(crate) type Faults = BTreeMap<&'static str, u64>;
 
+/// splitmix64: small, fast, and the same sequence everywhere.
+pub(crate) struct Rng(pub(crate) u64);
+
+impl Rng {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (0 for `n` = 0).
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    /// True `per_million` times in a million.
+    pub(crate) fn chance(&mut self, per_million: u64) -> bool {
+        self.below(1_000_000) < per_million
+    }
+}
+
 /// A number from the environment, or `default` when unset or not a number.
 pub(crate) fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)

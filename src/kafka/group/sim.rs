@@ -26,6 +26,8 @@
 //! `EDA_SIM_TRACE=1` prints what happens in a seed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::kafka::seeds::Rng;
 use std::time::Duration;
 
 use super::planner::{Handoff, PassOn, Plan, Planner, Start};
@@ -54,27 +56,6 @@ const RECORDS: i64 = 600;
 /// Records younger than this are never compacted away: the coordination topic's
 /// `min.compaction.lag.ms` (5 minutes) over the default session timeout (10 s).
 const COMPACTION_LAG: u64 = 30 * SESSION;
-
-/// splitmix64: small, fast, and the same sequence everywhere.
-pub(super) struct Rng(pub(super) u64);
-
-impl Rng {
-    pub(super) fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    pub(super) fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    pub(super) fn chance(&mut self, per_million: u64) -> bool {
-        self.below(1_000_000) < per_million
-    }
-}
 
 fn ms(t: u64) -> Duration {
     Duration::from_millis(t)

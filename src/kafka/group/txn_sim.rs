@@ -19,10 +19,10 @@ use std::collections::BTreeMap;
 use rskafka::chrono::DateTime;
 
 use super::protocol::{Key, OffsetValue, encode};
-use super::sim::{CI_SEEDS, Rng};
+use super::sim::CI_SEEDS;
 use super::state::GroupState;
 use crate::kafka::codec::{FetchedRecord, InTransaction};
-use crate::kafka::seeds::{Faults, run_seeds};
+use crate::kafka::seeds::{Faults, Rng, run_seeds};
 use crate::kafka::topic::TopicPartition;
 
 /// The producer id of the partition's transactional id: the same for every

@@ -17,34 +17,16 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use crate::kafka::seeds::{Faults, run_seeds};
+use crate::kafka::seeds::{Faults, Rng, run_seeds};
 
 use super::producer_id::ProducerIdentity;
 use super::window::{MAX_IN_FLIGHT, Next, Stamp, Verdict, Window};
 
+/// One percent, in the chances `Rng::chance` takes (per million).
+const PERCENT: u64 = 10_000;
+
 /// Batches the broker remembers per producer id to recognise a repeat.
 const BROKER_REMEMBERS: usize = 5;
-
-/// xorshift64*: deterministic per seed.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-}
 
 /// A producer id's state at the broker.
 struct ProducerState {
@@ -125,17 +107,17 @@ enum Outcome {
 
 fn run(seed: u64, max_in_flight: usize) -> Result<Faults, String> {
     let trace = std::env::var_os("EDA_SIM_TRACE").is_some();
-    let mut rng = Rng::new(seed);
-    let batches = 20 + rng.below(40);
-    let records: Vec<usize> = (0..batches).map(|_| 1 + rng.below(4)).collect();
+    let mut rng = Rng(seed);
+    let batches = 20 + rng.below(40) as usize;
+    let records: Vec<usize> = (0..batches).map(|_| 1 + rng.below(4) as usize).collect();
     // Some seeds are calm, some stormy.
-    let loss = rng.below(25) as u64;
-    let reorder = rng.below(40) as u64;
-    let not_leader = rng.below(15) as u64;
+    let loss = rng.below(25);
+    let reorder = rng.below(40);
+    let not_leader = rng.below(15);
     // A batch the broker refuses for good (too large, corrupt) is refused on
     // every attempt.
-    let reject = if rng.chance(30) { 5 } else { 0 };
-    let refused: Vec<bool> = (0..batches).map(|_| rng.chance(reject)).collect();
+    let reject = if rng.chance(30 * PERCENT) { 5 } else { 0 };
+    let refused: Vec<bool> = (0..batches).map(|_| rng.chance(reject * PERCENT)).collect();
 
     let mut window = Window::new(max_in_flight);
     let mut ids = Ids {
@@ -144,7 +126,7 @@ fn run(seed: u64, max_in_flight: usize) -> Result<Faults, String> {
     };
     // The producer asks for its id as it starts, and other partitions' workers
     // take a new one after a retirement: this partition may find an id ready.
-    let id_ready = rng.chance(50);
+    let id_ready = rng.chance(50 * PERCENT);
     if id_ready {
         ids.get();
     }
@@ -194,20 +176,21 @@ fn run(seed: u64, max_in_flight: usize) -> Result<Faults, String> {
             continue;
         }
         // The network.
-        let deliver_request = !requests.is_empty() && (answers.is_empty() || rng.chance(50));
+        let deliver_request =
+            !requests.is_empty() && (answers.is_empty() || rng.chance(50 * PERCENT));
         if deliver_request {
-            let i = if rng.chance(reorder) {
+            let i = if rng.chance(reorder * PERCENT) {
                 *faults.entry("reordered").or_default() += 1;
-                rng.below(requests.len())
+                rng.below(requests.len() as u64) as usize
             } else {
                 0
             };
             let (key, stamp) = requests.remove(i);
             let n = records[usize::try_from(key).unwrap_or(0)];
-            let verdict = if rng.chance(loss) {
+            let verdict = if rng.chance(loss * PERCENT) {
                 *faults.entry("request lost").or_default() += 1;
                 Verdict::Retriable
-            } else if rng.chance(not_leader) {
+            } else if rng.chance(not_leader * PERCENT) {
                 *faults.entry("not leader").or_default() += 1;
                 Verdict::Retriable
             } else if refused[usize::try_from(key).unwrap_or(0)] {
@@ -215,7 +198,7 @@ fn run(seed: u64, max_in_flight: usize) -> Result<Faults, String> {
                 Verdict::Failed
             } else {
                 let verdict = broker.append(key, stamp, n);
-                if rng.chance(loss) {
+                if rng.chance(loss * PERCENT) {
                     *faults.entry("answer lost").or_default() += 1;
                     Verdict::Retriable
                 } else {
@@ -227,8 +210,8 @@ fn run(seed: u64, max_in_flight: usize) -> Result<Faults, String> {
             }
             answers.push((key, verdict));
         } else if !answers.is_empty() {
-            let i = if rng.chance(reorder) {
-                rng.below(answers.len())
+            let i = if rng.chance(reorder * PERCENT) {
+                rng.below(answers.len() as u64) as usize
             } else {
                 0
             };
