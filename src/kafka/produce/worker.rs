@@ -287,9 +287,7 @@ impl PartitionWorker {
                     // Nothing else is in the window, so this is its turn.
                     let key = window.admit(records, None);
                     window.settle(key, &Verdict::Failed);
-                    self.metrics.errors.add(records as u64);
-                    log::error!("{error}");
-                    batch.answer.send(Err(error));
+                    self.answer_failed(batch.answer, records, error);
                     return None;
                 }
             },
@@ -383,16 +381,11 @@ impl PartitionWorker {
                 } else {
                     Verdict::Failed
                 };
-                let outcome = Err(self.rejected(e.to_string()));
                 flight.last_error = e.to_string();
-                (verdict, outcome)
+                (verdict, Err(self.rejected(flight.last_error.clone())))
             }
         };
-        let (next, retire) = window.settle(flight.key, &verdict);
-        if let (Some(identity), Some(generation)) = (&self.identity, retire) {
-            identity.retire(generation);
-        }
-        match next {
+        match self.record(window, flight.key, &verdict) {
             Next::Answer => self.answer(flight, outcome),
             Next::Park => {
                 parked.insert(flight.key, flight);
@@ -467,27 +460,38 @@ impl PartitionWorker {
 
     /// Answers a batch in the window with an error, for good.
     fn fail(&self, window: &mut Window, flight: Flight, error: ProduceError) {
-        let (_, retire) = window.settle(flight.key, &Verdict::Failed);
+        self.record(window, flight.key, &Verdict::Failed);
+        self.answer(flight, Err(error));
+    }
+
+    /// Tells the window what became of batch `key`, and retires the id when
+    /// its sequence cannot go on; says whether to answer or park the batch.
+    fn record(&self, window: &mut Window, key: u64, verdict: &Verdict) -> Next {
+        let (next, retire) = window.settle(key, verdict);
         if let (Some(identity), Some(generation)) = (&self.identity, retire) {
             identity.retire(generation);
         }
-        self.answer(flight, Err(error));
+        next
     }
 
     /// Answers every record of a batch, and gives back their room.
     fn answer(&self, flight: Flight, outcome: Result<Vec<i64>, ProduceError>) {
-        match &outcome {
-            Ok(_) => {
+        match outcome {
+            Ok(offsets) => {
                 self.metrics.latency.observe(flight.started.elapsed());
                 self.metrics.records.add(flight.records as u64);
                 self.metrics.bytes.add(flight.size);
+                flight.answer.send(Ok(offsets));
             }
-            Err(error) => {
-                self.metrics.errors.add(flight.records as u64);
-                log::error!("{error}");
-            }
+            Err(error) => self.answer_failed(flight.answer, flight.records, error),
         }
-        flight.answer.send(outcome);
+    }
+
+    /// Answers every record of a batch that failed for good.
+    fn answer_failed(&self, answer: Answer, records: usize, error: ProduceError) {
+        self.metrics.errors.add(records as u64);
+        log::error!("{error}");
+        answer.send(Err(error));
     }
 }
 
