@@ -58,7 +58,7 @@ pub use consume::{
     handler_fn,
 };
 pub use fetch::{
-    FetchConfig, Follower, LogCursor, Message, OffsetReset, Read, ReadError, read_topic,
+    FetchConfig, Follower, LogCursor, Message, OffsetReset, Read, ReadError, read_topic, settled,
 };
 pub use fix::Fix;
 pub use group::offsets::{DEFAULT_OFFSETS_TOPIC, OffsetError, OffsetStore};

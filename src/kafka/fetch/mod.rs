@@ -16,5 +16,5 @@ pub(crate) use self::fetcher::{Fetcher, Progress, Stalls, reset_offset};
 pub use self::follower::Follower;
 pub use self::log_cursor::{LogCursor, Read};
 pub use self::message::Message;
-pub use self::read::{ReadError, read_partition, read_topic};
+pub use self::read::{ReadError, read_partition, read_topic, settled};
 pub(crate) use self::read::{high_watermark, read_partition_with};

@@ -160,6 +160,32 @@ pub(crate) async fn read_partition_with(
     Ok((records, end.unwrap_or(offset)))
 }
 
+/// Waits until every transaction that was open in `topic` when called is
+/// decided: each partition's last stable offset reaches the high watermark it
+/// had then. A committed transaction's records are not yet visible to
+/// `read_committed` readers when its commit returns, because the coordinator
+/// answers `EndTxn` once the commit is decided and writes the markers to the
+/// partitions after that; so a reader that must see a commit it just made
+/// (a check, a replay) waits here first. A transaction whose producer died
+/// stays open until its coordinator aborts it (after its timeout, or when
+/// the next producer of its transactional id starts): wrap this in a timeout.
+pub async fn settled(cluster: &Cluster, topic: &str) -> Result<(), ReadError> {
+    let partitions = cluster
+        .partition_count(topic)
+        .await
+        .map_err(|source| ReadError::Cluster {
+            topic: topic.to_owned(),
+            source,
+        })?;
+    for partition in 0..partitions {
+        let end = high_watermark(cluster, topic, partition).await?;
+        while list_offset(cluster, topic, partition, OffsetAt::Latest).await? < end {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    Ok(())
+}
+
 /// Where `partition`'s log ends now, open transactions included: its high
 /// watermark, which a `read_uncommitted` fetch reports (`ListOffsets` answers
 /// the last stable offset, before the first open transaction).
