@@ -316,18 +316,25 @@ impl Drop for PrivateBroker {
 }
 
 /// A port for a broker whose next ones are free too (each node's controller and
-/// internal listeners, three ports a node, `EDA_BROKER_NODES` nodes), below
-/// Linux's ephemeral range (32768 and up), where the local ends of outgoing
-/// connections would otherwise take them at random.
+/// internal listeners, three ports a node, `EDA_BROKER_NODES` nodes).
 fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    // Apart for each broker of this process; where they start differs by process.
-    static NEXT: AtomicU16 = AtomicU16::new(0);
     let nodes: u16 = std::env::var("EDA_BROKER_NODES")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(1);
-    let span = 3 * nodes;
+    free_ports(3 * nodes)
+}
+
+/// The first of `span` free ports in a row, for a broker or a service. They lie
+/// below Linux's ephemeral range (32768 and up), where the local ends of
+/// outgoing connections, and the ports the kernel hands out for port 0, would
+/// otherwise take them at random; and no two calls in this process hand out
+/// the same port, so a service that is being restarted keeps its port from the
+/// other tests running at the same time.
+pub fn free_ports(span: u16) -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Apart for each call of this process; where they start differs by process.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
     let base = (std::process::id() % 400) as u16 * 30;
     for _ in 0..1_000 {
         let step = NEXT.fetch_add(span, Ordering::Relaxed);
@@ -338,7 +345,7 @@ fn free_port() -> u16 {
             return port;
         }
     }
-    panic!("no three free ports in a row between 20000 and 32000 for a test broker");
+    panic!("no {span} free ports in a row between 20000 and 32000 for the test");
 }
 
 /// The command that runs `service`: the binaries cargo built for this test, or

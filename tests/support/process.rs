@@ -20,12 +20,10 @@ use super::within;
 /// The three services.
 pub const SERVICES: [&str; 3] = ["order-service", "inventory-service", "notification-service"];
 
-/// A free port on 127.0.0.1 for a service to listen on.
+/// A free port on 127.0.0.1 for a service to listen on, its own for the whole
+/// test: a port 0 listener would move when the service restarts.
 pub fn local_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free local port")
+    super::free_ports(1)
 }
 
 /// The settings every test gives a service besides its own: the broker, the
