@@ -29,7 +29,7 @@ use std::{
     sync::Arc,
 };
 use tokio::sync::Mutex;
-use tracing::{debug, error, info};
+use tracing::{debug, info};
 
 use super::{error::ServerErrorResponse, metadata_cache::MetadataCacheGeneration};
 
@@ -703,10 +703,13 @@ where
             if retry {
                 ControlFlow::Continue(ErrorOrThrottle::Error(error))
             } else {
-                error!(
+                // Changed for rust-eda (not in rskafka 0.6.0): the caller decides what
+                // an error it gets back means (a produce answered `NOT_ENOUGH_REPLICAS`
+                // goes again), and logs it at that level; "fatal" here was not true.
+                debug!(
                     e=%error,
                     request_name,
-                    "request encountered fatal error",
+                    "request error returned to the caller",
                 );
                 ControlFlow::Break(Err(error))
             }
