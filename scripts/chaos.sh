@@ -9,12 +9,22 @@
 #   scripts/chaos.sh --seeds 5 1000    five runs in a row, seeds 1 to 5 (or from
 #                                      EDA_CHAOS_SEED), stopping at the first failure
 #   EDA_CHAOS_SEED=42 scripts/chaos.sh
+#   scripts/chaos.sh --cluster         the broker faults instead (tests/cluster_chaos.rs):
+#                                      a three-node Apache Kafka cluster, ten rounds of
+#                                      leader kills, pauses, a rolling restart and two
+#                                      nodes down, at 4 orders/s (about 25 minutes)
+#   scripts/chaos.sh --cluster 3 2     rounds, orders per second
 #
 # scripts/test.sh runs the same test with 1,000 orders; a plain `cargo test`
 # leaves it out (it is #[ignore]d for its length).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
+if [[ ${1:-} == --cluster ]]; then
+  export EDA_CHAOS_ROUNDS=${2:-10}
+  export EDA_CHAOS_RATE=${3:-4}
+  exec cargo test --release --test cluster_chaos -- --ignored --nocapture
+fi
 seeds=0
 if [[ ${1:-} == --seeds ]]; then
   seeds=${2:?--seeds takes a count}

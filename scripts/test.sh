@@ -34,10 +34,11 @@ scripts/interop-tools.sh >/dev/null
 cargo test "$@"
 
 # The long runs, ignored by a plain `cargo test`: the chaos run (1,000 orders
-# while processes are killed) and the API fuzzing.
+# while processes are killed), one round of broker faults on a three-node
+# cluster (tests/cluster_chaos.rs) and the API fuzzing.
 if [[ $# -eq 0 ]]; then
-  echo "== the long runs: chaos and fuzzing" >&2
-  cargo test --test chaos --test fuzz -- --ignored
+  echo "== the long runs: chaos, broker faults and fuzzing" >&2
+  cargo test --test chaos --test cluster_chaos --test fuzz -- --ignored
 fi
 
 # The vendored rskafka carries changes to its decoder (vendor/README.md): its own

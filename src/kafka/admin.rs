@@ -134,6 +134,24 @@ pub struct Admin {
     config: ClusterConfig,
 }
 
+/// One partition as the cluster's metadata describes it ([`Admin::partitions`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartitionState {
+    /// The node that leads it, if one does.
+    pub leader: Option<i32>,
+    /// The nodes that hold a replica.
+    pub replicas: Vec<i32>,
+    /// The replicas in sync with the leader (the ISR).
+    pub in_sync: Vec<i32>,
+}
+
+impl PartitionState {
+    /// Whether every replica is in sync.
+    pub fn fully_replicated(&self) -> bool {
+        self.leader.is_some() && self.in_sync.len() == self.replicas.len()
+    }
+}
+
 impl Admin {
     /// Administration of the cluster `config` describes.
     pub fn new(config: ClusterConfig) -> Self {
@@ -217,6 +235,35 @@ impl Admin {
             .iter()
             .map(|t| partition_count(&metadata, t))
             .collect())
+    }
+
+    /// Each partition of `topic` as the cluster's metadata describes it now, by
+    /// partition: its leader, its replicas and those in sync. Empty when the
+    /// topic does not exist.
+    pub async fn partitions(&self, topic: &str) -> Result<Vec<PartitionState>, AdminError> {
+        let mut conn = self.bootstrap().await?;
+        let metadata = metadata(&mut conn, Some(&[topic])).await?;
+        let mut states = Vec::new();
+        if let Some(t) = metadata
+            .topics
+            .iter()
+            .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == topic))
+        {
+            states = vec![PartitionState::default(); t.partitions.len()];
+            for p in &t.partitions {
+                if let Some(state) = usize::try_from(p.partition_index)
+                    .ok()
+                    .and_then(|i| states.get_mut(i))
+                {
+                    *state = PartitionState {
+                        leader: (p.error_code == 0 && p.leader_id.0 >= 0).then_some(p.leader_id.0),
+                        replicas: p.replica_nodes.iter().map(|n| n.0).collect(),
+                        in_sync: p.isr_nodes.iter().map(|n| n.0).collect(),
+                    };
+                }
+            }
+        }
+        Ok(states)
     }
 
     /// The configs the broker reports for `topic` (`DescribeConfigs`).

@@ -50,7 +50,7 @@ mod seeds;
 mod task;
 pub mod topic;
 
-pub use admin::{Admin, AdminError, TopicOutcome, TopicSpec};
+pub use admin::{Admin, AdminError, PartitionState, TopicOutcome, TopicSpec};
 pub use conn::security::{Sasl, SaslMechanism, Security, SecurityError, Tls};
 pub use conn::{Cluster, ClusterConfig, ClusterError, Lane};
 pub use consume::{

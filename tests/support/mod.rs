@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod chaos;
 pub mod process;
 
 use std::path::{Path, PathBuf};
@@ -194,7 +195,8 @@ impl RunningConsumer {
 pub struct PrivateBroker {
     pub port: u16,
     pub data: PathBuf,
-    /// `EDA_BROKER_TLS` and `EDA_BROKER_AUTH` for every start.
+    /// `EDA_BROKER_TLS`, `EDA_BROKER_AUTH` and `EDA_BROKER_NODES` for every
+    /// command.
     secured: Vec<(&'static str, String)>,
 }
 
@@ -244,13 +246,43 @@ impl PrivateBroker {
         broker
     }
 
+    /// A cluster of three nodes (`EDA_BROKER_NODES=3`: topics at replication
+    /// factor 3 and `min.insync.replicas=2`), node N answering clients on
+    /// `port + 3(N-1)`.
+    pub fn start_cluster() -> Self {
+        let broker = Self {
+            port: free_ports(3 * 3),
+            data: std::env::temp_dir().join(unique("eda-cluster")),
+            secured: vec![("EDA_BROKER_NODES", "3".to_owned())],
+        };
+        broker.script("start");
+        broker
+    }
+
+    /// How many nodes it has.
+    pub fn nodes(&self) -> u16 {
+        self.secured
+            .iter()
+            .find(|(k, _)| *k == "EDA_BROKER_NODES")
+            .map_or(1, |(_, v)| v.parse().expect("a node count"))
+    }
+
+    /// One node of a cluster: `verb` is `kill-node`, `stop-node`, `start-node`,
+    /// `restart-node`, `pause-node` or `resume-node` (`scripts/broker.sh`).
+    pub fn node(&self, verb: &str, n: u16) {
+        self.run(&[verb, &n.to_string()]);
+    }
+
     /// The CA that signed a TLS broker's certificate.
     pub fn ca(&self) -> PathBuf {
         self.data.join("tls/ca.pem")
     }
 
     pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        (0..self.nodes())
+            .map(|i| format!("127.0.0.1:{}", self.port + 3 * i))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     pub fn stop(&self) {
@@ -310,6 +342,7 @@ impl Drop for PrivateBroker {
             .arg("stop")
             .env("EDA_BROKER_PORT", self.port.to_string())
             .env("EDA_BROKER_DATA", &self.data)
+            .envs(self.secured.iter().map(|(k, v)| (*k, v.as_str())))
             .output();
         let _ = std::fs::remove_dir_all(&self.data);
     }

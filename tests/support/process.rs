@@ -180,19 +180,26 @@ pub async fn wait_ready(port: u16, what: &str, secs: u64) -> Duration {
 pub struct Webhook {
     pub addr: SocketAddr,
     calls: Arc<Mutex<HashMap<String, (String, usize)>>>,
+    /// When each order was first notified.
+    first: Arc<Mutex<HashMap<String, Instant>>>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Webhook {
     pub async fn start() -> Self {
         let calls: Arc<Mutex<HashMap<String, (String, usize)>>> = Arc::default();
+        let first: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
         let route = {
-            let calls = Arc::clone(&calls);
+            let (calls, first) = (Arc::clone(&calls), Arc::clone(&first));
             warp::post()
                 .and(warp::header::<String>("idempotency-key"))
                 .and(warp::body::json::<Value>())
                 .map(move |key: String, body: Value| {
                     let order = body["order_id"].as_str().unwrap_or_default().to_owned();
+                    first
+                        .lock()
+                        .entry(order.clone())
+                        .or_insert_with(Instant::now);
                     calls.lock().entry(key).or_insert((order, 0)).1 += 1;
                     warp::reply()
                 })
@@ -213,6 +220,7 @@ impl Webhook {
         Self {
             addr,
             calls,
+            first,
             _stop: stop,
         }
     }
@@ -224,6 +232,11 @@ impl Webhook {
             .iter()
             .map(|(key, (_, n))| (key.clone(), *n))
             .collect()
+    }
+
+    /// When each order was first notified, by order id.
+    pub fn notified_at(&self) -> HashMap<String, Instant> {
+        self.first.lock().clone()
     }
 
     /// Per `Idempotency-Key`: the order it named, and how many calls came.
