@@ -16,7 +16,9 @@
 #                               SCRAM only, with the broker running without
 #                               EDA_BROKER_AUTH, restarted with it after)
 # Apache Kafka only: brokers, and stop-node, kill-node, pause-node, resume-node,
-# start-node, restart-node N for one node of a cluster (EDA_BROKER_NODES=3).
+# start-node, restart-node N for one node of a cluster (EDA_BROKER_NODES=3);
+# partition-node, heal-node N when its nodes run in network namespaces
+# (EDA_BROKER_NETNS=1).
 #
 # Settings (environment):
 #   EDA_BROKER_KIND     kafka | nisshi                     (default kafka)

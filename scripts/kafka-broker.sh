@@ -18,6 +18,10 @@
 #   stop-node N | kill-node N | pause-node N | resume-node N | start-node N | restart-node N
 #                      one node of the cluster, by number (1 to EDA_BROKER_NODES):
 #                      SIGTERM, SIGKILL, SIGSTOP, SIGCONT, start, stop and start
+#   partition-node N | heal-node N
+#                      with EDA_BROKER_NETNS=1: cut node N off from the other nodes
+#                      and from every client (its link to the bridge goes down), or
+#                      join it again
 #
 # Settings (environment):
 #   EDA_BROKER_PORT   client port of node 1 (default 9092). Node N uses
@@ -25,6 +29,12 @@
 #                     and the one after for the other nodes and admin commands
 #   EDA_BROKER_NODES  1, or 3: a cluster with default.replication.factor=3 and
 #                     min.insync.replicas=2                              (default 1)
+#   EDA_BROKER_NETNS  1 (a cluster, as root, with iproute2): each node runs in a
+#                     network namespace of its own, on an address of its own
+#                     (10.249.X.2-4), joined to the others and to this host by a
+#                     bridge (10.249.X.1), so that one node can be cut off from
+#                     everything (partition-node); `brokers` prints the addresses.
+#                     The namespaces and the bridge go with `stop`   (default 0)
 #   EDA_BROKER_DATA   data folder: logs, config, pid, output (node-N/ in a cluster)
 #                                                                (default .eda/broker)
 #   EDA_BROKER_TLS    1: clients connect with TLS, with a CA and certificate made
@@ -56,11 +66,25 @@ say() { printf 'kafka: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
 
 [[ $nodes == 1 || $nodes == 3 ]] || die "EDA_BROKER_NODES=$nodes: expected 1 or 3"
+netns=${EDA_BROKER_NETNS:-0}
+[[ $netns == 0 || $nodes == 3 ]] || die "EDA_BROKER_NETNS=1 needs a cluster (EDA_BROKER_NODES=3)"
+# The network's names, from the data folder: one cluster's never meet another's.
+net_id=$(printf '%s' "$data" | sha256sum | cut -c1-6)
+subnet=10.249.$((16#${net_id:0:2}))
+bridge=ebr$net_id
+
+# The address node $1 listens on.
+host_of() {
+  if [[ $netns == 1 ]]; then echo "$subnet.$(($1 + 1))"; else echo 127.0.0.1; fi
+}
 
 # Points the process helpers at node $1: its ports, data folder, pid and log.
 node() {
   n=$1
   [[ $n =~ ^[0-9]+$ && $n -ge 1 && $n -le $nodes ]] || die "no node $n: the cluster has $nodes (EDA_BROKER_NODES)"
+  host=$(host_of "$n")
+  netns_name=eda-$net_id-$n
+  veth=ev${net_id}h$n
   port=$((base_port + 3 * (n - 1)))
   controller_port=$((port + 1))
   internal_port=$((port + 2))
@@ -88,7 +112,7 @@ source "$root/scripts/broker-process.sh"
 # needs: the listeners open before the node can serve.
 answers() {
   (
-    exec 3<>"/dev/tcp/127.0.0.1/$internal_port" || exit 1
+    exec 3<>"/dev/tcp/$host/$internal_port" || exit 1
     printf '\x00\x00\x00\x0c\x00\x12\x00\x00\x00\x00\x00\x01\x00\x02eda' >&3
     [[ $(timeout 2 head -c 8 <&3 | wc -c) -eq 8 ]]
   ) 2>/dev/null
@@ -127,7 +151,7 @@ client_protocol() {
 configure() {
   local voters="" i
   for ((i = 1; i <= nodes; i++)); do
-    voters+="${voters:+,}$i@127.0.0.1:$((base_port + 3 * (i - 1) + 1))"
+    voters+="${voters:+,}$i@$(host_of "$i"):$((base_port + 3 * (i - 1) + 1))"
   done
   local replicas=$nodes min_isr=$((nodes > 1 ? 2 : 1))
   local protocol
@@ -137,12 +161,12 @@ configure() {
     sed -e "s|@NODE_ID@|$n|g" -e "s|@VOTERS@|$voters|g" -e "s|@DATA@|$ndata|g" \
       -e "s|@REPLICAS@|$replicas|g" -e "s|@MIN_ISR@|$min_isr|g" \
       "$root/configs/kafka/server.properties"
-    echo "listeners=CLIENT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port,INTERNAL://127.0.0.1:$internal_port"
+    echo "listeners=CLIENT://$host:$port,CONTROLLER://$host:$controller_port,INTERNAL://$host:$internal_port"
     local advertised=$port
     if [[ $n == 1 && -n ${EDA_BROKER_ADVERTISED_PORT:-} ]]; then
       advertised=$EDA_BROKER_ADVERTISED_PORT
     fi
-    echo "advertised.listeners=CLIENT://127.0.0.1:$advertised,INTERNAL://127.0.0.1:$internal_port"
+    echo "advertised.listeners=CLIENT://$host:$advertised,INTERNAL://$host:$internal_port"
     echo "listener.security.protocol.map=CLIENT:$protocol,CONTROLLER:PLAINTEXT,INTERNAL:PLAINTEXT"
     if [[ $tls == 1 ]]; then
       echo "listener.name.client.ssl.keystore.type=PEM"
@@ -168,12 +192,12 @@ configure() {
 launch() {
   local java=$1
   if running; then
-    say "node $n already running (pid $(pid)) on 127.0.0.1:$port"
+    say "node $n already running (pid $(pid)) on $host:$port"
     return 0
   fi
   local p
   for p in "$port" "$controller_port" "$internal_port"; do
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null &&
+    (exec 3<>"/dev/tcp/$host/$p") 2>/dev/null &&
       die "port $p is taken by another process; node $n needs $port to $internal_port: set EDA_BROKER_PORT"
   done
   configure
@@ -184,7 +208,9 @@ launch() {
   fi
   # In a session of its own, so that Ctrl-C in the terminal that started it stops
   # the services first (scripts/dev.sh) and not the broker under them.
-  setsid nohup "$java" "-Xmx${EDA_KAFKA_HEAP:-512m}" -Xms128m -XX:+UseG1GC \
+  local in_netns=()
+  [[ $netns == 1 ]] && in_netns=(ip netns exec "$netns_name")
+  "${in_netns[@]}" setsid nohup "$java" "-Xmx${EDA_KAFKA_HEAP:-512m}" -Xms128m -XX:+UseG1GC \
     -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$root/configs/kafka/log4j2.properties" \
     -cp "$libs/*" kafka.Kafka "$ndata/server.properties" >>"$logfile" 2>&1 &
@@ -206,6 +232,7 @@ start() {
   mkdir -p "$data"
   data=$(cd "$data" && pwd)
   [[ $tls == 1 ]] && certificates "$data/tls"
+  [[ $netns == 1 ]] && net_up
   for ((i = 1; i <= nodes; i++)); do
     node "$i"
     launch "$java"
@@ -214,7 +241,7 @@ start() {
   for ((i = 1; i <= nodes; i++)); do
     node "$i"
     await_start "Apache Kafka node $i" 90 \
-      "Apache Kafka $version node $i running (pid $(pid)) on 127.0.0.1:$port ($(client_protocol)), data in $ndata"
+      "Apache Kafka $version node $i running (pid $(pid)) on $host:$port ($(client_protocol)), data in $ndata"
   done
 }
 
@@ -232,7 +259,45 @@ stop_all() {
     node "$i"
     stop >/dev/null 2>&1
   done
+  [[ $netns == 1 ]] && net_down
   say "stopped${pids[*]:+ (pid ${pids[*]})}"
+}
+
+# The bridge, and a namespace per node joined to it by a veth pair (made once).
+net_up() {
+  [[ $(id -u) == 0 ]] || die "EDA_BROKER_NETNS=1 needs root: it makes network namespaces and veth pairs"
+  command -v ip >/dev/null || die "EDA_BROKER_NETNS=1 needs the ip command (Debian: iproute2)"
+  ip link show "$bridge" >/dev/null 2>&1 && return 0
+  {
+    ip link add "$bridge" type bridge &&
+      ip addr add "$subnet.1/24" dev "$bridge" &&
+      ip link set "$bridge" up
+  } || die "cannot make the bridge $bridge ($subnet.1/24): is CAP_NET_ADMIN allowed here?"
+  local i
+  for ((i = 1; i <= nodes; i++)); do
+    node "$i"
+    {
+      ip netns add "$netns_name" &&
+        ip link add "$veth" type veth peer name "ev${net_id}n$i" &&
+        ip link set "$veth" master "$bridge" &&
+        ip link set "$veth" up &&
+        ip link set "ev${net_id}n$i" netns "$netns_name" &&
+        ip netns exec "$netns_name" ip link set "ev${net_id}n$i" name eth0 &&
+        ip netns exec "$netns_name" ip addr add "$host/24" dev eth0 &&
+        ip netns exec "$netns_name" ip link set eth0 up &&
+        ip netns exec "$netns_name" ip link set lo up
+    } || die "cannot make the network namespace $netns_name for node $i"
+  done
+  say "nodes in network namespaces eda-$net_id-1..$nodes on $subnet.2-$((nodes + 1)), bridge $bridge"
+}
+
+net_down() {
+  local i
+  for ((i = 1; i <= nodes; i++)); do
+    node "$i"
+    ip netns del "$netns_name" 2>/dev/null || true
+  done
+  ip link del "$bridge" 2>/dev/null || true
 }
 
 status_all() {
@@ -247,7 +312,7 @@ status_all() {
 brokers() {
   local list="" i
   for ((i = 1; i <= nodes; i++)); do
-    list+="${list:+,}127.0.0.1:$((base_port + 3 * (i - 1)))"
+    list+="${list:+,}$(host_of "$i"):$((base_port + 3 * (i - 1)))"
   done
   echo "$list"
 }
@@ -270,7 +335,7 @@ user() {
       local sha=SCRAM-SHA-${mechanism#scram}
       running || die "start the broker first: SCRAM users are stored in the cluster"
       "$(java_bin)" -cp "$libs/*" -Dlog4j2.configurationFile="$root/configs/kafka/log4j2.properties" \
-        org.apache.kafka.tools.ConfigCommand --bootstrap-server "127.0.0.1:$internal_port" \
+        org.apache.kafka.tools.ConfigCommand --bootstrap-server "$host:$internal_port" \
         --alter --entity-type users --entity-name "$name" \
         --add-config "$sha=[iterations=8192,password=$password]" >/dev/null ||
         die "creating $sha user $name failed (see above)"
@@ -292,6 +357,16 @@ one_node() {
       rm -f "$pidfile"
       say "node $n killed"
       ;;
+    partition-node | heal-node)
+      [[ $netns == 1 ]] || die "$verb needs the nodes in network namespaces (EDA_BROKER_NETNS=1)"
+      if [[ $verb == partition-node ]]; then
+        ip link set "$veth" down
+        say "node $n cut off from the other nodes and the clients"
+      else
+        ip link set "$veth" up
+        say "node $n joined again"
+      fi
+      ;;
     pause-node) running || die "node $n is not running"; kill -STOP "$(pid)"; say "node $n paused" ;;
     resume-node) running || die "node $n is not running"; kill -CONT "$(pid)"; say "node $n resumed" ;;
     start-node | restart-node)
@@ -301,7 +376,7 @@ one_node() {
       data=$(cd "$data" && pwd)
       node "$2"
       launch "$java"
-      await_start "Apache Kafka node $n" 90 "node $n running (pid $(pid)) on 127.0.0.1:$port"
+      await_start "Apache Kafka node $n" 90 "node $n running (pid $(pid)) on $host:$port"
       ;;
   esac
 }
@@ -316,6 +391,8 @@ case ${1:-} in
   version) echo "Apache Kafka $version" ;;
   brokers) brokers ;;
   user) shift; user "$@" ;;
-  stop-node | kill-node | pause-node | resume-node | start-node | restart-node) one_node "$@" ;;
-  *) sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  stop-node | kill-node | pause-node | resume-node | start-node | restart-node | partition-node | heal-node)
+    one_node "$@"
+    ;;
+  *) sed -n '2,50p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

@@ -157,7 +157,8 @@ impl Drop for System {
         for i in 0..self.instances.len() {
             self.kill(i);
         }
-        if std::thread::panicking() {
+        let keep = std::env::var_os("EDA_CHAOS_KEEP_LOGS").is_some();
+        if std::thread::panicking() || keep {
             for instance in &self.instances {
                 dump_log(
                     &self.dir.join(format!("{}.log", instance.name)),

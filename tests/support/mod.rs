@@ -248,15 +248,50 @@ impl PrivateBroker {
 
     /// A cluster of three nodes (`EDA_BROKER_NODES=3`: topics at replication
     /// factor 3 and `min.insync.replicas=2`), node N answering clients on
-    /// `port + 3(N-1)`.
-    pub fn start_cluster() -> Self {
+    /// `port + 3(N-1)`. With `isolated`, each node runs in a network namespace
+    /// of its own (`EDA_BROKER_NETNS=1`), so that one can be cut off.
+    pub fn start_cluster(isolated: bool) -> Self {
+        let mut secured = vec![("EDA_BROKER_NODES", "3".to_owned())];
+        if isolated {
+            secured.push(("EDA_BROKER_NETNS", "1".to_owned()));
+        }
         let broker = Self {
             port: free_ports(3 * 3),
             data: std::env::temp_dir().join(unique("eda-cluster")),
-            secured: vec![("EDA_BROKER_NODES", "3".to_owned())],
+            secured,
         };
         broker.script("start");
         broker
+    }
+
+    /// Whether this machine lets a test put broker nodes in network namespaces
+    /// of their own (root, iproute2, and the right to make namespaces and
+    /// bridges); if not, why.
+    pub fn network_namespaces() -> Result<(), String> {
+        let name = unique("eda-probe");
+        let bridge = format!("ebp{}", &name[name.len() - 8..]);
+        let ip = |args: &[&str]| {
+            Command::new("ip")
+                .args(args)
+                .output()
+                .map_err(|e| format!("the ip command (iproute2) cannot run: {e}"))
+                .and_then(|out| {
+                    if out.status.success() {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "`ip {}` failed: {}",
+                            args.join(" "),
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        ))
+                    }
+                })
+        };
+        let made = ip(&["netns", "add", &name])
+            .and_then(|()| ip(&["link", "add", &bridge, "type", "bridge"]));
+        let _ = ip(&["link", "del", &bridge]);
+        let _ = ip(&["netns", "del", &name]);
+        made
     }
 
     /// How many nodes it has.
@@ -279,10 +314,12 @@ impl PrivateBroker {
     }
 
     pub fn brokers(&self) -> String {
-        (0..self.nodes())
-            .map(|i| format!("127.0.0.1:{}", self.port + 3 * i))
-            .collect::<Vec<_>>()
-            .join(",")
+        if self.nodes() == 1 {
+            return format!("127.0.0.1:{}", self.port);
+        }
+        // The nodes' addresses are the script's to choose (namespaces).
+        let out = self.command(&["brokers"]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
     pub fn stop(&self) {
@@ -317,15 +354,19 @@ impl PrivateBroker {
         self.run(&[command]);
     }
 
-    fn run(&self, args: &[&str]) {
-        let out = Command::new(repo_root().join("scripts/broker.sh"))
+    fn command(&self, args: &[&str]) -> std::process::Output {
+        Command::new(repo_root().join("scripts/broker.sh"))
             .args(args)
             .env("EDA_BROKER_PORT", self.port.to_string())
             .env("EDA_BROKER_DATA", &self.data)
             .env("EDA_BROKER_STORAGE", "sqlite")
             .envs(self.secured.iter().map(|(k, v)| (*k, v.as_str())))
             .output()
-            .expect("cannot run scripts/broker.sh");
+            .expect("cannot run scripts/broker.sh")
+    }
+
+    fn run(&self, args: &[&str]) {
+        let out = self.command(args);
         assert!(
             out.status.success(),
             "scripts/broker.sh {} failed for the test's own broker on port {}:\n{}",
@@ -344,7 +385,11 @@ impl Drop for PrivateBroker {
             .env("EDA_BROKER_DATA", &self.data)
             .envs(self.secured.iter().map(|(k, v)| (*k, v.as_str())))
             .output();
-        let _ = std::fs::remove_dir_all(&self.data);
+        if std::env::var_os("EDA_CHAOS_KEEP_LOGS").is_some() {
+            eprintln!("broker data and logs kept in {}", self.data.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.data);
+        }
     }
 }
 
