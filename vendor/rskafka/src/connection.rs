@@ -3,6 +3,7 @@ use std::fmt::Display;
 use std::future::Future;
 use std::ops::ControlFlow;
 use std::sync::Arc;
+use std::time::Duration;
 use thiserror::Error;
 use tokio::{io::BufStream, sync::Mutex};
 use tracing::{debug, error, info, warn};
@@ -50,6 +51,10 @@ pub enum Error {
 
     #[error("Sasl handshake failed: {0}")]
     SaslFailed(#[from] crate::messenger::SaslError),
+
+    /// Changed for rust-eda (not in rskafka 0.6.0).
+    #[error("no connection to broker \"{broker}\" within {after:?} (connect, version handshake, SASL)")]
+    ConnectTimeout { broker: String, after: Duration },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -86,6 +91,11 @@ trait ConnectionHandler {
         sasl_config: Option<SaslConfig>,
         max_message_size: usize,
     ) -> impl Future<Output = Result<Arc<Self::R>>> + Send;
+
+    /// Changed for rust-eda (not in rskafka 0.6.0): the broker, for errors.
+    fn describe(&self) -> String {
+        "a broker".to_owned()
+    }
 }
 
 /// Defines the possible request modes of metadata retrieval.
@@ -139,6 +149,10 @@ impl BrokerRepresentation {
 
 impl ConnectionHandler for BrokerRepresentation {
     type R = MessengerTransport;
+
+    fn describe(&self) -> String {
+        self.url()
+    }
 
     async fn connect(
         &self,
@@ -210,6 +224,13 @@ pub struct BrokerConnector {
 
     /// Maximum message size for framing protocol.
     max_message_size: usize,
+
+    /// Changed for rust-eda (not in rskafka 0.6.0): the longest a connection
+    /// attempt or a metadata request may take. A broker that accepts TCP but
+    /// never answers (a paused process) or one cut off by the network would
+    /// otherwise hold every metadata lookup, and with it the discovery of new
+    /// leaders, until it came back.
+    timeout: Option<Duration>,
 }
 
 impl BrokerConnector {
@@ -221,6 +242,7 @@ impl BrokerConnector {
         sasl_config: Option<SaslConfig>,
         max_message_size: usize,
         backoff_config: Arc<BackoffConfig>,
+        timeout: Option<Duration>,
     ) -> Self {
         Self {
             bootstrap_brokers,
@@ -233,6 +255,7 @@ impl BrokerConnector {
             socks5_proxy,
             sasl_config,
             max_message_size,
+            timeout,
         }
     }
 
@@ -296,7 +319,9 @@ impl BrokerConnector {
             allow_auto_topic_creation: None,
         };
 
-        let response = metadata_request_with_retry(metadata_mode, &request, backoff, self).await?;
+        let response =
+            metadata_request_with_retry(metadata_mode, &request, backoff, self, self.timeout)
+                .await?;
 
         // If the request was for a full, unfiltered set of topics, cache the
         // response for later calls to make use of.
@@ -322,15 +347,19 @@ impl BrokerConnector {
     pub async fn connect(&self, broker_id: i32) -> Result<Option<BrokerConnection>> {
         match self.topology.get_broker(broker_id).await {
             Some(broker) => {
-                let connection = BrokerRepresentation::Topology(broker)
-                    .connect(
+                let broker = BrokerRepresentation::Topology(broker);
+                let connection = within(
+                    self.timeout,
+                    &broker,
+                    broker.connect(
                         Arc::clone(&self.client_id),
                         self.tls_config.clone(),
                         self.socks5_proxy.clone(),
                         self.sasl_config.clone(),
                         self.max_message_size,
-                    )
-                    .await?;
+                    ),
+                )
+                .await?;
                 Ok(Some(connection))
             }
             None => Ok(None),
@@ -443,6 +472,7 @@ impl BrokerCache for &BrokerConnector {
             self.socks5_proxy.clone(),
             self.sasl_config.clone(),
             self.max_message_size,
+            self.timeout,
         )
         .await?;
 
@@ -479,6 +509,7 @@ async fn connect_to_a_broker_with_retry<B>(
     socks5_proxy: Option<String>,
     sasl_config: Option<SaslConfig>,
     max_message_size: usize,
+    timeout: Option<Duration>,
 ) -> Result<Arc<B::R>>
 where
     B: ConnectionHandler + Send + Sync,
@@ -491,15 +522,18 @@ where
         .retry_with_backoff("broker_connect", || async {
             let mut errors = Vec::<Box<dyn std::error::Error + Send + Sync>>::new();
             for broker in &brokers {
-                let conn = broker
-                    .connect(
+                let conn = within(
+                    timeout,
+                    broker,
+                    broker.connect(
                         Arc::clone(&client_id),
                         tls_config.clone(),
                         socks5_proxy.clone(),
                         sasl_config.clone(),
                         max_message_size,
-                    )
-                    .await;
+                    ),
+                )
+                .await;
 
                 let connection = match conn {
                     Ok(transport) => transport,
@@ -520,11 +554,31 @@ where
         .map_err(Error::RetryFailed)
 }
 
+/// Changed for rust-eda (not in rskafka 0.6.0): `connect` within `timeout`, if any.
+async fn within<T, B: ConnectionHandler>(
+    timeout: Option<Duration>,
+    broker: &B,
+    connect: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    match timeout {
+        Some(after) => tokio::time::timeout(after, connect)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::ConnectTimeout {
+                    broker: broker.describe(),
+                    after,
+                })
+            }),
+        None => connect.await,
+    }
+}
+
 async fn metadata_request_with_retry<A>(
     metadata_mode: &MetadataLookupMode<Arc<A::R>>,
     request_params: &MetadataRequest,
     mut backoff: Backoff,
     arbitrary_broker_cache: A,
+    timeout: Option<Duration>,
 ) -> Result<MetadataResponse>
 where
     A: BrokerCache,
@@ -544,7 +598,20 @@ where
                 }
             };
 
-            match broker.metadata_request(request_params).await {
+            // Changed for rust-eda (not in rskafka 0.6.0): an unanswered request
+            // counts as a broken connection, so that another broker is asked.
+            let answer = match timeout {
+                Some(after) => tokio::time::timeout(after, broker.metadata_request(request_params))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(RequestError::IO(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("no metadata answer within {after:?}"),
+                        )))
+                    }),
+                None => broker.metadata_request(request_params).await,
+            };
+            match answer {
                 Ok(response) => {
                     if let Err(e) = maybe_throttle(response.throttle_time_ms) {
                         return ControlFlow::Continue(e);
@@ -642,6 +709,7 @@ mod tests {
             &metadata_request,
             Backoff::new(&Default::default()),
             broker_cache,
+            None,
         )
         .await
         .unwrap();
@@ -663,6 +731,7 @@ mod tests {
             &metadata_request,
             Backoff::new(&Default::default()),
             broker_cache,
+            None,
         )
         .await
         .unwrap_err();
@@ -704,6 +773,7 @@ mod tests {
             &metadata_request,
             Backoff::new(&Default::default()),
             broker_cache,
+            None,
         )
         .await
         .unwrap();
@@ -727,6 +797,7 @@ mod tests {
             &metadata_request,
             Backoff::new(&Default::default()),
             broker_cache,
+            None,
         )
         .await
         .unwrap();
@@ -749,6 +820,7 @@ mod tests {
             &metadata_request,
             Backoff::new(&Default::default()),
             broker_cache,
+            None,
         )
         .await
         .unwrap_err();
@@ -837,6 +909,7 @@ mod tests {
             Default::default(),
             Default::default(),
             Default::default(),
+            None,
         )
         .await
         .unwrap();

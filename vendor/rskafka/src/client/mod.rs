@@ -48,6 +48,7 @@ pub struct ClientBuilder {
     tls_config: TlsConfig,
     sasl_config: Option<SaslConfig>,
     backoff_config: Arc<BackoffConfig>,
+    timeout: Option<std::time::Duration>,
 }
 
 impl ClientBuilder {
@@ -61,6 +62,7 @@ impl ClientBuilder {
             tls_config: TlsConfig::default(),
             sasl_config: None,
             backoff_config: Default::default(),
+            timeout: None,
         }
     }
 
@@ -77,6 +79,15 @@ impl ClientBuilder {
     /// failures all over the place since metadata requests cannot be handled any longer.
     pub fn max_message_size(mut self, max_message_size: usize) -> Self {
         self.max_message_size = max_message_size;
+        self
+    }
+
+    /// Changed for rust-eda (not in rskafka 0.6.0): the longest a connection
+    /// attempt (TCP, version handshake, SASL) or a metadata request may take
+    /// before another broker is tried. Without one, a broker that never
+    /// answers holds leader discovery until it does.
+    pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = Some(timeout);
         self
     }
 
@@ -117,6 +128,7 @@ impl ClientBuilder {
             self.sasl_config,
             self.max_message_size,
             Arc::clone(&self.backoff_config),
+            self.timeout,
         ));
         brokers.refresh_metadata().await?;
 
