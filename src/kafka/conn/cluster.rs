@@ -43,7 +43,9 @@ pub struct ClusterConfig {
     pub brokers: Vec<String>,
     /// Sent to the broker with every request; shows up in broker logs and quotas.
     pub client_id: String,
-    /// How long establishing the first connection may take.
+    /// How long establishing a connection may take (TCP, version handshake,
+    /// SASL), and a metadata request: past it, another broker is asked. Also
+    /// the whole of [`Cluster::connect`].
     pub connect_timeout: Duration,
     /// How long one request (produce, fetch, metadata) may take before it is
     /// abandoned and retried (Java: `request.timeout.ms` = 30 s).
@@ -283,6 +285,10 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
+/// How long a topic the metadata does not name is looked for again before it
+/// counts as missing ([`Cluster::partition_count`]).
+const UNKNOWN_TOPIC_PATIENCE: Duration = Duration::from_secs(3);
+
 impl Cluster {
     /// Connects to the bootstrap brokers and loads the cluster metadata.
     pub async fn connect(config: ClusterConfig) -> Result<Self, ClusterError> {
@@ -307,8 +313,14 @@ impl Cluster {
         if config.security.tls.is_some() || config.security.sasl.is_some() {
             preflight(&config).await?;
         }
+        // A broker that takes TCP connections but never answers (paused) or one
+        // cut off holds a connection attempt or a metadata request until this
+        // runs out; then another broker is asked (vendor/README.md, change 7).
+        // Under half the request timeout, so that a leader lookup the request
+        // timeout bounds still gets to ask a second broker.
         let mut builder = ClientBuilder::new(config.brokers.clone())
             .client_id(config.client_id.clone())
+            .timeout(config.connect_timeout.min(config.request_timeout / 2))
             .backoff_config(backoff);
         let tunnel = match &config.security.tls {
             Some(tls) => {
@@ -391,10 +403,24 @@ impl Cluster {
                 return Ok(n);
             }
         }
-        self.refresh_metadata().await?;
-        match self.inner.topics.lock().partitions.get(topic) {
-            Some(&n) if n > 0 => Ok(n),
-            _ => Err(ClusterError::UnknownTopic(topic.to_owned())),
+        // In a cluster, a topic just created reaches each broker's metadata a
+        // moment apart, and the broker asked may not know it yet: a few looks
+        // before the topic counts as missing.
+        let mut delay = Duration::from_millis(50);
+        let give_up =
+            Instant::now() + UNKNOWN_TOPIC_PATIENCE.min(self.inner.config.request_timeout);
+        loop {
+            self.refresh_metadata().await?;
+            if let Some(&n) = self.inner.topics.lock().partitions.get(topic)
+                && n > 0
+            {
+                return Ok(n);
+            }
+            if Instant::now() + delay > give_up {
+                return Err(ClusterError::UnknownTopic(topic.to_owned()));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(500));
         }
     }
 

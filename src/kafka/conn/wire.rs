@@ -273,7 +273,9 @@ impl Connection {
         }
     }
 
-    /// Connects to the first of `brokers` that answers. A certificate or
+    /// Connects to the first of `brokers` that answers, starting with the one
+    /// that answered last time: a broker that hangs (paused, cut off) costs
+    /// one timeout, not one per connection while it hangs. A certificate or
     /// credential problem is the same with every broker, so it ends the search
     /// at once; only unreachable brokers make it try the next one.
     pub(crate) async fn connect_any(
@@ -282,10 +284,18 @@ impl Connection {
         timeout: Duration,
         security: &Security,
     ) -> Result<Self, WireError> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        /// Where the last search ended, in whatever list it had.
+        static ANSWERED: AtomicUsize = AtomicUsize::new(0);
+        let start = ANSWERED.load(Ordering::Relaxed);
         let mut tried = Vec::new();
-        for broker in brokers {
-            match Self::connect(broker, client_id, timeout, security).await {
-                Ok(conn) => return Ok(conn),
+        for i in 0..brokers.len() {
+            let at = (start + i) % brokers.len();
+            match Self::connect(&brokers[at], client_id, timeout, security).await {
+                Ok(conn) => {
+                    ANSWERED.store(at, Ordering::Relaxed);
+                    return Ok(conn);
+                }
                 Err(
                     e @ (WireError::Connect { .. }
                     | WireError::Timeout { .. }
