@@ -192,6 +192,9 @@ pub struct KafkaConfig {
     /// `APP_KAFKA_SECURITY_PROTOCOL` with `APP_KAFKA_SSL_CA_LOCATION` and
     /// `APP_KAFKA_SASL_MECHANISM`, `_USERNAME`, `_PASSWORD`.
     pub security: Security,
+    /// `APP_KAFKA_REQUEST_TIMEOUT_MS`: how long a broker may leave a request
+    /// unanswered before it is sent again.
+    pub request_timeout: Duration,
     /// `APP_KAFKA_SESSION_TIMEOUT_MS`: a member silent this long is dead.
     pub session_timeout: Duration,
     /// `APP_KAFKA_HEARTBEAT_INTERVAL_MS`.
@@ -364,6 +367,7 @@ impl Config {
             .clone()
             .unwrap_or_else(|| service.to_owned());
         cluster.security = self.kafka.security.clone();
+        cluster.request_timeout = self.kafka.request_timeout;
         cluster
     }
 }

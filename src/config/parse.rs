@@ -232,6 +232,21 @@ impl Values {
                 ),
             ));
         }
+        let request_timeout = self.millis("APP_KAFKA_REQUEST_TIMEOUT_MS")?;
+        // A fetch the broker holds for its whole wait must still be answered in time.
+        let longest_wait = self
+            .millis("APP_KAFKA_FETCH_MAX_WAIT_MS")?
+            .max(self.millis("APP_KAFKA_VIEW_MAX_WAIT_MS")?);
+        if request_timeout < longest_wait + Duration::from_secs(1) {
+            return Err(invalid(
+                "APP_KAFKA_REQUEST_TIMEOUT_MS",
+                &request_timeout.as_millis().to_string(),
+                format!(
+                    "at least a second more than the longest fetch wait (APP_KAFKA_FETCH_MAX_WAIT_MS or APP_KAFKA_VIEW_MAX_WAIT_MS, {} ms)",
+                    longest_wait.as_millis()
+                ),
+            ));
+        }
         let replication_factor = self.number("APP_KAFKA_REPLICATION_FACTOR", -1i16..=32)?;
         if replication_factor == 0 {
             return Err(invalid(
@@ -261,6 +276,7 @@ impl Values {
                 )
             })?,
             security: self.security()?,
+            request_timeout,
             session_timeout,
             heartbeat_interval,
             rebalance_grace: self.millis("APP_KAFKA_REBALANCE_GRACE_MS")?,

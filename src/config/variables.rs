@@ -137,6 +137,11 @@ pub const VARIABLES: &[Variable] = &[
         "`none`, `gzip` or `snappy`",
     ),
     var(
+        "APP_KAFKA_REQUEST_TIMEOUT_MS",
+        "30000",
+        "how long a request to a broker may go unanswered before it is given up and sent again (after a fresh look at who leads): what a broker that hangs (paused, cut off) costs before a new leader is used",
+    ),
+    var(
         "APP_KAFKA_SESSION_TIMEOUT_MS",
         "10000",
         "a group member silent this long is dead; its partitions move",
