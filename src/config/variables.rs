@@ -138,7 +138,7 @@ pub const VARIABLES: &[Variable] = &[
     ),
     var(
         "APP_KAFKA_REQUEST_TIMEOUT_MS",
-        "30000",
+        "10000",
         "how long a request to a broker may go unanswered before it is given up and sent again (after a fresh look at who leads): what a broker that hangs (paused, cut off) costs before a new leader is used",
     ),
     var(

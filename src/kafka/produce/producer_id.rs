@@ -63,9 +63,15 @@ pub(super) fn is_retriable(error: ResponseError) -> bool {
     error.is_retriable() || error == ResponseError::ConcurrentTransactions
 }
 
+/// How long a call to a coordinator is tried again while it moves or loads:
+/// a coordinator moves once Kafka fences its broker (`broker.session.timeout.ms`,
+/// 9 s by default) and then loads its log, which outlasts a request timeout.
+pub(super) const COORDINATOR_PATIENCE: Duration = Duration::from_secs(30);
+
 /// Asks the cluster for a producer id, again with backoff while the broker
 /// says it cannot yet (a fresh cluster answers `COORDINATOR_LOAD_IN_PROGRESS`
-/// while it creates its transaction log), until `config.request_timeout`.
+/// while it creates its transaction log), for [`COORDINATOR_PATIENCE`] or the
+/// request timeout, whichever is longer.
 /// Without a transactional id any broker answers; with one, its transaction
 /// coordinator, found first.
 pub async fn init_producer_id(
@@ -85,7 +91,7 @@ pub(super) async fn init_producer_id_on(
     transactional_id: Option<&str>,
     transaction_timeout: Duration,
 ) -> Result<ProducerIdentity, ProducerIdError> {
-    let deadline = Instant::now() + config.request_timeout;
+    let deadline = Instant::now() + config.request_timeout.max(COORDINATOR_PATIENCE);
     let mut backoff = Backoff::new(BackoffConfig {
         initial: Duration::from_millis(50),
         max: Duration::from_secs(1),

@@ -415,7 +415,8 @@ impl TransactionalProducer {
     }
 
     /// Sends a request to the coordinator until it is answered without a
-    /// retriable error, within the request timeout: the coordinator may be
+    /// retriable error, for `COORDINATOR_PATIENCE` (or the request timeout if
+    /// longer): the coordinator may be
     /// loading, moving, or still finishing the previous transaction
     /// (`CONCURRENT_TRANSACTIONS`).
     async fn call(
@@ -425,7 +426,12 @@ impl TransactionalProducer {
     ) -> Result<(), TransactionError> {
         let request = call.name();
         let id = &self.config.transactional_id;
-        let deadline = Instant::now() + self.cluster.config().request_timeout;
+        let patience = self
+            .cluster
+            .config()
+            .request_timeout
+            .max(super::producer_id::COORDINATOR_PATIENCE);
+        let deadline = Instant::now() + patience;
         let mut backoff = Backoff::new(BackoffConfig {
             initial: Duration::from_millis(20),
             max: Duration::from_millis(500),
@@ -492,7 +498,7 @@ impl TransactionalProducer {
                     Err(e) => e,
                     Ok(answer) => WireError::Timeout {
                         addr: format!("the coordinator of {id:?} (last answer: {answer})"),
-                        timeout: self.cluster.config().request_timeout,
+                        timeout: patience,
                     },
                 };
                 return Err(TransactionError::Wire {
