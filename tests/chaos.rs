@@ -18,7 +18,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::chaos::{
-    Rng, SERVICES, System, env_number, report, row, start_load, verify, wait_quiet,
+    Rng, SERVICES, System, env_number, ownership_row, report, row, start_load, verify, wait_quiet,
 };
 use support::{PrivateBroker, connect, unique, within};
 
@@ -75,6 +75,7 @@ async fn no_order_is_lost_or_doubled_while_processes_are_killed() {
     let kafka = connect(&system.broker.brokers()).await;
     let (mut rows, lost) = verify(&kafka, &system.webhook, &system.stock, orders, &accepted).await;
     rows.extend([
+        ownership_row(&system),
         row("kills survived", kills, true),
         row(
             "longest recovery after a kill",

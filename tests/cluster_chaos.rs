@@ -41,7 +41,8 @@ use std::time::{Duration, Instant};
 use rust_eda::events::topics;
 use rust_eda::kafka::{Admin, DEFAULT_OFFSETS_TOPIC};
 use support::chaos::{
-    LoadLog, Rng, SERVICES, System, env_number, report, row, start_load, verify, wait_quiet,
+    LoadLog, Rng, SERVICES, System, env_number, ownership_row, report, row, start_load, verify,
+    wait_quiet,
 };
 use support::{PrivateBroker, cluster_config, connect, unique, within};
 
@@ -374,6 +375,7 @@ async fn no_order_is_lost_or_doubled_while_brokers_fail() {
     }
     let limit = run.system.publish_timeout + Duration::from_secs(2);
     rows.extend([
+        ownership_row(&run.system),
         row(
             "faults after which the pipeline never delivered again",
             unrecovered,

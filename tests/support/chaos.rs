@@ -142,6 +142,50 @@ impl System {
         wait_ready(instance.port, &instance.name, secs).await
     }
 
+    /// Partition epochs that more than one member claimed, from the services'
+    /// logs (`<partition>: claimed by <member> (epoch <n>, …)`): the group
+    /// protocol gives each claim of a partition a new epoch, so two members
+    /// with one epoch would be two live owners at once. Also how many claims
+    /// were read, so that a change of the log line cannot pass unnoticed.
+    pub fn double_claims(&self) -> (Vec<String>, usize) {
+        let mut owners: BTreeMap<(&str, String, String), HashSet<String>> = BTreeMap::new();
+        let mut claims = 0;
+        let mut logs = Vec::new();
+        for instance in &self.instances {
+            let log = std::fs::read_to_string(self.dir.join(format!("{}.log", instance.name)))
+                .unwrap_or_default();
+            logs.push((instance.service, log));
+        }
+        for (service, log) in &logs {
+            for line in log.lines() {
+                let Ok(entry) = serde_json::from_str::<Value>(line) else {
+                    continue;
+                };
+                let msg = entry["msg"].as_str().unwrap_or_default();
+                let Some((partition, rest)) = msg.split_once(": claimed by ") else {
+                    continue;
+                };
+                let Some((member, rest)) = rest.split_once(" (epoch ") else {
+                    continue;
+                };
+                let epoch = rest.split(',').next().unwrap_or_default().to_owned();
+                claims += 1;
+                owners
+                    .entry((service, partition.to_owned(), epoch))
+                    .or_default()
+                    .insert(member.to_owned());
+            }
+        }
+        let doubles = owners
+            .into_iter()
+            .filter(|(_, members)| members.len() > 1)
+            .map(|((service, partition, epoch), members)| {
+                format!("{service} {partition} epoch {epoch}: {members:?}")
+            })
+            .collect();
+        (doubles, claims)
+    }
+
     /// Waits until every instance is ready.
     pub async fn wait_all_ready(&self, secs: u64) -> Duration {
         let started = Instant::now();
@@ -531,6 +575,20 @@ pub async fn verify(
         ),
     ];
     (rows, lost)
+}
+
+/// The row for [`System::double_claims`].
+pub fn ownership_row(system: &System) -> Row {
+    let (doubles, claims) = system.double_claims();
+    row(
+        "partition epochs claimed by two members (services' logs)",
+        if doubles.is_empty() {
+            format!("0 of {claims} claims")
+        } else {
+            doubles.join("; ")
+        },
+        doubles.is_empty() && claims > 0,
+    )
 }
 
 /// Prints `rows` as a Markdown table and fails the test on any violation.
