@@ -275,7 +275,10 @@ impl Connection {
 
     /// Connects to the first of `brokers` that answers, starting with the one
     /// that answered last time: a broker that hangs (paused, cut off) costs
-    /// one timeout, not one per connection while it hangs. A certificate or
+    /// one timeout, not one per connection while it hangs. While a broker is
+    /// being tried, the next search starts after it, so that a caller who
+    /// gives up waiting (and drops this future) does not send the next one
+    /// to the same broker. A certificate or
     /// credential problem is the same with every broker, so it ends the search
     /// at once; only unreachable brokers make it try the next one.
     pub(crate) async fn connect_any(
@@ -291,6 +294,7 @@ impl Connection {
         let mut tried = Vec::new();
         for i in 0..brokers.len() {
             let at = (start + i) % brokers.len();
+            ANSWERED.store((at + 1) % brokers.len(), Ordering::Relaxed);
             match Self::connect(&brokers[at], client_id, timeout, security).await {
                 Ok(conn) => {
                     ANSWERED.store(at, Ordering::Relaxed);

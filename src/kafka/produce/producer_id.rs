@@ -127,12 +127,16 @@ async fn ask(
     transactional_id: Option<&str>,
     transaction_timeout: Duration,
 ) -> Result<ProducerIdentity, ProducerIdError> {
-    let connection = match connection {
-        Some(connection) => connection,
-        None => connection.insert(match transactional_id {
+    // Out of its slot while in use, and back only once answered: a caller
+    // that gives up waiting (a record's delivery timeout) drops this future,
+    // and with it a connection to a broker that may never answer (paused, cut
+    // off), instead of asking that broker again next time.
+    let mut conn = match connection.take() {
+        Some(conn) => conn,
+        None => match transactional_id {
             None => Connection::bootstrap(config).await?,
             Some(id) => Connection::coordinator(config, CoordinatorKind::Transaction, id).await?,
-        }),
+        },
     };
     let request = InitProducerIdRequest::default()
         .with_transactional_id(
@@ -143,7 +147,8 @@ async fn ask(
         )
         .with_producer_id(ProducerId(-1))
         .with_producer_epoch(-1);
-    let response = connection.request(&request).await?;
+    let response = conn.request(&request).await?;
+    *connection = Some(conn);
     if let Some(error) = ResponseError::try_from_code(response.error_code) {
         return Err(ProducerIdError::Refused { error });
     }

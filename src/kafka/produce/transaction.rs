@@ -437,21 +437,25 @@ impl TransactionalProducer {
             max: Duration::from_millis(500),
         });
         loop {
-            let outcome = match &mut state.coordinator {
-                Some(conn) => call.send(conn).await.map(ResponseError::try_from_code),
-                None => match Connection::coordinator(
-                    self.cluster.config(),
-                    CoordinatorKind::Transaction,
-                    id,
-                )
-                .await
-                {
-                    Ok(conn) => {
-                        let conn = state.coordinator.insert(conn);
-                        call.send(conn).await.map(ResponseError::try_from_code)
+            // Out of its slot while in use and back once answered, as in
+            // `init_producer_id_on`: a caller that stops waiting drops a
+            // connection that may never be answered.
+            let conn = match state.coordinator.take() {
+                Some(conn) => Ok(conn),
+                None => {
+                    Connection::coordinator(self.cluster.config(), CoordinatorKind::Transaction, id)
+                        .await
+                }
+            };
+            let outcome = match conn {
+                Ok(mut conn) => {
+                    let answer = call.send(&mut conn).await.map(ResponseError::try_from_code);
+                    if answer.is_ok() {
+                        state.coordinator = Some(conn);
                     }
-                    Err(e) => Err(e),
-                },
+                    answer
+                }
+                Err(e) => Err(e),
             };
             let retry = match outcome {
                 Ok(None) => return Ok(()),
