@@ -142,14 +142,16 @@ impl System {
         wait_ready(instance.port, &instance.name, secs).await
     }
 
-    /// Partition epochs that more than one member claimed, from the services'
-    /// logs (`<partition>: claimed by <member> (epoch <n>, …)`): the group
-    /// protocol gives each claim of a partition a new epoch, so two members
-    /// with one epoch would be two live owners at once. Also how many claims
-    /// were read, so that a change of the log line cannot pass unnoticed.
-    pub fn double_claims(&self) -> (Vec<String>, usize) {
+    /// Partition epochs that more than one member started, from the services'
+    /// logs (`<partition>: <member> starts at offset <n> (epoch <e>)`). Two
+    /// members may both write a claim for one epoch; only the first in the log
+    /// counts, and a member starts a partition only once the log says it owns it
+    /// in that epoch. Two members starting one epoch would be two live owners at
+    /// once. Also how many starts were read, so that a change of the log line
+    /// cannot pass unnoticed.
+    pub fn double_starts(&self) -> (Vec<String>, usize) {
         let mut owners: BTreeMap<(&str, String, String), HashSet<String>> = BTreeMap::new();
-        let mut claims = 0;
+        let mut starts = 0;
         let mut logs = Vec::new();
         for instance in &self.instances {
             let log = std::fs::read_to_string(self.dir.join(format!("{}.log", instance.name)))
@@ -162,14 +164,17 @@ impl System {
                     continue;
                 };
                 let msg = entry["msg"].as_str().unwrap_or_default();
-                let Some((partition, rest)) = msg.split_once(": claimed by ") else {
+                let Some((partition, rest)) = msg.split_once(": ") else {
                     continue;
                 };
-                let Some((member, rest)) = rest.split_once(" (epoch ") else {
+                let Some((member, rest)) = rest.split_once(" starts at offset ") else {
                     continue;
                 };
-                let epoch = rest.split(',').next().unwrap_or_default().to_owned();
-                claims += 1;
+                let Some((_, epoch)) = rest.split_once("(epoch ") else {
+                    continue;
+                };
+                let epoch = epoch.trim_end_matches(')').to_owned();
+                starts += 1;
                 owners
                     .entry((service, partition.to_owned(), epoch))
                     .or_default()
@@ -183,7 +188,7 @@ impl System {
                 format!("{service} {partition} epoch {epoch}: {members:?}")
             })
             .collect();
-        (doubles, claims)
+        (doubles, starts)
     }
 
     /// Waits until every instance is ready.
@@ -577,17 +582,17 @@ pub async fn verify(
     (rows, lost)
 }
 
-/// The row for [`System::double_claims`].
+/// The row for [`System::double_starts`].
 pub fn ownership_row(system: &System) -> Row {
-    let (doubles, claims) = system.double_claims();
+    let (doubles, starts) = system.double_starts();
     row(
-        "partition epochs claimed by two members (services' logs)",
+        "partition epochs started by two members (services' logs)",
         if doubles.is_empty() {
-            format!("0 of {claims} claims")
+            format!("0 of {starts} starts")
         } else {
             doubles.join("; ")
         },
-        doubles.is_empty() && claims > 0,
+        doubles.is_empty() && starts > 0,
     )
 }
 

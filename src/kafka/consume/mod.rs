@@ -483,7 +483,7 @@ impl Consumer {
         for (tp, outcome) in outcomes {
             match outcome {
                 Ok((epoch, start)) => {
-                    log::info!("{tp}: claimed by {me} (epoch {epoch}, from offset {start})");
+                    log::info!("{tp}: {me} wrote its claim (epoch {epoch}, from offset {start})");
                     planner.claimed(tp.clone(), now);
                 }
                 Err(e) => log::warn!("{tp}: claim failed: {e}"),
