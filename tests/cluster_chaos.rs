@@ -162,25 +162,34 @@ impl Run {
         self.faults.push(Fault { kind, recovery });
     }
 
-    async fn kill_leader(&mut self, kind: &'static str, topic: &str, partition: Option<usize>) {
-        let node = self.leader(topic, partition).await;
+    /// `start` on `node` (a `scripts/broker.sh` verb), `end` after `hold`; then
+    /// the time until the pipeline delivered again, and full replication.
+    async fn hold(
+        &mut self,
+        kind: &'static str,
+        node: u16,
+        [start, end]: [&str; 2],
+        hold: Duration,
+    ) {
         let at = Instant::now();
-        self.system.broker.node("kill-node", node);
-        tokio::time::sleep(DOWN).await;
-        self.system.broker.node("start-node", node);
+        self.system.broker.node(start, node);
+        tokio::time::sleep(hold).await;
+        self.system.broker.node(end, node);
         self.record(kind, at).await;
         self.wait_replicated(180).await;
     }
 
+    async fn kill_leader(&mut self, kind: &'static str, topic: &str, partition: Option<usize>) {
+        let node = self.leader(topic, partition).await;
+        self.hold(kind, node, ["kill-node", "start-node"], DOWN)
+            .await;
+    }
+
     async fn pause(&mut self) {
         let node = self.leader(DEFAULT_OFFSETS_TOPIC, Some(0)).await;
-        let at = Instant::now();
-        self.system.broker.node("pause-node", node);
-        tokio::time::sleep(PAUSE).await;
-        self.system.broker.node("resume-node", node);
-        self.record("SIGSTOP of the coordination log's leader", at)
+        let kind = "SIGSTOP of the coordination log's leader";
+        self.hold(kind, node, ["pause-node", "resume-node"], PAUSE)
             .await;
-        self.wait_replicated(180).await;
     }
 
     async fn rolling_restart(&mut self) {
@@ -230,13 +239,9 @@ impl Run {
 
     async fn partition(&mut self) {
         let node = self.leader(DEFAULT_OFFSETS_TOPIC, Some(0)).await;
-        let at = Instant::now();
-        self.system.broker.node("partition-node", node);
-        tokio::time::sleep(CUT_OFF).await;
-        self.system.broker.node("heal-node", node);
-        self.record("network partition of the coordination log's leader", at)
+        let kind = "network partition of the coordination log's leader";
+        self.hold(kind, node, ["partition-node", "heal-node"], CUT_OFF)
             .await;
-        self.wait_replicated(180).await;
     }
 
     async fn kill_service(&mut self) {

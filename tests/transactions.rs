@@ -8,7 +8,8 @@ mod support;
 use std::collections::BTreeMap;
 
 use rust_eda::kafka::{
-    ProducerRecord, TransactionConfig, TransactionError, TransactionalProducer, read_topic, settled,
+    Cluster, ProducerRecord, TransactionConfig, TransactionError, TransactionalProducer,
+    read_topic, settled,
 };
 use serde::Deserialize;
 use support::{Client, brokers, cluster, create_topic, unique, within};
@@ -63,18 +64,23 @@ async fn send_all(producer: &TransactionalProducer, topic: &str, kind: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn aborted_transactions_stay_invisible_to_committed_readers_and_committed_ones_arrive_whole()
-{
-    let cluster = cluster().await;
-    let topic = create_topic(&cluster, PARTITIONS).await;
-    let producer = within(
+/// A transactional producer with a transactional id of its own.
+async fn new_producer(cluster: &Cluster) -> TransactionalProducer {
+    within(
         60,
         "a transactional producer",
         TransactionalProducer::new(cluster.clone(), TransactionConfig::new(unique("txn"))),
     )
     .await
-    .expect("a producer id from the transaction coordinator");
+    .expect("a producer id from the transaction coordinator")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aborted_transactions_stay_invisible_to_committed_readers_and_committed_ones_arrive_whole()
+{
+    let cluster = cluster().await;
+    let topic = create_topic(&cluster, PARTITIONS).await;
+    let producer = new_producer(&cluster).await;
 
     for (kind, commit) in [("first", true), ("aborted", false), ("second", true)] {
         producer.begin().await.expect("begin");
@@ -185,13 +191,7 @@ async fn a_new_producer_with_the_same_transactional_id_fences_the_old_one() {
 async fn a_reader_that_waits_until_settled_sees_the_whole_commit_it_follows() {
     let cluster = cluster().await;
     let topic = create_topic(&cluster, PARTITIONS).await;
-    let producer = within(
-        60,
-        "a transactional producer",
-        TransactionalProducer::new(cluster.clone(), TransactionConfig::new(unique("txn"))),
-    )
-    .await
-    .expect("a producer id from the transaction coordinator");
+    let producer = new_producer(&cluster).await;
     for round in 1..=40 {
         producer.begin().await.expect("begin");
         send_all(&producer, &topic, "round").await;

@@ -64,13 +64,7 @@ impl ReadError {
 /// Every record of every partition of `topic`, up to the high watermarks seen when
 /// the read started, in offset order per partition.
 pub async fn read_topic(cluster: &Cluster, topic: &str) -> Result<Vec<Message>, ReadError> {
-    let partitions = cluster
-        .partition_count(topic)
-        .await
-        .map_err(|source| ReadError::Cluster {
-            topic: topic.to_owned(),
-            source,
-        })?;
+    let partitions = partition_count(cluster, topic).await?;
     let mut messages = Vec::new();
     let name: Arc<str> = Arc::from(topic);
     for p in 0..partitions {
@@ -170,13 +164,7 @@ pub(crate) async fn read_partition_with(
 /// stays open until its coordinator aborts it (after its timeout, or when
 /// the next producer of its transactional id starts): wrap this in a timeout.
 pub async fn settled(cluster: &Cluster, topic: &str) -> Result<(), ReadError> {
-    let partitions = cluster
-        .partition_count(topic)
-        .await
-        .map_err(|source| ReadError::Cluster {
-            topic: topic.to_owned(),
-            source,
-        })?;
+    let partitions = partition_count(cluster, topic).await?;
     for partition in 0..partitions {
         let end = high_watermark(cluster, topic, partition).await?;
         while list_offset(cluster, topic, partition, OffsetAt::Latest).await? < end {
@@ -210,6 +198,16 @@ pub(crate) async fn high_watermark(
             source,
         })?;
     Ok(high_watermark)
+}
+
+async fn partition_count(cluster: &Cluster, topic: &str) -> Result<i32, ReadError> {
+    cluster
+        .partition_count(topic)
+        .await
+        .map_err(|source| ReadError::Cluster {
+            topic: topic.to_owned(),
+            source,
+        })
 }
 
 /// `ListOffsets` for one partition: its earliest offset, or (`Latest`) its
