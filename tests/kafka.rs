@@ -652,6 +652,34 @@ async fn an_unreachable_broker_gives_a_bounded_delivery_error() {
     );
 }
 
+/// A bootstrap broker that takes TCP connections and never answers (a paused
+/// process) is passed over within a fraction of the request timeout, both by
+/// rskafka's connection search and by ours (admin requests, producer ids): the
+/// next broker is tried beside it after a quarter of a second.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_bootstrap_broker_does_not_hold_the_others() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming() {
+            held.push(stream);
+        }
+    });
+    let brokers = format!("{silent_addr},{}", support::brokers());
+    // Each attempt may wait 10 s for the silent one; five rounds in 6 s each
+    // leave no room for a search that tries the brokers one after another.
+    for round in 0..5 {
+        let cluster = within(6, &format!("round {round}: connect"), connect(&brokers)).await;
+        within(
+            6,
+            &format!("round {round}: an admin request"),
+            create_topic(&cluster, 1),
+        )
+        .await;
+    }
+}
+
 /// Commits are copied to the broker's own group offsets, where Kafka UI and
 /// `kafka-consumer-groups.sh` read them.
 #[tokio::test(flavor = "multi_thread")]

@@ -520,9 +520,9 @@ where
     let mut backoff = Backoff::new(backoff_config);
     backoff
         .retry_with_backoff("broker_connect", || async {
-            let mut errors = Vec::<Box<dyn std::error::Error + Send + Sync>>::new();
+            let mut attempts = Vec::with_capacity(brokers.len());
             for broker in &brokers {
-                let conn = within(
+                attempts.push(within(
                     timeout,
                     broker,
                     broker.connect(
@@ -532,26 +532,77 @@ where
                         sasl_config.clone(),
                         max_message_size,
                     ),
-                )
-                .await;
-
-                let connection = match conn {
-                    Ok(transport) => transport,
-                    Err(e) => {
-                        warn!(%e, "Failed to connect to broker");
-                        errors.push(Box::new(e));
-                        continue;
-                    }
-                };
-
-                return ControlFlow::Break(connection);
+                ));
             }
-            let err = Box::<dyn std::error::Error + Send + Sync>::from(MultiError(errors));
-            let err: Arc<dyn std::error::Error + Send + Sync> = err.into();
-            ControlFlow::Continue(ErrorOrThrottle::Error(err))
+            match first_connected(attempts, STAGGER).await {
+                Ok(connection) => ControlFlow::Break(connection),
+                Err(errors) => {
+                    for e in &errors {
+                        warn!(%e, "Failed to connect to broker");
+                    }
+                    let errors = errors
+                        .into_iter()
+                        .map(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+                        .collect();
+                    let err = Box::<dyn std::error::Error + Send + Sync>::from(MultiError(errors));
+                    let err: Arc<dyn std::error::Error + Send + Sync> = err.into();
+                    ControlFlow::Continue(ErrorOrThrottle::Error(err))
+                }
+            }
         })
         .await
         .map_err(Error::RetryFailed)
+}
+
+/// Changed for rust-eda (not in rskafka 0.6.0): how long a connection attempt
+/// runs alone before the next broker is tried beside it (RFC 8305's "Connection
+/// Attempt Delay"). A healthy broker answers the version handshake well within
+/// it, so only a slow or hung one costs a second connection.
+const STAGGER: Duration = Duration::from_millis(250);
+
+/// Changed for rust-eda (not in rskafka 0.6.0): the first of `attempts` to
+/// connect, starting them one `stagger` apart (or at once when one fails)
+/// rather than one after another. Tried in turn, a broker cut off by the network
+/// or paused held the search for its whole timeout before a healthy one was
+/// asked, and with it every metadata lookup. The attempts still running when
+/// one succeeds are dropped. All the errors if none connects.
+async fn first_connected<T, F>(
+    attempts: impl IntoIterator<Item = F>,
+    stagger: Duration,
+) -> std::result::Result<T, Vec<Error>>
+where
+    F: Future<Output = Result<T>>,
+{
+    use futures::stream::{FuturesUnordered, StreamExt};
+
+    let mut waiting = attempts.into_iter();
+    let mut running = FuturesUnordered::new();
+    let mut errors = Vec::new();
+    loop {
+        if running.is_empty() {
+            match waiting.next() {
+                Some(attempt) => running.push(attempt),
+                None => return Err(errors),
+            }
+        }
+        tokio::select! {
+            done = running.next() => match done {
+                Some(Ok(connection)) => return Ok(connection),
+                Some(Err(e)) => {
+                    errors.push(e);
+                    if let Some(attempt) = waiting.next() {
+                        running.push(attempt);
+                    }
+                }
+                None => {}
+            },
+            _ = tokio::time::sleep(stagger) => {
+                if let Some(attempt) = waiting.next() {
+                    running.push(attempt);
+                }
+            }
+        }
+    }
 }
 
 /// Changed for rust-eda (not in rskafka 0.6.0): `connect` within `timeout`, if any.
@@ -853,6 +904,71 @@ mod tests {
 
     fn arbitrary_recoverable_error() -> RequestError {
         RequestError::IO(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
+    }
+
+    type Attempt = std::pin::Pin<Box<dyn Future<Output = Result<u32>> + Send>>;
+
+    fn hangs() -> Attempt {
+        Box::pin(futures::future::pending())
+    }
+
+    fn connects(n: u32) -> Attempt {
+        Box::pin(async move { Ok(n) })
+    }
+
+    fn refused() -> Attempt {
+        Box::pin(async {
+            Err(Error::ConnectTimeout {
+                broker: "refused".to_owned(),
+                after: Duration::ZERO,
+            })
+        })
+    }
+
+    #[tokio::test]
+    async fn a_hung_broker_does_not_hold_the_next_one() {
+        let connected = tokio::time::timeout(
+            Duration::from_secs(5),
+            first_connected([hangs(), connects(2)], Duration::from_millis(20)),
+        )
+        .await
+        .expect("the second broker was not tried while the first hung");
+        assert_eq!(connected.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_refused_broker_passes_on_at_once() {
+        // A stagger far longer than the wait: only an immediate hand-over passes.
+        let connected = tokio::time::timeout(
+            Duration::from_secs(5),
+            first_connected([refused(), connects(2)], Duration::from_secs(3600)),
+        )
+        .await
+        .expect("a failed attempt waited for the stagger");
+        assert_eq!(connected.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_first_broker_alone_when_it_answers() {
+        let started = Arc::new(AtomicBool::new(false));
+        let second: Attempt = Box::pin({
+            let started = Arc::clone(&started);
+            async move {
+                started.store(true, Ordering::SeqCst);
+                Ok(2)
+            }
+        });
+        let connected = first_connected([connects(1), second], Duration::from_secs(3600)).await;
+        assert_eq!(connected.unwrap(), 1);
+        assert!(!started.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn every_error_when_none_connects() {
+        let errors = first_connected([refused(), refused(), refused()], Duration::from_millis(1))
+            .await
+            .unwrap_err();
+        assert_eq!(errors.len(), 3);
     }
 
     struct FakeBrokerRepresentation {
