@@ -32,12 +32,6 @@ use crate::kafka::conn::security::{Sasl, Security, SecurityError};
 /// Largest response accepted; metadata of very large clusters stays far below.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
-/// How long a connection attempt runs alone before the next broker is tried
-/// beside it (RFC 8305's "Connection Attempt Delay"): a healthy broker answers
-/// the version handshake well within it, so only a slow or hung one costs a
-/// second connection. The vendored rskafka staggers its own the same way.
-const STAGGER: Duration = Duration::from_millis(250);
-
 /// Errors of one connection.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -280,71 +274,58 @@ impl Connection {
     }
 
     /// Connects to the first of `brokers` that answers, starting with the one
-    /// that answered last time and trying the next one beside it after
-    /// [`STAGGER`] (or at once when one fails): a broker that hangs (paused,
-    /// cut off) costs a quarter of a second, not its whole timeout. Each
-    /// attempt moves the next search's start past its broker, so that a caller
-    /// who gives up waiting (and drops this future) does not send the next one
-    /// to the same broker. A certificate or credential problem is the same with
-    /// every broker, so it ends the search at once; only unreachable brokers
-    /// make it try the next one.
+    /// that answered last time and trying the next one beside it after a
+    /// quarter of a second (or at once when one fails), with the vendored
+    /// rskafka's search ([`rskafka::first_connected`]): a broker that hangs
+    /// (paused, cut off) costs that quarter, not its whole timeout. Each attempt
+    /// moves the next search's start past its broker, so that a caller who gives
+    /// up waiting (and drops this future) does not send the next one to the same
+    /// broker. A certificate or credential problem is the same with every
+    /// broker, so it ends the search at once; only unreachable brokers make it
+    /// try the next one.
     pub(crate) async fn connect_any(
         brokers: &[String],
         client_id: &str,
         timeout: Duration,
         security: &Security,
     ) -> Result<Self, WireError> {
-        use futures_util::stream::{FuturesUnordered, StreamExt};
         use std::sync::atomic::{AtomicUsize, Ordering};
         /// Where the last search ended, in whatever list it had.
         static ANSWERED: AtomicUsize = AtomicUsize::new(0);
         let n = brokers.len();
         let start = ANSWERED.load(Ordering::Relaxed);
-        let mut waiting = (0..n).map(|i| (start + i) % n);
-        let attempt = |at: usize| {
+        let attempts = (0..n).map(|i| {
+            let at = (start + i) % n;
             ANSWERED.store((at + 1) % n, Ordering::Relaxed);
             async move {
-                let result = Self::connect(&brokers[at], client_id, timeout, security).await;
-                (at, result)
+                let conn = Self::connect(&brokers[at], client_id, timeout, security).await?;
+                Ok((at, conn))
             }
+        });
+        let unreachable = |e: &WireError| {
+            matches!(
+                e,
+                WireError::Connect { .. } | WireError::Timeout { .. } | WireError::Io { .. }
+            )
         };
-        let mut running = FuturesUnordered::new();
-        let mut tried = Vec::new();
-        loop {
-            if running.is_empty() {
-                match waiting.next() {
-                    Some(at) => running.push(attempt(at)),
-                    None => {
-                        return Err(WireError::Unreachable {
-                            tried: tried.join("; "),
-                        });
-                    }
-                }
+        match rskafka::first_connected(attempts, rskafka::CONNECTION_STAGGER, |e| !unreachable(e))
+            .await
+        {
+            Ok((at, conn)) => {
+                ANSWERED.store(at, Ordering::Relaxed);
+                Ok(conn)
             }
-            tokio::select! {
-                Some((at, result)) = running.next() => match result {
-                    Ok(conn) => {
-                        ANSWERED.store(at, Ordering::Relaxed);
-                        return Ok(conn);
-                    }
-                    Err(
-                        e @ (WireError::Connect { .. }
-                        | WireError::Timeout { .. }
-                        | WireError::Io { .. }),
-                    ) => {
-                        tried.push(e.to_string());
-                        if let Some(at) = waiting.next() {
-                            running.push(attempt(at));
-                        }
-                    }
-                    Err(e) => return Err(e),
-                },
-                _ = tokio::time::sleep(STAGGER) => {
-                    if let Some(at) = waiting.next() {
-                        running.push(attempt(at));
-                    }
-                }
-            }
+            Err(mut errors) => match errors.pop() {
+                Some(e) if !unreachable(&e) => Err(e),
+                last => Err(WireError::Unreachable {
+                    tried: errors
+                        .iter()
+                        .chain(&last)
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                }),
+            },
         }
     }
 

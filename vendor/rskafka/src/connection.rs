@@ -534,7 +534,7 @@ where
                     ),
                 ));
             }
-            match first_connected(attempts, STAGGER).await {
+            match first_connected(attempts, STAGGER, |_| false).await {
                 Ok(connection) => ControlFlow::Break(connection),
                 Err(errors) => {
                     for e in &errors {
@@ -558,20 +558,24 @@ where
 /// runs alone before the next broker is tried beside it (RFC 8305's "Connection
 /// Attempt Delay"). A healthy broker answers the version handshake well within
 /// it, so only a slow or hung one costs a second connection.
-const STAGGER: Duration = Duration::from_millis(250);
+pub const STAGGER: Duration = Duration::from_millis(250);
 
 /// Changed for rust-eda (not in rskafka 0.6.0): the first of `attempts` to
 /// connect, starting them one `stagger` apart (or at once when one fails)
 /// rather than one after another. Tried in turn, a broker cut off by the network
 /// or paused held the search for its whole timeout before a healthy one was
 /// asked, and with it every metadata lookup. The attempts still running when
-/// one succeeds are dropped. All the errors if none connects.
-async fn first_connected<T, F>(
+/// one succeeds are dropped, and so are the ones not yet started: `attempts` is
+/// pulled one at a time. An error for which `fatal` holds (one that every
+/// broker would give, such as a refused certificate) ends the search at once,
+/// as the last of the errors returned; otherwise all the errors if none connects.
+pub async fn first_connected<T, E, F>(
     attempts: impl IntoIterator<Item = F>,
     stagger: Duration,
-) -> std::result::Result<T, Vec<Error>>
+    fatal: impl Fn(&E) -> bool,
+) -> std::result::Result<T, Vec<E>>
 where
-    F: Future<Output = Result<T>>,
+    F: Future<Output = std::result::Result<T, E>>,
 {
     use futures::stream::{FuturesUnordered, StreamExt};
 
@@ -586,15 +590,18 @@ where
             }
         }
         tokio::select! {
-            done = running.next() => match done {
-                Some(Ok(connection)) => return Ok(connection),
-                Some(Err(e)) => {
+            Some(done) = running.next() => match done {
+                Ok(connection) => return Ok(connection),
+                Err(e) => {
+                    let stop = fatal(&e);
                     errors.push(e);
+                    if stop {
+                        return Err(errors);
+                    }
                     if let Some(attempt) = waiting.next() {
                         running.push(attempt);
                     }
                 }
-                None => {}
             },
             _ = tokio::time::sleep(stagger) => {
                 if let Some(attempt) = waiting.next() {
@@ -929,7 +936,7 @@ mod tests {
     async fn a_hung_broker_does_not_hold_the_next_one() {
         let connected = tokio::time::timeout(
             Duration::from_secs(5),
-            first_connected([hangs(), connects(2)], Duration::from_millis(20)),
+            first_connected([hangs(), connects(2)], Duration::from_millis(20), |_| false),
         )
         .await
         .expect("the second broker was not tried while the first hung");
@@ -941,7 +948,7 @@ mod tests {
         // A stagger far longer than the wait: only an immediate hand-over passes.
         let connected = tokio::time::timeout(
             Duration::from_secs(5),
-            first_connected([refused(), connects(2)], Duration::from_secs(3600)),
+            first_connected([refused(), connects(2)], Duration::from_secs(3600), |_| false),
         )
         .await
         .expect("a failed attempt waited for the stagger");
@@ -958,14 +965,14 @@ mod tests {
                 Ok(2)
             }
         });
-        let connected = first_connected([connects(1), second], Duration::from_secs(3600)).await;
+        let connected = first_connected([connects(1), second], Duration::from_secs(3600), |_| false).await;
         assert_eq!(connected.unwrap(), 1);
         assert!(!started.load(Ordering::SeqCst));
     }
 
     #[tokio::test]
     async fn every_error_when_none_connects() {
-        let errors = first_connected([refused(), refused(), refused()], Duration::from_millis(1))
+        let errors = first_connected([refused(), refused(), refused()], Duration::from_millis(1), |_| false)
             .await
             .unwrap_err();
         assert_eq!(errors.len(), 3);

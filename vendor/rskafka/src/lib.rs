@@ -28,6 +28,9 @@ pub mod client;
 mod connection;
 
 pub use connection::Error as ConnectionError;
+// Changed for rust-eda (not in rskafka 0.6.0): the staggered connection search,
+// for the connections rust-eda opens itself.
+pub use connection::{STAGGER as CONNECTION_STAGGER, first_connected};
 pub use messenger::SaslError;
 
 #[cfg(feature = "unstable-fuzzing")]
