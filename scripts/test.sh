@@ -41,6 +41,14 @@ if [[ $# -eq 0 ]]; then
   cargo test --test chaos --test cluster_chaos --test fuzz -- --ignored
 fi
 
+# The benchmark script on a few records: it builds the peers' own benchmark
+# programs (librdkafka's, franz-go's; Kafka's Java tools come with the broker)
+# and runs every section once. It checks the script; its numbers are not kept.
+if [[ $# -eq 0 ]]; then
+  echo "== the benchmark script, on a few records (scripts/bench.sh --smoke)" >&2
+  scripts/bench.sh --smoke >/dev/null
+fi
+
 # The vendored rskafka carries changes to its decoder (vendor/README.md): its own
 # unit tests, with the features the services build it with.
 if [[ $# -eq 0 ]]; then

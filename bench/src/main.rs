@@ -1,12 +1,18 @@
 //! One measurement per run, printed as a JSON line for scripts/bench.sh:
 //!
-//! - `produce client=ours|rskafka|rdkafka brokers=.. topic=.. records=N size=B compression=none|snappy`
-//! - `consume client=ours|rskafka|rdkafka brokers=.. topic=.. records=N`
+//! - `produce client=ours|rskafka brokers=.. topic=.. records=N size=B compression=none|gzip|snappy
+//!   [rate=R] [idempotence=false] [in_flight=N] [batch_bytes=B]`: with `rate`, paced,
+//!   with each record's latency from send to acknowledgement
+//! - `consume client=ours|rskafka brokers=.. topic=.. records=N`
+//!
+//! The peers (Kafka's Java tools, librdkafka, franz-go) run their own programs;
+//! scripts/bench-peer.py runs every client, these two included, and measures
+//! them alike.
 //! - `http url=http://host:port target=health|order concurrency=C seconds=S`
 //! - `pipeline apis=URL[,URL] webhook=PORT rate=R|0 concurrency=C seconds=S [brokers=..]`:
 //!   with `brokers`, also where each order's time went, hop by hop, from the
 //!   timestamps of the records it caused
-//! - `create brokers=.. topic=.. partitions=P`
+//! - `create brokers=.. topic=.. partitions=P`, `delete brokers=.. topics=T[,T]`
 //! - `seed-orders brokers=.. count=N`: real `order.created` events, for the view rebuild
 //!
 //! Each client runs in a process of its own, so that its CPU time is its own.
@@ -49,6 +55,7 @@ fn main() {
             "http" => http_load(&options).await,
             "pipeline" => pipeline(&options).await,
             "create" => create(&options).await,
+            "delete" => delete(&options).await,
             "seed-orders" => seed_orders(&options).await,
             "delay-proxy" => delay_proxy(&options).await,
             other => Err(format!("unknown command {other}").into()),
@@ -115,10 +122,6 @@ async fn end_offsets(brokers: &str, topic: &str) -> Result<Vec<i64>, Error> {
     Ok(ends)
 }
 
-fn key(i: u64) -> String {
-    format!("key-{}", i % 10_000)
-}
-
 fn report(client: &str, records: u64, bytes: u64, started: Instant, cpu_start: f64) -> Value {
     let seconds = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu_start;
@@ -177,20 +180,117 @@ async fn delay_proxy(o: &HashMap<String, String>) -> Result<Value, Error> {
     }
 }
 
+/// Paces records at `rate` per second (0: as fast as they go) and keeps the
+/// latency, from send to acknowledgement, of every `SAMPLE`th record: timing
+/// each in a task of its own cost ours more CPU than the producer itself (the
+/// peers' tools time theirs in a callback they make anyway). The first
+/// second's records are a warm-up, left out of the percentiles for every client
+/// alike: they wait for the first connections and metadata.
+struct Pace {
+    rate: u64,
+    started: tokio::time::Instant,
+    latencies: Arc<Mutex<Vec<(u64, f64)>>>,
+    sent: AtomicU64,
+    sampled: AtomicU64,
+}
+
+const SAMPLE: u64 = 8;
+
+impl Pace {
+    fn new(rate: u64) -> Self {
+        Self {
+            rate,
+            started: tokio::time::Instant::now(),
+            latencies: Arc::default(),
+            sent: AtomicU64::new(0),
+            sampled: AtomicU64::new(0),
+        }
+    }
+
+    /// Waits until record `i` is due.
+    async fn due(&self, i: u64) {
+        if let Some(nanos) = (i * 1_000_000_000).checked_div(self.rate) {
+            let at = self.started + Duration::from_nanos(nanos);
+            if at > tokio::time::Instant::now() {
+                tokio::time::sleep_until(at).await;
+            }
+        }
+    }
+
+    /// Waits for a sampled record's `delivery` in a task of its own when pacing
+    /// (so that its latency is taken when it completes), or hands it back to be
+    /// awaited in turn.
+    fn track<F, T, E>(&self, delivery: F) -> Option<F>
+    where
+        F: std::future::Future<Output = Result<T, E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        let i = self.sent.fetch_add(1, Ordering::Relaxed);
+        if self.rate == 0 || !i.is_multiple_of(SAMPLE) {
+            return Some(delivery);
+        }
+        self.sampled.fetch_add(1, Ordering::Relaxed);
+        let sent = Instant::now();
+        let latencies = Arc::clone(&self.latencies);
+        tokio::spawn(async move {
+            match delivery.await {
+                Ok(_) => latencies
+                    .lock()
+                    .push((i, sent.elapsed().as_secs_f64() * 1e3)),
+                Err(e) => {
+                    eprintln!("a paced record failed: {e}");
+                    std::process::exit(1);
+                }
+            }
+        });
+        None
+    }
+
+    /// Waits until every sampled record is acknowledged, then adds p50, p99 and max.
+    async fn finish(&self, result: &mut Value) -> Result<(), Error> {
+        if self.rate == 0 {
+            return Ok(());
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while (self.latencies.lock().len() as u64) < self.sampled.load(Ordering::Relaxed) {
+            if Instant::now() > deadline {
+                return Err("paced records were not all acknowledged within 60 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mut l: Vec<f64> = std::mem::take(&mut *self.latencies.lock())
+            .into_iter()
+            .filter(|&(i, _)| i >= self.rate)
+            .map(|(_, ms)| ms)
+            .collect();
+        l.sort_by(f64::total_cmp);
+        result["p50_ms"] = json!(percentile(&l, 0.5));
+        result["p99_ms"] = json!(percentile(&l, 0.99));
+        result["max_ms"] = json!(l.last().copied().unwrap_or(0.0));
+        Ok(())
+    }
+}
+
+/// Records without keys, as the peers' own benchmark tools write them, each
+/// client spreading them over the partitions in its own way: ours sticks to a
+/// partition for a batch's worth of bytes, raw rskafka is handed whole batches
+/// in turn.
 async fn produce(o: &HashMap<String, String>) -> Result<Value, Error> {
     let client = opt(o, "client")?;
     let brokers = opt(o, "brokers")?;
     let topic = opt(o, "topic")?;
     let records = num(o, "records")?;
     let size = num(o, "size")? as usize;
-    let snappy = opt(o, "compression")? == "snappy";
+    let compression = opt(o, "compression")?;
+    let rate = o.get("rate").map_or(Ok(0), |r| r.parse())?;
     // Idempotent by default, as the Java client is; `idempotence=false` for
-    // both ours and librdkafka, like for like with raw rskafka.
+    // like with like against raw rskafka.
     let idempotence = o.get("idempotence").is_none_or(|v| v == "true");
     let value = vec![b'x'; size];
-    let bytes = records * (size as u64 + 9);
+    let bytes = records * size as u64;
     let cpu = cpu_seconds();
-    let started = Instant::now();
+    let started;
+    let mut latency = json!({});
     match client {
         "ours" => {
             use rust_eda::kafka::{
@@ -205,11 +305,9 @@ async fn produce(o: &HashMap<String, String>) -> Result<Value, Error> {
                         .get("batch_bytes")
                         .and_then(|b| b.parse().ok())
                         .unwrap_or(ProducerConfig::default().batch_max_bytes),
-                    compression: if snappy {
-                        Compression::Snappy
-                    } else {
-                        Compression::None
-                    },
+                    compression: compression.parse::<Compression>().map_err(|_| {
+                        format!("our producer does not write {compression} batches")
+                    })?,
                     idempotence,
                     // `in_flight=1` measures what sending several requests
                     // per partition at once buys.
@@ -220,10 +318,17 @@ async fn produce(o: &HashMap<String, String>) -> Result<Value, Error> {
                     ..ProducerConfig::default()
                 },
             );
+            // The clock starts at the first send, as the peers' tools start theirs.
+            started = Instant::now();
+            let pace = Pace::new(rate);
             let mut pending = VecDeque::new();
             for i in 0..records {
-                let record = ProducerRecord::new(topic).key(key(i)).value(value.clone());
-                pending.push_back(producer.enqueue(record).await?);
+                pace.due(i).await;
+                let record = ProducerRecord::new(topic).value(value.clone());
+                let delivery = producer.enqueue(record).await?;
+                if let Some(d) = pace.track(delivery) {
+                    pending.push_back(d);
+                }
                 // Keep the futures bounded; the producer's buffer bounds the data.
                 while pending.len() > 200_000 {
                     pending.pop_front().expect("pending").await?;
@@ -232,92 +337,104 @@ async fn produce(o: &HashMap<String, String>) -> Result<Value, Error> {
             for delivery in pending {
                 delivery.await?;
             }
+            pace.finish(&mut latency).await?;
             producer.close().await;
         }
         "rskafka" => {
             use rskafka::client::ClientBuilder;
             use rskafka::client::partition::{Compression, UnknownTopicHandling};
             use rskafka::record::Record;
+            let compression = match compression {
+                "none" => Compression::NoCompression,
+                "gzip" => Compression::Gzip,
+                "snappy" => Compression::Snappy,
+                other => return Err(format!("raw rskafka is built without {other} here").into()),
+            };
             let kafka = ClientBuilder::new(vec![brokers.to_owned()]).build().await?;
             let partitions = partitions_of(&kafka, topic).await?;
-            // Hand-made batches: records split by the same partitioner, sent in
-            // batches of up to 1 MiB, one request in flight per partition.
-            let per_batch = (1024 * 1024 / (size + 64)).max(1);
-            let mut by_partition: Vec<Vec<Record>> = vec![Vec::new(); partitions as usize];
-            let now = rskafka::chrono::DateTime::<rskafka::chrono::Utc>::from(
-                std::time::SystemTime::now(),
-            );
-            for i in 0..records {
-                let k = key(i);
-                let p = rust_eda::kafka::produce::partitioner::partition_for_key(k.as_bytes(), partitions);
-                by_partition[p as usize].push(Record {
-                    key: Some(k.into_bytes()),
-                    value: Some(value.clone()),
-                    headers: Default::default(),
-                    timestamp: now,
-                });
+            let mut clients = Vec::new();
+            for p in 0..partitions {
+                clients.push(Arc::new(
+                    kafka
+                        .partition_client(topic, p, UnknownTopicHandling::Retry)
+                        .await?,
+                ));
             }
-            let compression = if snappy {
-                Compression::Snappy
-            } else {
-                Compression::NoCompression
+            let record = |value: &[u8]| Record {
+                key: None,
+                value: Some(value.to_vec()),
+                headers: Default::default(),
+                timestamp: rskafka::chrono::DateTime::<rskafka::chrono::Utc>::from(
+                    std::time::SystemTime::now(),
+                ),
             };
-            let mut tasks = tokio::task::JoinSet::new();
-            for (p, mut list) in by_partition.into_iter().enumerate() {
-                let pc = kafka
-                    .partition_client(topic, p as i32, UnknownTopicHandling::Retry)
-                    .await?;
-                tasks.spawn(async move {
-                    while !list.is_empty() {
-                        let rest = list.split_off(list.len().min(per_batch));
-                        let batch = std::mem::replace(&mut list, rest);
-                        pc.produce(batch, compression).await?;
+            started = Instant::now();
+            let pace = Pace::new(rate);
+            if rate == 0 {
+                // Hand-made batches of up to 1 MiB, handed to the partitions in
+                // turn, one request in flight per partition.
+                let per_batch = (1024 * 1024 / (size + 64)).max(1) as u64;
+                let mut tasks = tokio::task::JoinSet::new();
+                for (p, pc) in clients.into_iter().enumerate() {
+                    let value = value.clone();
+                    tasks.spawn(async move {
+                        let mut first = p as u64 * per_batch;
+                        while first < records {
+                            let n = per_batch.min(records - first);
+                            let batch = (0..n).map(|_| record(&value)).collect();
+                            pc.produce(batch, compression).await?;
+                            first += per_batch * partitions as u64;
+                        }
+                        Ok::<_, Error>(())
+                    });
+                }
+                while let Some(r) = tasks.join_next().await {
+                    r??;
+                }
+            } else {
+                // Paced, records go one at a time through rskafka's own
+                // BatchProducer per partition, lingering 5 ms as ours does.
+                use rskafka::client::producer::{
+                    BatchProducerBuilder, aggregator::RecordAggregator,
+                };
+                let producers: Vec<_> = clients
+                    .into_iter()
+                    .map(|pc| {
+                        Arc::new(
+                            BatchProducerBuilder::new(pc)
+                                .with_linger(Duration::from_millis(5))
+                                .with_compression(compression)
+                                .build(RecordAggregator::new(1024 * 1024)),
+                        )
+                    })
+                    .collect();
+                let mut pending = VecDeque::new();
+                for i in 0..records {
+                    pace.due(i).await;
+                    let producer = Arc::clone(&producers[(i % producers.len() as u64) as usize]);
+                    let r = record(&value);
+                    // rskafka's `produce` adds the record to its batch only
+                    // when first polled: each one has to run at once.
+                    if let Some(d) = pace.track(async move { producer.produce(r).await }) {
+                        pending.push_back(tokio::spawn(d));
                     }
-                    Ok::<_, Error>(())
-                });
-            }
-            while let Some(r) = tasks.join_next().await {
-                r??;
-            }
-        }
-        "rdkafka" => {
-            use rdkafka::ClientConfig;
-            use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-            use rdkafka::producer::{FutureProducer, FutureRecord};
-            let producer: FutureProducer = ClientConfig::new()
-                .set("bootstrap.servers", brokers)
-                .set("acks", "all")
-                .set("linger.ms", "5")
-                .set("enable.idempotence", idempotence.to_string())
-                .set("compression.type", if snappy { "snappy" } else { "none" })
-                .create()?;
-            let mut pending = VecDeque::new();
-            for i in 0..records {
-                let k = key(i);
-                loop {
-                    let record = FutureRecord::to(topic).key(&k).payload(&value);
-                    match producer.send_result(record) {
-                        Ok(f) => {
-                            pending.push_back(f);
-                            break;
-                        }
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                            let f: rdkafka::producer::DeliveryFuture = pending
-                                .pop_front()
-                                .ok_or("queue full with nothing pending")?;
-                            f.await?.map_err(|(e, _)| e)?;
-                        }
-                        Err((e, _)) => return Err(e.into()),
+                    while pending.len() > 200_000 {
+                        pending.pop_front().expect("pending").await??;
                     }
                 }
-            }
-            for f in pending {
-                f.await?.map_err(|(e, _)| e)?;
+                for delivery in pending {
+                    delivery.await??;
+                }
+                pace.finish(&mut latency).await?;
             }
         }
         other => return Err(format!("unknown client {other}").into()),
     }
-    Ok(report(client, records, bytes, started, cpu))
+    let mut result = report(client, records, bytes, started, cpu);
+    if let (Value::Object(result), Value::Object(latency)) = (&mut result, latency) {
+        result.extend(latency);
+    }
+    Ok(result)
 }
 
 /// What a consumer saw, counted per partition in slots of their own: every client
@@ -462,43 +579,22 @@ async fn consume(o: &HashMap<String, String>) -> Result<Value, Error> {
                 r??;
             }
         }
-        "rdkafka" => {
-            use rdkafka::consumer::{BaseConsumer, Consumer};
-            use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-            let consumer: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", brokers)
-                .set("group.id", format!("bench-rd-{}", std::process::id()))
-                .set("enable.auto.commit", "false")
-                .set("fetch.wait.max.ms", "100")
-                .create()?;
-            let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-            let partitions = metadata.topics()[0].partitions().len() as i32;
-            let mut list = TopicPartitionList::new();
-            for p in 0..partitions {
-                list.add_partition_offset(&topic, p, Offset::Beginning)?;
-            }
-            consumer.assign(&list)?;
-            let seen = Arc::clone(&seen);
-            tokio::task::spawn_blocking(move || {
-                let mut n = 0;
-                while n < records {
-                    if let Some(m) = consumer.poll(Duration::from_millis(100)) {
-                        let m = m?;
-                        seen.add(m.partition(), m.payload().map_or(0, <[u8]>::len));
-                        n += 1;
-                    }
-                }
-                Ok::<_, Error>(())
-            })
-            .await??;
-        }
         other => return Err(format!("unknown client {other}").into()),
     }
     let n = seen.records();
-    let mut result = report(client, n, seen.bytes() + n * 9, started, cpu);
-    if let Some(first) = seen.first.get() {
-        result["first_record_ms"] = json!(first.duration_since(started).as_secs_f64() * 1e3);
+    let last = Instant::now();
+    let first = *seen.first.get().ok_or("no record was read")?;
+    if n < records {
+        return Err(format!("read {n} of {records} records").into());
     }
+    // Records/s from the first record to the last: what comes before (connecting,
+    // and for ours joining its group) is reported apart, as for every client.
+    let mut result = report(client, n, seen.bytes(), first, cpu);
+    let seconds = last.duration_since(first).as_secs_f64();
+    result["seconds"] = json!(seconds);
+    result["records_per_s"] = json!(n as f64 / seconds);
+    result["mb_per_s"] = json!(seen.bytes() as f64 / seconds / 1e6);
+    result["first_record_ms"] = json!(first.duration_since(started).as_secs_f64() * 1e3);
     Ok(result)
 }
 
@@ -861,6 +957,23 @@ impl Outcomes {
         }
         rx
     }
+}
+
+/// Deletes topics (comma-separated), so that a long run's data does not pile up
+/// on the broker's disk, which may be memory.
+async fn delete(o: &HashMap<String, String>) -> Result<Value, Error> {
+    let kafka = rskafka::client::ClientBuilder::new(vec![opt(o, "brokers")?.to_owned()])
+        .build()
+        .await?;
+    let controller = kafka.controller_client()?;
+    let topics: Vec<&str> = opt(o, "topics")?
+        .split(',')
+        .filter(|t| !t.is_empty())
+        .collect();
+    for topic in &topics {
+        controller.delete_topic(*topic, 30_000).await?;
+    }
+    Ok(json!({"deleted": topics}))
 }
 
 async fn create(o: &HashMap<String, String>) -> Result<Value, Error> {
