@@ -133,7 +133,7 @@ clients_round() { # size codec records
       # Every consumer reads the same records: those Kafka's own producer wrote
       # at its authors' settings in the first turn, the reference client's batches.
       if [[ $v == java:authors && -z $shared ]]; then shared=$t; else topics+=("$t"); fi
-      peer producer "$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["idempotence"]=sys.argv[2]; print(json.dumps(d))' "$extra" "${idem:-}")" \
+      peer producer "{\"size\":$size,\"compression\":\"$codec\",\"idempotence\":\"${idem:-}\"}" \
         "$client" produce brokers="$brokers" topic="$t" records="$n" size="$size" compression="$codec" \
         settings="$settings" ${idem:+idempotence=$idem}
     done

@@ -582,7 +582,6 @@ async fn consume(o: &HashMap<String, String>) -> Result<Value, Error> {
         other => return Err(format!("unknown client {other}").into()),
     }
     let n = seen.records();
-    let last = Instant::now();
     let first = *seen.first.get().ok_or("no record was read")?;
     if n < records {
         return Err(format!("read {n} of {records} records").into());
@@ -590,10 +589,6 @@ async fn consume(o: &HashMap<String, String>) -> Result<Value, Error> {
     // Records/s from the first record to the last: what comes before (connecting,
     // and for ours joining its group) is reported apart, as for every client.
     let mut result = report(client, n, seen.bytes(), first, cpu);
-    let seconds = last.duration_since(first).as_secs_f64();
-    result["seconds"] = json!(seconds);
-    result["records_per_s"] = json!(n as f64 / seconds);
-    result["mb_per_s"] = json!(seen.bytes() as f64 / seconds / 1e6);
     result["first_record_ms"] = json!(first.duration_since(started).as_secs_f64() * 1e3);
     Ok(result)
 }
