@@ -30,10 +30,12 @@
 //! - [`kafka`]: our Kafka layer over rskafka, by concern (connections, decoding,
 //!   admin, producing, fetching, groups, the consumer, middleware);
 //! - the system's vocabulary and settings: [`domain`], [`events`],
-//!   [`http_client`], [`config`], [`logging`], [`http`];
+//!   [`http_client`], [`config`], [`auth`] (who calls the order API),
+//!   [`logging`], [`http`];
 //! - [`services`]: the three services; [`app`]: the process around one.
 
 pub mod app;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod correlation;

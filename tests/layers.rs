@@ -40,6 +40,7 @@ const LAYERS: &[(&str, Exact)] = &[
     ("events", Exact::No),
     ("http_client", Exact::No),
     ("config", Exact::No),
+    ("auth", Exact::No),
     ("logging", Exact::No),
     ("http", Exact::No),
     // The services, and the process around them.

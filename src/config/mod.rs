@@ -157,10 +157,12 @@ pub struct ServerConfig {
     pub host: String,
     /// `APP_SERVER_PORT`; 0 picks a free port.
     pub port: u16,
-    /// `APP_METRICS_PORT`: where the consumer services serve `/health`, `/ready`
-    /// and `/metrics` (the order service serves them on its API port). Unset, each
-    /// service has its own default, so that all three fit on one host.
+    /// `APP_METRICS_PORT`: where each service serves `/metrics`, `/health` and
+    /// `/ready` for the internal network. Unset, each service has its own
+    /// default, so that all three fit on one host.
     pub metrics_port: Option<u16>,
+    /// `APP_SERVER_RATE_LIMIT_PER_SECOND` and `_BURST`: requests per client.
+    pub rate_limit: RateLimit,
     /// `APP_SERVER_MAX_IN_FLIGHT`: requests served at once; more are
     /// answered `503` with `Retry-After` rather than queued without bound.
     pub max_in_flight: usize,
@@ -170,6 +172,70 @@ pub struct ServerConfig {
     /// `APP_SERVER_HEADER_TIMEOUT_MS`: how long a client may take to
     /// send a request's headers before the connection is closed.
     pub header_timeout: Duration,
+}
+
+/// How many API requests one client may make: a token bucket of `burst`
+/// requests refilled at `per_second`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Sustained requests per second; 0 is no limit.
+    pub per_second: f64,
+    /// Requests at once above the rate.
+    pub burst: f64,
+}
+
+/// A secret given in a variable or in a file a variable names; files are read
+/// only by the service that needs the secret ([`SecretSource::load`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// The value of `variable`.
+    Value {
+        /// The variable that held it.
+        variable: &'static str,
+        /// The secret.
+        secret: Secret,
+    },
+    /// The contents of `path`, named by `variable`.
+    File {
+        /// The `*_FILE` variable.
+        variable: &'static str,
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+impl SecretSource {
+    /// The variable that gives the secret.
+    pub fn variable(&self) -> &'static str {
+        match self {
+            Self::Value { variable, .. } | Self::File { variable, .. } => variable,
+        }
+    }
+
+    /// The secret, read from its file if it is in one (without a final newline).
+    /// An unreadable or empty file names its variable.
+    pub fn load(&self) -> Result<Secret, ConfigError> {
+        match self {
+            Self::Value { secret, .. } => Ok(secret.clone()),
+            Self::File { variable, path } => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+                    variable,
+                    value: path.display().to_string(),
+                    expected: format!("a readable file with the secret ({e})"),
+                })?;
+                let secret = text.strip_suffix('\n').unwrap_or(&text);
+                let secret = secret.strip_suffix('\r').unwrap_or(secret);
+                if secret.is_empty() {
+                    return Err(ConfigError::Invalid {
+                        variable,
+                        value: path.display().to_string(),
+                        expected: "a file holding the secret; this one is empty".to_owned(),
+                    });
+                }
+                Ok(Secret::new(secret))
+            }
+        }
+    }
 }
 
 /// How the services reach Kafka and use it.
@@ -249,6 +315,46 @@ pub struct OrderConfig {
     /// `APP_ORDER_IDEMPOTENCY_RETENTION_HOURS`: how long an
     /// `Idempotency-Key` keeps answering with the order it created.
     pub idempotency_retention: Duration,
+    /// `APP_ORDER_IDEMPOTENCY_SECRET` or `_FILE`: the key of order ids made
+    /// from idempotency keys; the order service refuses to start without it.
+    pub idempotency_secret: Option<SecretSource>,
+    /// `APP_AUTH_*`: who may call the API.
+    pub auth: AuthConfig,
+}
+
+/// `APP_AUTH_MODE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Bearer JWTs.
+    Jwt,
+    /// Bearer API keys from a file.
+    ApiKeys,
+    /// No authentication: local development only.
+    Off,
+}
+
+/// The order API's authentication settings, as given; the order service loads
+/// the keys they name when it starts, so the other services need none.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// `APP_AUTH_MODE`.
+    pub mode: AuthMode,
+    /// `APP_AUTH_JWT_HS256_SECRET` or `_FILE`.
+    pub hs256_secret: Option<SecretSource>,
+    /// `APP_AUTH_JWT_PUBLIC_KEY_FILE`.
+    pub public_key_file: Option<PathBuf>,
+    /// `APP_AUTH_JWKS_FILE`.
+    pub jwks_file: Option<PathBuf>,
+    /// `APP_AUTH_JWT_ISSUER`.
+    pub issuer: Option<String>,
+    /// `APP_AUTH_JWT_AUDIENCE`.
+    pub audience: Option<String>,
+    /// `APP_AUTH_CUSTOMER_CLAIM`.
+    pub customer_claim: String,
+    /// `APP_AUTH_JWT_LEEWAY_SECONDS`.
+    pub leeway: Duration,
+    /// `APP_AUTH_API_KEYS_FILE`.
+    pub api_keys_file: Option<PathBuf>,
 }
 
 /// The inventory service's own settings.

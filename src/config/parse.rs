@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use super::variables::{Default, VARIABLES, Variable};
 use super::{
-    Config, ConfigError, InventoryConfig, KafkaConfig, LogEncoding, LoggerConfig,
-    NotificationConfig, OrderConfig, ServerConfig,
+    AuthConfig, AuthMode, Config, ConfigError, InventoryConfig, KafkaConfig, LogEncoding,
+    LoggerConfig, NotificationConfig, OrderConfig, RateLimit, SecretSource, ServerConfig,
 };
 use crate::http_client::HttpUrl;
 use crate::kafka::ProcessingGuarantee;
@@ -124,6 +124,31 @@ impl Values {
         )
     }
 
+    /// A secret in `name` or in the file `name_file` names; not both.
+    fn secret(
+        &self,
+        name: &'static str,
+        name_file: &'static str,
+    ) -> Result<Option<SecretSource>, ConfigError> {
+        let value = self.given.get(name).filter(|v| !v.is_empty());
+        match (value, self.given(name_file)) {
+            (Some(_), Some(path)) => Err(ConfigError::Inapplicable {
+                variable: name_file,
+                value: path.to_owned(),
+                why: "the secret is given twice; set either the variable or its _FILE, not both",
+            }),
+            (Some(secret), None) => Ok(Some(SecretSource::Value {
+                variable: name,
+                secret: Secret::new(secret.clone()),
+            })),
+            (None, Some(path)) => Ok(Some(SecretSource::File {
+                variable: name_file,
+                path: PathBuf::from(path),
+            })),
+            (None, None) => Ok(None),
+        }
+    }
+
     /// `APP_KAFKA_SECURITY_PROTOCOL` and the TLS and SASL settings it calls for.
     fn security(&self) -> Result<Security, ConfigError> {
         const PROTOCOL: &str = "APP_KAFKA_SECURITY_PROTOCOL";
@@ -194,14 +219,12 @@ impl Values {
                     })?
                     .to_owned(),
                 password: self
-                    .given
-                    .get("APP_KAFKA_SASL_PASSWORD")
-                    .filter(|p| !p.is_empty())
-                    .map(|p| Secret::new(p.clone()))
+                    .secret("APP_KAFKA_SASL_PASSWORD", "APP_KAFKA_SASL_PASSWORD_FILE")?
                     .ok_or(ConfigError::Missing {
                         variable: "APP_KAFKA_SASL_PASSWORD",
-                        why: "APP_KAFKA_SECURITY_PROTOCOL uses SASL",
-                    })?,
+                        why: "APP_KAFKA_SECURITY_PROTOCOL uses SASL (or set APP_KAFKA_SASL_PASSWORD_FILE)",
+                    })?
+                    .load()?,
             }),
         };
         Ok(Security { tls, sasl })
@@ -212,6 +235,12 @@ impl Values {
             host: self.text("APP_SERVER_HOST").to_owned(),
             port: self.number("APP_SERVER_PORT", 0..=65535)?,
             metrics_port: self.optional_number("APP_METRICS_PORT", 0..=65535)?,
+            rate_limit: RateLimit {
+                per_second: f64::from(
+                    self.number("APP_SERVER_RATE_LIMIT_PER_SECOND", 0u32..=1_000_000)?,
+                ),
+                burst: f64::from(self.number("APP_SERVER_RATE_LIMIT_BURST", 1u32..=1_000_000)?),
+            },
             max_in_flight: self.number("APP_SERVER_MAX_IN_FLIGHT", 1..=1_000_000)?,
             request_timeout: self.millis("APP_SERVER_REQUEST_TIMEOUT_MS")?,
             header_timeout: self.millis("APP_SERVER_HEADER_TIMEOUT_MS")?,
@@ -343,6 +372,40 @@ impl Values {
             idempotency_retention: Duration::from_secs(
                 3600 * self.number("APP_ORDER_IDEMPOTENCY_RETENTION_HOURS", 1u64..=24 * 365)?,
             ),
+            idempotency_secret: self.secret(
+                "APP_ORDER_IDEMPOTENCY_SECRET",
+                "APP_ORDER_IDEMPOTENCY_SECRET_FILE",
+            )?,
+            auth: self.auth()?,
+        })
+    }
+
+    /// The `APP_AUTH_*` settings, each parsed; which combination a mode needs is
+    /// checked when the order service loads the keys (`crate::auth`).
+    fn auth(&self) -> Result<AuthConfig, ConfigError> {
+        let path = |name| self.given(name).map(PathBuf::from);
+        Ok(AuthConfig {
+            mode: self.choice(
+                "APP_AUTH_MODE",
+                &[
+                    ("jwt", AuthMode::Jwt),
+                    ("api_keys", AuthMode::ApiKeys),
+                    ("api-keys", AuthMode::ApiKeys),
+                    ("off", AuthMode::Off),
+                ],
+                "jwt, api_keys or off",
+            )?,
+            hs256_secret: self.secret(
+                "APP_AUTH_JWT_HS256_SECRET",
+                "APP_AUTH_JWT_HS256_SECRET_FILE",
+            )?,
+            public_key_file: path("APP_AUTH_JWT_PUBLIC_KEY_FILE"),
+            jwks_file: path("APP_AUTH_JWKS_FILE"),
+            issuer: self.given("APP_AUTH_JWT_ISSUER").map(str::to_owned),
+            audience: self.given("APP_AUTH_JWT_AUDIENCE").map(str::to_owned),
+            customer_claim: self.text("APP_AUTH_CUSTOMER_CLAIM").to_owned(),
+            leeway: Duration::from_secs(self.number("APP_AUTH_JWT_LEEWAY_SECONDS", 0u64..=3600)?),
+            api_keys_file: path("APP_AUTH_API_KEYS_FILE"),
         })
     }
 

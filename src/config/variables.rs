@@ -80,8 +80,61 @@ pub const VARIABLES: &[Variable] = &[
     ),
     per_service(
         "APP_METRICS_PORT",
-        "`9101` inventory, `9102` notification",
-        "port of the consumer services' `/health`, `/ready` and `/metrics` (the order service serves them on its API port)",
+        "`9103` order, `9101` inventory, `9102` notification",
+        "port of each service's `/metrics`, `/health` and `/ready`, for the internal network (the order API's port does not serve `/metrics`)",
+    ),
+    var(
+        "APP_SERVER_RATE_LIMIT_PER_SECOND",
+        "20",
+        "order API requests per second per client (the token's customer, or the address of a request without a valid token); more get `429` with `Retry-After`; `0` turns the limit off",
+    ),
+    var(
+        "APP_SERVER_RATE_LIMIT_BURST",
+        "40",
+        "requests a client may send at once above that rate",
+    ),
+    var(
+        "APP_AUTH_MODE",
+        "jwt",
+        "who may call the order API: `jwt` (bearer JWTs), `api_keys` (bearer keys from `APP_AUTH_API_KEYS_FILE`) or `off` (anyone, for local development only; logged loudly)",
+    ),
+    unset(
+        "APP_AUTH_JWT_HS256_SECRET",
+        "shared secret of HS256 tokens, at least 32 bytes; never logged (or `APP_AUTH_JWT_HS256_SECRET_FILE`)",
+    ),
+    unset(
+        "APP_AUTH_JWT_HS256_SECRET_FILE",
+        "file holding the HS256 secret (a trailing newline is dropped)",
+    ),
+    unset(
+        "APP_AUTH_JWT_PUBLIC_KEY_FILE",
+        "PEM public key of RS256 (RSA) or ES256 (P-256) tokens",
+    ),
+    unset(
+        "APP_AUTH_JWKS_FILE",
+        "JSON Web Key Set of the token issuer (RS256, ES256 or HS256 keys, chosen by the token's `kid`); read at start",
+    ),
+    unset(
+        "APP_AUTH_JWT_ISSUER",
+        "when set, tokens must carry this `iss`",
+    ),
+    unset(
+        "APP_AUTH_JWT_AUDIENCE",
+        "when set, tokens must carry this `aud`",
+    ),
+    var(
+        "APP_AUTH_CUSTOMER_CLAIM",
+        "sub",
+        "the token claim that names the customer",
+    ),
+    var(
+        "APP_AUTH_JWT_LEEWAY_SECONDS",
+        "30",
+        "clock skew allowed on `exp` and `nbf`",
+    ),
+    unset(
+        "APP_AUTH_API_KEYS_FILE",
+        "with `APP_AUTH_MODE=api_keys`: lines of `customer-id key`, the key plain (16+ characters) or as `sha256:<hex>`",
     ),
     var(
         "APP_KAFKA_BROKERS",
@@ -105,6 +158,10 @@ pub const VARIABLES: &[Variable] = &[
     unset(
         "APP_KAFKA_SASL_PASSWORD",
         "SASL password; never logged (prints as `***`)",
+    ),
+    unset(
+        "APP_KAFKA_SASL_PASSWORD_FILE",
+        "file holding the SASL password, instead of `APP_KAFKA_SASL_PASSWORD`",
     ),
     per_service(
         "APP_KAFKA_GROUP_ID",
@@ -210,6 +267,14 @@ pub const VARIABLES: &[Variable] = &[
         "APP_ORDER_IDEMPOTENCY_RETENTION_HOURS",
         "24",
         "how long an `Idempotency-Key` answers with its order",
+    ),
+    unset(
+        "APP_ORDER_IDEMPOTENCY_SECRET",
+        "key of the HMAC that turns a customer's `Idempotency-Key` into an order id, at least 32 bytes, the same on every instance; required by the order service (or `APP_ORDER_IDEMPOTENCY_SECRET_FILE`)",
+    ),
+    unset(
+        "APP_ORDER_IDEMPOTENCY_SECRET_FILE",
+        "file holding the idempotency secret",
     ),
     var(
         "APP_INVENTORY_STOCK_FILE",
