@@ -5,8 +5,10 @@
 //! client can show. Past that point an order is known to be well formed, and no
 //! other code checks it again.
 
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::Sha256;
 use uuid::Uuid;
 
 /// Most items one order may have.
@@ -35,16 +37,70 @@ impl OrderId {
 impl OrderId {
     /// The id of the order that `key` creates for `customer_id`: the same for every
     /// retry of a request, on any instance, across restarts, so a repeated
-    /// `order.created` names the same order and is recognised downstream.
-    pub fn for_idempotency_key(customer_id: &str, key: &IdempotencyKey) -> Self {
-        // Length-prefixed, so that ("a:b", "c") and ("a", "b:c") differ.
-        let name = format!("{}:{customer_id}:{}", customer_id.len(), key.0);
-        Self(Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, name.as_bytes()))
+    /// `order.created` names the same order and is recognised downstream. It is
+    /// an HMAC under the server's [`OrderIdKey`], so nobody without that key can
+    /// compute the id of another customer's order from its customer id and key.
+    pub fn for_idempotency_key(
+        secret: &OrderIdKey,
+        customer_id: &str,
+        key: &IdempotencyKey,
+    ) -> Self {
+        let mut mac = secret.0.clone();
+        mac.update(idempotency_name(customer_id, key).as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        Self(Uuid::new_v8(bytes))
+    }
+
+    /// The id an idempotency key gave before ids were keyed: a version 5 UUID anyone
+    /// could compute. No new order gets one; the order service still looks it
+    /// up, for the owner only, so that a retry of a request made before the
+    /// upgrade answers with its order until the retention ends.
+    pub fn unkeyed_for_idempotency_key(customer_id: &str, key: &IdempotencyKey) -> Self {
+        Self(Uuid::new_v5(
+            &UNKEYED_NAMESPACE,
+            idempotency_name(customer_id, key).as_bytes(),
+        ))
     }
 }
 
-/// The UUID namespace of order ids made from idempotency keys (a fixed random UUID).
-const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_8e2a_4b7d_4e0f_9a51_c3d2_7b86_e415);
+/// Length-prefixed, so that ("a:b", "c") and ("a", "b:c") differ.
+fn idempotency_name(customer_id: &str, key: &IdempotencyKey) -> String {
+    format!("{}:{customer_id}:{}", customer_id.len(), key.0)
+}
+
+/// The UUID namespace of the unkeyed ids (a fixed random UUID).
+const UNKEYED_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_8e2a_4b7d_4e0f_9a51_c3d2_7b86_e415);
+
+/// Shortest idempotency secret accepted, in bytes: HMAC-SHA256's own size.
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// The server's secret key of order ids made from idempotency keys
+/// (`APP_ORDER_IDEMPOTENCY_SECRET`): every instance must have the same one.
+#[derive(Clone)]
+pub struct OrderIdKey(Hmac<Sha256>);
+
+impl OrderIdKey {
+    /// The key from `secret`, at least [`MIN_SECRET_LEN`] bytes.
+    pub fn new(secret: &[u8]) -> Result<Self, String> {
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(format!(
+                "at least {MIN_SECRET_LEN} bytes (this one has {}); make one with `openssl rand -hex 32`",
+                secret.len()
+            ));
+        }
+        <Hmac<Sha256> as Mac>::new_from_slice(secret)
+            .map(Self)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl std::fmt::Debug for OrderIdKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OrderIdKey(***)")
+    }
+}
 
 /// Longest `Idempotency-Key` accepted.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
@@ -383,19 +439,57 @@ mod tests {
     }
 
     #[test]
-    fn order_ids_parse_from_uuids_only() {
-        assert!("not-a-uuid".parse::<OrderId>().is_err());
-        let key = IdempotencyKey::parse("retry-1").unwrap();
-        let id = OrderId::for_idempotency_key("c-1", &key);
-        assert_eq!(id, OrderId::for_idempotency_key("c-1", &key), "stable");
+    fn an_order_id_cannot_be_computed_without_the_servers_secret() {
+        let key = IdempotencyKey::parse("checkout-cart-42").unwrap();
+        let ours = OrderIdKey::new(b"the server's secret, 32 bytes at least").unwrap();
+        let id = OrderId::for_idempotency_key(&ours, "customer-123", &key);
+        // What an outsider can compute: the old public derivation, or the same
+        // HMAC under any key they can guess.
         assert_ne!(
             id,
-            OrderId::for_idempotency_key("c-2", &key),
+            OrderId::unkeyed_for_idempotency_key("customer-123", &key)
+        );
+        for guess in [[0u8; 32], [b'x'; 32]] {
+            let theirs = OrderIdKey::new(&guess).unwrap();
+            assert_ne!(
+                id,
+                OrderId::for_idempotency_key(&theirs, "customer-123", &key)
+            );
+        }
+        // The id still looks like any other (a UUID, version 8, RFC variant).
+        assert_eq!(id.0.get_version_num(), 8);
+        assert_eq!(id.0.get_variant(), uuid::Variant::RFC4122);
+        // An unkeyed id keeps the value it always had (computed independently,
+        // with Python's uuid.uuid5), so orders made before keying are found.
+        assert_eq!(
+            OrderId::unkeyed_for_idempotency_key("c-1", &IdempotencyKey::parse("retry-1").unwrap())
+                .to_string(),
+            "6577cfca-14ab-57fc-879e-9b42cd2f0930"
+        );
+        let short = OrderIdKey::new(b"too short").unwrap_err();
+        assert!(short.contains("at least 32 bytes"), "{short}");
+        assert_eq!(format!("{ours:?}"), "OrderIdKey(***)");
+    }
+
+    #[test]
+    fn order_ids_parse_from_uuids_only() {
+        assert!("not-a-uuid".parse::<OrderId>().is_err());
+        let secret = OrderIdKey::new(&[7; 32]).unwrap();
+        let key = IdempotencyKey::parse("retry-1").unwrap();
+        let id = OrderId::for_idempotency_key(&secret, "c-1", &key);
+        assert_eq!(
+            id,
+            OrderId::for_idempotency_key(&secret, "c-1", &key),
+            "stable"
+        );
+        assert_ne!(
+            id,
+            OrderId::for_idempotency_key(&secret, "c-2", &key),
             "per customer"
         );
         assert_ne!(
-            OrderId::for_idempotency_key("a:b", &IdempotencyKey::parse("c").unwrap()),
-            OrderId::for_idempotency_key("a", &IdempotencyKey::parse("b:c").unwrap()),
+            OrderId::for_idempotency_key(&secret, "a:b", &IdempotencyKey::parse("c").unwrap()),
+            OrderId::for_idempotency_key(&secret, "a", &IdempotencyKey::parse("b:c").unwrap()),
         );
         assert!(IdempotencyKey::parse("").is_err());
         assert!(IdempotencyKey::parse("has space").is_err());
