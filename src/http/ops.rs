@@ -1,9 +1,10 @@
 //! What operators scrape and probe: `/health`, `/ready` and `/metrics` on every
 //! service, and the HTTP metrics and access log line of every request.
 //!
-//! The order service mounts these routes beside its API. The consumer services
-//! have no API, so they serve them on a port of their own ([`OpsServer`]),
-//! `APP_METRICS_PORT`, by default 9101 (inventory) and 9102 (notification).
+//! Each service serves them on a port of its own ([`OpsServer`]),
+//! `APP_METRICS_PORT`, by default 9103 (order), 9101 (inventory) and 9102
+//! (notification), meant for the internal network; the order API's public port
+//! keeps `/health` and `/ready` for load balancers, but not `/metrics`.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -123,6 +124,11 @@ impl OpsServer {
             listener,
             limits: super::server::Limits::from_config(&config.server),
         })
+    }
+
+    /// Where it listens.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
     }
 
     /// Serves until `shutdown`; ready while the broker answers and no part of

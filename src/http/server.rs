@@ -87,6 +87,11 @@ pub fn retry_after(mut response: Response, seconds: &'static str) -> Response {
     response
 }
 
+/// The address of the client a request came from, in the request's
+/// extensions: `warp::ext::optional::<PeerAddr>()` reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 /// What [`serve`] serves: `warp::service(routes)` for routes that answer every
 /// request (their rejections recovered).
 pub trait Routes:
@@ -127,6 +132,7 @@ pub async fn serve(
         inner: routes,
         permits: Arc::new(Semaphore::new(limits.max_in_flight)),
         limits,
+        peer: None,
     };
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -134,9 +140,9 @@ pub async fn serve(
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors, most likely: wait for connections to close.
                     log::warn!("accepting a connection failed, pausing 100 ms: {e}");
@@ -146,8 +152,11 @@ pub async fn serve(
             },
             () = shutdown.recv() => break,
         };
-        let connection =
-            graceful.watch(http.serve_connection(TokioIo::new(stream), guarded.clone()));
+        let service = Guarded {
+            peer: Some(PeerAddr(peer)),
+            ..guarded.clone()
+        };
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 log::debug!("connection ended with an error: {e}");
@@ -172,6 +181,8 @@ struct Guarded<S> {
     inner: S,
     permits: Arc<Semaphore>,
     limits: Limits,
+    /// The connection's client.
+    peer: Option<PeerAddr>,
 }
 
 impl<S: Routes> hyper::service::Service<hyper::Request<Incoming>> for Guarded<S> {
@@ -179,7 +190,10 @@ impl<S: Routes> hyper::service::Service<hyper::Request<Incoming>> for Guarded<S>
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
-    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: hyper::Request<Incoming>) -> Self::Future {
+        if let Some(peer) = self.peer {
+            request.extensions_mut().insert(peer);
+        }
         let permit = Arc::clone(&self.permits).try_acquire_owned();
         let mut inner = self.inner.clone();
         let timeout = self.limits.request_timeout;
