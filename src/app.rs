@@ -6,6 +6,9 @@
 //! - `create-topics` creates the system's topics (`scripts/create-topics.sh`);
 //! - `replay-dlq <topic>.dlq [--to TOPIC] [--dry-run]` puts dead-lettered records
 //!   back on their topic (`scripts/replay-dlq.sh`).
+//!
+//! A service may add its own (`Service::command`): the order service's
+//! `mint-token --subject ID` prints a bearer token for customer `ID`.
 
 use std::process::ExitCode;
 
@@ -16,7 +19,7 @@ use crate::kafka::{
     Admin, Cluster, DEFAULT_OFFSETS_TOPIC, OffsetStore, Producer, ProducerConfig, TopicOutcome,
 };
 use crate::logging;
-use crate::services::Service;
+use crate::services::{Service, ServiceError};
 use crate::shutdown::{self, ShutdownTrigger};
 
 /// Exit code for a configuration error, as `sysexits.h`'s `EX_CONFIG`.
@@ -45,6 +48,11 @@ pub async fn main<S: Service>() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("create-topics") => return create_topics(&config, S::NAME).await,
         Some("replay-dlq") => return replay_dlq(&config, S::NAME, &args[1..]).await,
+        Some(name) if !name.starts_with('-') => {
+            if let Some(code) = S::command(&config, name, &args[1..]) {
+                return code;
+            }
+        }
         _ => {}
     }
 
@@ -52,7 +60,10 @@ pub async fn main<S: Service>() -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             log::error!("{} cannot start: {e}", S::NAME);
-            return ExitCode::FAILURE;
+            return match e {
+                ServiceError::Config(_) => ExitCode::from(EXIT_CONFIG),
+                _ => ExitCode::FAILURE,
+            };
         }
     };
 

@@ -47,6 +47,9 @@ pub enum ServiceError {
     /// The operations port could not be bound.
     #[error("{0}; set APP_METRICS_PORT")]
     MetricsBind(#[from] BindError),
+    /// A setting the service needs is missing or malformed.
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
     /// The stock ledger cannot be used.
     #[error("the stock ledger: {0}")]
     Ledger(String),
@@ -64,6 +67,12 @@ pub enum ServiceError {
 pub trait Service: Sized + Send {
     /// The service name, for logs and the client id.
     const NAME: &'static str;
+
+    /// Runs the service's own command `name` with `args` (those after the
+    /// name), if it has one by that name, and gives its exit code.
+    fn command(_config: &Config, _name: &str, _args: &[String]) -> Option<std::process::ExitCode> {
+        None
+    }
 
     /// Connects and prepares everything; fails early on a bad setup.
     fn build(config: Config) -> impl Future<Output = Result<Self, ServiceError>> + Send;

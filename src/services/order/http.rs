@@ -2,16 +2,27 @@
 //!
 //! | Route | Answer |
 //! | --- | --- |
-//! | `POST /api/v1/orders` | `201` with the order once the broker acknowledged `order.created`; `400`/`413`/`415` for bad requests; `409`/`422` for a misused `Idempotency-Key`; `503` when the broker does not acknowledge in time |
-//! | `GET /api/v1/orders/{id}` | `200` with the order and its status; `400` for a malformed id; `404` for an unknown one |
+//! | `POST /api/v1/orders` | `201` with the order once the broker acknowledged `order.created`; `400`/`413`/`415` for bad requests; `403` for an order of another customer; `409`/`422` for a misused `Idempotency-Key`; `503` when the broker does not acknowledge in time |
+//! | `GET /api/v1/orders/{id}` | `200` with the order and its status; `400` for a malformed id; `404` for an unknown one, or one of another customer |
 //! | `GET /health` | `200` while the process runs |
 //! | `GET /ready` | `200` once the broker answers and the order view caught up; `503` before, or while a part reports a problem (`problems`) |
-//! | `GET /metrics` | Prometheus metrics (see [`crate::metrics`]) |
 //! | `GET /api/v1/openapi.json` | the `OpenAPI` 3 description of this API |
 //!
-//! `POST` takes an optional `Idempotency-Key` header. The order id is derived from
-//! the key and the customer, so a retry (after a timeout, on another instance,
-//! after a restart) names the same order: within
+//! `/metrics` is not on this port but on the operations port (`APP_METRICS_PORT`),
+//! which belongs on the internal network.
+//!
+//! **Who may call.** The order routes take `Authorization: Bearer <token>` and act
+//! for the customer the token names ([`crate::auth`]): a missing or refused token
+//! gets `401` with `WWW-Authenticate`, an order body naming another customer
+//! `403`, and an order of another customer reads as `404`, exactly like one that
+//! does not exist. Every client (the token's customer, or the address of a
+//! request without a valid token) has a request budget
+//! (`APP_SERVER_RATE_LIMIT_PER_SECOND`); past it, `429` with `Retry-After`.
+//!
+//! `POST` takes an optional `Idempotency-Key` header. The order id is an HMAC of
+//! the key and the customer under the server's secret, so a retry (after a
+//! timeout, on another instance, after a restart) names the same order, and nobody
+//! without the secret can compute it: within
 //! `APP_ORDER_IDEMPOTENCY_RETENTION_HOURS` it is answered with the order it
 //! created, marked `Idempotent-Replayed: true`, and if it did reach the broker
 //! twice, the inventory decides the order once. The same key with a different
@@ -24,7 +35,7 @@
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::json;
@@ -33,12 +44,15 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use super::view::OrderViews;
+use crate::auth::{AuthError, Authenticator, Principal};
 use crate::correlation;
-use crate::domain::{FieldError, IdempotencyKey, NewOrder, OrderId, total};
+use crate::domain::{FieldError, IdempotencyKey, NewOrder, OrderId, OrderIdKey, total};
 use crate::events::{self, Envelope, OrderCreated};
 use crate::http::ops;
-use crate::http::server::{error_response as error, retry_after};
+use crate::http::rate_limit::{RateLimiter, retry_after_seconds};
+use crate::http::server::{PeerAddr, error_response as error, retry_after};
 use crate::kafka::{Cluster, Follower, ProduceError, Producer};
+use crate::metrics;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: u64 = 64 * 1024;
@@ -63,7 +77,17 @@ pub struct AppState {
     pub in_flight: parking_lot::Mutex<HashSet<OrderId>>,
     /// How long an idempotency key answers with its order.
     pub idempotency_retention: Duration,
+    /// The key of order ids made from idempotency keys.
+    pub order_ids: OrderIdKey,
+    /// Checks callers' credentials.
+    pub auth: Authenticator,
+    /// Each client's request budget.
+    pub limiter: RateLimiter,
 }
+
+/// The customer a request may act for (`None` with authentication off), or
+/// the answer that refuses it.
+type Access = Result<Option<Principal>, Box<Response>>;
 
 /// All routes, with JSON answers for every rejection.
 pub fn routes(
@@ -74,26 +98,42 @@ pub fn routes(
         warp::any().map(move || Arc::clone(&state))
     };
     let correlation = warp::header::optional::<String>(CORRELATION_HEADER).map(correlation_id);
+    let access = warp::header::optional::<String>("authorization")
+        .and(warp::ext::optional::<PeerAddr>())
+        .and(with_state.clone())
+        .map(
+            |authorization: Option<String>, peer, state: Arc<AppState>| {
+                check_access(&state, authorization.as_deref(), peer)
+            },
+        );
 
     let create = warp::path!("api" / "v1" / "orders")
         .and(warp::post())
         .and(with_state.clone())
         .and(correlation)
+        .and(access.clone())
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::header::optional::<String>(IDEMPOTENCY_HEADER))
         .and(warp::body::content_length_limit(MAX_BODY_BYTES))
         .and(warp::body::bytes())
-        .then(|state, id: String, content_type, key, body| {
-            correlation::scope(id.clone(), async move {
-                let request = CreateRequest {
-                    correlation_id: &id,
-                    content_type,
-                    idempotency_key: key,
-                    body,
-                };
-                tag(create_order(state, request).await, &id)
-            })
-        });
+        .then(
+            |state, id: String, access: Access, content_type, key, body| {
+                correlation::scope(id.clone(), async move {
+                    let principal = match access {
+                        Ok(principal) => principal,
+                        Err(refused) => return tag(*refused, &id),
+                    };
+                    let request = CreateRequest {
+                        correlation_id: &id,
+                        principal,
+                        content_type,
+                        idempotency_key: key,
+                        body,
+                    };
+                    tag(create_order(state, request).await, &id)
+                })
+            },
+        );
 
     let openapi = warp::path!("api" / "v1" / "openapi.json")
         .and(warp::get())
@@ -105,7 +145,22 @@ pub fn routes(
         .and(warp::get())
         .and(with_state.clone())
         .and(correlation)
-        .map(|id: String, state: Arc<AppState>, corr: String| tag(get_order(&state, &id), &corr));
+        .and(access)
+        .map(
+            |id: String, state: Arc<AppState>, corr: String, access: Access| match access {
+                Ok(principal) => tag(get_order(&state, principal.as_ref(), &id), &corr),
+                Err(refused) => tag(*refused, &corr),
+            },
+        );
+
+    // Scrapes belong on the operations port; say so rather than a bare 404.
+    let metrics_elsewhere = warp::path!("metrics").and(warp::get()).map(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            "metrics are served on the operations port (APP_METRICS_PORT, 9103 by default), not on the API port",
+            Vec::new(),
+        )
+    });
 
     let ready = warp::path!("ready")
         .and(warp::get())
@@ -117,7 +172,7 @@ pub fn routes(
         .unify()
         .or(ops::health_route())
         .unify()
-        .or(ops::metrics_route())
+        .or(metrics_elsewhere)
         .unify()
         .or(ready)
         .unify()
@@ -134,7 +189,7 @@ pub fn routes(
 fn allowed_methods(path: &str) -> Option<&'static str> {
     match path {
         "/api/v1/orders" => Some("POST"),
-        "/health" | "/ready" | "/metrics" | "/api/v1/openapi.json" => Some("GET"),
+        "/health" | "/ready" | "/api/v1/openapi.json" => Some("GET"),
         p if p
             .strip_prefix("/api/v1/orders/")
             .is_some_and(|id| !id.is_empty() && !id.contains('/')) =>
@@ -173,6 +228,73 @@ fn method_not_allowed()
     )
 }
 
+/// Checks the caller's credentials and request budget. The budget is counted
+/// before the verdict, so that guessing tokens from one address is limited too.
+fn check_access(state: &AppState, authorization: Option<&str>, peer: Option<PeerAddr>) -> Access {
+    let verdict = state.auth.authenticate(authorization);
+    let client = match &verdict {
+        Ok(Some(principal)) => format!("customer:{}", principal.customer_id),
+        _ => peer.map_or_else(
+            || "addr:unknown".to_owned(),
+            |p| format!("addr:{}", p.0.ip()),
+        ),
+    };
+    if let Err(wait) = state.limiter.check(&client, Instant::now()) {
+        metrics::counter(
+            "eda_http_rate_limited_total",
+            "Order API requests answered 429: the client was over APP_SERVER_RATE_LIMIT_PER_SECOND.",
+            &[],
+        )
+        .inc();
+        let seconds = retry_after_seconds(wait);
+        let mut response = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many requests from this client; retry in {seconds} s"),
+            Vec::new(),
+        );
+        response
+            .headers_mut()
+            .insert("retry-after", HeaderValue::from(seconds));
+        return Err(Box::new(response));
+    }
+    verdict.map_err(|refusal| {
+        metrics::counter(
+            "eda_http_auth_refused_total",
+            "Order API requests answered 401 by reason.",
+            &[("reason", refusal_reason(&refusal))],
+        )
+        .inc();
+        Box::new(unauthorized(&refusal))
+    })
+}
+
+/// A metric label for each kind of refusal.
+fn refusal_reason(refusal: &AuthError) -> &'static str {
+    match refusal {
+        AuthError::Missing | AuthError::NotBearer => "missing",
+        AuthError::Expired | AuthError::NotYetValid => "expired",
+        AuthError::BadSignature => "signature",
+        AuthError::UnknownKey => "unknown_key",
+        AuthError::Invalid(_) | AuthError::WrongParty(_) | AuthError::NoCustomer(_) => "invalid",
+    }
+}
+
+/// `401` with RFC 6750's `WWW-Authenticate` challenge.
+fn unauthorized(refusal: &AuthError) -> Response {
+    let mut response = error(StatusCode::UNAUTHORIZED, refusal.to_string(), Vec::new());
+    let challenge = match refusal {
+        AuthError::Missing => r#"Bearer realm="orders""#.to_owned(),
+        other => format!(
+            r#"Bearer realm="orders", error="invalid_token", error_description="{}""#,
+            other.to_string().replace(['"', '\\'], "'")
+        ),
+    };
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response.headers_mut().insert("www-authenticate", value);
+    }
+    response
+}
+
 /// The client's correlation id if it is sane, else a new one.
 fn correlation_id(given: Option<String>) -> String {
     given
@@ -200,6 +322,8 @@ fn is_json(content_type: Option<&str>) -> bool {
 /// What `POST /api/v1/orders` received.
 struct CreateRequest<'a> {
     correlation_id: &'a str,
+    /// Who it acts for; `None` with authentication off.
+    principal: Option<Principal>,
     content_type: Option<String>,
     idempotency_key: Option<String>,
     body: Bytes,
@@ -218,7 +342,7 @@ fn parse_order(
             }],
         )));
     }
-    let value: serde_json::Value = serde_json::from_slice(&request.body).map_err(|e| {
+    let mut value: serde_json::Value = serde_json::from_slice(&request.body).map_err(|e| {
         Box::new(error(
             StatusCode::BAD_REQUEST,
             "the request body is not valid JSON",
@@ -228,6 +352,25 @@ fn parse_order(
             }],
         ))
     })?;
+    if let (Some(principal), Some(body)) = (&request.principal, value.as_object_mut()) {
+        // The token says who orders; the body may repeat it, not contradict it.
+        match body.get("customer_id") {
+            None => {
+                body.insert("customer_id".into(), principal.customer_id.clone().into());
+            }
+            Some(serde_json::Value::String(named)) if named.trim() != principal.customer_id => {
+                return Err(Box::new(error(
+                    StatusCode::FORBIDDEN,
+                    "the order names another customer than the token",
+                    vec![FieldError {
+                        field: "customer_id".into(),
+                        message: "must be the token's customer, or left out".into(),
+                    }],
+                )));
+            }
+            Some(_) => {}
+        }
+    }
     let order = NewOrder::parse(&value).map_err(|details| {
         Box::new(error(
             StatusCode::BAD_REQUEST,
@@ -268,13 +411,17 @@ async fn create_order(state: Arc<AppState>, request: CreateRequest<'_>) -> Respo
         Err(response) => return *response,
     };
     let order_id = match &key {
-        Some(key) => OrderId::for_idempotency_key(&order.customer_id, key),
+        Some(key) => OrderId::for_idempotency_key(&state.order_ids, &order.customer_id, key),
         None => OrderId::new(),
     };
     let _in_flight = match &key {
         None => None,
         Some(key) => {
             if let Some(answer) = earlier_answer(&state, order_id, &order, key) {
+                return answer;
+            }
+            let unkeyed = OrderId::unkeyed_for_idempotency_key(&order.customer_id, key);
+            if let Some(answer) = earlier_answer(&state, unkeyed, &order, key) {
                 return answer;
             }
             if !state.in_flight.lock().insert(order_id) {
@@ -364,7 +511,10 @@ fn earlier_answer(
     order: &NewOrder,
     key: &IdempotencyKey,
 ) -> Option<Response> {
-    let earlier = state.views.get(&order_id)?;
+    let earlier = state
+        .views
+        .get(&order_id)
+        .filter(|earlier| earlier.customer_id == order.customer_id)?;
     if earlier.items != order.items {
         return Some(error(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -419,7 +569,7 @@ fn created_response(state: &AppState, order_id: OrderId, replayed: bool) -> Resp
     response
 }
 
-fn get_order(state: &AppState, id: &str) -> Response {
+fn get_order(state: &AppState, principal: Option<&Principal>, id: &str) -> Response {
     let Ok(order_id) = id.parse::<OrderId>() else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -430,9 +580,11 @@ fn get_order(state: &AppState, id: &str) -> Response {
             }],
         );
     };
+    // Another customer's order is answered like a missing one: no oracle.
+    let visible = |customer: &str| principal.is_none_or(|p| p.customer_id == customer);
     match state.views.get(&order_id) {
-        Some(view) => warp::reply::json(&view).into_response(),
-        None => error(
+        Some(view) if visible(&view.customer_id) => warp::reply::json(&view).into_response(),
+        Some(_) | None => error(
             StatusCode::NOT_FOUND,
             format!("order {order_id} not found"),
             Vec::new(),
