@@ -227,7 +227,7 @@ fn the_dashboard_queries_metrics_the_services_export() {
     assert_eq!(
         targets,
         [
-            "order-service:8080".to_owned(),
+            format!("order-service:{}", rust_eda::services::order::METRICS_PORT),
             format!(
                 "inventory-service:{}",
                 rust_eda::services::inventory::METRICS_PORT

@@ -26,8 +26,10 @@ struct System {
     publish_timeout_ms: u64,
     /// Extra variables for every service, such as the security settings.
     env: Vec<(String, String)>,
-    /// `APP_METRICS_PORT` of the two consumer services.
+    /// `APP_METRICS_PORT` of each service.
     metrics_ports: HashMap<&'static str, u16>,
+    /// The customer whose token the requests carry.
+    customer: String,
 }
 
 impl System {
@@ -47,10 +49,8 @@ impl System {
             processes: HashMap::new(),
             publish_timeout_ms: 3000,
             env,
-            metrics_ports: ["inventory-service", "notification-service"]
-                .into_iter()
-                .map(|s| (s, local_port()))
-                .collect(),
+            metrics_ports: SERVICES.into_iter().map(|s| (s, local_port())).collect(),
+            customer: "customer-123".to_owned(),
         };
         for service in SERVICES {
             system.spawn(service);
@@ -130,10 +130,11 @@ impl System {
     }
 
     async fn get(&self, path: &str) -> HttpResponse {
+        let authorization = support::auth::bearer(&self.customer);
         http_client::request(
             http::Method::GET,
             &self.url(path),
-            &[],
+            &[("authorization", &authorization)],
             Bytes::new(),
             Duration::from_secs(10),
         )
@@ -142,10 +143,14 @@ impl System {
     }
 
     async fn post(&self, path: &str, content_type: &str, body: impl Into<Bytes>) -> HttpResponse {
+        let authorization = support::auth::bearer(&self.customer);
         http_client::request(
             http::Method::POST,
             &self.url(path),
-            &[("content-type", content_type)],
+            &[
+                ("content-type", content_type),
+                ("authorization", &authorization),
+            ],
             body.into(),
             Duration::from_secs(15),
         )
@@ -155,11 +160,7 @@ impl System {
 
     /// The `/metrics` page of `service`, as `name{labels}` → value.
     async fn metrics(&self, service: &str) -> HashMap<String, f64> {
-        let port = self
-            .metrics_ports
-            .get(service)
-            .copied()
-            .unwrap_or(self.port);
+        let port = self.metrics_ports[service];
         let url: HttpUrl = format!("http://127.0.0.1:{port}/metrics").parse().unwrap();
         let r = http_client::request(
             http::Method::GET,
@@ -463,7 +464,7 @@ async fn orders_published_by_java_and_librdkafka_in_any_codec_are_decided_and_no
     use rust_eda::events::OrderCreated;
     use support::Client;
 
-    let system = System::start(json!({"widget": 100})).await;
+    let mut system = System::start(json!({"widget": 100})).await;
     for (client, codec) in [
         (Client::Java, "zstd"),
         (Client::Librdkafka, "lz4"),
@@ -487,6 +488,7 @@ async fn orders_published_by_java_and_librdkafka_in_any_codec_are_decided_and_no
         );
         let value = serde_json::to_string(&event).unwrap();
         let id = order_id.to_string();
+        system.customer = format!("{client:?}-customer");
         client
             .run(&[
                 "send",

@@ -20,8 +20,11 @@ async fn fuzzing_the_api_from_its_openapi_document_finds_no_error() {
 
     // scripts/fuzz.sh fails with an install hint when schemathesis is missing
     // (scripts/test.sh installs it first).
+    // Authenticated as one customer: schemathesis's ignored_auth check also
+    // sends every operation without the token and expects it refused.
     let run = tokio::process::Command::new(support::repo_root().join("scripts/fuzz.sh"))
         .arg(format!("http://127.0.0.1:{}", api.port))
+        .env("EDA_FUZZ_TOKEN", support::auth::token("customer-fuzz"))
         .kill_on_drop(true)
         .output();
     let out = within(600, "schemathesis", run)

@@ -18,24 +18,28 @@ use super::{PrivateBroker, within};
 /// An order service running in this process.
 pub struct Api {
     pub port: u16,
+    /// Where `/metrics` is served.
+    pub metrics_port: u16,
     stop: Option<ShutdownTrigger>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Api {
     pub async fn start(broker: &PrivateBroker, extra: &[(&str, &str)]) -> Self {
-        let mut vars: Vec<(String, String)> = [
+        // Later settings win: `extra` over the credentials over the defaults.
+        let vars: Vec<(String, String)> = [
             ("APP_KAFKA_BROKERS", broker.brokers().as_str()),
             ("APP_SERVER_HOST", "127.0.0.1"),
             ("APP_SERVER_PORT", "0"),
             ("APP_KAFKA_TOPIC_PARTITIONS", "3"),
             ("APP_KAFKA_FETCH_MAX_WAIT_MS", "50"),
+            ("APP_METRICS_PORT", "0"),
         ]
         .iter()
+        .chain(super::auth::env().iter())
         .chain(extra)
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
-        vars.dedup_by(|a, b| a.0 == b.0);
         let config = Config::from_sources(None, Path::new("/nonexistent"), vars).expect("config");
         let service = within(
             60,
@@ -45,12 +49,14 @@ impl Api {
         .await
         .expect("order service");
         let port = service.local_addr().expect("bound").port();
+        let metrics_port = service.metrics_addr().expect("bound").port();
         let (stop, shutdown) = ShutdownTrigger::new();
         let task = tokio::spawn(async move {
             service.run_until_stopped(shutdown).await.expect("ran");
         });
         let api = Self {
             port,
+            metrics_port,
             stop: Some(stop),
             task: Some(task),
         };
@@ -73,12 +79,25 @@ impl Api {
             .unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
+    /// A GET as customer `c-1`, the customer of the tests' orders.
     pub async fn get(&self, path: &str) -> HttpResponse {
-        self.call(http::Method::GET, path, &[], Bytes::new()).await
+        let authorization = super::auth::bearer("c-1");
+        self.call(
+            http::Method::GET,
+            path,
+            &[("authorization", &authorization)],
+            Bytes::new(),
+        )
+        .await
     }
 
+    /// Places `body` as the customer it names.
     pub async fn post_order(&self, body: &Value, key: Option<&str>) -> HttpResponse {
-        let mut headers = vec![("content-type", "application/json")];
+        let authorization = super::auth::bearer(body["customer_id"].as_str().unwrap_or("c-1"));
+        let mut headers = vec![
+            ("content-type", "application/json"),
+            ("authorization", authorization.as_str()),
+        ];
         if let Some(key) = key {
             headers.push(("idempotency-key", key));
         }

@@ -341,6 +341,8 @@ async fn send_order(
     log: &LoadLog,
 ) -> Option<String> {
     let key = format!("{run}-{i}");
+    let customer = body["customer_id"].as_str().unwrap_or_default().to_owned();
+    let authorization = super::auth::bearer(&customer);
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut attempt = 0;
     while Instant::now() < deadline {
@@ -356,6 +358,7 @@ async fn send_order(
             &[
                 ("content-type", "application/json"),
                 ("idempotency-key", &key),
+                ("authorization", &authorization),
             ],
             Bytes::from(body.to_string()),
             Duration::from_secs(20),

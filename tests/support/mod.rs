@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod auth;
 pub mod chaos;
 pub mod process;
 

@@ -27,8 +27,9 @@ pub fn local_port() -> u16 {
 }
 
 /// The settings every test gives a service besides its own: the broker, the
-/// folder it runs in (with `stock.json`), the webhook, JSON logs, and a fast
-/// group, so that a killed member's partitions move within seconds.
+/// folder it runs in (with `stock.json`), the webhook, JSON logs, a fast
+/// group, so that a killed member's partitions move within seconds, and the
+/// test credentials of the order API.
 pub fn configure(
     command: &mut Command,
     brokers: &str,
@@ -51,7 +52,10 @@ pub fn configure(
         .env("APP_KAFKA_HEARTBEAT_INTERVAL_MS", "300")
         .env("APP_KAFKA_REBALANCE_GRACE_MS", "300")
         // nisshi holds fetches for the whole wait (docs/brokers.md).
-        .env("APP_KAFKA_FETCH_MAX_WAIT_MS", "50");
+        .env("APP_KAFKA_FETCH_MAX_WAIT_MS", "50")
+        // Tests run side by side: no fixed metrics port (a test sets its own).
+        .env("APP_METRICS_PORT", "0")
+        .envs(super::auth::env());
 }
 
 /// A child process of the test, its output appended to `<dir>/<name>.log`;

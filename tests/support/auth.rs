@@ -1,0 +1,50 @@
+//! The credentials every test service runs with: an HS256 secret and an
+//! idempotency secret of the tests' own, and tokens minted with them, so that
+//! the tests call the API the way a client with a token does.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+
+/// The HS256 secret of the test services.
+pub const JWT_SECRET: &str = "tests-only-hs256-secret-0123456789abcdef";
+/// The idempotency secret of the test services.
+pub const ID_SECRET: &str = "tests-only-idempotency-secret-0123456789";
+
+/// The settings that give a service the test credentials, with the request
+/// rate limit off (tests that check it set their own).
+pub fn env() -> [(&'static str, &'static str); 3] {
+    [
+        ("APP_AUTH_JWT_HS256_SECRET", JWT_SECRET),
+        ("APP_ORDER_IDEMPOTENCY_SECRET", ID_SECRET),
+        ("APP_SERVER_RATE_LIMIT_PER_SECOND", "0"),
+    ]
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// An HS256 token for `customer` valid for an hour, signed with `secret`.
+pub fn token_signed_with(secret: &str, customer: &str) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": customer, "iat": now(), "exp": now() + 3600}),
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A valid token for `customer`.
+pub fn token(customer: &str) -> String {
+    token_signed_with(JWT_SECRET, customer)
+}
+
+/// `Bearer <token>` for `customer`.
+pub fn bearer(customer: &str) -> String {
+    format!("Bearer {}", token(customer))
+}
