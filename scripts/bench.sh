@@ -230,8 +230,17 @@ common_env() {
   export APP_KAFKA_BROKERS=$brokers APP_SERVER_HOST=127.0.0.1 APP_LOGGER_LEVEL=warn \
     APP_KAFKA_TOPIC_PARTITIONS=6 \
     APP_INVENTORY_STOCK_FILE=$scratch/stock.json \
-    APP_NOTIFICATION_WEBHOOK_URL=http://127.0.0.1:$webhook_port/hook
+    APP_NOTIFICATION_WEBHOOK_URL=http://127.0.0.1:$webhook_port/hook \
+    APP_METRICS_PORT=0
+  # The API as deployed: every request authenticated; no per-client rate limit,
+  # which would cap the load generator's one customer.
+  export APP_AUTH_MODE=jwt APP_AUTH_JWT_HS256_SECRET=$jwt_secret \
+    APP_ORDER_IDEMPOTENCY_SECRET=$id_secret APP_SERVER_RATE_LIMIT_PER_SECOND=0
 }
+jwt_secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+id_secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+EDA_BENCH_TOKEN=$(common_env; "$bin/order-service" mint-token --subject bench-customer --ttl 86400)
+export EDA_BENCH_TOKEN
 echo '{"product-001":1000000000,"product-002":1000000000,"product-003":1000000000,"product-004":1000000000,"product-005":1000000000}' >"$scratch/stock.json"
 declare -A svc_pid svc_port
 start_service() { # section name binary port-variable port: records start to /ready

@@ -15,6 +15,16 @@ fi
 
 cargo build --release --bins
 config=(--config configs/local.env)
+
+# The secrets configs/local.env points at: random, made once, kept out of git.
+mkdir -p .dev
+for secret in jwt-hs256 idempotency; do
+  if [[ ! -s .dev/$secret.secret ]]; then
+    (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >".dev/$secret.secret")
+  fi
+done
+customer=customer-123
+token=$(target/release/order-service mint-token "${config[@]}" --subject "$customer" --ttl 86400)
 EDA_BIN=target/release/order-service scripts/create-topics.sh "${config[@]}"
 
 pids=()
@@ -40,12 +50,17 @@ for _ in $(seq 1 100); do
 done
 cat >&2 <<MSG
 
-The system runs: broker on localhost:9092, order API on http://127.0.0.1:$port.
-Stock is in configs/stock.json. Try:
+The system runs: broker on localhost:9092, order API on http://127.0.0.1:$port,
+metrics on http://127.0.0.1:9103/metrics. Stock is in configs/stock.json.
+Callers authenticate with a bearer token; this one is $customer's for 24 hours
+(mint another with: target/release/order-service mint-token --config configs/local.env --subject ID).
+Try:
 
-  curl -s -X POST http://127.0.0.1:$port/api/v1/orders -H 'Content-Type: application/json' \\
-    -d '{"customer_id":"customer-123","items":[{"product_id":"product-001","quantity":2,"price":99.99}]}'
-  curl -s http://127.0.0.1:$port/api/v1/orders/<order_id>
+  token=$token
+  curl -s -X POST http://127.0.0.1:$port/api/v1/orders -H "Authorization: Bearer \$token" \\
+    -H 'Content-Type: application/json' \\
+    -d '{"items":[{"product_id":"product-001","quantity":2,"price":99.99}]}'
+  curl -s http://127.0.0.1:$port/api/v1/orders/<order_id> -H "Authorization: Bearer \$token"
   curl -s http://127.0.0.1:$port/health
   curl -s http://127.0.0.1:$port/ready
 

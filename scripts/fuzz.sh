@@ -7,7 +7,10 @@
 #   scripts/fuzz.sh --install                 installs schemathesis in target/fuzz-venv
 #   scripts/fuzz.sh http://localhost:8080     fuzzes a running order-service
 #   EDA_FUZZ_EXAMPLES=1000 EDA_FUZZ_SEED=7 scripts/fuzz.sh http://localhost:8080
+#   EDA_FUZZ_TOKEN=$(order-service mint-token --subject c-1) scripts/fuzz.sh URL
 #
+# With EDA_FUZZ_TOKEN every request carries it as a bearer token, and the
+# ignored_auth check also sends each operation without it, expecting a 401.
 # Every check runs but positive_data_acceptance: a schema-valid request can be
 # refused on purpose (an Idempotency-Key reused for another order gets 422).
 set -euo pipefail
@@ -31,7 +34,9 @@ if [[ ! -x $st ]]; then
   echo "schemathesis is not installed: run scripts/fuzz.sh --install" >&2
   exit 1
 fi
-exec "$st" run "${1%/}/api/v1/openapi.json" \
+auth=()
+[[ -n ${EDA_FUZZ_TOKEN:-} ]] && auth=(--header "Authorization: Bearer $EDA_FUZZ_TOKEN")
+exec "$st" run "${1%/}/api/v1/openapi.json" "${auth[@]}" \
   --checks all --exclude-checks positive_data_acceptance \
   --max-examples "${EDA_FUZZ_EXAMPLES:-100}" --seed "${EDA_FUZZ_SEED:-20261124}" \
   --no-color

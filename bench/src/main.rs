@@ -600,20 +600,37 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// The bearer token for the order API, from `EDA_BENCH_TOKEN` (scripts/bench.sh
+/// mints one); without it, the API must run with `APP_AUTH_MODE=off`.
+fn bench_token() -> Option<&'static str> {
+    static TOKEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    TOKEN
+        .get_or_init(|| std::env::var("EDA_BENCH_TOKEN").ok().filter(|t| !t.is_empty()))
+        .as_deref()
+}
+
 fn order_body(i: u64) -> Bytes {
-    Bytes::from(
-        json!({"customer_id": format!("c-{}", i % 100), "items": [
-            {"product_id": format!("product-{:03}", i % 5 + 1), "quantity": 1, "price": 9.99}
-        ]})
-        .to_string(),
-    )
+    let items = json!([
+        {"product_id": format!("product-{:03}", i % 5 + 1), "quantity": 1, "price": 9.99}
+    ]);
+    // With a token the customer is the token's; without, one of a hundred.
+    let body = match bench_token() {
+        Some(_) => json!({"items": items}),
+        None => json!({"customer_id": format!("c-{}", i % 100), "items": items}),
+    };
+    Bytes::from(body.to_string())
 }
 
 async fn post_order(url: &rust_eda::http_client::HttpUrl, i: u64) -> Result<String, Error> {
+    let authorization = bench_token().map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(a) = &authorization {
+        headers.push(("authorization", a));
+    }
     let r = rust_eda::http_client::request(
         http::Method::POST,
         url,
-        &[("content-type", "application/json")],
+        &headers,
         order_body(i),
         Duration::from_secs(30),
     )
