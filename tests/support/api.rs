@@ -26,9 +26,15 @@ pub struct Api {
 
 impl Api {
     pub async fn start(broker: &PrivateBroker, extra: &[(&str, &str)]) -> Self {
+        Self::start_on(&broker.brokers(), extra).await
+    }
+
+    /// An order service over `brokers`, which may be shared: its orders are
+    /// then among those of other tests and runs.
+    pub async fn start_on(brokers: &str, extra: &[(&str, &str)]) -> Self {
         // Later settings win: `extra` over the credentials over the defaults.
         let vars: Vec<(String, String)> = [
-            ("APP_KAFKA_BROKERS", broker.brokers().as_str()),
+            ("APP_KAFKA_BROKERS", brokers),
             ("APP_SERVER_HOST", "127.0.0.1"),
             ("APP_SERVER_PORT", "0"),
             ("APP_KAFKA_TOPIC_PARTITIONS", "3"),
