@@ -123,10 +123,19 @@ impl JwtVerifier {
         })
     }
 
+    /// The claim that names the customer.
+    pub fn customer_claim(&self) -> &str {
+        &self.customer_claim
+    }
+
     /// The algorithms tokens may use, one per key kind configured.
     pub fn algorithms(&self) -> Vec<Algorithm> {
-        let mut algorithms: Vec<Algorithm> = self.keys.iter().map(|k| k.algorithm).collect();
-        algorithms.dedup();
+        let mut algorithms: Vec<Algorithm> = Vec::new();
+        for key in &self.keys {
+            if !algorithms.contains(&key.algorithm) {
+                algorithms.push(key.algorithm);
+            }
+        }
         algorithms
     }
 

@@ -80,6 +80,21 @@ pub enum Authenticator {
     Off,
 }
 
+impl std::fmt::Display for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Jwt(v) => write!(
+                f,
+                "bearer JWTs ({:?}; the customer is claim `{}`)",
+                v.algorithms(),
+                v.customer_claim()
+            ),
+            Self::ApiKeys(keys) => write!(f, "bearer API keys ({keys:?})"),
+            Self::Off => f.write_str("nothing: authentication is off"),
+        }
+    }
+}
+
 impl Authenticator {
     /// Loads the keys `config` names, checking that its mode has what it needs
     /// and nothing it would ignore.

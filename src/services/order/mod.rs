@@ -130,7 +130,7 @@ impl Service for OrderService {
     async fn build(config: Config) -> Result<Self, ServiceError> {
         let (auth, order_ids) = load_secrets(&config.order)?;
         if auth.is_on() {
-            log::info!("order API: callers authenticate with {auth:?}");
+            log::info!("order API: callers authenticate with {auth}");
         } else {
             log::warn!(
                 "APP_AUTH_MODE=off: the order API lets anyone create and read any customer's orders; use it for local development only"
