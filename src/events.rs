@@ -4,7 +4,11 @@
 //! `version`, `occurred_at` (RFC 3339, UTC), `correlation_id`, and the `payload`.
 //! Records are keyed by `order_id`, so all events of one order stay in order on one
 //! partition of each topic. The headers repeat `event_type`, `correlation_id` and
-//! `event_id`, so that other Kafka tools can route without parsing JSON.
+//! `event_id`, so that other Kafka tools can route without parsing JSON, and
+//! carry the CloudEvents attributes in the Kafka protocol binding's binary mode
+//! (`ce_id`, `ce_type`, `ce_source`, `ce_specversion`, `ce_time`, `ce_subject`,
+//! `content-type`): a CloudEvents SDK reads each record as an event whose data
+//! is the envelope, and readers of the envelope see no change.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -46,6 +50,35 @@ pub mod headers {
     pub const EVENT_ID: &str = "event_id";
     /// The envelope's `correlation_id`: the order's whole journey shares it.
     pub const CORRELATION_ID: &str = "correlation_id";
+
+    /// CloudEvents `specversion`: always `1.0`.
+    pub const CE_SPECVERSION: &str = "ce_specversion";
+    /// CloudEvents `id`: the envelope's `event_id`.
+    pub const CE_ID: &str = "ce_id";
+    /// CloudEvents `type`: the envelope's `event_type`, one name everywhere.
+    pub const CE_TYPE: &str = "ce_type";
+    /// CloudEvents `source`: the service that sent the event.
+    pub const CE_SOURCE: &str = "ce_source";
+    /// CloudEvents `time`: the envelope's `occurred_at`.
+    pub const CE_TIME: &str = "ce_time";
+    /// CloudEvents `subject`: the order, as the record key.
+    pub const CE_SUBJECT: &str = "ce_subject";
+    /// The binding's `datacontenttype`: the value is JSON.
+    pub const CONTENT_TYPE: &str = "content-type";
+
+    /// Every header an event record carries.
+    pub const ALL: [&str; 10] = [
+        EVENT_TYPE,
+        EVENT_ID,
+        CORRELATION_ID,
+        CE_SPECVERSION,
+        CE_ID,
+        CE_TYPE,
+        CE_SOURCE,
+        CE_TIME,
+        CE_SUBJECT,
+        CONTENT_TYPE,
+    ];
 }
 
 /// The correlation id of a record: its `correlation_id` header, or for a record
@@ -104,6 +137,9 @@ pub trait Payload: Serialize + DeserializeOwned {
     const EVENT_TYPE: &'static str;
     /// The topic events of this type go to.
     const TOPIC: &'static str;
+    /// The CloudEvents `source` of events of this type: the service that
+    /// sends them, as a URI reference.
+    const SOURCE: &'static str;
     /// The schema version this build writes and reads.
     const VERSION: u32 = 1;
 
@@ -152,12 +188,21 @@ impl<P: Payload> Envelope<P> {
 
     /// The record that carries this event.
     pub fn to_record(&self) -> Result<ProducerRecord, ProduceError> {
+        let order_id = self.payload.order_id().to_string();
+        let event_id = self.event_id.to_string();
         Ok(ProducerRecord::new(P::TOPIC)
-            .key(self.payload.order_id().to_string())
+            .key(order_id.clone())
             .json(self)?
             .header(headers::EVENT_TYPE, P::EVENT_TYPE)
-            .header(headers::EVENT_ID, self.event_id.to_string())
-            .header(headers::CORRELATION_ID, self.correlation_id.clone()))
+            .header(headers::EVENT_ID, event_id.clone())
+            .header(headers::CORRELATION_ID, self.correlation_id.clone())
+            .header(headers::CE_SPECVERSION, "1.0")
+            .header(headers::CE_ID, event_id)
+            .header(headers::CE_TYPE, P::EVENT_TYPE)
+            .header(headers::CE_SOURCE, P::SOURCE)
+            .header(headers::CE_TIME, self.occurred_at.clone())
+            .header(headers::CE_SUBJECT, order_id)
+            .header(headers::CONTENT_TYPE, "application/json"))
     }
 
     /// Reads an event of type `P` from a record. A record that is not one is
@@ -215,6 +260,7 @@ pub struct OrderCreated {
 impl Payload for OrderCreated {
     const EVENT_TYPE: &'static str = "order.created";
     const TOPIC: &'static str = topics::ORDER_CREATED;
+    const SOURCE: &'static str = "/rust-eda/order-service";
 
     fn order_id(&self) -> OrderId {
         self.order_id
@@ -244,6 +290,7 @@ pub struct InventoryReserved {
 impl Payload for InventoryReserved {
     const EVENT_TYPE: &'static str = "inventory.reserved";
     const TOPIC: &'static str = topics::INVENTORY_RESERVED;
+    const SOURCE: &'static str = "/rust-eda/inventory-service";
 
     fn order_id(&self) -> OrderId {
         self.order_id
@@ -277,6 +324,7 @@ pub struct InventoryFailed {
 impl Payload for InventoryFailed {
     const EVENT_TYPE: &'static str = "inventory.failed";
     const TOPIC: &'static str = topics::INVENTORY_FAILED;
+    const SOURCE: &'static str = "/rust-eda/inventory-service";
 
     fn order_id(&self) -> OrderId {
         self.order_id
@@ -311,6 +359,7 @@ pub struct NotificationSent {
 impl Payload for NotificationSent {
     const EVENT_TYPE: &'static str = "notification.sent";
     const TOPIC: &'static str = topics::NOTIFICATION_SENT;
+    const SOURCE: &'static str = "/rust-eda/notification-service";
 
     fn order_id(&self) -> OrderId {
         self.order_id
@@ -361,6 +410,17 @@ mod tests {
         );
         assert_eq!(record.headers["event_type"], b"order.created");
         assert_eq!(record.headers["correlation_id"], b"corr-1");
+        let header = |name: &str| String::from_utf8(record.headers[name].clone()).unwrap();
+        let names: Vec<&str> = record.headers.keys().map(String::as_str).collect();
+        assert_eq!(names.len(), headers::ALL.len());
+        assert!(headers::ALL.iter().all(|h| names.contains(h)), "{names:?}");
+        assert_eq!(header("ce_specversion"), "1.0");
+        assert_eq!(header("ce_id"), event.event_id.to_string());
+        assert_eq!(header("ce_type"), "order.created");
+        assert_eq!(header("ce_source"), "/rust-eda/order-service");
+        assert_eq!(header("ce_time"), event.occurred_at);
+        assert_eq!(header("ce_subject"), event.payload.order_id.to_string());
+        assert_eq!(header("content-type"), "application/json");
         let back = Envelope::<OrderCreated>::decode(&message(record)).unwrap();
         assert_eq!(back, event);
     }

@@ -318,10 +318,43 @@ async fn orders_flow_through_the_three_services() {
         .order(json!([{"product_id": "product-001", "quantity": 8, "price": 1.0}]))
         .await;
     system
-        .await_order(&order_id(&rest), "the rest reserved", |v| {
-            v["status"] == "reserved"
+        .await_order(&order_id(&rest), "the rest reserved and notified", |v| {
+            v["status"] == "reserved" && !v["notified_at"].is_null()
         })
         .await;
+
+    // Every event of the three orders is a CloudEvent in the Kafka binding's
+    // binary mode, as an independent client (librdkafka) reads it.
+    for (topic, count, source) in [
+        ("order.created", 3, "/rust-eda/order-service"),
+        ("inventory.reserved", 2, "/rust-eda/inventory-service"),
+        ("inventory.failed", 1, "/rust-eda/inventory-service"),
+        ("notification.sent", 3, "/rust-eda/notification-service"),
+    ] {
+        let out = support::Client::Librdkafka
+            .run(&[
+                "consume",
+                &system.broker.brokers(),
+                topic,
+                &count.to_string(),
+            ])
+            .await;
+        assert_eq!(out.lines().count(), count, "{topic}: {out}");
+        for line in out.lines() {
+            let record: Value = serde_json::from_str(line).unwrap();
+            let h = &record["headers"];
+            let event: Value = serde_json::from_str(record["value"].as_str().unwrap()).unwrap();
+            assert_eq!(h["ce_specversion"], "1.0", "{topic}: {h}");
+            assert_eq!(h["ce_id"], event["event_id"], "{topic}");
+            assert_eq!(h["ce_type"], event["event_type"], "{topic}");
+            assert_eq!(h["ce_type"], topic);
+            assert_eq!(h["ce_source"], source, "{topic}");
+            assert_eq!(h["ce_time"], event["occurred_at"], "{topic}");
+            assert_eq!(h["ce_subject"], record["key"], "{topic}");
+            assert_eq!(h["ce_subject"], event["payload"]["order_id"], "{topic}");
+            assert_eq!(h["content-type"], "application/json", "{topic}");
+        }
+    }
 
     // Bad requests get the documented 4xx bodies.
     let r = system
