@@ -230,20 +230,7 @@ fn base64_url(bytes: &[u8]) -> String {
 }
 
 async fn metrics_page(api: &Api) -> String {
-    let url = format!("http://127.0.0.1:{}/metrics", api.metrics_port)
-        .parse()
-        .unwrap();
-    let r = rust_eda::http_client::request(
-        http::Method::GET,
-        &url,
-        &[],
-        Bytes::new(),
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 200);
-    String::from_utf8_lossy(&r.body).into_owned()
+    support::metrics_page(api.metrics_port).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

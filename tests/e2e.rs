@@ -160,23 +160,8 @@ impl System {
 
     /// The `/metrics` page of `service`, as `name{labels}` → value.
     async fn metrics(&self, service: &str) -> HashMap<String, f64> {
-        let port = self.metrics_ports[service];
-        let url: HttpUrl = format!("http://127.0.0.1:{port}/metrics").parse().unwrap();
-        let r = http_client::request(
-            http::Method::GET,
-            &url,
-            &[],
-            Bytes::new(),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("GET /metrics of {service}: {e}"));
-        assert_eq!(r.status, 200);
-        assert!(
-            r.header("content-type")
-                .is_some_and(|c| c.starts_with("text/plain; version=0.0.4"))
-        );
-        String::from_utf8_lossy(&r.body)
+        support::metrics_page(self.metrics_ports[service])
+            .await
             .lines()
             .filter(|l| !l.starts_with('#') && !l.is_empty())
             .filter_map(|l| {
