@@ -29,7 +29,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEERS = os.environ.get("BENCH_PEERS", os.path.join(ROOT, "bench/target/peers"))
-BENCH = os.environ.get("BENCH_BIN", os.path.join(ROOT, "bench/target/release/rust-eda-bench"))
+BENCH = os.environ.get("BENCH_BIN", os.path.join(ROOT, "target/release/rust-eda-bench"))
 OUR_BATCH = 1024 * 1024  # ProducerConfig::default().batch_max_bytes
 
 

@@ -46,9 +46,11 @@ source "$root/scripts/ports.sh"
 
 echo "== building the services, the bench crate and the peers' programs" >&2
 cargo build --release --bins --quiet
-cargo build --release --quiet --manifest-path bench/Cargo.toml
+# In the services' target folder, with their profile: the bench reuses every
+# crate they compiled, the library included, instead of building them again.
+cargo build --release --quiet --manifest-path bench/Cargo.toml --target-dir "$root/target"
 peers=$(scripts/bench-peers.sh)
-bench=$root/bench/target/release/rust-eda-bench
+bench=$root/target/release/rust-eda-bench
 bin=$root/target/release
 export BENCH_PEERS=$peers BENCH_BIN=$bench
 
