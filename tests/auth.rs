@@ -357,7 +357,7 @@ async fn a_client_over_its_rate_gets_429_with_retry_after() {
     assert_eq!(get_as(&api, &path, Some(&bearer("bob"))).await.status, 404);
     assert_eq!(get_as(&api, "/health", None).await.status, 200);
     // Requests without a valid token count against their address: a flood of
-    // bad tokens ends in 429 too, before any signature is checked.
+    // bad tokens ends in 429 too.
     let bad = Some("Bearer not-a-token");
     let mut last = 0;
     for _ in 0..4 {

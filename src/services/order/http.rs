@@ -228,8 +228,10 @@ fn method_not_allowed()
     )
 }
 
-/// Checks the caller's credentials and request budget. The budget is counted
-/// before the verdict, so that guessing tokens from one address is limited too.
+/// Checks the caller's credentials and request budget. The verdict picks the
+/// budget (the customer's, or the address's without a valid token), and an
+/// exhausted budget is answered `429` before any `401`, so that guessing tokens
+/// from one address is throttled like any other flood.
 fn check_access(state: &AppState, authorization: Option<&str>, peer: Option<PeerAddr>) -> Access {
     let verdict = state.auth.authenticate(authorization);
     let client = match &verdict {
