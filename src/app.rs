@@ -5,7 +5,9 @@
 //! server with only the static binaries can run them:
 //! - `create-topics` creates the system's topics (`scripts/create-topics.sh`);
 //! - `replay-dlq <topic>.dlq [--to TOPIC] [--dry-run]` puts dead-lettered records
-//!   back on their topic (`scripts/replay-dlq.sh`).
+//!   back on their topic (`scripts/replay-dlq.sh`);
+//! - `list-dlq <topic>.dlq` prints the records parked there, one JSON line each,
+//!   with their `dlq.*` headers (why, from where, after how many attempts).
 //!
 //! A service may add its own (`Service::command`): the order service's
 //! `mint-token --subject ID` prints a bearer token for customer `ID`.
@@ -48,6 +50,7 @@ pub async fn main<S: Service>() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("create-topics") => return create_topics(&config, S::NAME).await,
         Some("replay-dlq") => return replay_dlq(&config, S::NAME, &args[1..]).await,
+        Some("list-dlq") => return list_dlq(&config, S::NAME, &args[1..]).await,
         Some(name) if !name.starts_with('-') => {
             if let Some(code) = S::command(&config, name, &args[1..]) {
                 return code;
@@ -109,6 +112,64 @@ async fn create_topics(config: &Config, service: &str) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+const LIST_DLQ_USAGE: &str = "usage: list-dlq <topic>.dlq";
+
+/// `list-dlq`: every record of a dead-letter topic as a JSON line, its headers
+/// (the `dlq.*` ones say why and from where) and key and value as text.
+async fn list_dlq(config: &Config, service: &str, args: &[String]) -> ExitCode {
+    let mut topics = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--config" => {
+                it.next();
+            }
+            a if a.starts_with("--config=") => {}
+            a => topics.push(a),
+        }
+    }
+    let [topic] = topics[..] else {
+        eprintln!("{LIST_DLQ_USAGE}");
+        return ExitCode::from(EXIT_USAGE);
+    };
+    if !topic.ends_with(".dlq") {
+        eprintln!("{topic} is not a dead-letter topic (they end in .dlq)\n{LIST_DLQ_USAGE}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let cluster = match Cluster::connect(config.cluster(service)).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("listing {topic} failed: {e}{}", hint(e.fix()));
+            return ExitCode::FAILURE;
+        }
+    };
+    let parked = match crate::kafka::read_topic(&cluster, topic).await {
+        Ok(parked) => parked,
+        Err(e) => {
+            eprintln!("listing {topic} failed: {e}{}", hint(e.fix()));
+            return ExitCode::FAILURE;
+        }
+    };
+    let text = |bytes: Option<&[u8]>| bytes.map(|b| String::from_utf8_lossy(b).into_owned());
+    for m in &parked {
+        let headers: serde_json::Map<String, serde_json::Value> = m
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned().into()))
+            .collect();
+        let line = serde_json::json!({
+            "partition": m.partition,
+            "offset": m.offset,
+            "timestamp": m.timestamp.to_rfc3339_opts(rskafka::chrono::SecondsFormat::Millis, true),
+            "key": text(m.key.as_deref()),
+            "headers": headers,
+            "value": text(m.value.as_deref()),
+        });
+        println!("{line}");
+    }
+    ExitCode::SUCCESS
 }
 
 /// The arguments of `replay-dlq`.

@@ -834,6 +834,31 @@ async fn poison_and_undeliverable_records_are_parked_and_a_replay_delivers_them(
     let view = system.get(&format!("/api/v1/orders/{id}")).await.json();
     assert!(view["notified_at"].is_null(), "{view}");
 
+    // The operator lists what is parked: the record, its key and every header,
+    // the event's own and the dlq.* ones.
+    let list = |topic: &str| {
+        let mut command = system.configured("order-service");
+        command.args(["list-dlq", topic]).stdin(Stdio::null());
+        let mut command = tokio::process::Command::from(command);
+        command.kill_on_drop(true);
+        async move { within(30, "list-dlq", command.output()).await.unwrap() }
+    };
+    let out = list(&dlq).await;
+    assert!(out.status.success(), "{out:?}");
+    let listed: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let h = &listed[0]["headers"];
+    assert_eq!(listed[0]["key"], id.as_str());
+    assert_eq!(h["dlq.topic"], topics::INVENTORY_RESERVED);
+    assert_eq!(h["dlq.attempts"], "3");
+    assert!(h["dlq.error"].as_str().unwrap().contains("gave up"), "{h}");
+    assert_eq!(h["ce_type"], topics::INVENTORY_RESERVED);
+    let not_dlq = list(topics::INVENTORY_RESERVED).await;
+    assert_eq!(not_dlq.status.code(), Some(64), "{not_dlq:?}");
+
     // The webhook is fixed: the notification service restarts with the working
     // URL, and the operator replays the dead-letter topic.
     system.env.clear();
