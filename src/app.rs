@@ -1,7 +1,7 @@
 //! What every service binary does around its own work: load the configuration,
 //! start logging, build the service, run it until SIGINT or SIGTERM.
 //!
-//! Every binary also understands two commands that do their work and exit, so a
+//! Every binary also understands commands that do their work and exit, so a
 //! server with only the static binaries can run them:
 //! - `create-topics` creates the system's topics (`scripts/create-topics.sh`);
 //! - `replay-dlq <topic>.dlq [--to TOPIC] [--dry-run]` puts dead-lettered records
