@@ -35,7 +35,11 @@ struct VerifyingKey {
 /// Checks bearer JWTs.
 pub struct JwtVerifier {
     keys: Vec<VerifyingKey>,
+    /// The checks of every token, whatever its algorithm.
     validation: Validation,
+    /// Those checks pinned to each configured algorithm, made once at start
+    /// rather than per request.
+    validations: Vec<(Algorithm, Validation)>,
     customer_claim: String,
     /// The HS256 secret, for [`JwtVerifier::mint`].
     hs256: Option<Secret>,
@@ -115,12 +119,23 @@ impl JwtVerifier {
             // No audience configured: a token's `aud` is not ours to judge.
             None => validation.validate_aud = false,
         }
-        Ok(Self {
+        let mut verifier = Self {
             keys,
             validation,
+            validations: Vec::new(),
             customer_claim: config.customer_claim.clone(),
             hs256,
-        })
+        };
+        verifier.validations = verifier
+            .algorithms()
+            .into_iter()
+            .map(|algorithm| {
+                let mut pinned = verifier.validation.clone();
+                pinned.algorithms = vec![algorithm];
+                (algorithm, pinned)
+            })
+            .collect();
+        Ok(verifier)
     }
 
     /// The claim that names the customer.
@@ -144,12 +159,7 @@ impl JwtVerifier {
         let header = jsonwebtoken::decode_header(token).map_err(|_| {
             AuthError::Invalid("it is not a JWT (header.claims.signature)".to_owned())
         })?;
-        let of_algorithm: Vec<&VerifyingKey> = self
-            .keys
-            .iter()
-            .filter(|k| k.algorithm == header.alg)
-            .collect();
-        if of_algorithm.is_empty() {
+        let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == header.alg) else {
             let accepted: Vec<String> =
                 self.algorithms().iter().map(|a| format!("{a:?}")).collect();
             return Err(AuthError::Invalid(format!(
@@ -157,9 +167,11 @@ impl JwtVerifier {
                 header.alg,
                 accepted.join(", ")
             )));
-        }
-        let candidates: Vec<&VerifyingKey> = of_algorithm
-            .into_iter()
+        };
+        let candidates: Vec<&VerifyingKey> = self
+            .keys
+            .iter()
+            .filter(|k| k.algorithm == header.alg)
             .filter(|k| match (&header.kid, &k.kid) {
                 (Some(wanted), Some(kid)) => wanted == kid,
                 _ => true,
@@ -168,11 +180,9 @@ impl JwtVerifier {
         if candidates.is_empty() {
             return Err(AuthError::Invalid("no key has the token's kid".to_owned()));
         }
-        let mut validation = self.validation.clone();
-        validation.algorithms = vec![header.alg];
         let mut refused = AuthError::BadSignature;
         for key in candidates {
-            match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation) {
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation) {
                 Ok(data) => return self.principal(&data.claims),
                 Err(e) => match refusal(e.kind()) {
                     // Another key of the same algorithm may have signed it.
