@@ -14,7 +14,7 @@
 
 use std::process::ExitCode;
 
-use crate::config::{Config, hint};
+use crate::config::{Config, hint, without_config_argument};
 use crate::events::topic_specs;
 use crate::kafka::middleware::replay::replay;
 use crate::kafka::{
@@ -119,18 +119,7 @@ const LIST_DLQ_USAGE: &str = "usage: list-dlq <topic>.dlq";
 /// `list-dlq`: every record of a dead-letter topic as a JSON line, its headers
 /// (the `dlq.*` ones say why and from where) and key and value as text.
 async fn list_dlq(config: &Config, service: &str, args: &[String]) -> ExitCode {
-    let mut topics = Vec::new();
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--config" => {
-                it.next();
-            }
-            a if a.starts_with("--config=") => {}
-            a => topics.push(a),
-        }
-    }
-    let [topic] = topics[..] else {
+    let [topic] = without_config_argument(args)[..] else {
         eprintln!("{LIST_DLQ_USAGE}");
         return ExitCode::from(EXIT_USAGE);
     };
@@ -186,15 +175,12 @@ impl ReplayArgs {
     /// Parses the arguments after `replay-dlq`, leaving out `--config FILE`.
     fn parse(args: &[String]) -> Result<Self, String> {
         let (mut dlq_topic, mut to, mut dry_run) = (None, None, false);
-        let mut it = args.iter();
+        let args = without_config_argument(args);
+        let mut it = args.into_iter();
         while let Some(arg) = it.next() {
-            match arg.as_str() {
+            match arg {
                 "--dry-run" => dry_run = true,
-                "--to" => to = Some(it.next().ok_or("--to needs a TOPIC")?.clone()),
-                "--config" => {
-                    it.next();
-                }
-                a if a.starts_with("--config=") => {}
+                "--to" => to = Some(it.next().ok_or("--to needs a TOPIC")?.to_owned()),
                 a if a.starts_with('-') => return Err(format!("unknown option {a}")),
                 a if dlq_topic.is_none() => dlq_topic = Some(a.to_owned()),
                 a => return Err(format!("unexpected argument {a}")),

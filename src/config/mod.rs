@@ -495,6 +495,21 @@ pub fn config_file_argument(args: &[String]) -> Result<Option<PathBuf>, ConfigEr
     Ok(file)
 }
 
+/// `args` without `--config FILE` and `--config=FILE`, for a command that reads
+/// its own arguments after [`Config::load`] read that one.
+pub fn without_config_argument(args: &[String]) -> Vec<&str> {
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        if arg == "--config" {
+            it.next();
+        } else if !arg.starts_with("--config=") {
+            rest.push(arg.as_str());
+        }
+    }
+    rest
+}
+
 /// Reads `KEY=VALUE` lines; `#` comments, blank lines, `export ` and quotes allowed.
 fn read_env_file(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {

@@ -66,13 +66,11 @@ fn mint_token(config: &Config, args: &[String]) -> ExitCode {
     const USAGE: &str = "usage: order-service mint-token --subject CUSTOMER_ID [--ttl SECONDS]";
     let mut subject = None;
     let mut ttl = Duration::from_secs(3600);
-    let mut it = args.iter();
+    let args = crate::config::without_config_argument(args);
+    let mut it = args.into_iter();
     while let Some(arg) = it.next() {
-        if arg.starts_with("--config=") {
-            continue; // read by `Config::load`
-        }
-        match (arg.as_str(), it.next()) {
-            ("--subject", Some(s)) => subject = Some(s.clone()),
+        match (arg, it.next()) {
+            ("--subject", Some(s)) => subject = Some(s.to_owned()),
             ("--ttl", Some(t)) => {
                 let Ok(secs) = t.parse() else {
                     eprintln!("--ttl takes whole seconds\n{USAGE}");
@@ -80,7 +78,6 @@ fn mint_token(config: &Config, args: &[String]) -> ExitCode {
                 };
                 ttl = Duration::from_secs(secs);
             }
-            ("--config", Some(_)) => {}
             _ => {
                 eprintln!("{USAGE}");
                 return ExitCode::from(64);
