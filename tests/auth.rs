@@ -9,7 +9,7 @@
 mod support;
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
@@ -18,15 +18,8 @@ use rust_eda::domain::{IdempotencyKey, OrderId, OrderIdKey};
 use rust_eda::http_client::HttpResponse;
 use serde_json::{Value, json};
 use support::api::Api;
-use support::auth::{ID_SECRET, JWT_SECRET, bearer, token, token_signed_with};
+use support::auth::{ID_SECRET, JWT_SECRET, bearer, now, token, token_of, token_signed_with};
 use support::{brokers, repo_root, unique, within};
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 fn fixture(name: &str) -> PathBuf {
     repo_root().join("tests/fixtures/auth").join(name)
@@ -205,12 +198,7 @@ async fn requests_without_a_valid_token_get_a_json_401() {
 
 /// A token signed with the test secret for `claims`.
 fn token_from_claims(claims: Value) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
-    )
-    .unwrap()
+    token_of(JWT_SECRET, &claims)
 }
 
 /// Base64url without padding, as JWS segments are written.

@@ -22,21 +22,30 @@ pub fn env() -> [(&'static str, &'static str); 3] {
     ]
 }
 
-fn now() -> u64 {
+/// Seconds since the epoch, as JWT claims count time.
+pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
 }
 
-/// An HS256 token for `customer` valid for an hour, signed with `secret`.
-pub fn token_signed_with(secret: &str, customer: &str) -> String {
+/// An HS256 token of `claims`, signed with `secret`.
+pub fn token_of(secret: &str, claims: &serde_json::Value) -> String {
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
-        &json!({"sub": customer, "iat": now(), "exp": now() + 3600}),
+        claims,
         &EncodingKey::from_secret(secret.as_bytes()),
     )
     .unwrap()
+}
+
+/// An HS256 token for `customer` valid for an hour, signed with `secret`.
+pub fn token_signed_with(secret: &str, customer: &str) -> String {
+    token_of(
+        secret,
+        &json!({"sub": customer, "iat": now(), "exp": now() + 3600}),
+    )
 }
 
 /// A valid token for `customer`.
