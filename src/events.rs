@@ -8,7 +8,10 @@
 //! carry the CloudEvents attributes in the Kafka protocol binding's binary mode
 //! (`ce_id`, `ce_type`, `ce_source`, `ce_specversion`, `ce_time`, `ce_subject`,
 //! `content-type`): a CloudEvents SDK reads each record as an event whose data
-//! is the envelope, and readers of the envelope see no change.
+//! is the envelope, and readers of the envelope see no change. Events produced
+//! while a trace is in scope ([`crate::trace`]) carry its W3C `traceparent`
+//! (and `tracestate`, when the trace came with one), so tracing tools follow
+//! an order across the services.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -66,7 +69,13 @@ pub mod headers {
     /// The binding's `datacontenttype`: the value is JSON.
     pub const CONTENT_TYPE: &str = "content-type";
 
-    /// Every header an event record carries.
+    /// W3C trace context: the span that produced the event. Set on every event
+    /// produced in a trace, which the services' events always are.
+    pub const TRACEPARENT: &str = crate::trace::TRACEPARENT;
+    /// W3C trace state, passed along when the trace came with one.
+    pub const TRACESTATE: &str = crate::trace::TRACESTATE;
+
+    /// Every header an event record carries (besides the trace context).
     pub const ALL: [&str; 10] = [
         EVENT_TYPE,
         EVENT_ID,
@@ -190,7 +199,7 @@ impl<P: Payload> Envelope<P> {
     pub fn to_record(&self) -> Result<ProducerRecord, ProduceError> {
         let order_id = self.payload.order_id().to_string();
         let event_id = self.event_id.to_string();
-        Ok(ProducerRecord::new(P::TOPIC)
+        let record = ProducerRecord::new(P::TOPIC)
             .key(order_id.clone())
             .json(self)?
             .header(headers::EVENT_TYPE, P::EVENT_TYPE)
@@ -202,7 +211,17 @@ impl<P: Payload> Envelope<P> {
             .header(headers::CE_SOURCE, P::SOURCE)
             .header(headers::CE_TIME, self.occurred_at.clone())
             .header(headers::CE_SUBJECT, order_id)
-            .header(headers::CONTENT_TYPE, "application/json"))
+            .header(headers::CONTENT_TYPE, "application/json");
+        Ok(match crate::trace::current() {
+            Some(span) => {
+                let record = record.header(headers::TRACEPARENT, span.to_string());
+                match span.state() {
+                    Some(state) => record.header(headers::TRACESTATE, state),
+                    None => record,
+                }
+            }
+            None => record,
+        })
     }
 
     /// Reads an event of type `P` from a record. A record that is not one is
@@ -423,6 +442,23 @@ mod tests {
         assert_eq!(header("content-type"), "application/json");
         let back = Envelope::<OrderCreated>::decode(&message(record)).unwrap();
         assert_eq!(back, event);
+    }
+
+    #[tokio::test]
+    async fn records_made_in_a_trace_carry_its_span() {
+        let outside = Envelope::new(created(), "c").to_record().unwrap();
+        assert!(!outside.headers.contains_key("traceparent"));
+        let span = crate::trace::TraceContext::parse(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            Some("vendor=x"),
+        )
+        .unwrap();
+        let inside = crate::trace::scope(span.clone(), async {
+            Envelope::new(created(), "c").to_record().unwrap()
+        })
+        .await;
+        assert_eq!(inside.headers["traceparent"], span.to_string().as_bytes());
+        assert_eq!(inside.headers["tracestate"], b"vendor=x");
     }
 
     #[test]

@@ -24,7 +24,8 @@
 //! The modules form layers, each using only those below it (`tests/layers.rs`
 //! checks this):
 //!
-//! - what every layer shares: [`clock`], [`correlation`], [`secret`],
+//! - what every layer shares: [`clock`], [`correlation`], [`trace`] (W3C
+//!   trace context), [`secret`],
 //!   [`shutdown`] (the cooperative shutdown signal), [`health`] (why the
 //!   process is not ready), [`metrics`];
 //! - [`kafka`]: our Kafka layer over rskafka, by concern (connections, decoding,
@@ -50,3 +51,4 @@ pub mod metrics;
 pub mod secret;
 pub mod services;
 pub mod shutdown;
+pub mod trace;

@@ -2,13 +2,15 @@
 //!
 //! In `json` encoding every line is one JSON object with the time, level, service,
 //! module, message and, while a request or an event is being handled, its
-//! `correlation_id` ([`crate::correlation`]), so one order's whole journey is
-//! one `grep` across the three services.
+//! `correlation_id` ([`crate::correlation`]) and `trace_id` ([`crate::trace`]),
+//! so one order's whole journey is one `grep` across the three services, and a
+//! tracing system's trace id finds the same lines.
 
 use std::io::Write;
 
 use crate::config::{LogEncoding, LoggerConfig};
 use crate::correlation::current as correlation_id;
+use crate::trace;
 
 /// Installs the logger for `service`. `RUST_LOG`, when set, refines the level.
 pub fn init(service: &'static str, config: &LoggerConfig) {
@@ -31,6 +33,7 @@ pub fn init(service: &'static str, config: &LoggerConfig) {
                 "target": record.target(),
                 "msg": record.args().to_string(),
                 "correlation_id": correlation_id(),
+                "trace_id": trace::current().map(|t| t.trace_id()),
             });
             writeln!(buf, "{line}")
         }),
@@ -38,9 +41,12 @@ pub fn init(service: &'static str, config: &LoggerConfig) {
             let id = correlation_id()
                 .map(|id| format!(" [{id}]"))
                 .unwrap_or_default();
+            let trace = trace::current()
+                .map(|t| format!(" trace_id={}", t.trace_id()))
+                .unwrap_or_default();
             writeln!(
                 buf,
-                "{} {:<5} {service}{id} {}",
+                "{} {:<5} {service}{id}{trace} {}",
                 now(),
                 record.level(),
                 record.args()

@@ -14,6 +14,7 @@ const LAYERS: &[(&str, Exact)] = &[
     // What every layer shares.
     ("clock", Exact::No),
     ("correlation", Exact::No),
+    ("trace", Exact::No),
     ("secret", Exact::No),
     ("shutdown", Exact::No),
     ("health", Exact::No),

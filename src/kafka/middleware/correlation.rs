@@ -1,14 +1,19 @@
-//! Runs a handler inside its record's correlation id, so every line logged
-//! while the record is handled (by the handler, by the wrappers inside this
-//! one) carries it. Which id a record has is the caller's to say: a header,
-//! usually, with whatever fallback the records' format allows.
+//! Runs a handler inside its record's correlation id and trace context, so
+//! every line logged while the record is handled (by the handler, by the
+//! wrappers inside this one) carries both, and every record it produces
+//! continues the trace. Which correlation id a record has is the caller's to
+//! say: a header, usually, with whatever fallback the records' format allows.
+//! The trace is the record's `traceparent` header continued with a span of
+//! this hop's own, or a new trace for a record that came without one.
 
 use crate::correlation;
 use crate::kafka::consume::{Handler, HandlerError};
 use crate::kafka::fetch::Message;
+use crate::trace::{self, TraceContext};
 
 /// A handler that runs `inner` with the correlation id `id_of` finds in each
-/// record; records without one are handled without.
+/// record (records without one are handled without), as a span of the
+/// record's trace.
 #[derive(Debug, Clone)]
 pub struct Correlated<H, F> {
     inner: H,
@@ -32,9 +37,14 @@ where
     F: Fn(&Message) -> Option<String> + Send + Sync + 'static,
 {
     async fn handle(&self, message: &Message) -> Result<(), HandlerError> {
+        let span = TraceContext::continue_or_start(
+            message.header_str(trace::TRACEPARENT),
+            message.header_str(trace::TRACESTATE),
+        );
+        let traced = trace::scope(span, self.inner.handle(message));
         match (self.id_of)(message) {
-            Some(id) => correlation::scope(id, self.inner.handle(message)).await,
-            None => self.inner.handle(message).await,
+            Some(id) => correlation::scope(id, traced).await,
+            None => traced.await,
         }
     }
 }
@@ -50,10 +60,13 @@ mod tests {
     use crate::kafka::consume::handler_fn;
     use std::sync::Arc;
 
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
     fn message(header: Option<&str>) -> Message {
         let mut headers = std::collections::BTreeMap::new();
         if let Some(id) = header {
             headers.insert("correlation_id".to_owned(), id.as_bytes().to_vec());
+            headers.insert("traceparent".to_owned(), PARENT.as_bytes().to_vec());
         }
         Message {
             topic: Arc::from("t"),
@@ -76,7 +89,8 @@ mod tests {
             handler_fn(move |_| {
                 let record = Arc::clone(&record);
                 async move {
-                    record.lock().push(correlation::current());
+                    let trace = trace::current().expect("every record is handled in a span");
+                    record.lock().push((correlation::current(), trace));
                     Ok(())
                 }
             }),
@@ -84,7 +98,16 @@ mod tests {
         );
         handler.handle(&message(Some("order-7"))).await.unwrap();
         handler.handle(&message(None)).await.unwrap();
-        assert_eq!(*seen.lock(), [Some("order-7".to_owned()), None]);
+        let seen = seen.lock();
+        assert_eq!(seen[0].0.as_deref(), Some("order-7"));
+        assert_eq!(seen[1].0, None);
+        // The record's trace continues with a span of this hop; a record
+        // without one starts a trace.
+        let parent = TraceContext::parse(PARENT, None).unwrap();
+        assert_eq!(seen[0].1.trace_id(), parent.trace_id());
+        assert_ne!(seen[0].1.span_id(), parent.span_id());
+        assert_ne!(seen[1].1.trace_id(), parent.trace_id());
         assert_eq!(correlation::current(), None);
+        assert_eq!(trace::current(), None);
     }
 }
