@@ -187,7 +187,12 @@ async fn requests_without_a_valid_token_get_a_json_401() {
 
     // Health, readiness and the API's documents stay open: probes and tools
     // read them without credentials.
-    for path in ["/health", "/ready", "/api/v1/openapi.json"] {
+    for path in [
+        "/health",
+        "/ready",
+        "/api/v1/openapi.json",
+        "/api/v1/asyncapi.json",
+    ] {
         assert_eq!(get_as(&api, path, None).await.status, 200, "{path}");
     }
     // A valid token passes; the order is its customer's.

@@ -106,3 +106,127 @@ fn the_kafka_layer_document_lists_its_defaults() {
         );
     }
 }
+
+#[path = "support/contract.rs"]
+#[allow(dead_code)]
+mod contract;
+
+mod asyncapi {
+    use super::contract::Contract;
+    use rust_eda::domain::{OrderId, OrderItem};
+    use rust_eda::events::{self, Envelope, OrderCreated};
+    use rust_eda::kafka::ProducerRecord;
+    use rust_eda::trace::{self, TraceContext};
+    use std::collections::BTreeSet;
+
+    fn order_created() -> OrderCreated {
+        OrderCreated {
+            order_id: OrderId::new(),
+            customer_id: "customer-1".into(),
+            items: vec![OrderItem {
+                product_id: "product-001".into(),
+                quantity: 2,
+                price: 9.5,
+            }],
+            total: 19.0,
+            created_at: events::now(),
+        }
+    }
+
+    /// An `order.created` record as the order service writes it.
+    async fn record() -> ProducerRecord {
+        trace::scope(TraceContext::root(), async {
+            Envelope::new(order_created(), "corr-1")
+                .to_record()
+                .unwrap()
+        })
+        .await
+    }
+
+    fn check(contract: &Contract, r: &ProducerRecord) -> Result<String, String> {
+        contract.check(&r.topic, r.key.as_deref(), &r.headers, r.value.as_deref())
+    }
+
+    /// The value with `edit` applied to its JSON.
+    fn edited(r: &ProducerRecord, edit: impl FnOnce(&mut serde_json::Value)) -> ProducerRecord {
+        let mut json: serde_json::Value =
+            serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+        edit(&mut json);
+        let mut r = r.clone();
+        r.value = Some(serde_json::to_vec(&json).unwrap());
+        r
+    }
+
+    #[test]
+    fn every_topic_the_system_creates_has_a_channel_and_no_other() {
+        let contract = Contract::load();
+        let described: BTreeSet<&str> = contract.topics().collect();
+        let created: BTreeSet<String> = events::topic_specs(3, 1)
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        let created: BTreeSet<&str> = created.iter().map(String::as_str).collect();
+        assert_eq!(described, created);
+    }
+
+    #[tokio::test]
+    async fn a_record_as_the_code_writes_it_passes() {
+        let contract = Contract::load();
+        assert_eq!(
+            check(&contract, &record().await).as_deref(),
+            Ok("OrderCreated")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_renamed_field_fails_the_check() {
+        let contract = Contract::load();
+        let good = record().await;
+        let renamed = edited(&good, |j| {
+            let v = j["payload"]
+                .as_object_mut()
+                .unwrap()
+                .remove("customer_id")
+                .unwrap();
+            j["payload"]["customer"] = v;
+        });
+        let err = check(&contract, &renamed).unwrap_err();
+        assert!(
+            err.contains("customer_id") && err.contains("customer"),
+            "{err}"
+        );
+
+        // A field the document does not name fails too, in the envelope or deeper.
+        let added = edited(&good, |j| j["payload"]["items"][0]["sku"] = "x".into());
+        assert!(check(&contract, &added).unwrap_err().contains("sku"));
+        let wrong_type = edited(&good, |j| j["version"] = "1".into());
+        assert!(check(&contract, &wrong_type).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_renamed_or_missing_header_and_a_wrong_key_fail_the_check() {
+        let contract = Contract::load();
+        let good = record().await;
+        let mut renamed = good.clone();
+        let v = renamed.headers.remove("ce_type").unwrap();
+        renamed.headers.insert("ce-type".into(), v);
+        let err = check(&contract, &renamed).unwrap_err();
+        assert!(err.contains("ce_type"), "{err}");
+
+        // Written outside a trace, an event lacks its traceparent.
+        let untraced = Envelope::new(order_created(), "c").to_record().unwrap();
+        assert!(
+            check(&contract, &untraced)
+                .unwrap_err()
+                .contains("traceparent")
+        );
+
+        let mut keyed = good.clone();
+        keyed.key = Some(b"not-an-order-id".to_vec());
+        assert!(check(&contract, &keyed).unwrap_err().contains("key"));
+
+        let mut elsewhere = good;
+        elsewhere.topic = "inventory.reserved".into();
+        assert!(check(&contract, &elsewhere).is_err());
+    }
+}

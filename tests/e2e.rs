@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -143,14 +143,27 @@ impl System {
     }
 
     async fn post(&self, path: &str, content_type: &str, body: impl Into<Bytes>) -> HttpResponse {
+        self.post_with(path, content_type, &[], body).await
+    }
+
+    /// [`Self::post`] with `extra` headers.
+    async fn post_with(
+        &self,
+        path: &str,
+        content_type: &str,
+        extra: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> HttpResponse {
         let authorization = support::auth::bearer(&self.customer);
+        let mut headers = vec![
+            ("content-type", content_type),
+            ("authorization", authorization.as_str()),
+        ];
+        headers.extend_from_slice(extra);
         http_client::request(
             http::Method::POST,
             &self.url(path),
-            &[
-                ("content-type", content_type),
-                ("authorization", &authorization),
-            ],
+            &headers,
             body.into(),
             Duration::from_secs(15),
         )
@@ -227,6 +240,33 @@ async fn parked_in(cluster: &rust_eda::kafka::Cluster, dlq: &str) -> Vec<rust_ed
     .await
 }
 
+/// Checks every record of every topic the system creates (but `skip`) against
+/// the AsyncAPI document, and counts them per message.
+async fn conforming(
+    cluster: &rust_eda::kafka::Cluster,
+    skip: &[&str],
+) -> std::collections::BTreeMap<String, usize> {
+    let contract = support::contract::Contract::load();
+    let mut counts = std::collections::BTreeMap::new();
+    for spec in rust_eda::events::topic_specs(3, 1) {
+        if skip.contains(&spec.name.as_str()) {
+            continue;
+        }
+        let records = read_topic(cluster, &spec.name)
+            .await
+            .unwrap_or_else(|e| panic!("read {}: {e}", spec.name));
+        for r in &records {
+            let message = contract
+                .check(&spec.name, r.key.as_deref(), &r.headers, r.value.as_deref())
+                .unwrap_or_else(|e| panic!("{}@{}/{}: {e}", spec.name, r.partition, r.offset));
+            *counts
+                .entry(format!("{}: {message}", spec.name))
+                .or_default() += 1;
+        }
+    }
+    counts
+}
+
 fn order_id(response: &HttpResponse) -> String {
     response.json()["order_id"]
         .as_str()
@@ -247,14 +287,32 @@ fn fields(response: &HttpResponse) -> Vec<String> {
 async fn orders_flow_through_the_three_services() {
     let system = System::start(json!({"product-001": 10, "product-002": 3})).await;
 
-    // pending → reserved → notified
+    // pending → reserved → notified, in the caller's trace.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
     let created = system
-        .order(json!([
-            {"product_id": "product-001", "quantity": 2, "price": 99.99},
-            {"product_id": "product-002", "quantity": 1, "price": 149.99}
-        ]))
+        .post_with(
+            "/api/v1/orders",
+            "application/json",
+            &[("traceparent", &format!("00-{trace_id}-{caller_span}-01"))],
+            json!({"customer_id": "customer-123", "items": [
+                {"product_id": "product-001", "quantity": 2, "price": 99.99},
+                {"product_id": "product-002", "quantity": 1, "price": 149.99}
+            ]})
+            .to_string(),
+        )
         .await;
     assert_eq!(created.status, 201, "{:?}", created.json());
+    // The answer names the request's span: the caller's trace, a span of its own.
+    let response_span = created
+        .header("traceresponse")
+        .expect("traceresponse")
+        .to_owned();
+    assert!(
+        response_span.starts_with(&format!("00-{trace_id}-"))
+            && !response_span.contains(caller_span),
+        "{response_span}"
+    );
     let body = created.json();
     assert_eq!(body["status"], "pending");
     assert_eq!(body["total"], 349.97);
@@ -309,7 +367,11 @@ async fn orders_flow_through_the_three_services() {
         .await;
 
     // Every event of the three orders is a CloudEvent in the Kafka binding's
-    // binary mode, as an independent client (librdkafka) reads it.
+    // binary mode, as an independent client (librdkafka) reads it, and carries
+    // its order's trace: the first order's is the caller's, each hop a span.
+    let traced_order = id.clone();
+    let mut spans: HashMap<String, String> = HashMap::new();
+    let mut traces: HashMap<String, HashSet<String>> = HashMap::new();
     for (topic, count, source) in [
         ("order.created", 3, "/rust-eda/order-service"),
         ("inventory.reserved", 2, "/rust-eda/inventory-service"),
@@ -338,6 +400,62 @@ async fn orders_flow_through_the_three_services() {
             assert_eq!(h["ce_subject"], record["key"], "{topic}");
             assert_eq!(h["ce_subject"], event["payload"]["order_id"], "{topic}");
             assert_eq!(h["content-type"], "application/json", "{topic}");
+            let traceparent = h["traceparent"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{topic}: no traceparent in {h}"));
+            let parts: Vec<&str> = traceparent.split('-').collect();
+            assert_eq!(
+                (parts.len(), parts[0], parts[3]),
+                (4, "00", "01"),
+                "{traceparent}"
+            );
+            let order = record["key"].as_str().unwrap().to_owned();
+            traces
+                .entry(order.clone())
+                .or_default()
+                .insert(parts[1].to_owned());
+            if order == traced_order {
+                spans.insert(topic.to_owned(), parts[2].to_owned());
+            }
+        }
+    }
+    assert_eq!(traces.len(), 3, "{traces:?}");
+    for (order, ids) in &traces {
+        assert_eq!(
+            ids.len(),
+            1,
+            "one trace per order, across services: {order}: {ids:?}"
+        );
+    }
+    assert!(traces[&traced_order].contains(trace_id), "{traces:?}");
+    assert_eq!(
+        spans["order.created"],
+        response_span.split('-').nth(2).unwrap(),
+        "order.created carries the request's span"
+    );
+    let hops: HashSet<&String> = spans.values().collect();
+    assert_eq!(
+        (spans.len(), hops.len()),
+        (3, 3),
+        "a span per hop: {spans:?}"
+    );
+
+    // One trace id follows the order through the three services' logs, beside
+    // its correlation id.
+    let correlation = created.header("x-correlation-id").unwrap();
+    for service in SERVICES {
+        let log = std::fs::read_to_string(system.dir.join(format!("{service}.log"))).unwrap();
+        let lines: Vec<Value> = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["correlation_id"] == correlation)
+            .collect();
+        assert!(
+            !lines.is_empty(),
+            "{service} logged nothing about the order"
+        );
+        for line in &lines {
+            assert_eq!(line["trace_id"], trace_id, "{service}: {line}");
         }
     }
 
@@ -470,6 +588,26 @@ async fn orders_flow_through_the_three_services() {
             },
         )
         .await;
+    }
+
+    // Every record of every topic is one the AsyncAPI document describes: the
+    // events, the inventory's ledger and the groups' coordination records.
+    let cluster = connect(&system.broker.brokers()).await;
+    let counts = conforming(&cluster, &[]).await;
+    for (message, n) in [
+        ("order.created: OrderCreated", 3),
+        ("inventory.reserved: InventoryReserved", 2),
+        ("inventory.failed: InventoryFailed", 1),
+        ("notification.sent: NotificationSent", 3),
+        ("inventory.ledger: LedgerRecord", 4),
+    ] {
+        assert_eq!(counts.get(message), Some(&n), "{counts:?}");
+    }
+    for kind in ["MemberRecord", "OwnerRecord", "OffsetRecord"] {
+        assert!(
+            counts.contains_key(&format!("__eda_offsets: {kind}")),
+            "{counts:?}"
+        );
     }
 }
 
@@ -899,4 +1037,15 @@ async fn poison_and_undeliverable_records_are_parked_and_a_replay_delivers_them(
         again.contains("replayed 0 in all; 1 replayed before"),
         "{again}"
     );
+
+    // The parked records and the replayed one are as the AsyncAPI document
+    // says (order.created holds the poison record, which is not).
+    let counts = conforming(&cluster, &[topics::ORDER_CREATED]).await;
+    for (message, n) in [
+        ("order.created.dlq: ParkedRecord", 1),
+        ("inventory.reserved.dlq: ParkedRecord", 1),
+        ("inventory.reserved: InventoryReserved", 2),
+    ] {
+        assert_eq!(counts.get(message), Some(&n), "{counts:?}");
+    }
 }

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod auth;
 pub mod chaos;
+pub mod contract;
 pub mod process;
 
 use std::path::{Path, PathBuf};

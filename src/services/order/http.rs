@@ -7,6 +7,7 @@
 //! | `GET /health` | `200` while the process runs |
 //! | `GET /ready` | `200` once the broker answers and the order view caught up; `503` before, or while a part reports a problem (`problems`) |
 //! | `GET /api/v1/openapi.json` | the `OpenAPI` 3 description of this API |
+//! | `GET /api/v1/asyncapi.json` | the `AsyncAPI` 3 description of the Kafka topics and their events |
 //!
 //! `/metrics` is not on this port but on the operations port (`APP_METRICS_PORT`),
 //! which belongs on the internal network.
@@ -31,6 +32,11 @@
 //!
 //! Every error is JSON: `{"error": "...", "details": [{"field": "...", "message": "..."}]}`.
 //! Every answer carries `X-Correlation-ID`: the client's, or a new one.
+//!
+//! **Tracing.** A request's W3C `traceparent` (and `tracestate`) is continued
+//! with a span of its own, or a trace is started; `order.created` carries that
+//! span in its `traceparent` header, and the answer names it in `traceresponse`
+//! (Trace Context Level 2), so a caller learns the trace id of its order.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -53,6 +59,7 @@ use crate::http::rate_limit::{RateLimiter, retry_after_seconds};
 use crate::http::server::{PeerAddr, error_response as error, retry_after};
 use crate::kafka::{Cluster, Follower, ProduceError, Producer};
 use crate::metrics;
+use crate::trace::{self, TraceContext};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: u64 = 64 * 1024;
@@ -62,6 +69,8 @@ pub const CORRELATION_HEADER: &str = "x-correlation-id";
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 /// The `OpenAPI` document served at `/api/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
+/// The `AsyncAPI` document of the topics, served at `/api/v1/asyncapi.json`.
+pub const ASYNCAPI: &str = include_str!("asyncapi.json");
 
 /// What the handlers share.
 pub struct AppState {
@@ -98,6 +107,12 @@ pub fn routes(
         warp::any().map(move || Arc::clone(&state))
     };
     let correlation = warp::header::optional::<String>(CORRELATION_HEADER).map(correlation_id);
+    // The caller's trace continued, or a new one: the span of this request.
+    let span = warp::header::optional::<String>(trace::TRACEPARENT)
+        .and(warp::header::optional::<String>(trace::TRACESTATE))
+        .map(|parent: Option<String>, state: Option<String>| {
+            TraceContext::continue_or_start(parent.as_deref(), state.as_deref())
+        });
     let access = warp::header::optional::<String>("authorization")
         .and(warp::ext::optional::<PeerAddr>())
         .and(with_state.clone())
@@ -111,17 +126,19 @@ pub fn routes(
         .and(warp::post())
         .and(with_state.clone())
         .and(correlation)
+        .and(span)
         .and(access.clone())
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::header::optional::<String>(IDEMPOTENCY_HEADER))
         .and(warp::body::content_length_limit(MAX_BODY_BYTES))
         .and(warp::body::bytes())
         .then(
-            |state, id: String, access: Access, content_type, key, body| {
-                correlation::scope(id.clone(), async move {
+            |state, id: String, span: TraceContext, access: Access, content_type, key, body| {
+                let correlation_id = id.clone();
+                let traced = trace::scope(span.clone(), async move {
                     let principal = match access {
                         Ok(principal) => principal,
-                        Err(refused) => return tag(*refused, &id),
+                        Err(refused) => return tag(*refused, &id, &span),
                     };
                     let request = CreateRequest {
                         correlation_id: &id,
@@ -130,8 +147,9 @@ pub fn routes(
                         idempotency_key: key,
                         body,
                     };
-                    tag(create_order(state, request).await, &id)
-                })
+                    tag(create_order(state, request).await, &id, &span)
+                });
+                correlation::scope(correlation_id, traced)
             },
         );
 
@@ -140,16 +158,22 @@ pub fn routes(
         .map(|| {
             warp::reply::with_header(OPENAPI, "content-type", "application/json").into_response()
         });
+    let asyncapi = warp::path!("api" / "v1" / "asyncapi.json")
+        .and(warp::get())
+        .map(|| {
+            warp::reply::with_header(ASYNCAPI, "content-type", "application/json").into_response()
+        });
 
     let get = warp::path!("api" / "v1" / "orders" / String)
         .and(warp::get())
         .and(with_state.clone())
         .and(correlation)
+        .and(span)
         .and(access)
         .map(
-            |id: String, state: Arc<AppState>, corr: String, access: Access| match access {
-                Ok(principal) => tag(get_order(&state, principal.as_ref(), &id), &corr),
-                Err(refused) => tag(*refused, &corr),
+            |id: String, state: Arc<AppState>, corr: String, span, access: Access| match access {
+                Ok(principal) => tag(get_order(&state, principal.as_ref(), &id), &corr, &span),
+                Err(refused) => tag(*refused, &corr, &span),
             },
         );
 
@@ -178,6 +202,8 @@ pub fn routes(
         .unify()
         .or(openapi)
         .unify()
+        .or(asyncapi)
+        .unify()
         .or(method_not_allowed())
         .unify()
         .recover(rejection)
@@ -189,7 +215,7 @@ pub fn routes(
 fn allowed_methods(path: &str) -> Option<&'static str> {
     match path {
         "/api/v1/orders" => Some("POST"),
-        "/health" | "/ready" | "/api/v1/openapi.json" => Some("GET"),
+        "/health" | "/ready" | "/api/v1/openapi.json" | "/api/v1/asyncapi.json" => Some("GET"),
         p if p
             .strip_prefix("/api/v1/orders/")
             .is_some_and(|id| !id.is_empty() && !id.contains('/')) =>
@@ -304,9 +330,13 @@ fn correlation_id(given: Option<String>) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
-fn tag(mut response: Response, correlation_id: &str) -> Response {
+/// Names the request's correlation id and span on its answer.
+fn tag(mut response: Response, correlation_id: &str, span: &TraceContext) -> Response {
     if let Ok(v) = HeaderValue::from_str(correlation_id) {
         response.headers_mut().insert(CORRELATION_HEADER, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&span.to_string()) {
+        response.headers_mut().insert(trace::TRACERESPONSE, v);
     }
     response
 }
