@@ -7,7 +7,12 @@
 //! - `replay-dlq <topic>.dlq [--to TOPIC] [--dry-run]` puts dead-lettered records
 //!   back on their topic (`scripts/replay-dlq.sh`);
 //! - `list-dlq <topic>.dlq` prints the records parked there, one JSON line each,
-//!   with their `dlq.*` headers (why, from where, after how many attempts).
+//!   with their `dlq.*` headers (why, from where, after how many attempts);
+//! - `describe-group <group> [--json]` shows an emulated consumer group's
+//!   members, partition owners, committed offsets and lag;
+//! - `reset-offsets <group> (--topic T... | --all-topics) (--to-earliest |
+//!   --to-latest | --to-datetime TIME) [--execute]` moves a stopped group's
+//!   committed offsets; without `--execute` it only prints the plan.
 //!
 //! A service may add its own (`Service::command`): the order service's
 //! `mint-token --subject ID` prints a bearer token for customer `ID`.
@@ -16,6 +21,7 @@ use std::process::ExitCode;
 
 use crate::config::{Config, hint, without_config_argument};
 use crate::events::topic_specs;
+use crate::kafka::group::operator::{self, ResetTo};
 use crate::kafka::middleware::replay::replay;
 use crate::kafka::{
     Admin, Cluster, DEFAULT_OFFSETS_TOPIC, OffsetStore, Producer, ProducerConfig, TopicOutcome,
@@ -51,6 +57,8 @@ pub async fn main<S: Service>() -> ExitCode {
         Some("create-topics") => return create_topics(&config, S::NAME).await,
         Some("replay-dlq") => return replay_dlq(&config, S::NAME, &args[1..]).await,
         Some("list-dlq") => return list_dlq(&config, S::NAME, &args[1..]).await,
+        Some("describe-group") => return describe_group(&config, S::NAME, &args[1..]).await,
+        Some("reset-offsets") => return reset_offsets(&config, S::NAME, &args[1..]).await,
         Some(name) if !name.starts_with('-') => {
             if let Some(code) = S::command(&config, name, &args[1..]) {
                 return code;
@@ -161,6 +169,225 @@ async fn list_dlq(config: &Config, service: &str, args: &[String]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+const DESCRIBE_USAGE: &str = "usage: describe-group <group> [--json]";
+
+/// `describe-group`: members, owners, committed offsets and lag of a group.
+async fn describe_group(config: &Config, service: &str, args: &[String]) -> ExitCode {
+    let args = without_config_argument(args);
+    let (group, json) = match args[..] {
+        [group] if !group.starts_with('-') => (group, false),
+        [group, "--json"] | ["--json", group] => (group, true),
+        _ => {
+            eprintln!("{DESCRIBE_USAGE}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let cluster = match Cluster::connect(config.cluster(service)).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("describing group {group} failed: {e}{}", hint(e.fix()));
+            return ExitCode::FAILURE;
+        }
+    };
+    let now_ms = crate::clock::now_millis();
+    let d = match operator::describe(&cluster, DEFAULT_OFFSETS_TOPIC, group, now_ms).await {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("describing group {group} failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        match serde_json::to_string_pretty(&d) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("describing group {group} failed: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    let active = d.members.iter().filter(|m| m.state == "active").count();
+    println!(
+        "group {}: {active} active member(s) of {} known, total lag {}",
+        d.group,
+        d.members.len(),
+        d.total_lag()
+    );
+    if d.members.is_empty() && d.partitions.is_empty() {
+        println!("(the coordination log names no member, owner or offset of this group)");
+        return ExitCode::SUCCESS;
+    }
+    let cell = |v: Option<i64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+    let mut rows = vec![vec![
+        "MEMBER".to_owned(),
+        "STATE".into(),
+        "LAST-SEEN".into(),
+        "PARTITIONS".into(),
+        "TOPICS".into(),
+    ]];
+    rows.extend(d.members.iter().map(|m| {
+        vec![
+            m.member.clone(),
+            m.state.to_owned(),
+            m.last_seen.clone(),
+            m.partitions.to_string(),
+            m.topics.join(","),
+        ]
+    }));
+    print_table(&rows);
+    println!();
+    let mut rows = vec![vec![
+        "TOPIC".to_owned(),
+        "PARTITION".into(),
+        "OWNER".into(),
+        "EPOCH".into(),
+        "COMMITTED".into(),
+        "LOG-END".into(),
+        "LAG".into(),
+    ]];
+    rows.extend(d.partitions.iter().map(|p| {
+        vec![
+            p.topic.clone(),
+            p.partition.to_string(),
+            p.owner.clone().unwrap_or_else(|| "-".into()),
+            cell(p.epoch),
+            cell(p.committed),
+            cell(p.log_end),
+            cell(p.lag),
+        ]
+    }));
+    print_table(&rows);
+    ExitCode::SUCCESS
+}
+
+/// Prints `rows` as columns padded to their widest cell.
+fn print_table(rows: &[Vec<String>]) {
+    let columns = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+/// The arguments of `reset-offsets`.
+#[derive(Debug, PartialEq, Eq)]
+struct ResetArgs {
+    group: String,
+    /// Empty for `--all-topics`.
+    topics: Vec<String>,
+    to: ResetTo,
+    execute: bool,
+}
+
+const RESET_USAGE: &str = "usage: reset-offsets <group> (--topic TOPIC ... | --all-topics) (--to-earliest | --to-latest | --to-datetime 2026-12-01T00:00:00Z) [--execute]";
+
+impl ResetArgs {
+    /// Parses the arguments after `reset-offsets`, leaving out `--config FILE`.
+    fn parse(args: &[String]) -> Result<Self, String> {
+        let (mut group, mut topics, mut all, mut to, mut execute) =
+            (None, Vec::new(), false, None, false);
+        let args = without_config_argument(args);
+        let mut it = args.into_iter();
+        let set_to = |to: &mut Option<ResetTo>, new: ResetTo| {
+            if to.replace(new).is_some() {
+                return Err("give one of --to-earliest, --to-latest, --to-datetime".to_owned());
+            }
+            Ok(())
+        };
+        while let Some(arg) = it.next() {
+            match arg {
+                "--topic" => topics.push(it.next().ok_or("--topic needs a TOPIC")?.to_owned()),
+                "--all-topics" => all = true,
+                "--to-earliest" => set_to(&mut to, ResetTo::Earliest)?,
+                "--to-latest" => set_to(&mut to, ResetTo::Latest)?,
+                "--to-datetime" => {
+                    let text = it.next().ok_or("--to-datetime needs a time")?;
+                    let time = rskafka::chrono::DateTime::parse_from_rfc3339(text)
+                        .map_err(|e| {
+                            format!("--to-datetime {text:?} is not an RFC 3339 time ({e}), such as 2026-12-01T00:00:00Z")
+                        })?
+                        .to_utc();
+                    set_to(&mut to, ResetTo::Timestamp(time))?;
+                }
+                "--execute" => execute = true,
+                "--dry-run" => execute = false,
+                a if a.starts_with('-') => return Err(format!("unknown option {a}")),
+                a if group.is_none() => group = Some(a.to_owned()),
+                a => return Err(format!("unexpected argument {a}")),
+            }
+        }
+        if all != topics.is_empty() {
+            return Err("give the topics: --topic TOPIC (repeatable) or --all-topics".into());
+        }
+        Ok(Self {
+            group: group.ok_or("which group? e.g. inventory-service")?,
+            topics,
+            to: to.ok_or("where to? --to-earliest, --to-latest or --to-datetime TIME")?,
+            execute,
+        })
+    }
+}
+
+/// `reset-offsets`: moves a stopped group's committed offsets.
+async fn reset_offsets(config: &Config, service: &str, args: &[String]) -> ExitCode {
+    let args = match ResetArgs::parse(args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}\n{RESET_USAGE}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let cluster = match Cluster::connect(config.cluster(service)).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "resetting group {} failed: {e}{}",
+                args.group,
+                hint(e.fix())
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = operator::reset_offsets(
+        &cluster,
+        DEFAULT_OFFSETS_TOPIC,
+        &args.group,
+        &args.topics,
+        args.to,
+        args.execute,
+        crate::clock::now_millis(),
+    )
+    .await;
+    match result {
+        Ok(plan) => {
+            let verb = if args.execute { "reset" } else { "would reset" };
+            for p in &plan {
+                let from = p.from.map_or_else(|| "none".to_owned(), |o| o.to_string());
+                println!(
+                    "{verb} {} {}/{} from {from} to {}",
+                    args.group, p.topic, p.partition, p.to
+                );
+            }
+            if !args.execute {
+                println!("dry run: nothing was changed; add --execute to apply");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("resetting group {} failed: {e}", args.group);
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// The arguments of `replay-dlq`.
 #[derive(Debug, PartialEq, Eq)]
 struct ReplayArgs {
@@ -250,6 +477,42 @@ mod tests {
 
     fn args(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn reset_arguments() {
+        let parsed = ResetArgs::parse(&args(&[
+            "inventory-service",
+            "--topic",
+            "order.created",
+            "--to-datetime",
+            "2026-12-01T10:00:00+01:00",
+            "--execute",
+        ]))
+        .unwrap();
+        assert_eq!(parsed.group, "inventory-service");
+        assert_eq!(parsed.topics, ["order.created"]);
+        assert!(parsed.execute);
+        let ResetTo::Timestamp(t) = parsed.to else {
+            panic!("{parsed:?}")
+        };
+        assert_eq!(t.to_rfc3339(), "2026-12-01T09:00:00+00:00");
+        let dry = ResetArgs::parse(&args(&["g", "--all-topics", "--to-earliest"])).unwrap();
+        assert_eq!(
+            (dry.topics.len(), dry.to, dry.execute),
+            (0, ResetTo::Earliest, false)
+        );
+        for bad in [
+            &["g", "--to-latest"][..],
+            &["g", "--all-topics"],
+            &["g", "--all-topics", "--topic", "t", "--to-latest"],
+            &["g", "--all-topics", "--to-latest", "--to-earliest"],
+            &["g", "--all-topics", "--to-datetime", "yesterday"],
+            &["--all-topics", "--to-latest"],
+            &["g", "h", "--all-topics", "--to-latest"],
+        ] {
+            assert!(ResetArgs::parse(&args(bad)).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -7,3 +7,8 @@ use rskafka::chrono::{DateTime, SecondsFormat, Utc};
 pub fn now() -> String {
     DateTime::<Utc>::from(std::time::SystemTime::now()).to_rfc3339_opts(SecondsFormat::Millis, true)
 }
+
+/// Now, in milliseconds since the Unix epoch, as Kafka's timestamps count.
+pub fn now_millis() -> i64 {
+    DateTime::<Utc>::from(std::time::SystemTime::now()).timestamp_millis()
+}

@@ -2,7 +2,7 @@
 
 mod support;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -872,4 +872,123 @@ async fn a_produce_is_not_held_behind_a_waiting_fetch_of_the_same_partition() {
     .expect("delivered");
     assert_eq!(delivery.partition, 0);
     follower.stop();
+}
+
+/// `describe-group` and `reset-offsets` on a group of our consumers: what it
+/// owns and committed, and moving it while it is stopped, but not before.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_describes_a_group_and_resets_it_once_it_is_stopped() {
+    use rust_eda::kafka::group::operator::{self, GroupCommandError, ResetTo};
+    let cluster = cluster().await;
+    let topic = create_topic(&cluster, 2).await;
+    let config = consumer_config(&topic);
+    let (group, offsets) = (config.group_id.clone(), config.offsets_topic.clone());
+    let producer = Producer::new(cluster.clone(), ProducerConfig::default());
+    let batch = |name: &'static str| {
+        (0..10)
+            .map(|i| {
+                ProducerRecord::new(&topic)
+                    .partition(i % 2)
+                    .value(format!("{name}-{i}"))
+            })
+            .collect::<Vec<_>>()
+    };
+    produce_all(&producer, batch("first")).await;
+    let describe = || operator::describe(&cluster, &offsets, &group, now_ms());
+    let reset = |to, execute| {
+        operator::reset_offsets(&cluster, &offsets, &group, &[], to, execute, now_ms())
+    };
+
+    let mut consumer = RunningConsumer::start(&cluster, config.clone()).await;
+    consumer.take(10, 30).await;
+    let running = within(30, "the commits described", async {
+        loop {
+            let d = describe().await.unwrap();
+            if d.partitions.iter().all(|p| p.committed == Some(5)) && d.partitions.len() == 2 {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert_eq!(running.members.len(), 1, "{running:?}");
+    let member = &running.members[0];
+    assert_eq!(
+        (member.state, member.partitions),
+        ("active", 2),
+        "{running:?}"
+    );
+    for p in &running.partitions {
+        assert_eq!(p.owner.as_ref(), Some(&member.member));
+        assert_eq!((p.log_end, p.lag), (Some(5), Some(0)), "{p:?}");
+    }
+    let refused = reset(ResetTo::Earliest, true).await.unwrap_err();
+    assert!(
+        matches!(&refused, GroupCommandError::Active { members, .. } if members.len() == 1 && members[0] == member.member),
+        "{refused:?}"
+    );
+    assert!(
+        refused.to_string().contains("stop every instance"),
+        "{refused}"
+    );
+    consumer.stop().await;
+
+    // A point in time between two batches.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mark = rskafka::chrono::DateTime::from_timestamp_millis(now_ms()).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    produce_all(&producer, batch("second")).await;
+
+    // A dry run changes nothing.
+    let plan = reset(ResetTo::Earliest, false).await.unwrap();
+    assert_eq!(
+        plan.iter().map(|p| (p.from, p.to)).collect::<Vec<_>>(),
+        [(Some(5), 0); 2]
+    );
+    assert!(
+        describe()
+            .await
+            .unwrap()
+            .partitions
+            .iter()
+            .all(|p| p.committed == Some(5))
+    );
+
+    // To the time: the group reads the second batch only.
+    let plan = reset(ResetTo::Timestamp(mark), true).await.unwrap();
+    assert!(plan.iter().all(|p| p.to == 5), "{plan:?}");
+    let stopped = describe().await.unwrap();
+    assert!(
+        stopped.members.is_empty(),
+        "a member that left is gone: {stopped:?}"
+    );
+    assert_eq!(stopped.total_lag(), 10, "{stopped:?}");
+    let mut consumer = RunningConsumer::start(&cluster, config.clone()).await;
+    let values = |ms: Vec<Message>| -> BTreeSet<String> {
+        ms.iter()
+            .map(|m| String::from_utf8_lossy(m.value.as_deref().unwrap()).into_owned())
+            .collect()
+    };
+    let second = values(consumer.take(10, 30).await);
+    assert!(
+        second.iter().all(|v| v.starts_with("second-")),
+        "{second:?}"
+    );
+    assert!(consumer.drain_for(Duration::from_secs(1)).await.is_empty());
+    consumer.stop().await;
+
+    // To the earliest: everything again.
+    reset(ResetTo::Earliest, true).await.unwrap();
+    let mut consumer = RunningConsumer::start(&cluster, config.clone()).await;
+    assert_eq!(values(consumer.take(20, 30).await).len(), 20);
+    consumer.stop().await;
+
+    // To the latest: nothing left to read.
+    let plan = reset(ResetTo::Latest, true).await.unwrap();
+    assert!(plan.iter().all(|p| p.to == 10), "{plan:?}");
+    assert_eq!(describe().await.unwrap().total_lag(), 0);
+}
+
+fn now_ms() -> i64 {
+    rust_eda::clock::now_millis()
 }

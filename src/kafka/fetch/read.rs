@@ -210,8 +210,17 @@ async fn partition_count(cluster: &Cluster, topic: &str) -> Result<i32, ReadErro
         })
 }
 
-/// `ListOffsets` for one partition: its earliest offset, or (`Latest`) its
-/// last stable offset.
+/// `ListOffsets` for one partition: its earliest offset, (`Latest`) its last
+/// stable offset, or the first offset at or after a time (-1 if none is).
+pub(crate) async fn offset_at(
+    cluster: &Cluster,
+    topic: &str,
+    partition: i32,
+    at: OffsetAt,
+) -> Result<i64, ReadError> {
+    list_offset(cluster, topic, partition, at).await
+}
+
 async fn list_offset(
     cluster: &Cluster,
     topic: &str,

@@ -33,6 +33,7 @@ mod lease;
 mod log;
 mod member_id;
 pub mod offsets;
+pub mod operator;
 pub(crate) mod planner;
 pub mod protocol;
 #[cfg(test)]

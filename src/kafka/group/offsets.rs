@@ -240,6 +240,7 @@ fn offset_record(
         offset,
         member: owner.map(|o| o.member.to_owned()),
         epoch: owner.map(|o| o.epoch),
+        reset: false,
         committed_at: crate::clock::now(),
     };
     ProducerRecord::new(topic)

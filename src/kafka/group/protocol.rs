@@ -178,6 +178,11 @@ pub struct OffsetValue {
     /// The owner's epoch it was committed in; absent outside a group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<i64>,
+    /// Written by an operator's reset while the group was stopped: it also
+    /// overrides the offsets earlier transactions committed. Absent (false) in
+    /// every other commit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reset: bool,
     /// When it was committed (RFC 3339).
     pub committed_at: String,
 }
@@ -258,6 +263,11 @@ mod tests {
     fn commits_without_an_owner_still_read() {
         let v: OffsetValue =
             serde_json::from_str(r#"{"offset":5,"committed_at":"2026-01-01T00:00:00Z"}"#).unwrap();
-        assert_eq!((v.offset, v.member, v.epoch), (5, None, None));
+        assert_eq!(
+            (v.offset, v.member.clone(), v.epoch, v.reset),
+            (5, None, None, false)
+        );
+        let written = serde_json::to_string(&v).unwrap();
+        assert!(!written.contains("reset"), "{written}");
     }
 }

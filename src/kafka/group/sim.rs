@@ -841,6 +841,7 @@ fn commit_entry(tp: &TopicPartition, offset: i64, member: &str, epoch: i64) -> E
         offset,
         member: Some(member.to_owned()),
         epoch: Some(epoch),
+        reset: false,
         committed_at: String::new(),
     };
     Entry {

@@ -187,6 +187,10 @@ impl GroupState {
                     Some(Ok(v)) => {
                         if committed_in_transaction {
                             self.transaction_commits.insert(tp.clone(), v.offset);
+                        } else if v.reset {
+                            // An operator moved the stopped group: the offset
+                            // the last transaction committed no longer stands.
+                            self.transaction_commits.remove(&tp);
                         }
                         self.commits.insert(tp, v);
                     }
@@ -328,6 +332,16 @@ impl GroupState {
     /// The member `id`, if the log names it.
     pub fn member(&self, id: &str) -> Option<&Member> {
         self.members.get(id)
+    }
+
+    /// Every member the log names, alive or not, by id.
+    pub fn members(&self) -> &BTreeMap<String, Member> {
+        &self.members
+    }
+
+    /// Every partition with an owner record, and the record that counts.
+    pub fn owners(&self) -> impl Iterator<Item = (&TopicPartition, &OwnerValue)> {
+        self.owners.iter().map(|(tp, o)| (tp, &o.value))
     }
 
     /// Whether `id` wrote a record within its session timeout of log time. A
@@ -511,6 +525,7 @@ mod tests {
             offset,
             member: Some(member.into()),
             epoch: Some(epoch),
+            reset: false,
             committed_at: String::new(),
         };
         (key.encode(), super::super::protocol::encode(&value))

@@ -183,6 +183,7 @@ impl Owner {
             offset: self.next,
             member: Some(self.name.clone()),
             epoch: Some(self.owner_epoch),
+            reset: false,
             committed_at: String::new(),
         };
         brokers.commit_record(self.epoch, &value)?;
