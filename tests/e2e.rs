@@ -609,6 +609,68 @@ async fn orders_flow_through_the_three_services() {
             "{counts:?}"
         );
     }
+
+    // The operator's view of the inventory's group, from a service binary:
+    // one active member owning the three partitions, every order consumed.
+    let command = |args: &[&str]| {
+        let mut command = system.configured("inventory-service");
+        command.args(args).stdin(Stdio::null());
+        let mut command = tokio::process::Command::from(command);
+        command.kill_on_drop(true);
+        async move {
+            within(30, "an operator command", command.output())
+                .await
+                .unwrap()
+        }
+    };
+    let out = command(&["describe-group", "inventory-service", "--json"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let group: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let members = group["members"].as_array().unwrap();
+    assert_eq!(members.len(), 1, "{group}");
+    assert_eq!(
+        (
+            members[0]["state"].as_str(),
+            members[0]["partitions"].as_u64()
+        ),
+        (Some("active"), Some(3)),
+        "{group}"
+    );
+    let partitions = group["partitions"].as_array().unwrap();
+    assert_eq!(partitions.len(), 3, "{group}");
+    let sum = |field: &str| {
+        partitions
+            .iter()
+            .map(|p| p[field].as_i64().unwrap())
+            .sum::<i64>()
+    };
+    assert_eq!(
+        (sum("committed"), sum("log_end"), sum("lag")),
+        (3, 3, 0),
+        "{group}"
+    );
+    let table = command(&["describe-group", "inventory-service"]).await;
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("total lag 0") && table.contains("order.created  0"),
+        "{table}"
+    );
+    // A running group is not reset.
+    let refused = command(&[
+        "reset-offsets",
+        "inventory-service",
+        "--all-topics",
+        "--to-earliest",
+        "--execute",
+    ])
+    .await;
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("stop every instance"),
+        "{refused:?}"
+    );
+    let usage = command(&["reset-offsets", "inventory-service"]).await;
+    assert_eq!(usage.status.code(), Some(64), "{usage:?}");
 }
 
 /// Orders other clients publish reach the services: the Java client and
