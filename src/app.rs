@@ -122,6 +122,17 @@ async fn create_topics(config: &Config, service: &str) -> ExitCode {
     }
 }
 
+/// The cluster a command works on; on failure, says what failed to `doing`
+/// and how to fix it, and gives the exit code.
+async fn connect(config: &Config, service: &str, doing: &str) -> Result<Cluster, ExitCode> {
+    Cluster::connect(config.cluster(service))
+        .await
+        .map_err(|e| {
+            eprintln!("{doing} failed: {e}{}", hint(e.fix()));
+            ExitCode::FAILURE
+        })
+}
+
 const LIST_DLQ_USAGE: &str = "usage: list-dlq <topic>.dlq";
 
 /// `list-dlq`: every record of a dead-letter topic as a JSON line, its headers
@@ -135,12 +146,9 @@ async fn list_dlq(config: &Config, service: &str, args: &[String]) -> ExitCode {
         eprintln!("{topic} is not a dead-letter topic (they end in .dlq)\n{LIST_DLQ_USAGE}");
         return ExitCode::from(EXIT_USAGE);
     }
-    let cluster = match Cluster::connect(config.cluster(service)).await {
+    let cluster = match connect(config, service, &format!("listing {topic}")).await {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("listing {topic} failed: {e}{}", hint(e.fix()));
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let parked = match crate::kafka::read_topic(&cluster, topic).await {
         Ok(parked) => parked,
@@ -182,12 +190,9 @@ async fn describe_group(config: &Config, service: &str, args: &[String]) -> Exit
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let cluster = match Cluster::connect(config.cluster(service)).await {
+    let cluster = match connect(config, service, &format!("describing group {group}")).await {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("describing group {group} failed: {e}{}", hint(e.fix()));
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let now_ms = crate::clock::now_millis();
     let d = match operator::describe(&cluster, DEFAULT_OFFSETS_TOPIC, group, now_ms).await {
@@ -345,16 +350,9 @@ async fn reset_offsets(config: &Config, service: &str, args: &[String]) -> ExitC
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let cluster = match Cluster::connect(config.cluster(service)).await {
+    let cluster = match connect(config, service, &format!("resetting group {}", args.group)).await {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!(
-                "resetting group {} failed: {e}{}",
-                args.group,
-                hint(e.fix())
-            );
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = operator::reset_offsets(
         &cluster,
@@ -429,12 +427,9 @@ async fn replay_dlq(config: &Config, service: &str, args: &[String]) -> ExitCode
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let cluster = match Cluster::connect(config.cluster(service)).await {
+    let cluster = match connect(config, service, "replaying").await {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("replaying failed: {e}{}", hint(e.fix()));
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let producer = Producer::new(cluster, ProducerConfig::default());
     let offsets = OffsetStore::new(producer.clone(), DEFAULT_OFFSETS_TOPIC);

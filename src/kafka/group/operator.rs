@@ -533,25 +533,30 @@ mod tests {
         }
     }
 
+    fn commit(offset: i64, owner: Option<(&str, i64)>) -> (Key, OffsetValue) {
+        let key = Key::Offset {
+            group: "g".into(),
+            topic: "t".into(),
+            partition: 0,
+        };
+        let value = OffsetValue {
+            offset,
+            member: owner.map(|(m, _)| m.to_owned()),
+            epoch: owner.map(|(_, e)| e),
+            reset: false,
+            committed_at: String::new(),
+        };
+        (key, value)
+    }
+
     /// A group whose member `a` owns partition 0 (epoch 3) and committed 40,
     /// last seen at 1000 ms of log time.
     fn group_of_a() -> GroupState {
         let mut s = GroupState::new("g");
         apply(&mut s, 0, member_key("a"), &member(2), 1_000);
         apply(&mut s, 1, owner_key(0), &owned("a", 3, 10), 1_000);
-        let commit = OffsetValue {
-            offset: 40,
-            member: Some("a".into()),
-            epoch: Some(3),
-            reset: false,
-            committed_at: String::new(),
-        };
-        let key = Key::Offset {
-            group: "g".into(),
-            topic: "t".into(),
-            partition: 0,
-        };
-        apply(&mut s, 2, key, &commit, 1_000);
+        let (key, value) = commit(40, Some(("a", 3)));
+        apply(&mut s, 2, key, &value, 1_000);
         s
     }
 
@@ -654,19 +659,8 @@ mod tests {
         use crate::kafka::codec::{FetchedRecord, InTransaction};
         let mut s = GroupState::new("g");
         let tp = TopicPartition::new("t", 0);
-        let commit = |offset| OffsetValue {
-            offset,
-            member: None,
-            epoch: None,
-            reset: false,
-            committed_at: String::new(),
-        };
-        let key = Key::Offset {
-            group: "g".into(),
-            topic: "t".into(),
-            partition: 0,
-        }
-        .encode();
+        let (key, value) = commit(70, None);
+        let key = key.encode();
         let fetched = |offset, value: Option<Vec<u8>>, transaction| FetchedRecord {
             offset,
             key: value.as_ref().map(|_| key.clone().into()),
@@ -675,7 +669,7 @@ mod tests {
             timestamp: DateTime::from_timestamp_millis(1_000).unwrap(),
             transaction: Some(transaction),
         };
-        let value = serde_json::to_vec(&commit(70)).unwrap();
+        let value = serde_json::to_vec(&value).unwrap();
         s.apply_read(&fetched(
             0,
             Some(value),
