@@ -501,6 +501,11 @@ async fn orders_flow_through_the_three_services() {
     })
     .await;
     assert!(system.webhook.counts().values().all(|&n| n == 1));
+    // The webhook call of the traced order is made in the notifier's span.
+    assert_eq!(
+        system.webhook.traceparent(&traced_order),
+        Some(format!("00-{trace_id}-{}-01", spans["notification.sent"])),
+    );
 
     // The metrics moved with the orders.
     let order = system.metrics("order-service").await;

@@ -8,7 +8,10 @@
 //! so a redelivered event is not notified twice, even when its partition moved
 //! from another instance that notified it. (A crash between the webhook call and
 //! publishing `notification.sent` can repeat that one webhook call; it carries the
-//! event id in `Idempotency-Key`, so the receiver can drop the repeat.)
+//! event id in `Idempotency-Key`, so the receiver can drop the repeat.) The call
+//! also carries the order's `X-Correlation-ID` and the W3C `traceparent` of the
+//! span handling the outcome, so a receiver that traces continues the order's
+//! trace.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -93,14 +96,20 @@ impl Webhook {
         let mut attempts = 0;
         loop {
             attempts += 1;
+            // The receiver continues the outcome's trace, if it traces.
+            let traceparent = crate::trace::current().map(|span| span.to_string());
+            let mut headers = vec![
+                ("content-type", "application/json"),
+                ("idempotency-key", idempotency_key),
+                ("x-correlation-id", correlation_id),
+            ];
+            if let Some(traceparent) = &traceparent {
+                headers.push((crate::trace::TRACEPARENT, traceparent));
+            }
             let result = http_client::request(
                 http::Method::POST,
                 &self.url,
-                &[
-                    ("content-type", "application/json"),
-                    ("idempotency-key", idempotency_key),
-                    ("x-correlation-id", correlation_id),
-                ],
+                &headers,
                 body.clone(),
                 self.timeout,
             )

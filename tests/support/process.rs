@@ -186,6 +186,8 @@ pub struct Webhook {
     calls: Arc<Mutex<HashMap<String, (String, usize)>>>,
     /// When each order was first notified.
     first: Arc<Mutex<HashMap<String, Instant>>>,
+    /// The `traceparent` of each order's last call.
+    traces: Arc<Mutex<HashMap<String, String>>>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -193,20 +195,28 @@ impl Webhook {
     pub async fn start() -> Self {
         let calls: Arc<Mutex<HashMap<String, (String, usize)>>> = Arc::default();
         let first: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+        let traces: Arc<Mutex<HashMap<String, String>>> = Arc::default();
         let route = {
-            let (calls, first) = (Arc::clone(&calls), Arc::clone(&first));
+            let (calls, first, traces) =
+                (Arc::clone(&calls), Arc::clone(&first), Arc::clone(&traces));
             warp::post()
                 .and(warp::header::<String>("idempotency-key"))
+                .and(warp::header::optional::<String>("traceparent"))
                 .and(warp::body::json::<Value>())
-                .map(move |key: String, body: Value| {
-                    let order = body["order_id"].as_str().unwrap_or_default().to_owned();
-                    first
-                        .lock()
-                        .entry(order.clone())
-                        .or_insert_with(Instant::now);
-                    calls.lock().entry(key).or_insert((order, 0)).1 += 1;
-                    warp::reply()
-                })
+                .map(
+                    move |key: String, traceparent: Option<String>, body: Value| {
+                        let order = body["order_id"].as_str().unwrap_or_default().to_owned();
+                        if let Some(t) = traceparent {
+                            traces.lock().insert(order.clone(), t);
+                        }
+                        first
+                            .lock()
+                            .entry(order.clone())
+                            .or_insert_with(Instant::now);
+                        calls.lock().entry(key).or_insert((order, 0)).1 += 1;
+                        warp::reply()
+                    },
+                )
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -225,6 +235,7 @@ impl Webhook {
             addr,
             calls,
             first,
+            traces,
             _stop: stop,
         }
     }
@@ -241,6 +252,11 @@ impl Webhook {
     /// When each order was first notified, by order id.
     pub fn notified_at(&self) -> HashMap<String, Instant> {
         self.first.lock().clone()
+    }
+
+    /// The `traceparent` the last call about `order` carried.
+    pub fn traceparent(&self, order: &str) -> Option<String> {
+        self.traces.lock().get(order).cloned()
     }
 
     /// Per `Idempotency-Key`: the order it named, and how many calls came.
