@@ -595,6 +595,14 @@ async fn orders_flow_through_the_three_services() {
         .await;
     }
 
+    // The order service serves the AsyncAPI document kept in the repository.
+    let served = system.get("/api/v1/asyncapi.json").await;
+    assert_eq!(served.status, 200);
+    let kept =
+        std::fs::read_to_string(support::repo_root().join("src/services/order/asyncapi.json"));
+    let kept: Value = serde_json::from_str(&kept.unwrap()).unwrap();
+    assert_eq!(served.json(), kept);
+
     // Every record of every topic is one the AsyncAPI document describes: the
     // events, the inventory's ledger and the groups' coordination records.
     let cluster = connect(&system.broker.brokers()).await;
