@@ -230,3 +230,31 @@ mod asyncapi {
         assert!(check(&contract, &elsewhere).is_err());
     }
 }
+
+/// The event contract is a valid AsyncAPI 3.0.0 document, as the
+/// specification's own JSON Schema says, so AsyncAPI tools read it.
+#[test]
+fn the_asyncapi_document_is_valid_asyncapi_3() {
+    let read = |path: &str| -> serde_json::Value {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    };
+    let specification = jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft7)
+        .build(&read("tests/fixtures/asyncapi/3.0.0.json"))
+        .unwrap();
+    let mut document = read("src/services/order/asyncapi.json");
+    let errors: Vec<String> = specification
+        .iter_errors(&document)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+
+    // The check can fail: a misspelt field of a channel.
+    let channel = document["channels"]["orderCreated"]
+        .as_object_mut()
+        .unwrap();
+    let address = channel.remove("address").unwrap();
+    channel.insert("adress".into(), address);
+    assert!(!specification.is_valid(&document));
+}
