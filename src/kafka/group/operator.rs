@@ -21,11 +21,10 @@ use rskafka::client::partition::OffsetAt;
 use serde::Serialize;
 
 use super::LOG_PARTITION;
-use super::offsets::{OffsetError, OffsetStore};
 use super::protocol::{Key, OffsetValue, OwnerValue};
 use super::state::GroupState;
-use crate::kafka::conn::Cluster;
-use crate::kafka::fetch::{ReadError, high_watermark, offset_at};
+use crate::kafka::conn::{Cluster, Isolation};
+use crate::kafka::fetch::{ReadError, high_watermark, offset_at, read_partition_with};
 use crate::kafka::produce::{ProduceError, Producer, ProducerConfig, ProducerRecord};
 use crate::kafka::topic::TopicPartition;
 
@@ -35,10 +34,7 @@ pub const RESET_WRITER: &str = "reset-offsets";
 /// Errors of the operator's group commands.
 #[derive(Debug, thiserror::Error)]
 pub enum GroupCommandError {
-    /// The coordination topic could not be read.
-    #[error(transparent)]
-    Offsets(#[from] OffsetError),
-    /// A topic's offsets could not be listed.
+    /// The coordination log, or a topic's offsets, could not be read.
     #[error(transparent)]
     Read(#[from] ReadError),
     /// Members still run.
@@ -170,22 +166,28 @@ fn millis_to_rfc3339(ms: i64) -> String {
         .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// The state of `group` in `offsets_topic`, with the partitions of the topics
-/// named in it.
+/// The state of `group` as the coordination log in `offsets_topic` holds it
+/// now, open transactions' records included until their markers say.
 async fn read_state(
     cluster: &Cluster,
     offsets_topic: &str,
     group: &str,
 ) -> Result<GroupState, GroupCommandError> {
-    let store = OffsetStore::new(
-        Producer::new(cluster.clone(), ProducerConfig::default()),
+    let (records, _) = read_partition_with(
+        cluster,
         offsets_topic,
-    );
-    Ok(store.group_state(group).await?)
+        LOG_PARTITION,
+        Isolation::ReadUncommitted,
+    )
+    .await?;
+    let mut state = GroupState::new(group);
+    state.apply_all(&records);
+    Ok(state)
 }
 
-/// Whether a member counts as alive `now_ms`: the coordination log's time, or
-/// the clock's when the log has been quiet (nobody writes to a stopped group).
+/// Until when (log time, ms) `member` counts as alive. Callers compare it with
+/// the later of the log's time and the clock's: nobody writes to a stopped
+/// group, so its log time stands still where its last member stopped.
 fn alive_until(state: &GroupState, member: &str) -> Option<i64> {
     state
         .member(member)
