@@ -21,7 +21,8 @@
 #   scripts/bench.sh            full size (1,000,000 × 100 B and 200,000 × 1 KiB)
 #   scripts/bench.sh --quick    a tenth of the records, shorter load phases
 #   scripts/bench.sh --smoke    a few records, one size, two codecs: checks the
-#                               script itself (CI runs it), not the numbers
+#                               script itself (CI runs it), not the numbers, with
+#                               debug builds, which the tests' build has made
 #
 # It starts its own broker (Apache Kafka, one node, its data on /dev/shm when
 # there is one, heap EDA_KAFKA_HEAP, default 1g here), builds the services, the
@@ -32,10 +33,12 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 mode=full small=1000000 large=200000 load_seconds=20 latency_seconds=10 turns=3 seed=100000 warm_seconds=20
+profile=release
 sizes=(100 1024) codecs=(none snappy lz4 zstd)
 case ${1:-} in
   --quick) mode=quick small=100000 large=20000 load_seconds=8 latency_seconds=5 warm_seconds=10 ;;
   --smoke) mode=smoke small=5000 large=1000 load_seconds=3 latency_seconds=2 turns=1 seed=2000 warm_seconds=1
+    profile=debug
     sizes=(100) codecs=(none lz4) ;;
   "") ;;
   *) echo "usage: scripts/bench.sh [--quick|--smoke]" >&2; exit 2 ;;
@@ -45,13 +48,15 @@ esac
 source "$root/scripts/ports.sh"
 
 echo "== building the services, the bench crate and the peers' programs" >&2
-cargo build --release --bins --quiet
+release=()
+[[ $profile == release ]] && release=(--release)
+cargo build "${release[@]}" --bins --quiet
 # In the services' target folder, with their profile: the bench reuses every
 # crate they compiled, the library included, instead of building them again.
-cargo build --release --quiet --manifest-path bench/Cargo.toml --target-dir "$root/target"
+cargo build "${release[@]}" --quiet --manifest-path bench/Cargo.toml --target-dir "$root/target"
 peers=$(scripts/bench-peers.sh)
-bench=$root/target/release/rust-eda-bench
-bin=$root/target/release
+bench=$root/target/$profile/rust-eda-bench
+bin=$root/target/$profile
 export BENCH_PEERS=$peers BENCH_BIN=$bench
 
 # The broker's data on the fastest storage there is: memory, when /dev/shm is.
@@ -347,7 +352,7 @@ curl -s "$api/ready" | python3 -c 'import json,sys; print(json.dumps({"section":
 
 echo "== binary sizes" >&2
 for b in order-service inventory-service notification-service; do
-  for dir in dist/x86_64-unknown-linux-musl dist/aarch64-unknown-linux-musl target/release; do
+  for dir in dist/x86_64-unknown-linux-musl dist/aarch64-unknown-linux-musl "target/$profile"; do
     [[ -f $dir/$b ]] && echo "{\"section\":\"size\",\"binary\":\"$b\",\"where\":\"$dir\",\"bytes\":$(stat -c %s "$dir/$b")}" >>"$results"
   done
 done
