@@ -22,7 +22,7 @@ use crate::kafka::fix::Fix;
 use std::collections::HashMap;
 
 use crate::kafka::admin::TopicSpec;
-use crate::kafka::conn::Isolation;
+use crate::kafka::conn::{Cluster, Isolation};
 use crate::kafka::fetch::{ReadError, read_partition_with};
 use crate::kafka::group::protocol::{Key, OffsetValue};
 use crate::kafka::group::{GroupState, LOG_PARTITION};
@@ -95,6 +95,20 @@ pub fn offsets_topic_spec(name: &str) -> TopicSpec {
         .config("min.compaction.lag.ms", "300000")
 }
 
+/// The state of `group` as the coordination log in `topic` holds it now, open
+/// transactions' records included until their markers say.
+pub async fn read_group_state(
+    cluster: &Cluster,
+    topic: &str,
+    group: &str,
+) -> Result<GroupState, ReadError> {
+    let (records, _) =
+        read_partition_with(cluster, topic, LOG_PARTITION, Isolation::ReadUncommitted).await?;
+    let mut state = GroupState::new(group);
+    state.apply_all(&records);
+    Ok(state)
+}
+
 /// Reads and writes committed offsets.
 #[derive(Debug, Clone)]
 pub struct OffsetStore {
@@ -118,16 +132,7 @@ impl OffsetStore {
 
     /// The state of `group` as the coordination log holds it now.
     pub async fn group_state(&self, group: &str) -> Result<GroupState, OffsetError> {
-        let (records, _) = read_partition_with(
-            self.producer.cluster(),
-            &self.topic,
-            LOG_PARTITION,
-            Isolation::ReadUncommitted,
-        )
-        .await?;
-        let mut state = GroupState::new(group);
-        state.apply_all(&records);
-        Ok(state)
+        Ok(read_group_state(self.producer.cluster(), &self.topic, group).await?)
     }
 
     /// The committed offsets of `group`: for each partition, the next offset to consume.

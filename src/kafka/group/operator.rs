@@ -21,10 +21,11 @@ use rskafka::client::partition::OffsetAt;
 use serde::Serialize;
 
 use super::LOG_PARTITION;
+use super::offsets::read_group_state;
 use super::protocol::{Key, OffsetValue, OwnerValue};
 use super::state::GroupState;
-use crate::kafka::conn::{Cluster, Isolation};
-use crate::kafka::fetch::{ReadError, high_watermark, offset_at, read_partition_with};
+use crate::kafka::conn::Cluster;
+use crate::kafka::fetch::{ReadError, high_watermark, offset_at};
 use crate::kafka::produce::{ProduceError, Producer, ProducerConfig, ProducerRecord};
 use crate::kafka::topic::TopicPartition;
 
@@ -166,23 +167,12 @@ fn millis_to_rfc3339(ms: i64) -> String {
         .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// The state of `group` as the coordination log in `offsets_topic` holds it
-/// now, open transactions' records included until their markers say.
 async fn read_state(
     cluster: &Cluster,
     offsets_topic: &str,
     group: &str,
 ) -> Result<GroupState, GroupCommandError> {
-    let (records, _) = read_partition_with(
-        cluster,
-        offsets_topic,
-        LOG_PARTITION,
-        Isolation::ReadUncommitted,
-    )
-    .await?;
-    let mut state = GroupState::new(group);
-    state.apply_all(&records);
-    Ok(state)
+    Ok(read_group_state(cluster, offsets_topic, group).await?)
 }
 
 /// Until when (log time, ms) `member` counts as alive. Callers compare it with
