@@ -17,4 +17,4 @@ pub use self::follower::Follower;
 pub use self::log_cursor::{LogCursor, Read};
 pub use self::message::Message;
 pub use self::read::{ReadError, read_partition, read_topic, settled};
-pub(crate) use self::read::{high_watermark, offset_at, read_partition_with};
+pub(crate) use self::read::{high_watermark, offset_at, partition_count, read_partition_with};

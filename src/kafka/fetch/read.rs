@@ -200,7 +200,7 @@ pub(crate) async fn high_watermark(
     Ok(high_watermark)
 }
 
-async fn partition_count(cluster: &Cluster, topic: &str) -> Result<i32, ReadError> {
+pub(crate) async fn partition_count(cluster: &Cluster, topic: &str) -> Result<i32, ReadError> {
     cluster
         .partition_count(topic)
         .await

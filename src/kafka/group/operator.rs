@@ -25,7 +25,7 @@ use super::offsets::read_group_state;
 use super::protocol::{Key, OffsetValue, OwnerValue};
 use super::state::GroupState;
 use crate::kafka::conn::Cluster;
-use crate::kafka::fetch::{ReadError, high_watermark, offset_at};
+use crate::kafka::fetch::{ReadError, high_watermark, offset_at, partition_count};
 use crate::kafka::produce::{ProduceError, Producer, ProducerConfig, ProducerRecord};
 use crate::kafka::topic::TopicPartition;
 
@@ -167,14 +167,6 @@ fn millis_to_rfc3339(ms: i64) -> String {
         .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-async fn read_state(
-    cluster: &Cluster,
-    offsets_topic: &str,
-    group: &str,
-) -> Result<GroupState, GroupCommandError> {
-    Ok(read_group_state(cluster, offsets_topic, group).await?)
-}
-
 /// Until when (log time, ms) `member` counts as alive. Callers compare it with
 /// the later of the log's time and the clock's: nobody writes to a stopped
 /// group, so its log time stands still where its last member stopped.
@@ -192,7 +184,7 @@ pub async fn describe(
     group: &str,
     now_ms: i64,
 ) -> Result<GroupDescription, GroupCommandError> {
-    let state = read_state(cluster, offsets_topic, group).await?;
+    let state = read_group_state(cluster, offsets_topic, group).await?;
     Ok(description(&state, now_ms, |tp| {
         let tp = tp.clone();
         let cluster = cluster.clone();
@@ -366,7 +358,7 @@ pub async fn reset_offsets(
     execute: bool,
     now_ms: i64,
 ) -> Result<Vec<PartitionReset>, GroupCommandError> {
-    let state = read_state(cluster, offsets_topic, group).await?;
+    let state = read_group_state(cluster, offsets_topic, group).await?;
     let (running, wait_s) = still_running(&state, now_ms);
     if !running.is_empty() {
         return Err(GroupCommandError::Active {
@@ -388,14 +380,7 @@ pub async fn reset_offsets(
     let mut targets = Vec::new();
     let mut plan = Vec::new();
     for topic in &topics {
-        let partitions =
-            cluster
-                .partition_count(topic)
-                .await
-                .map_err(|source| ReadError::Cluster {
-                    topic: topic.clone(),
-                    source,
-                })?;
+        let partitions = partition_count(cluster, topic).await?;
         for p in 0..partitions {
             let tp = TopicPartition::new(topic.clone(), p);
             let offset = target_offset(cluster, &tp, to).await?;
@@ -433,10 +418,10 @@ pub async fn reset_offsets(
         // The owner records count only where their owners were dead: read
         // back before any commit is written over a live member's.
         write_all(&producer, offsets_topic, owners).await?;
-        let passed = read_state(cluster, offsets_topic, group).await?;
+        let passed = read_group_state(cluster, offsets_topic, group).await?;
         check_applied(&passed, &targets, |o| o.member.is_none())?;
         write_all(&producer, offsets_topic, commits).await?;
-        let after = read_state(cluster, offsets_topic, group).await?;
+        let after = read_group_state(cluster, offsets_topic, group).await?;
         check_applied(&after, &targets, |o| o.member.is_none())
     }
     .await;
