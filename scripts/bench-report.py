@@ -31,6 +31,15 @@ if b.get("settings"):
     w("The broker's settings (the rest are Apache Kafka's defaults): `" + "`, `".join(
         x for x in b["settings"] if "listener" not in x and "quorum" not in x and "node.id" not in x) + "`.\n")
 
+failed = section("failed")
+if failed:
+    w("## Failed measurements\n")
+    w("Each of these exited non-zero; the run went on without it, and its rows are missing below.\n")
+    for r in failed:
+        what = ", ".join(f"{k} {v}" for k, v in r.items() if k not in ("section", "of", "status", "command", "tail"))
+        w(f"- **{r['of']}** ({what}): exit {r['status']}: `{r['command']}`\n\n  ```text\n" +
+          "\n".join("  " + line for line in r["tail"]) + "\n  ```\n")
+
 NAMES = {"ours": "ours", "rskafka": "raw rskafka", "java": "Java (kafka-*-perf-test)",
          "rdkafka": "librdkafka (rdkafka_performance)", "franz-go": "franz-go"}
 PEERS = ("rskafka", "java", "rdkafka", "franz-go")

@@ -170,7 +170,15 @@ async fn delay_proxy(o: &HashMap<String, String>) -> Result<Value, Error> {
     }
     loop {
         let (client, _) = listener.accept().await?;
-        let broker = tokio::net::TcpStream::connect(("127.0.0.1", target)).await?;
+        // One refused connection to the broker (restarting, say) drops that
+        // client alone; the proxy goes on serving the next.
+        let broker = match tokio::net::TcpStream::connect(("127.0.0.1", target)).await {
+            Ok(broker) => broker,
+            Err(e) => {
+                eprintln!("delay-proxy: cannot reach the broker on port {target}: {e}");
+                continue;
+            }
+        };
         client.set_nodelay(true)?;
         broker.set_nodelay(true)?;
         let (client_read, client_write) = client.into_split();
