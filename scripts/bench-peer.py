@@ -96,7 +96,13 @@ def command(client, mode, o, latency_file):
     if client == "rdkafka":
         exe = os.path.join(PEERS, "rdkafka_performance")
         if mode == "produce":
-            args = [exe, "-P", "-t", o["topic"], "-b", o["brokers"], "-s", size, "-c", records]
+            # -T 0: no statistics. The tool turns them on at its display interval
+            # unless told, and at the end subtracts rd_kafka_outq_len() from the
+            # messages it produced; that length counts a statistics event still
+            # queued for the application, so a run whose last delivery report
+            # meets one reports a message fewer produced than delivered and
+            # exits 1 (seen in paced runs, which last longest).
+            args = [exe, "-P", "-t", o["topic"], "-b", o["brokers"], "-s", size, "-c", records, "-T", "0"]
             for p in props:
                 args += ["-X", p]
             if rate:
