@@ -28,25 +28,37 @@ token=$(target/release/order-service mint-token "${config[@]}" --subject "$custo
 EDA_BIN=target/release/order-service scripts/create-topics.sh "${config[@]}"
 
 pids=()
-stop() {
+stop() { # exit status: 0 after Ctrl-C, else the script's own
+  local status=$1
   trap - INT TERM EXIT
   echo "stopping..." >&2
   kill -TERM "${pids[@]}" 2>/dev/null || true
   wait "${pids[@]}" 2>/dev/null || true
   [[ $started_broker == yes ]] && scripts/broker.sh stop
-  exit 0
+  exit "$status"
 }
-trap stop INT TERM EXIT
+trap 'stop 0' INT TERM
+trap 'stop $?' EXIT
 
 for service in order-service inventory-service notification-service; do
   "target/release/$service" "${config[@]}" &
   pids+=($!)
 done
 
+# Each service answers /ready once it serves: the order service on its API port,
+# the other two on their operations ports (their defaults, docs/configuration.md).
 port=$(sed -n 's/^APP_SERVER_PORT=//p' configs/local.env)
-for _ in $(seq 1 100); do
-  curl -fsS "http://127.0.0.1:$port/ready" >/dev/null 2>&1 && break
-  sleep 0.2
+ready_ports=("$port" 9101 9102)
+services=(order-service inventory-service notification-service)
+for i in 0 1 2; do
+  deadline=$((SECONDS + 60))
+  until curl -fsS --max-time 2 "http://127.0.0.1:${ready_ports[$i]}/ready" >/dev/null 2>&1; do
+    kill -0 "${pids[$i]}" 2>/dev/null ||
+      { echo "${services[$i]} exited before it was ready (its log is above)" >&2; exit 1; }
+    ((SECONDS < deadline)) ||
+      { echo "${services[$i]} was not ready on port ${ready_ports[$i]} after 60 s (its log is above)" >&2; exit 1; }
+    sleep 0.2
+  done
 done
 cat >&2 <<MSG
 
