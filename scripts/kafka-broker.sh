@@ -47,6 +47,8 @@
 #   EDA_KAFKA_VERSION the Apache Kafka release (default: pinned in configs/kafka/pom.xml)
 #   EDA_KAFKA_CACHE   where the jars go  (default ~/.cache/rust-eda/kafka-VERSION)
 #   EDA_KAFKA_HEAP    each node's heap   (default 512m)
+#   EDA_KAFKA_JVM_OPTS  more JVM options for each node (scripts/test.sh: the
+#                     quick JIT only, as the tests' light load needs no more)
 # Java 17 or newer comes from JAVA_HOME or the PATH.
 set -euo pipefail
 
@@ -210,7 +212,7 @@ launch() {
   # the services first (scripts/dev.sh) and not the broker under them.
   local in_netns=()
   [[ $netns == 1 ]] && in_netns=(ip netns exec "$netns_name")
-  "${in_netns[@]}" setsid nohup "$java" "-Xmx${EDA_KAFKA_HEAP:-512m}" -Xms128m -XX:+UseG1GC \
+  "${in_netns[@]}" setsid nohup "$java" "-Xmx${EDA_KAFKA_HEAP:-512m}" -Xms128m -XX:+UseG1GC ${EDA_KAFKA_JVM_OPTS:-} \
     -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$root/configs/kafka/log4j2.properties" \
     -cp "$libs/*" kafka.Kafka "$ndata/server.properties" >>"$logfile" 2>&1 &
