@@ -127,9 +127,18 @@ async fn slow_and_excess_requests_are_refused_not_queued() {
     )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // ...so another request is answered 503 at once, with Retry-After.
-    let refused = api.get("/health").await;
+    // ...so, once the server has taken it, another request is answered 503 at
+    // once, with Retry-After.
+    let refused = within(5, "the trickling request taking the only slot", async {
+        loop {
+            let r = api.get("/health").await;
+            if r.status != 200 {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
     assert_eq!(refused.status, 503);
     assert_eq!(refused.header("retry-after"), Some("1"));
     assert!(

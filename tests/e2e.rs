@@ -120,7 +120,7 @@ impl System {
     async fn restart(&mut self, service: &'static str) {
         self.kill(service);
         self.spawn(service);
-        self.wait_ready().await;
+        self.wait_service_ready(service).await;
     }
 
     fn url(&self, path: &str) -> HttpUrl {
@@ -190,9 +190,45 @@ impl System {
             .await
     }
 
-    /// Waits until the order service answers `/ready` and every consumer is up.
+    /// Waits until every service answers `/ready`.
     async fn wait_ready(&self) {
-        wait_ready(self.port, "the services", 90).await;
+        for service in SERVICES {
+            self.wait_service_ready(service).await;
+        }
+    }
+
+    /// Waits until `service` answers `/ready`: the order service on its API
+    /// port, the consumers on their operations ports.
+    async fn wait_service_ready(&self, service: &str) {
+        let port = match service {
+            "order-service" => self.port,
+            _ => self.metrics_ports[service],
+        };
+        wait_ready(port, service, 90).await;
+    }
+
+    /// Waits until `service`'s consumer owns its partitions and has read each
+    /// to its end (every `eda_consumer_lag` at 0): a restarted consumer caught up.
+    async fn wait_caught_up(&self, service: &str) {
+        within(60, &format!("{service} catching up"), async {
+            loop {
+                let metrics = self.metrics(service).await;
+                let series = |name: &str| {
+                    metrics
+                        .iter()
+                        .filter(|(k, _)| k.starts_with(name))
+                        .map(|(_, v)| *v)
+                        .collect::<Vec<f64>>()
+                };
+                let owned: f64 = series("eda_consumer_owned_partitions{").iter().sum();
+                let lags = series("eda_consumer_lag{");
+                if owned > 0.0 && lags.len() as f64 == owned && lags.iter().all(|l| *l == 0.0) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await;
     }
 
     /// Polls the order until `done` holds.
@@ -883,7 +919,8 @@ async fn killed_services_restart_with_orders_stock_and_offsets_intact() {
     // Kill the consumers once more right after work, and let them catch up.
     system.restart("inventory-service").await;
     system.restart("notification-service").await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    system.wait_caught_up("inventory-service").await;
+    system.wait_caught_up("notification-service").await;
 
     // Exactly one decision and one notification per order, whatever was redelivered.
     let cluster = connect(&system.broker.brokers()).await;

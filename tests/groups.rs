@@ -24,7 +24,7 @@ use rust_eda::kafka::{
 };
 use rust_eda::shutdown::ShutdownTrigger;
 use serde::{Deserialize, Serialize};
-use support::process::{Process, Webhook, configure};
+use support::process::{Process, Webhook, configure, local_port, wait_ready};
 use support::{PrivateBroker, connect, unique, within};
 
 const SESSION_MS: u64 = 3_000;
@@ -644,6 +644,19 @@ struct Race {
     _broker: PrivateBroker,
 }
 
+/// The partitions of `order.created` the inventory service on operations
+/// port `port` owns, by its `/metrics`.
+async fn owned_partitions(port: u16) -> f64 {
+    support::metrics_page(port)
+        .await
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("eda_consumer_owned_partitions{group=\"inventory-service\"} ")
+        })
+        .filter_map(|v| v.parse::<f64>().ok())
+        .sum()
+}
+
 /// Real inventory-service processes, one group, racing for scarce stock with
 /// `guarantee`; one is killed (SIGKILL) once about a third of the 1,000 orders
 /// are decided, and started again.
@@ -658,30 +671,37 @@ async fn inventory_race(guarantee: &str) -> Race {
     .unwrap();
     // No notification service runs: the webhook is never called.
     let webhook = Webhook::start().await;
-    let spawn = |name: &str| {
+    // Three instances on one host: each its own operations port, where it
+    // answers /ready and reports the partitions it owns.
+    let spawn = |name: &str, port: u16| {
         let mut command = support::service_command("inventory-service");
         configure(&mut command, &broker.brokers(), &dir, webhook.addr, 6);
         command
-            // Three instances on one host: each its own free metrics port.
-            .env("APP_METRICS_PORT", "0")
+            .env("APP_METRICS_PORT", port.to_string())
             .env("APP_KAFKA_SESSION_TIMEOUT_MS", SESSION_MS.to_string())
             .env("APP_KAFKA_PROCESSING_GUARANTEE", guarantee)
             .env("APP_LOGGER_LEVEL", "info");
         Process::spawn(name, command, &dir)
     };
-    let mut instances: Vec<Process> = (0..3).map(|i| spawn(&format!("inv{i}"))).collect();
-
-    let cluster = connect(&broker.brokers()).await;
-    within(60, "topics created by the instances", async {
-        while cluster
-            .partition_count(topics::ORDER_CREATED)
-            .await
-            .is_err()
-        {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+    let ports: Vec<u16> = (0..3).map(|_| local_port()).collect();
+    let mut instances: Vec<Process> = (0..3)
+        .map(|i| spawn(&format!("inv{i}"), ports[i]))
+        .collect();
+    // Every instance owns partitions before the race, so that the one killed
+    // in the middle of it is an owner with work in flight.
+    for (i, port) in ports.iter().enumerate() {
+        wait_ready(*port, &format!("inv{i}"), 90).await;
+    }
+    within(60, "every instance owning partitions", async {
+        for port in &ports {
+            while owned_partitions(*port).await == 0.0 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
     })
     .await;
+
+    let cluster = connect(&broker.brokers()).await;
 
     // 1,000 orders; about 2,000 units of "scarce" are asked for, 150 exist.
     let producer = Producer::new(cluster.clone(), ProducerConfig::default());
@@ -752,7 +772,8 @@ async fn inventory_race(guarantee: &str) -> Race {
     })
     .await;
     instances[1].kill();
-    instances[1] = spawn("inv1-again");
+    instances[1] = spawn("inv1-again", ports[1]);
+    wait_ready(ports[1], "inv1-again", 90).await;
 
     let started = Instant::now();
     let (reserved, failed) = within(240, "every order decided", async {

@@ -388,7 +388,19 @@ pub async fn wait_quiet(webhook: &Webhook, accepted: &[(usize, String)], secs: u
     let quiet_by = Instant::now() + Duration::from_secs(secs);
     loop {
         let notified: HashSet<String> = webhook.calls().into_values().map(|(o, _)| o).collect();
-        if accepted.iter().all(|(_, id)| notified.contains(id)) || Instant::now() > quiet_by {
+        let waiting = accepted
+            .iter()
+            .filter(|(_, id)| !notified.contains(id))
+            .count();
+        if waiting == 0 {
+            break;
+        }
+        if Instant::now() > quiet_by {
+            // The checks that follow name these orders as lost.
+            eprintln!(
+                "{waiting} of {} accepted orders not notified after {secs} s",
+                accepted.len()
+            );
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
