@@ -14,7 +14,8 @@ stop() {
   fi
   local p; p=$(pid)
   kill -TERM "$p" 2>/dev/null || true
-  for _ in $(seq 1 $((stop_wait * 10))); do
+  local deadline=$((SECONDS + stop_wait))
+  while ((SECONDS < deadline)); do
     kill -0 "$p" 2>/dev/null || { rm -f "$pidfile"; say "stopped"; return 0; }
     sleep 0.1
   done
@@ -35,8 +36,10 @@ status() {
 # Waits up to $2 seconds for the broker just started, named $1, to answer; says
 # $3 once it does. Stops it and fails if it exits or never answers.
 await_start() {
-  local name=$1 seconds=$2 ready=$3
-  for _ in $(seq 1 $((seconds * 10))); do
+  local name=$1 seconds=$2 ready=$3 deadline=$((SECONDS + $2))
+  # A deadline on the clock: one probe of a node that takes connections but
+  # does not answer may itself take a few seconds.
+  while ((SECONDS < deadline)); do
     if ! running; then
       tail -n 30 "$logfile" >&2 || true
       rm -f "$pidfile"

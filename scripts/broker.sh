@@ -75,7 +75,8 @@ install() {
 
 start() {
   if running; then
-    say "already running (pid $(pid)) on 127.0.0.1:$port"
+    # Perhaps still starting, by another caller: answered, or it fails.
+    await_start nisshi 30 "already running (pid $(pid)) on 127.0.0.1:$port"
     return 0
   fi
   answers && die "port $port is taken by another process; set EDA_BROKER_PORT"

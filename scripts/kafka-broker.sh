@@ -113,11 +113,12 @@ source "$root/scripts/broker-process.sh"
 # internal listener, which speaks plain Kafka whatever the client listener
 # needs: the listeners open before the node can serve.
 answers() {
-  (
-    exec 3<>"/dev/tcp/$host/$internal_port" || exit 1
-    printf '\x00\x00\x00\x0c\x00\x12\x00\x00\x00\x00\x00\x01\x00\x02eda' >&3
-    [[ $(timeout 2 head -c 8 <&3 | wc -c) -eq 8 ]]
-  ) 2>/dev/null
+  # One time limit over connecting and answering: a connect to a node cut off
+  # from the network would otherwise wait for TCP's own timeout.
+  timeout 3 bash -c '
+    exec 3<>"/dev/tcp/$1/$2" || exit 1
+    printf "\x00\x00\x00\x0c\x00\x12\x00\x00\x00\x00\x00\x01\x00\x02eda" >&3
+    [[ $(head -c 8 <&3 | wc -c) -eq 8 ]]' _ "$host" "$internal_port" 2>/dev/null
 }
 
 install() {
