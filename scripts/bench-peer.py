@@ -28,7 +28,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PEERS = os.environ.get("BENCH_PEERS", os.path.join(ROOT, "bench/target/peers"))
+PEERS = os.environ.get("BENCH_PEERS") or subprocess.run(
+    [os.path.join(ROOT, "scripts/bench-peers.sh")], capture_output=True, text=True, check=True).stdout.strip()
 BENCH = os.environ.get("BENCH_BIN", os.path.join(ROOT, "target/release/rust-eda-bench"))
 OUR_BATCH = 1024 * 1024  # ProducerConfig::default().batch_max_bytes
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds the peers' own benchmark programs for scripts/bench.sh into
-# bench/target/peers (once; later calls reuse them) and prints that folder:
+# Builds the peers' own benchmark programs for scripts/bench.sh and prints the
+# folder they are in: ~/.cache/rust-eda/peers-KEY (EDA_PEERS_CACHE for another
+# place than ~/.cache/rust-eda), KEY a digest of every input below and of the
+# compilers, so that a later call, from any clone, reuses them until one changes:
 #
 #   rdkafka_performance  librdkafka's benchmark tool, from the librdkafka source
 #                        that ships in the rdkafka-sys crate, built with snappy,
@@ -13,14 +15,24 @@
 # Needs gcc, make, curl and Go. Only the benchmarks use C; the services never do.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-out=$root/bench/target/peers
-mkdir -p "$out"
 
 # Crates are fetched from crates.io by name and checked against these digests.
 rdkafka_sys=4.10.0+2.12.1
 rdkafka_sys_sha256=e234cf318915c1059d4921ef7f75616b5219b10b46e9f3a511a15eb4b56a3f77
 zstd_sys=2.0.16+zstd.1.5.7
 zstd_sys_sha256=91e19ebc2adc8f83e43039e79776e3fda8ca919132d68a1fed6a5faca2683748
+
+key=$( {
+  echo "$rdkafka_sys_sha256 $zstd_sys_sha256"
+  cat "$0" "$root/bench/franz/go.mod" "$root/bench/franz/go.sum" "$root/bench/franz/main.go"
+  gcc --version 2>/dev/null | head -1
+  go version 2>/dev/null
+} | sha256sum | cut -c1-16)
+out=${EDA_PEERS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rust-eda}/peers-$key
+mkdir -p "$out"
+# One build at a time in that folder: two benchmark runs may start together.
+exec 9>"$out/.lock"
+flock 9
 
 fetch_crate() { # name version sha256 → unpacked folder
   local dir=$out/src/$1-$2
@@ -62,7 +74,7 @@ if [[ ! -x $out/rdkafka_performance ]]; then
   )
 fi
 
-if [[ ! -x $out/franz-bench || $root/bench/franz/main.go -nt $out/franz-bench ]]; then
+if [[ ! -x $out/franz-bench ]]; then
   echo "bench-peers: building bench/franz (franz-go)" >&2
   (cd "$root/bench/franz" && go build -o "$out/franz-bench" .) ||
     { echo "bench-peers: building bench/franz failed (it needs Go and the Go module proxy)" >&2; exit 1; }
