@@ -111,14 +111,17 @@ if [[ $all == 1 ]]; then
     renice -n 19 -p "$BASHPID" >/dev/null
     # In target folders of their own: a cargo build holds its folder's lock.
     # aarch64 first: the ARM end-to-end run waits for it alone.
+    # Each step leaves a mark: what needs it starts once it is there. aarch64
+    # first (the ARM end-to-end run), then what the benchmark smoke needs.
     CARGO_TARGET_DIR=$root/target/static scripts/build-static.sh --profile ci-static aarch64
     touch "$scratch/aarch64.built"
-    CARGO_TARGET_DIR=$root/target/static scripts/build-static.sh --profile ci-static x86_64
     scripts/bench-peers.sh >/dev/null
     # The bench crate builds the library without the tests' dev-dependency
     # features, in target/ but beside the tests' builds: no test program or
     # binary they run is written over.
     cargo build --quiet --manifest-path bench/Cargo.toml --target-dir "$root/target"
+    touch "$scratch/bench.built"
+    CARGO_TARGET_DIR=$root/target/static scripts/build-static.sh --profile ci-static x86_64
     CARGO_TARGET_DIR=$root/target/vendor-rskafka cargo test --no-run --manifest-path vendor/rskafka/Cargo.toml \
       --lib --no-default-features --features compression-gzip,compression-snappy,transport-socks5
   ) >"$scratch/background.log" 2>&1 &
@@ -202,15 +205,29 @@ if [[ $all == 1 ]]; then
     echo "test.sh: a background build failed (above)" >&2
     exit 1
   }
-  say "waiting for the aarch64 build"
-  deadline=$((SECONDS + 1800))
-  until [[ -f $scratch/aarch64.built ]]; do
-    kill -0 "$builds" 2>/dev/null || { wait "$builds" || background_failed; }
-    ((SECONDS < deadline)) || { echo "test.sh: the aarch64 build took over 30 minutes" >&2; exit 1; }
-    sleep 1
-  done
+  built() { # mark what: waits until the background builds left the mark
+    local deadline=$((SECONDS + 1800))
+    say "waiting for $2"
+    until [[ -f $scratch/$1.built ]]; do
+      kill -0 "$builds" 2>/dev/null || { wait "$builds" || background_failed; }
+      ((SECONDS < deadline)) || { echo "test.sh: $2 took over 30 minutes" >&2; exit 1; }
+      sleep 1
+    done
+  }
+  built aarch64 "the aarch64 build"
   say "the end-to-end tests with the aarch64 binaries under qemu"
   run_program e2e-aarch64 test:e2e EDA_E2E_BIN_DIR="$root/dist/aarch64-unknown-linux-musl" EDA_E2E_RUNNER=qemu-aarch64-static
+  built bench "the benchmark's builds"
+  say "the benchmark script on a few records (scripts/bench.sh --smoke)"
+  # It checks the script and every peer's program, with the debug builds; the
+  # numbers are not kept.
+  t0=$SECONDS
+  if scripts/bench.sh --smoke >"$scratch/logs/bench-smoke.log" 2>&1; then
+    echo "bench-smoke 1 0 0 $((SECONDS - t0)) ok" >>"$scratch/results"
+  else
+    tail -n 100 "$scratch/logs/bench-smoke.log" >&2
+    echo "bench-smoke 0 1 0 $((SECONDS - t0)) failed" >>"$scratch/results"
+  fi
   say "waiting for the other background builds"
   wait "$builds" || background_failed
   grep -v '^ *Compiling' "$scratch/background.log" >&2 || true
@@ -225,16 +242,6 @@ if [[ $all == 1 ]]; then
   else
     tail -n 100 "$scratch/logs/vendor-rskafka.log" >&2
     echo "vendor-rskafka 0 1 0 $((SECONDS - t0)) failed" >>"$scratch/results"
-  fi
-  say "the benchmark script on a few records (scripts/bench.sh --smoke)"
-  # It checks the script and every peer's program, with the debug builds; the
-  # numbers are not kept.
-  t0=$SECONDS
-  if scripts/bench.sh --smoke >"$scratch/logs/bench-smoke.log" 2>&1; then
-    echo "bench-smoke 1 0 0 $((SECONDS - t0)) ok" >>"$scratch/results"
-  else
-    tail -n 100 "$scratch/logs/bench-smoke.log" >&2
-    echo "bench-smoke 0 1 0 $((SECONDS - t0)) failed" >>"$scratch/results"
   fi
 fi
 
