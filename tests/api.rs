@@ -197,3 +197,36 @@ async fn a_publish_that_timed_out_is_answered_as_an_unknown_outcome() {
     assert!(message.contains(&id), "the 503 names order {id}: {message}");
     api.stop().await;
 }
+
+/// Every label value of the HTTP metrics comes from a bounded set: a method a
+/// client makes up is counted as `other`, so sending ever new ones cannot grow
+/// `/metrics` (each made a series of its own before).
+#[tokio::test(flavor = "multi_thread")]
+async fn made_up_methods_do_not_grow_the_metrics() {
+    let api = Api::start_on(&support::brokers(), &[]).await;
+    let token = format!("MADEUP{}", "X".repeat(240));
+    for i in 0..20 {
+        let mut conn = TcpStream::connect(("127.0.0.1", api.port)).await.unwrap();
+        let request =
+            format!("{token}{i} /api/v1/orders HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        within(
+            10,
+            "an answer to a made-up method",
+            conn.read_to_end(&mut answer),
+        )
+        .await
+        .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 4"), "{answer}");
+    }
+    let page = support::metrics_page(api.metrics_port).await;
+    assert!(!page.contains("MADEUP"), "a client's method became a label");
+    assert!(
+        page.lines()
+            .any(|l| l.starts_with("eda_http_requests_total{") && l.contains("method=\"other\"")),
+        "made-up methods are counted as other"
+    );
+    api.stop().await;
+}

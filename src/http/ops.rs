@@ -52,7 +52,7 @@ pub async fn broker_check(cluster: &Cluster) -> Result<(), String> {
 /// The access log line and the HTTP metrics of one request; for `warp::log::custom`.
 pub fn record(info: warp::log::Info<'_>) {
     let route = route_of(info.path());
-    let method = info.method().as_str();
+    let method = method_label(info.method());
     let status = info.status().as_u16().to_string();
     metrics::counter(
         "eda_http_requests_total",
@@ -74,10 +74,30 @@ pub fn record(info: warp::log::Info<'_>) {
     };
     log::log!(
         level,
-        "{method} {} {status} {:.1} ms",
+        "{} {} {status} {:.1} ms",
+        info.method(),
         info.path(),
         info.elapsed().as_secs_f64() * 1000.0
     );
+}
+
+/// The method as a label: HTTP's own methods by name, any other `other`. A
+/// client may send any token as a method, and a label per token would grow the
+/// metrics without bound.
+fn method_label(method: &warp::http::Method) -> &'static str {
+    use warp::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
 }
 
 /// The route template of a path, so that order ids do not each make a series.
