@@ -240,21 +240,37 @@ pub fn total(items: &[OrderItem]) -> f64 {
     (sum * 1e6).round() / 1e6
 }
 
+/// Why `s` is no id (customer or product), or `None` when it is one. Surrounding
+/// white space is not part of an id: a body's ids are trimmed before this check,
+/// and anything else that names a customer (a token's claim, an API key's
+/// customer) must already be trimmed, so that one customer has one spelling.
+pub fn id_problem(s: &str) -> Option<String> {
+    if s.trim().is_empty() {
+        Some("must not be empty".into())
+    } else if s.len() > MAX_ID_LEN {
+        Some(format!("must be at most {MAX_ID_LEN} bytes long"))
+    } else if s.chars().any(char::is_control) {
+        Some("must not contain control characters".into())
+    } else if s.trim() != s {
+        Some("must not begin or end with white space".into())
+    } else {
+        None
+    }
+}
+
 fn id(value: Option<&Value>, field: &str, errors: &mut Vec<FieldError>) -> Option<String> {
     match value {
         None | Some(Value::Null) => errors.push(FieldError::new(field, "is required")),
-        Some(Value::String(s)) if s.trim().is_empty() => {
-            errors.push(FieldError::new(field, "must not be empty"));
-        }
-        Some(Value::String(s)) if s.len() > MAX_ID_LEN => errors.push(FieldError::new(
-            field,
-            format!("must be at most {MAX_ID_LEN} bytes long"),
-        )),
-        Some(Value::String(s)) if s.chars().any(char::is_control) => errors.push(FieldError::new(
-            field,
-            "must not contain control characters",
-        )),
-        Some(Value::String(s)) => return Some(s.trim().to_owned()),
+        Some(Value::String(s)) => match id_problem(s.trim()) {
+            // Control characters are refused wherever they stand, even where
+            // trimming would take them off.
+            None if s.chars().any(char::is_control) => errors.push(FieldError::new(
+                field,
+                "must not contain control characters",
+            )),
+            None => return Some(s.trim().to_owned()),
+            Some(problem) => errors.push(FieldError::new(field, problem)),
+        },
         Some(_) => errors.push(FieldError::new(field, "must be a string")),
     }
     None

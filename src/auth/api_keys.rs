@@ -74,7 +74,7 @@ impl ApiKeys {
                 return Err(format!("`customer-id key` on each line; line {at} is not"));
             };
             let principal = Principal::customer(customer)
-                .ok_or_else(|| format!("customer ids of 1 to 128 characters; line {at}"))?;
+                .ok_or_else(|| format!("customer ids of 1 to 128 bytes, without control characters or surrounding white space; line {at}"))?;
             let digest = match key.strip_prefix("sha256:") {
                 Some(hex) => hex_digest(hex)
                     .ok_or_else(|| format!("64 hex digits after sha256:; line {at}"))?,

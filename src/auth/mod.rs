@@ -13,7 +13,7 @@ pub mod api_keys;
 pub mod jwt;
 
 use crate::config::{AuthConfig, AuthMode, ConfigError};
-use crate::domain::MAX_ID_LEN;
+use crate::domain::id_problem;
 
 pub use self::api_keys::ApiKeys;
 pub use self::jwt::JwtVerifier;
@@ -27,9 +27,12 @@ pub struct Principal {
 }
 
 impl Principal {
-    /// A principal for `customer_id`, if it is a valid customer id.
+    /// A principal for `customer_id`, if it is a customer id exactly as an
+    /// order's `customer_id` is once parsed ([`crate::domain::id_problem`]):
+    /// `"alice "` or `"alice\u{a0}"` would otherwise act as `alice`, whose
+    /// orders a body's trimmed id names.
     pub fn customer(customer_id: &str) -> Option<Self> {
-        (!customer_id.is_empty() && customer_id.len() <= MAX_ID_LEN).then(|| Self {
+        id_problem(customer_id).is_none().then(|| Self {
             customer_id: customer_id.to_owned(),
         })
     }
@@ -62,7 +65,9 @@ pub enum AuthError {
     #[error("the token is not for this service: {0}")]
     WrongParty(&'static str),
     /// A valid token without a usable customer claim.
-    #[error("the token has no {0} claim naming a customer (1 to 128 characters)")]
+    #[error(
+        "the token has no {0} claim naming a customer (1 to 128 bytes, no control characters, no surrounding white space)"
+    )]
     NoCustomer(String),
     /// An API key that is not in the keys file.
     #[error("the API key is not known")]
@@ -205,5 +210,18 @@ mod tests {
         assert!(Principal::customer("").is_none());
         assert!(Principal::customer(&"c".repeat(129)).is_none());
         assert_eq!(Principal::customer("c-1").unwrap().customer_id, "c-1");
+        // One customer, one spelling: no surrounding white space, Unicode's
+        // included, and no control characters.
+        for other in [
+            "alice ",
+            " alice",
+            "alice\u{a0}",
+            "\u{2003}alice",
+            "al\u{7}ice",
+            "alice\n",
+        ] {
+            assert!(Principal::customer(other).is_none(), "{other:?}");
+        }
+        assert!(Principal::customer("alice smith").is_some());
     }
 }
