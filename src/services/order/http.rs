@@ -55,7 +55,7 @@ use crate::correlation;
 use crate::domain::{FieldError, IdempotencyKey, NewOrder, OrderId, OrderIdKey, total};
 use crate::events::{self, Envelope, OrderCreated};
 use crate::http::ops;
-use crate::http::rate_limit::{RateLimiter, retry_after_seconds};
+use crate::http::rate_limit::{Client, RateLimiter, retry_after_seconds};
 use crate::http::server::{PeerAddr, error_response as error, retry_after};
 use crate::kafka::{Cluster, Follower, ProduceError, Producer};
 use crate::metrics;
@@ -257,33 +257,22 @@ fn method_not_allowed()
 /// Checks the caller's credentials and request budget. The verdict picks the
 /// budget (the customer's, or the address's without a valid token), and an
 /// exhausted budget is answered `429` before any `401`, so that guessing tokens
-/// from one address is throttled like any other flood.
+/// from one address is throttled like any other flood. An address already over
+/// its budget is answered `429` before its credentials are checked at all: a
+/// flood costs no signature check per request.
 fn check_access(state: &AppState, authorization: Option<&str>, peer: Option<PeerAddr>) -> Access {
+    let now = Instant::now();
+    let address = Client::Address(peer.map(|p| p.0.ip()));
+    if let Err(wait) = state.limiter.peek(address, now) {
+        return Err(Box::new(too_many_requests(wait)));
+    }
     let verdict = state.auth.authenticate(authorization);
     let client = match &verdict {
-        Ok(Some(principal)) => format!("customer:{}", principal.customer_id),
-        _ => peer.map_or_else(
-            || "addr:unknown".to_owned(),
-            |p| format!("addr:{}", p.0.ip()),
-        ),
+        Ok(Some(principal)) => Client::Customer(&principal.customer_id),
+        _ => address,
     };
-    if let Err(wait) = state.limiter.check(&client, Instant::now()) {
-        metrics::counter(
-            "eda_http_rate_limited_total",
-            "Order API requests answered 429: the client was over APP_SERVER_RATE_LIMIT_PER_SECOND.",
-            &[],
-        )
-        .inc();
-        let seconds = retry_after_seconds(wait);
-        let mut response = error(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("too many requests from this client; retry in {seconds} s"),
-            Vec::new(),
-        );
-        response
-            .headers_mut()
-            .insert("retry-after", HeaderValue::from(seconds));
-        return Err(Box::new(response));
+    if let Err(wait) = state.limiter.check(client, now) {
+        return Err(Box::new(too_many_requests(wait)));
     }
     verdict.map_err(|refusal| {
         metrics::counter(
@@ -294,6 +283,26 @@ fn check_access(state: &AppState, authorization: Option<&str>, peer: Option<Peer
         .inc();
         Box::new(unauthorized(&refusal))
     })
+}
+
+/// `429` with `Retry-After`, counted.
+fn too_many_requests(wait: Duration) -> Response {
+    metrics::counter(
+        "eda_http_rate_limited_total",
+        "Order API requests answered 429: the client was over APP_SERVER_RATE_LIMIT_PER_SECOND.",
+        &[],
+    )
+    .inc();
+    let seconds = retry_after_seconds(wait);
+    let mut response = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!("too many requests from this client; retry in {seconds} s"),
+        Vec::new(),
+    );
+    response
+        .headers_mut()
+        .insert("retry-after", HeaderValue::from(seconds));
+    response
 }
 
 /// A metric label for each kind of refusal.
