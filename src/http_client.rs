@@ -59,7 +59,7 @@ impl std::str::FromStr for HttpUrl {
     type Err = HttpError;
 
     fn from_str(url: &str) -> Result<Self, Self::Err> {
-        let bad = || HttpError::Url(url.to_owned());
+        let bad = || HttpError::Url(redacted(url));
         let rest = url.strip_prefix("http://").ok_or_else(bad)?;
         let (authority, path) = match rest.find(['/', '?']) {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -96,11 +96,37 @@ impl std::str::FromStr for HttpUrl {
     }
 }
 
+/// Shown without its path and query, where a webhook's token usually is: a URL
+/// reaches logs and error messages, and those reach headers (`dlq.error`) and
+/// whoever reads them.
 impl std::fmt::Display for HttpUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "http://{}{}", self.authority, self.path)
+        let rest = if self.path == "/" { "" } else { "/…" };
+        write!(f, "http://{}{rest}", self.authority)
     }
 }
+
+/// `url` as it may be shown: its scheme and host, without the path, query or
+/// user info that may hold a secret, even when it does not parse.
+pub fn redacted(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let more = if end < rest.len() || host.len() < authority.len() {
+        "…"
+    } else {
+        ""
+    };
+    match scheme {
+        "" => format!("{host}{more}"),
+        _ => format!("{scheme}://{host}{more}"),
+    }
+}
+
+/// The most of an answer's body that is read: a server that sends more is
+/// answered with an error, not with memory.
+pub const MAX_ANSWER_BYTES: usize = 4 << 20;
 
 /// An answer.
 #[derive(Debug, Clone)]
@@ -163,7 +189,15 @@ pub async fn request(
             .map_err(|e| protocol(&e))?;
         let status = response.status().as_u16();
         let (parts, body) = response.into_parts();
-        let body = body.collect().await.map_err(|e| protocol(&e))?.to_bytes();
+        let body = http_body_util::Limited::new(body, MAX_ANSWER_BYTES)
+            .collect()
+            .await
+            .map_err(|e| {
+                protocol(&format!(
+                    "{e} (answers are read up to {MAX_ANSWER_BYTES} bytes)"
+                ))
+            })?
+            .to_bytes();
         connection.abort();
         Ok(HttpResponse {
             status,
@@ -208,5 +242,49 @@ mod tests {
         ] {
             assert!(bad.parse::<HttpUrl>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn urls_are_shown_without_what_may_be_secret() {
+        let u: HttpUrl = "http://hooks.example:8080/t/s3cr3t?key=s3cr3t"
+            .parse()
+            .unwrap();
+        assert_eq!(u.to_string(), "http://hooks.example:8080/…");
+        let bare: HttpUrl = "http://hooks.example".parse().unwrap();
+        assert_eq!(bare.to_string(), "http://hooks.example");
+        assert_eq!(redacted("http://u:s3cr3t@h:1/p?k=s3cr3t"), "http://h:1…");
+        assert_eq!(redacted("https://h/s3cr3t"), "https://h…");
+        assert_eq!(redacted("h:port/s3cr3t"), "h:port…");
+        let refused = "http://h:port/s3cr3t".parse::<HttpUrl>().unwrap_err();
+        assert!(!refused.to_string().contains("s3cr3t"), "{refused}");
+    }
+
+    #[tokio::test]
+    async fn an_answer_is_read_up_to_its_limit() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut request = [0; 1024];
+            let _ = conn.read(&mut request).await;
+            let big = MAX_ANSWER_BYTES + 1;
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {big}\r\n\r\n");
+            let _ = conn.write_all(head.as_bytes()).await;
+            let _ = conn.write_all(&vec![b'x'; big]).await;
+        });
+        let url: HttpUrl = format!("http://127.0.0.1:{port}/").parse().unwrap();
+        let answer = request(
+            http::Method::GET,
+            &url,
+            &[],
+            Bytes::new(),
+            Duration::from_secs(10),
+        )
+        .await;
+        assert!(
+            matches!(&answer, Err(HttpError::Protocol { reason, .. }) if reason.contains("read up to")),
+            "{answer:?}"
+        );
     }
 }

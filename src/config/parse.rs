@@ -416,14 +416,16 @@ impl Values {
             Some(url) if url.starts_with("https://") => {
                 return Err(ConfigError::Unsupported {
                     variable: URL,
-                    value: url.to_owned(),
+                    value: crate::http_client::redacted(url),
                     why: "https webhooks need TLS, which is not built in yet; use an http:// URL",
                 });
             }
-            Some(url) => Some(
-                url.parse::<HttpUrl>()
-                    .map_err(|_| invalid(URL, url, "an http:// URL"))?,
-            ),
+            // Shown without its path and query, where a webhook's token is.
+            Some(url) => {
+                Some(url.parse::<HttpUrl>().map_err(|_| {
+                    invalid(URL, &crate::http_client::redacted(url), "an http:// URL")
+                })?)
+            }
         };
         Ok(NotificationConfig {
             webhook_url,
