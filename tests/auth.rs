@@ -274,6 +274,47 @@ async fn a_customer_creates_and_reads_only_its_own_orders() {
     api.stop().await;
 }
 
+/// A token's customer is an id exactly as an order's `customer_id` is: a
+/// claim with white space around it (Unicode's too) or a control character is
+/// refused, instead of acting as the customer the trimmed id names and reading
+/// that customer's order through an `Idempotency-Key`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_customer_claim_has_one_spelling() {
+    let api = Api::start_on(&brokers(), &[]).await;
+    let a = unique("alice");
+    let key = "same-key-for-both";
+    let real = post_as(
+        &api,
+        &json!({"items": items(1)}),
+        Some(&bearer(&a)),
+        Some(key),
+    )
+    .await;
+    assert_eq!(real.status, 201, "{:?}", real.json());
+    let id = real.json()["order_id"].as_str().unwrap().to_owned();
+    for spelling in [
+        format!("{a} "),
+        format!(" {a}"),
+        format!("{a}\u{a0}"),
+        format!("{a}\u{2003}"),
+        format!("{a}\u{7}"),
+    ] {
+        let lookalike = bearer(&spelling);
+        let post = post_as(
+            &api,
+            &json!({"items": items(1)}),
+            Some(&lookalike),
+            Some(key),
+        )
+        .await;
+        assert_refused(&post, &format!("POST as {spelling:?}"));
+        assert_ne!(post.json()["order_id"], id.as_str(), "{spelling:?}");
+        let get = get_as(&api, &format!("/api/v1/orders/{id}"), Some(&lookalike)).await;
+        assert_refused(&get, &format!("GET as {spelling:?}"));
+    }
+    api.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn order_ids_from_idempotency_keys_need_the_server_secret() {
     let api = Api::start_on(&brokers(), &[]).await;
@@ -357,6 +398,13 @@ async fn a_client_over_its_rate_gets_429_with_retry_after() {
         last = get_as(&api, &path, bad).await.status;
     }
     assert_eq!(last, 429);
+    // An address over its budget is refused before its credentials are
+    // checked, so that a flood costs no signature check per request: even a
+    // valid token from it waits.
+    assert_eq!(
+        get_as(&api, &path, Some(&bearer("carol"))).await.status,
+        429
+    );
 
     // After the wait, Alice is served again.
     tokio::time::sleep(Duration::from_secs(wait)).await;
@@ -644,7 +692,25 @@ async fn the_service_refuses_to_start_without_its_secrets_and_mints_tokens() {
     assert_eq!(r.status, 201, "{:?}", r.json());
     assert_eq!(r.json()["customer_id"], "grace");
     api.stop().await;
-    let (code, _, stderr) = run(set, &["mint-token"]).await;
+    let (code, _, stderr) = run(set.clone(), &["mint-token"]).await;
     assert_eq!(code, Some(64), "no subject is a usage error: {stderr}");
+    // A subject that is no customer id, and a life that is none or longer than
+    // a year and a day (or does not fit in the clock), are usage errors.
+    for args in [
+        &["mint-token", "--subject", "grace "][..],
+        &["mint-token", "--subject", "grace", "--ttl", "0"],
+        &["mint-token", "--subject", "grace", "--ttl", "31622401"],
+        &[
+            "mint-token",
+            "--subject",
+            "grace",
+            "--ttl",
+            "18446744073709551615",
+        ],
+    ] {
+        let (code, minted, stderr) = run(set.clone(), args).await;
+        assert_eq!(code, Some(64), "{args:?}: {stderr}");
+        assert!(minted.is_empty(), "{args:?}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -294,7 +294,21 @@ fn jwks(path: &Path) -> Result<Vec<VerifyingKey>, ConfigError> {
             continue;
         }
         let algorithm = match (jwk.common.key_algorithm, &jwk.algorithm) {
-            (Some(KeyAlgorithm::HS256), AlgorithmParameters::OctetKey(_)) => Algorithm::HS256,
+            (Some(KeyAlgorithm::HS256), AlgorithmParameters::OctetKey(oct)) => {
+                // As short a secret as APP_AUTH_JWT_HS256_SECRET refuses would
+                // be as guessable here. Base64url: six bits a character.
+                let bytes = oct.value.trim_end_matches('=').len() * 6 / 8;
+                if bytes < MIN_HS256_SECRET_LEN {
+                    return Err(invalid(
+                        VARIABLE,
+                        at(),
+                        format!(
+                            "HS256 keys of at least {MIN_HS256_SECRET_LEN} bytes, as for APP_AUTH_JWT_HS256_SECRET; key {n} has {bytes}"
+                        ),
+                    ));
+                }
+                Algorithm::HS256
+            }
             (Some(KeyAlgorithm::RS256) | None, AlgorithmParameters::RSA(_)) => Algorithm::RS256,
             (Some(KeyAlgorithm::ES256) | None, AlgorithmParameters::EllipticCurve(ec))
                 if ec.curve == EllipticCurve::P256 =>
@@ -540,6 +554,28 @@ mod tests {
             v.verify(&token).is_err(),
             "iss and aud are required once configured"
         );
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn short_hs256_keys_in_a_jwks_are_refused() {
+        let path = std::env::temp_dir().join(format!("eda-jwks-short-{}.json", std::process::id()));
+        let set = |k: &str| format!(r#"{{"keys":[{{"kty":"oct","alg":"HS256","k":"{k}"}}]}}"#);
+        // "short", base64url.
+        std::fs::write(&path, set("c2hvcnQ")).unwrap();
+        let Err(e) = jwks(&path) else {
+            panic!("a 5-byte HS256 key was taken");
+        };
+        let e = e.to_string();
+        assert!(
+            e.starts_with("APP_AUTH_JWKS_FILE=")
+                && e.contains("at least 32 bytes")
+                && e.contains("key 0 has 5"),
+            "{e}"
+        );
+        // 43 characters are 32 bytes.
+        std::fs::write(&path, set(&"A".repeat(43))).unwrap();
+        assert_eq!(jwks(&path).unwrap().len(), 1);
         std::fs::remove_file(path).unwrap();
     }
 

@@ -60,6 +60,10 @@ fn load_secrets(config: &OrderConfig) -> Result<(Authenticator, OrderIdKey), Con
     Ok((auth, order_ids))
 }
 
+/// The longest life `mint-token` gives a token: a year and a day. Tokens are
+/// not revocable, so a longer one is a key in all but name.
+const MAX_TOKEN_TTL_SECS: u64 = 366 * 24 * 3600;
+
 /// `mint-token --subject ID [--ttl SECONDS]`: prints an HS256 token for the
 /// customer `ID`, valid for `SECONDS` (3600 by default).
 fn mint_token(config: &Config, args: &[String]) -> ExitCode {
@@ -72,8 +76,14 @@ fn mint_token(config: &Config, args: &[String]) -> ExitCode {
         match (arg, it.next()) {
             ("--subject", Some(s)) => subject = Some(s.to_owned()),
             ("--ttl", Some(t)) => {
-                let Ok(secs) = t.parse() else {
-                    eprintln!("--ttl takes whole seconds\n{USAGE}");
+                let Some(secs) = t
+                    .parse()
+                    .ok()
+                    .filter(|s| (1..=MAX_TOKEN_TTL_SECS).contains(s))
+                else {
+                    eprintln!(
+                        "--ttl takes whole seconds from 1 to {MAX_TOKEN_TTL_SECS} (366 days)\n{USAGE}"
+                    );
                     return ExitCode::from(64);
                 };
                 ttl = Duration::from_secs(secs);
@@ -85,7 +95,9 @@ fn mint_token(config: &Config, args: &[String]) -> ExitCode {
         }
     }
     let Some(subject) = subject.filter(|s| crate::auth::Principal::customer(s).is_some()) else {
-        eprintln!("--subject takes a customer id of 1 to 128 characters\n{USAGE}");
+        eprintln!(
+            "--subject takes a customer id: 1 to 128 bytes, no control characters, no surrounding white space\n{USAGE}"
+        );
         return ExitCode::from(64);
     };
     let minted = match Authenticator::load(&config.order.auth) {
