@@ -503,6 +503,8 @@ async fn rs256_es256_jwks_and_api_keys_authenticate_callers() {
         &[
             ("APP_AUTH_JWT_HS256_SECRET", ""),
             ("APP_AUTH_JWKS_FILE", jwks.to_str().unwrap()),
+            // Any audience, asked for by name: these tokens carry none.
+            ("APP_AUTH_JWT_AUDIENCE", "*"),
             ("APP_AUTH_CUSTOMER_CLAIM", "customer"),
         ],
     )
@@ -653,6 +655,17 @@ async fn the_service_refuses_to_start_without_its_secrets_and_mints_tokens() {
                 ("APP_ORDER_IDEMPOTENCY_SECRET", secret(ID_SECRET)),
             ],
             "APP_AUTH_JWT_PUBLIC_KEY_FILE",
+        ),
+        (
+            "an identity provider's public key without an audience",
+            vec![
+                (
+                    "APP_AUTH_JWT_PUBLIC_KEY_FILE",
+                    fixture("rsa-public.pem").display().to_string(),
+                ),
+                ("APP_ORDER_IDEMPOTENCY_SECRET", secret(ID_SECRET)),
+            ],
+            "APP_AUTH_JWT_AUDIENCE",
         ),
     ];
     for (what, set, variable) in cases {

@@ -21,6 +21,10 @@ use super::{AuthError, Principal};
 use crate::config::{AuthConfig, ConfigError};
 use crate::secret::Secret;
 
+/// `APP_AUTH_JWT_AUDIENCE` that takes tokens of any audience: the explicit
+/// opt-out a public key or a JWKS needs to go without one.
+pub const ANY_AUDIENCE: &str = "*";
+
 /// Shortest HS256 secret accepted, in bytes (RFC 7518 §3.2: at least the
 /// hash's size).
 pub const MIN_HS256_SECRET_LEN: usize = 32;
@@ -102,6 +106,16 @@ impl JwtVerifier {
                 why: "APP_AUTH_MODE=jwt needs a key to verify tokens: set APP_AUTH_JWT_HS256_SECRET(_FILE), APP_AUTH_JWT_PUBLIC_KEY_FILE or APP_AUTH_JWKS_FILE (or APP_AUTH_MODE=off for local development)",
             });
         }
+        // An identity provider signs tokens for every application it serves:
+        // without an audience, a token it made for any of them would pass here.
+        if (config.public_key_file.is_some() || config.jwks_file.is_some())
+            && config.audience.is_none()
+        {
+            return Err(ConfigError::Missing {
+                variable: "APP_AUTH_JWT_AUDIENCE",
+                why: "tokens checked with an identity provider's keys (APP_AUTH_JWT_PUBLIC_KEY_FILE, APP_AUTH_JWKS_FILE) must be meant for this service: set the `aud` your provider gives it, or `*` to take any audience",
+            });
+        }
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = config.leeway.as_secs();
         validation.validate_nbf = true;
@@ -111,13 +125,14 @@ impl JwtVerifier {
             validation.set_issuer(&[issuer]);
             validation.required_spec_claims.insert("iss".to_owned());
         }
-        match &config.audience {
+        match config.audience.as_deref() {
+            // No audience with a shared secret (the operator's own tokens), or
+            // any audience asked for by name: a token's `aud` is not judged.
+            None | Some(ANY_AUDIENCE) => validation.validate_aud = false,
             Some(audience) => {
                 validation.set_audience(&[audience]);
                 validation.required_spec_claims.insert("aud".to_owned());
             }
-            // No audience configured: a token's `aud` is not ours to judge.
-            None => validation.validate_aud = false,
         }
         let mut verifier = Self {
             keys,
@@ -376,6 +391,46 @@ mod tests {
         }
     }
 
+    /// No key yet, and any audience: for tests of public keys and JWKS files.
+    fn any_audience() -> AuthConfig {
+        AuthConfig {
+            audience: Some(ANY_AUDIENCE.to_owned()),
+            ..config()
+        }
+    }
+
+    #[test]
+    fn an_identity_providers_keys_need_an_audience() {
+        let without = AuthConfig {
+            public_key_file: Some(fixture("rsa-public.pem")),
+            ..config()
+        };
+        let Err(e) = JwtVerifier::load(&without) else {
+            panic!("a public key without an audience was taken");
+        };
+        assert!(e.to_string().contains("APP_AUTH_JWT_AUDIENCE"), "{e}");
+        let key = pem_key(Algorithm::RS256, "rsa-private.pem");
+        let for_app = |aud: &str| {
+            let claims = json!({"sub": "c-1", "exp": now() + 60, "aud": aud});
+            sign(Algorithm::RS256, None, &key, claims)
+        };
+        // Named: a token for another application of the same provider fails.
+        let named = JwtVerifier::load(&AuthConfig {
+            audience: Some("orders".to_owned()),
+            ..without.clone()
+        })
+        .unwrap();
+        assert!(named.verify(&for_app("orders")).is_ok());
+        assert!(named.verify(&for_app("payroll")).is_err());
+        // `*`, asked for by name, takes any.
+        let any = JwtVerifier::load(&AuthConfig {
+            public_key_file: Some(fixture("rsa-public.pem")),
+            ..any_audience()
+        })
+        .unwrap();
+        assert!(any.verify(&for_app("payroll")).is_ok());
+    }
+
     fn hs256() -> AuthConfig {
         AuthConfig {
             hs256_secret: Some(SecretSource::Value {
@@ -476,7 +531,7 @@ mod tests {
         ] {
             let v = JwtVerifier::load(&AuthConfig {
                 public_key_file: Some(fixture(public)),
-                ..config()
+                ..any_audience()
             })
             .unwrap();
             assert_eq!(v.algorithms(), [alg]);
@@ -501,7 +556,7 @@ mod tests {
         }
         let v = JwtVerifier::load(&AuthConfig {
             public_key_file: Some(fixture("rsa-public.pem")),
-            ..config()
+            ..any_audience()
         })
         .unwrap();
         let stranger = sign(

@@ -120,7 +120,7 @@ pub const VARIABLES: &[Variable] = &[
     ),
     unset(
         "APP_AUTH_JWT_AUDIENCE",
-        "when set, tokens must carry this `aud`",
+        "tokens must carry this `aud`; needed with a public key or a JWKS (an identity provider signs for many applications), where `*` takes any audience",
     ),
     var(
         "APP_AUTH_CUSTOMER_CLAIM",
