@@ -110,7 +110,6 @@ if [[ $all == 1 ]]; then
   (
     renice -n 19 -p "$BASHPID" >/dev/null
     # In target folders of their own: a cargo build holds its folder's lock.
-    # aarch64 first: the ARM end-to-end run waits for it alone.
     # Each step leaves a mark: what needs it starts once it is there. aarch64
     # first (the ARM end-to-end run), then what the benchmark smoke needs.
     CARGO_TARGET_DIR=$root/target/static scripts/build-static.sh --profile ci-static aarch64
