@@ -157,6 +157,13 @@ while read -r program _; do
 done <"$scratch/programs"
 
 mkdir -p "$scratch/logs"
+# passed failed ignored, from libtest's closing line in a log
+# ("test result: ok. 19 passed; 0 failed; 1 ignored; ..."); 0 0 0 without one.
+counts() {
+  local c
+  c=$(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed; \([0-9]*\) ignored.*/\1 \2 \3/p' "$1" | tail -1)
+  echo "${c:-0 0 0}"
+}
 run_program() { # label kind:name [environment...]: runs one test program, logs it, records its counts
   local label=$1 program=$2 exe args=() log status=0 took passed=0 failed=0 ignored=0
   shift 2
@@ -172,8 +179,7 @@ run_program() { # label kind:name [environment...]: runs one test program, logs 
   # A hang fails the run, naming the program, instead of holding it for ever.
   env "$@" timeout --kill-after=30 1500 "$exe" "${args[@]}" >"$log" 2>&1 || status=$?
   took=$((SECONDS - t0))
-  # libtest's closing line: "test result: ok. 19 passed; 0 failed; 1 ignored; ..."
-  read -r passed failed ignored < <(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed; \([0-9]*\) ignored.*/\1 \2 \3/p' "$log" | tail -1) || true
+  read -r passed failed ignored < <(counts "$log") || true
   if ((status != 0)); then
     ((failed > 0)) || failed=1 # it crashed or timed out before its own count
     echo "$label ${passed:-0} $failed ${ignored:-0} $took failed" >>"$scratch/results"
@@ -236,8 +242,7 @@ if [[ $all == 1 ]]; then
   if CARGO_TARGET_DIR=$root/target/vendor-rskafka cargo test --manifest-path vendor/rskafka/Cargo.toml \
     --lib --no-default-features --features compression-gzip,compression-snappy,transport-socks5 \
     >"$scratch/logs/vendor-rskafka.log" 2>&1; then
-    counts=$(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed; \([0-9]*\) ignored.*/\1 \2 \3/p' "$scratch/logs/vendor-rskafka.log" | tail -1)
-    echo "vendor-rskafka ${counts:-0 0 0} $((SECONDS - t0)) ok" >>"$scratch/results"
+    echo "vendor-rskafka $(counts "$scratch/logs/vendor-rskafka.log") $((SECONDS - t0)) ok" >>"$scratch/results"
   else
     tail -n 100 "$scratch/logs/vendor-rskafka.log" >&2
     echo "vendor-rskafka 0 1 0 $((SECONDS - t0)) failed" >>"$scratch/results"
