@@ -254,10 +254,12 @@ common_env() {
     APP_INVENTORY_STOCK_FILE=$scratch/stock.json \
     APP_NOTIFICATION_WEBHOOK_URL=http://127.0.0.1:$webhook_port/hook \
     APP_METRICS_PORT=0
-  # The API as deployed: every request authenticated; no per-client rate limit,
-  # which would cap the load generator's one customer.
+  # The API as deployed: every request authenticated; no per-client rate limit
+  # or connection cap, which would cap the load generator's one customer and
+  # address.
   export APP_AUTH_MODE=jwt APP_AUTH_JWT_HS256_SECRET=$jwt_secret \
-    APP_ORDER_IDEMPOTENCY_SECRET=$id_secret APP_SERVER_RATE_LIMIT_PER_SECOND=0
+    APP_ORDER_IDEMPOTENCY_SECRET=$id_secret APP_SERVER_RATE_LIMIT_PER_SECOND=0 \
+    APP_SERVER_MAX_CONNECTIONS_PER_CLIENT=0
 }
 jwt_secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 id_secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
@@ -265,8 +267,8 @@ EDA_BENCH_TOKEN=$(common_env; "$bin/order-service" mint-token --subject bench-cu
 export EDA_BENCH_TOKEN
 echo '{"product-001":1000000000,"product-002":1000000000,"product-003":1000000000,"product-004":1000000000,"product-005":1000000000}' >"$scratch/stock.json"
 declare -A svc_pid svc_port
-start_service() { # section name binary port-variable port: records start to /ready
-  ( common_env; export "$4=$5"; exec "$bin/$3" ) >"$scratch/$2.log" 2>&1 &
+start_service() { # section name binary port-variable port [VAR=value...]: records start to /ready
+  ( common_env; export "$4=$5" "${@:6}"; exec "$bin/$3" ) >"$scratch/$2.log" 2>&1 &
   pids+=($!); svc_pid[$2]=$!; svc_port[$2]=$5
   local ms; ms=$(wait_ready "$5" "$2" "${svc_pid[$2]}")
   echo "{\"section\":\"$1\",\"service\":\"$2\",\"ready_ms\":$ms}" >>"$results"
@@ -370,8 +372,10 @@ echo "== the order view rebuilt from $seed orders" >&2
 # Alone on the broker: the services stop, so that only the seeding loads it.
 for s in "${!svc_pid[@]}"; do stop_service "$s"; done
 "$bench" seed-orders brokers="$brokers" count="$seed" >/dev/null
-start_service rebuild order-rebuild order-service APP_SERVER_PORT "$api_port"
-curl -s "$api/ready" | python3 -c 'import json,sys; print(json.dumps({"section": "orders_in_view", "orders": json.load(sys.stdin)["orders"]}))' >>"$results"
+# The count is on the operations port: the public /ready says ready or not.
+rebuild_ops_port=$(free_port)
+start_service rebuild order-rebuild order-service APP_SERVER_PORT "$api_port" APP_METRICS_PORT="$rebuild_ops_port"
+curl -s "http://127.0.0.1:$rebuild_ops_port/ready" | python3 -c 'import json,sys; print(json.dumps({"section": "orders_in_view", "orders": json.load(sys.stdin)["orders"]}))' >>"$results"
 
 echo "== binary sizes" >&2
 for b in order-service inventory-service notification-service; do

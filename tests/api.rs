@@ -120,26 +120,27 @@ async fn slow_and_excess_requests_are_refused_not_queued() {
     .await
     .unwrap();
 
-    // A body that trickles holds the only slot...
+    // A customer's body that trickles holds the only slot...
     let mut slow = TcpStream::connect(&addr).await.unwrap();
-    slow.write_all(
-        b"POST /api/v1/orders HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{",
-    )
-    .await
-    .unwrap();
+    let head = format!(
+        "POST /api/v1/orders HTTP/1.1\r\nHost: x\r\nauthorization: {}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{",
+        support::auth::bearer("c-1")
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
     // ...so, once the server has taken it, another request is answered 503 at
-    // once, with Retry-After.
+    // once, with Retry-After (probes have slots of their own).
     let refused = within(5, "the trickling request taking the only slot", async {
         loop {
-            let r = api.get("/health").await;
-            if r.status != 200 {
+            let r = api
+                .get("/api/v1/orders/00000000-0000-0000-0000-000000000000")
+                .await;
+            if r.status == 503 {
                 return r;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
-    assert_eq!(refused.status, 503);
     assert_eq!(refused.header("retry-after"), Some("1"));
     assert!(
         refused.json()["error"]
@@ -160,7 +161,125 @@ async fn slow_and_excess_requests_are_refused_not_queued() {
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("not completed within"), "{answer}");
     // And the slot is free again.
+    assert_eq!(
+        api.get("/api/v1/orders/00000000-0000-0000-0000-000000000000")
+            .await
+            .status,
+        404
+    );
+    api.stop().await;
+}
+
+/// A connection from `source` (a loopback address of its own) to the API.
+async fn connect_from(source: &str, port: u16) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    socket
+        .connect(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap()
+}
+
+/// A POST that sends its headers and the first byte of a 60,000-byte body.
+async fn trickling_post(conn: &mut TcpStream, authorization: Option<&str>) {
+    let authorization = authorization.map_or(String::new(), |a| format!("authorization: {a}\r\n"));
+    let head = format!(
+        "POST /api/v1/orders HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n{authorization}content-length: 60000\r\n\r\n{{"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+}
+
+/// One address can neither hold the API's slots nor starve the probes: a
+/// request that will be refused is answered from its headers, before its body;
+/// an address holds a bounded number of connections; `/health` and `/ready`
+/// answer while every API slot is taken, and the public `/ready` shows nothing
+/// internal.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_address_cannot_hold_the_slots_or_starve_the_probes() {
+    let api = Api::start_on(
+        &support::brokers(),
+        &[
+            ("APP_SERVER_MAX_IN_FLIGHT", "4"),
+            ("APP_SERVER_MAX_CONNECTIONS_PER_CLIENT", "3"),
+            ("APP_SERVER_REQUEST_TIMEOUT_MS", "30000"),
+            ("APP_ORDER_PUBLISH_TIMEOUT_MS", "5000"),
+        ],
+    )
+    .await;
+    let bearer = support::auth::bearer("c-1");
+
+    // Without a token: 401 at once, not after a body that never comes.
+    let mut anonymous = connect_from("127.0.0.4", api.port).await;
+    trickling_post(&mut anonymous, None).await;
+    let mut answer = vec![0; 4096];
+    let n = within(5, "a 401 before the body", anonymous.read(&mut answer))
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+
+    // An address holds three connections, each a request in flight; its
+    // fourth is closed unanswered.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut conn = connect_from("127.0.0.2", api.port).await;
+        trickling_post(&mut conn, Some(&bearer)).await;
+        held.push(conn);
+    }
+    let mut fourth = connect_from("127.0.0.2", api.port).await;
+    trickling_post(&mut fourth, Some(&bearer)).await;
+    let mut buf = vec![0; 1024];
+    let closed = within(
+        5,
+        "the fourth connection being closed",
+        fourth.read(&mut buf),
+    )
+    .await;
+    assert!(
+        matches!(closed, Ok(0) | Err(_)),
+        "the fourth connection was answered: {:?}",
+        closed.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+    );
+
+    // Another address takes the last slot; the API is now full...
+    let mut last = connect_from("127.0.0.3", api.port).await;
+    trickling_post(&mut last, Some(&bearer)).await;
+    within(5, "the four slots being taken", async {
+        loop {
+            let r = api
+                .get("/api/v1/orders/00000000-0000-0000-0000-000000000000")
+                .await;
+            if r.status == 503 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // ...and the probes still answer, the public /ready with its verdict alone.
     assert_eq!(api.get("/health").await.status, 200);
+    let ready = api.get("/ready").await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json(), json!({"status": "ready"}));
+    // The details are on the operations port.
+    let url = format!("http://127.0.0.1:{}/ready", api.metrics_port)
+        .parse()
+        .unwrap();
+    let ops = rust_eda::http_client::request(
+        http::Method::GET,
+        &url,
+        &[],
+        bytes::Bytes::new(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ops.status, 200);
+    assert_eq!(ops.json()["broker"], "ok");
+    assert!(ops.json()["orders"].is_u64(), "{:?}", ops.json());
+
+    drop(held);
+    drop(last);
     api.stop().await;
 }
 

@@ -166,6 +166,9 @@ pub struct ServerConfig {
     /// `APP_SERVER_MAX_IN_FLIGHT`: requests served at once; more are
     /// answered `503` with `Retry-After` rather than queued without bound.
     pub max_in_flight: usize,
+    /// `APP_SERVER_MAX_CONNECTIONS_PER_CLIENT`: connections one client
+    /// address may hold (an IPv6 address by its /64); 0 is no limit.
+    pub max_connections_per_client: usize,
     /// `APP_SERVER_REQUEST_TIMEOUT_MS`: the longest a request may
     /// take; must exceed `APP_ORDER_PUBLISH_TIMEOUT_MS`.
     pub request_timeout: Duration,

@@ -242,6 +242,8 @@ impl Values {
                 burst: f64::from(self.number("APP_SERVER_RATE_LIMIT_BURST", 1u32..=1_000_000)?),
             },
             max_in_flight: self.number("APP_SERVER_MAX_IN_FLIGHT", 1..=1_000_000)?,
+            max_connections_per_client: self
+                .number("APP_SERVER_MAX_CONNECTIONS_PER_CLIENT", 0..=1_000_000)?,
             request_timeout: self.millis("APP_SERVER_REQUEST_TIMEOUT_MS")?,
             header_timeout: self.millis("APP_SERVER_HEADER_TIMEOUT_MS")?,
         })

@@ -69,6 +69,11 @@ pub const VARIABLES: &[Variable] = &[
         "requests served at once; more get `503` with `Retry-After` instead of queueing",
     ),
     var(
+        "APP_SERVER_MAX_CONNECTIONS_PER_CLIENT",
+        "64",
+        "connections one client address may hold (an IPv6 address by its /64), and so its requests in flight; more are closed at once; `0` is no limit, for a server behind a proxy",
+    ),
+    var(
         "APP_SERVER_REQUEST_TIMEOUT_MS",
         "15000",
         "longest a request may take (`503` after); more than the publish timeout",

@@ -5,12 +5,20 @@
 //! `APP_METRICS_PORT`, by default 9103 (order), 9101 (inventory) and 9102
 //! (notification), meant for the internal network; the order API's public port
 //! keeps `/health` and `/ready` for load balancers, but not `/metrics`.
+//!
+//! `/ready` asks the broker through a [`BrokerProbe`], which sends at most one
+//! Metadata request a second however many probes come, so probing is cheap and
+//! cannot be turned into load on the broker. The public port answers `ready` or
+//! `not ready` and nothing more; the operations port says why (the broker's
+//! error, each part's problem) and what the service adds.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Reply};
@@ -41,12 +49,74 @@ pub fn health_route()
         .map(|| warp::reply::json(&json!({"status": "ok"})).into_response())
 }
 
-/// Whether the broker answers a metadata request within 2 s.
-pub async fn broker_check(cluster: &Cluster) -> Result<(), String> {
-    tokio::time::timeout(Duration::from_secs(2), cluster.refresh_metadata())
-        .await
-        .map_err(|_| "the broker did not answer within 2 s".to_owned())
-        .and_then(|r| r.map_err(|e| e.to_string()))
+/// How long one answer of the broker stands for every probe.
+const PROBE_FRESH: Duration = Duration::from_secs(1);
+
+/// Whether the broker answers, asked at most once per [`PROBE_FRESH`]: probes
+/// arriving together wait for one Metadata request and share its answer.
+#[derive(Clone)]
+pub struct BrokerProbe {
+    ask: Arc<dyn Fn() -> Ask + Send + Sync>,
+    last: Arc<tokio::sync::Mutex<Option<Answer>>>,
+}
+
+/// The broker's last answer, and when it came.
+type Answer = (Instant, Result<(), String>);
+
+/// One question to the broker: whether it answers.
+type Ask = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+
+impl BrokerProbe {
+    /// A probe of `cluster`'s brokers.
+    pub fn new(cluster: Cluster) -> Self {
+        Self::asking(move || {
+            let cluster = cluster.clone();
+            Box::pin(async move { cluster.refresh_metadata().await.map_err(|e| e.to_string()) })
+        })
+    }
+
+    fn asking(ask: impl Fn() -> Ask + Send + Sync + 'static) -> Self {
+        Self {
+            ask: Arc::new(ask),
+            last: Arc::default(),
+        }
+    }
+
+    /// Whether the broker answered a Metadata request within 2 s, at most
+    /// [`PROBE_FRESH`] ago.
+    pub async fn check(&self) -> Result<(), String> {
+        let mut last = self.last.lock().await;
+        if let Some((at, answer)) = &*last
+            && at.elapsed() < PROBE_FRESH
+        {
+            return answer.clone();
+        }
+        let answer = tokio::time::timeout(Duration::from_secs(2), (self.ask)())
+            .await
+            .map_err(|_| "the broker did not answer within 2 s".to_owned())
+            .and_then(|r| r);
+        *last = Some((Instant::now(), answer.clone()));
+        answer
+    }
+
+    /// The public `/ready`: `200 {"status": "ready"}` while the service is
+    /// (`own`), the broker answers and no part reports a problem, else
+    /// `503 {"status": "not ready"}`, with the reasons left to the operations
+    /// port.
+    pub async fn public_ready(&self, own: bool) -> Response {
+        if own && self.check().await.is_ok() && crate::health::problems().is_empty() {
+            warp::reply::json(&json!({"status": "ready"})).into_response()
+        } else {
+            warp::reply::with_status(
+                warp::reply::json(&json!({
+                    "status": "not ready",
+                    "details": "on the operations port (APP_METRICS_PORT)",
+                })),
+                StatusCode::SERVICE_UNAVAILABLE,
+            )
+            .into_response()
+        }
+    }
 }
 
 /// The access log line and the HTTP metrics of one request; for `warp::log::custom`.
@@ -123,6 +193,15 @@ pub struct BindError {
     pub source: std::io::Error,
 }
 
+/// What a service adds to `/ready` on its operations port.
+#[derive(Debug, Default)]
+pub struct ReadyDetails {
+    /// Why it is not ready, besides the broker and [`crate::health`].
+    pub problems: Vec<String>,
+    /// Fields for operators (the orders in a view, say).
+    pub fields: serde_json::Map<String, serde_json::Value>,
+}
+
 /// The operations port of a consumer service.
 pub struct OpsServer {
     listener: TcpListener,
@@ -152,26 +231,38 @@ impl OpsServer {
     }
 
     /// Serves until `shutdown`; ready while the broker answers and no part of
-    /// the service reports a problem ([`crate::health`]).
-    pub async fn serve(self, cluster: Cluster, shutdown: Shutdown) {
+    /// the service reports a problem ([`crate::health`], and what `details`
+    /// says). `/ready` names the broker's state, every problem, and the fields
+    /// `details` gives.
+    pub async fn serve<D>(self, probe: BrokerProbe, details: D, shutdown: Shutdown)
+    where
+        D: Fn() -> ReadyDetails + Clone + Send + Sync + 'static,
+    {
         let ready = warp::path!("ready").and(warp::get()).then(move || {
-            let cluster = cluster.clone();
+            let (probe, details) = (probe.clone(), details.clone());
             async move {
-                let problems = crate::health::problems();
-                match broker_check(&cluster).await {
-                    Ok(()) if problems.is_empty() => {
-                        warp::reply::json(&json!({"status": "ready"})).into_response()
-                    }
-                    broker => warp::reply::with_status(
-                        warp::reply::json(&json!({
-                            "status": "not ready",
-                            "broker": broker.err().unwrap_or_else(|| "ok".to_owned()),
-                            "problems": problems,
-                        })),
-                        StatusCode::SERVICE_UNAVAILABLE,
-                    )
-                    .into_response(),
-                }
+                let ReadyDetails {
+                    mut problems,
+                    mut fields,
+                } = details();
+                problems.extend(crate::health::problems());
+                let broker = probe.check().await;
+                let ready = broker.is_ok() && problems.is_empty();
+                fields.insert(
+                    "status".into(),
+                    (if ready { "ready" } else { "not ready" }).into(),
+                );
+                fields.insert(
+                    "broker".into(),
+                    broker.err().unwrap_or_else(|| "ok".to_owned()).into(),
+                );
+                fields.insert("problems".into(), problems.into());
+                let status = if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                warp::reply::with_status(warp::reply::json(&fields), status).into_response()
             }
         });
         let routes = health_route()
@@ -199,6 +290,40 @@ async fn not_found(_: warp::Rejection) -> Result<Response, Infallible> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// However many probes come at once, the broker is asked once a second.
+    #[tokio::test(start_paused = true)]
+    async fn probes_share_one_question_a_second() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let asked = Arc::new(AtomicUsize::new(0));
+        let probe = {
+            let asked = Arc::clone(&asked);
+            BrokerProbe::asking(move || {
+                asked.fetch_add(1, Ordering::SeqCst);
+                Box::pin(async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Ok(())
+                })
+            })
+        };
+        let probes: Vec<_> = (0..200)
+            .map(|_| {
+                let probe = probe.clone();
+                tokio::spawn(async move { probe.check().await })
+            })
+            .collect();
+        for p in probes {
+            assert_eq!(p.await.unwrap(), Ok(()));
+        }
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(PROBE_FRESH).await;
+        assert_eq!(probe.check().await, Ok(()));
+        assert_eq!(
+            asked.load(Ordering::SeqCst),
+            2,
+            "a stale answer is asked again"
+        );
+    }
 
     #[test]
     fn order_ids_collapse_into_one_route() {

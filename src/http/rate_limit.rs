@@ -119,7 +119,7 @@ impl RateLimiter {
 
 /// The table key of an address: an IPv4 address, or the /64 of an IPv6 one
 /// (an IPv4 address mapped into IPv6 counts as itself).
-fn address_key(addr: Option<IpAddr>) -> String {
+pub(crate) fn address_key(addr: Option<IpAddr>) -> String {
     match addr.map(|a| a.to_canonical()) {
         None => "unknown".to_owned(),
         Some(IpAddr::V4(v4)) => v4.to_string(),

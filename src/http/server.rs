@@ -10,10 +10,19 @@
 //!   answered `503` with `Retry-After` at once instead of queueing without bound,
 //!   so an overload shows as fast refusals that clients can retry, not as
 //!   growing latency and memory.
+//! - **Probes apart**: `GET /health` and `GET /ready` draw on a small pool of
+//!   their own, so a load balancer or an orchestrator still gets its answer
+//!   while the API's slots are all taken.
+//! - **Connections per client**: one address (an IPv6 address by its /64) holds
+//!   at most `APP_SERVER_MAX_CONNECTIONS_PER_CLIENT` connections; more are closed
+//!   as soon as they are accepted. An HTTP/1.1 connection serves one request at
+//!   a time, so this also caps the address's requests in flight: one address
+//!   cannot take every slot.
 //!
 //! On shutdown the listener closes, and requests in flight get up to the request
 //! timeout to finish.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -31,6 +40,7 @@ use warp::Reply;
 use warp::http::{HeaderValue, StatusCode};
 use warp::reply::Response;
 
+use super::rate_limit::address_key;
 use crate::config::ServerConfig;
 use crate::domain::FieldError;
 use crate::metrics;
@@ -45,6 +55,9 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Requests served at once; more are answered `503` at once.
     pub max_in_flight: usize,
+    /// Connections one client address may hold; 0 is no limit (for a server
+    /// behind a proxy, where every request comes from the proxy's address).
+    pub max_connections_per_client: usize,
 }
 
 impl Limits {
@@ -54,6 +67,7 @@ impl Limits {
             header_timeout: config.header_timeout,
             request_timeout: config.request_timeout,
             max_in_flight: config.max_in_flight,
+            max_connections_per_client: config.max_connections_per_client,
         }
     }
 }
@@ -120,6 +134,11 @@ impl<S> Routes for S where
 {
 }
 
+/// Probes answered at once, apart from the API's requests. They answer from
+/// memory, so a few slots keep them answerable; a flood of probes is refused
+/// like any other overload, without touching the API's slots.
+const PROBE_IN_FLIGHT: usize = 32;
+
 /// Serves `routes` on `listener` until `shutdown`, then lets requests in flight
 /// finish (for at most the request timeout).
 pub async fn serve(
@@ -131,9 +150,11 @@ pub async fn serve(
     let guarded = Guarded {
         inner: routes,
         permits: Arc::new(Semaphore::new(limits.max_in_flight)),
+        probe_permits: Arc::new(Semaphore::new(PROBE_IN_FLIGHT)),
         limits,
         peer: None,
     };
+    let connections = Connections::new(limits.max_connections_per_client);
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
@@ -152,6 +173,11 @@ pub async fn serve(
             },
             () = shutdown.recv() => break,
         };
+        let Some(held) = connections.admit(peer.ip()) else {
+            rejected("client_connections");
+            drop(stream);
+            continue;
+        };
         let service = Guarded {
             peer: Some(PeerAddr(peer)),
             ..guarded.clone()
@@ -161,6 +187,7 @@ pub async fn serve(
             if let Err(e) = connection.await {
                 log::debug!("connection ended with an error: {e}");
             }
+            drop(held);
         });
     }
     drop(listener);
@@ -175,11 +202,71 @@ pub async fn serve(
     }
 }
 
+/// The connections each client address holds.
+#[derive(Clone)]
+struct Connections {
+    cap: usize,
+    held: Arc<parking_lot::Mutex<HashMap<String, usize>>>,
+}
+
+/// One admitted connection; dropping it gives its place back.
+struct Held {
+    connections: Connections,
+    /// Its address's key; `None` when nothing is tracked.
+    key: Option<String>,
+}
+
+impl Connections {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            held: Arc::default(),
+        }
+    }
+
+    /// A place for one more connection from `ip`, or `None` when it holds its
+    /// share already. With no cap nothing is tracked.
+    fn admit(&self, ip: std::net::IpAddr) -> Option<Held> {
+        if self.cap == 0 {
+            return Some(Held {
+                connections: self.clone(),
+                key: None,
+            });
+        }
+        let key = address_key(Some(ip));
+        let mut held = self.held.lock();
+        let count = held.entry(key.clone()).or_insert(0);
+        if *count >= self.cap {
+            return None;
+        }
+        *count += 1;
+        Some(Held {
+            connections: self.clone(),
+            key: Some(key),
+        })
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let Some(key) = &self.key else { return };
+        let mut held = self.connections.held.lock();
+        if let Some(count) = held.get_mut(key) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(key);
+            }
+        }
+    }
+}
+
 /// warp's service behind the in-flight limit and the request timeout.
 #[derive(Clone)]
 struct Guarded<S> {
     inner: S,
     permits: Arc<Semaphore>,
+    /// The pool of `/health` and `/ready`.
+    probe_permits: Arc<Semaphore>,
     limits: Limits,
     /// The connection's client.
     peer: Option<PeerAddr>,
@@ -194,7 +281,14 @@ impl<S: Routes> hyper::service::Service<hyper::Request<Incoming>> for Guarded<S>
         if let Some(peer) = self.peer {
             request.extensions_mut().insert(peer);
         }
-        let permit = Arc::clone(&self.permits).try_acquire_owned();
+        let is_probe = request.method() == hyper::Method::GET
+            && matches!(request.uri().path(), "/health" | "/ready");
+        let pool = if is_probe {
+            &self.probe_permits
+        } else {
+            &self.permits
+        };
+        let permit = Arc::clone(pool).try_acquire_owned();
         let mut inner = self.inner.clone();
         let timeout = self.limits.request_timeout;
         Box::pin(async move {
@@ -226,7 +320,7 @@ impl<S: Routes> hyper::service::Service<hyper::Request<Incoming>> for Guarded<S>
 fn rejected(reason: &str) {
     metrics::counter(
         "eda_http_rejected_total",
-        "Requests answered 503 by the server itself: overload (too many in flight) or timeout.",
+        "Requests answered 503 by the server itself (overload: too many in flight; timeout), or connections closed at once (client_connections: the address held its share).",
         &[("reason", reason)],
     )
     .inc();

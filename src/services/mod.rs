@@ -9,7 +9,7 @@ pub mod order;
 
 use crate::config::{Config, hint};
 use crate::events::{self, topic_specs};
-use crate::http::ops::{BindError, OpsServer};
+use crate::http::ops::{BindError, BrokerProbe, OpsServer, ReadyDetails};
 use crate::kafka::middleware::Correlated;
 use crate::kafka::{
     Admin, AdminError, Cluster, ClusterError, Consumer, ConsumerError, DeadLetter, Handler,
@@ -143,10 +143,11 @@ impl<H: Handler> ConsumerLoop<H> {
     /// Health and metrics are served until the end, so a scrape sees the shutdown.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), ServiceError> {
         let (ops_stop, ops_shutdown) = crate::shutdown::ShutdownTrigger::new();
-        let ops = tokio::spawn(
-            self.ops
-                .serve(self.producer.cluster().clone(), ops_shutdown),
-        );
+        let ops = tokio::spawn(self.ops.serve(
+            BrokerProbe::new(self.producer.cluster().clone()),
+            ReadyDetails::default,
+            ops_shutdown,
+        ));
         let result = self.consumer.run(self.handler, shutdown).await;
         self.producer.close().await;
         ops_stop.trigger();

@@ -13,12 +13,14 @@ pub const JWT_SECRET: &str = "tests-only-hs256-secret-0123456789abcdef";
 pub const ID_SECRET: &str = "tests-only-idempotency-secret-0123456789";
 
 /// The settings that give a service the test credentials, with the request
-/// rate limit off (tests that check it set their own).
-pub fn env() -> [(&'static str, &'static str); 3] {
+/// rate limit and the connections per client off: the tests' load comes from
+/// one address (tests that check them set their own).
+pub fn env() -> [(&'static str, &'static str); 4] {
     [
         ("APP_AUTH_JWT_HS256_SECRET", JWT_SECRET),
         ("APP_ORDER_IDEMPOTENCY_SECRET", ID_SECRET),
         ("APP_SERVER_RATE_LIMIT_PER_SECOND", "0"),
+        ("APP_SERVER_MAX_CONNECTIONS_PER_CLIENT", "0"),
     ]
 }
 

@@ -5,7 +5,7 @@
 //! | `POST /api/v1/orders` | `201` with the order once the broker acknowledged `order.created`; `400`/`413`/`415` for bad requests; `403` for an order of another customer; `409`/`422` for a misused `Idempotency-Key`; `503` when the broker does not acknowledge in time |
 //! | `GET /api/v1/orders/{id}` | `200` with the order and its status; `400` for a malformed id; `404` for an unknown one, or one of another customer |
 //! | `GET /health` | `200` while the process runs |
-//! | `GET /ready` | `200` once the broker answers and the order view caught up; `503` before, or while a part reports a problem (`problems`) |
+//! | `GET /ready` | `200` once the broker answers and the order view caught up; `503` before, or while a part reports a problem; the reasons are on the operations port |
 //! | `GET /api/v1/openapi.json` | the `OpenAPI` 3 description of this API |
 //! | `GET /api/v1/asyncapi.json` | the `AsyncAPI` 3 description of the Kafka topics and their events |
 //!
@@ -44,7 +44,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use serde_json::json;
 use warp::http::{HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
@@ -57,7 +56,7 @@ use crate::events::{self, Envelope, OrderCreated};
 use crate::http::ops;
 use crate::http::rate_limit::{Client, RateLimiter, retry_after_seconds};
 use crate::http::server::{PeerAddr, error_response as error, retry_after};
-use crate::kafka::{Cluster, Follower, ProduceError, Producer};
+use crate::kafka::{Follower, ProduceError, Producer};
 use crate::metrics;
 use crate::trace::{self, TraceContext};
 
@@ -81,7 +80,7 @@ pub struct AppState {
     /// Keeps the views up to date.
     pub follower: Follower,
     /// For `/ready`.
-    pub cluster: Cluster,
+    pub probe: ops::BrokerProbe,
     /// Orders with an idempotency key being published by this instance.
     pub in_flight: parking_lot::Mutex<HashSet<OrderId>>,
     /// How long an idempotency key answers with its order.
@@ -122,24 +121,33 @@ pub fn routes(
             },
         );
 
+    // Access is decided from the headers, before the body is read: a request
+    // that will be refused does not hold a slot while its body trickles in.
     let create = warp::path!("api" / "v1" / "orders")
         .and(warp::post())
         .and(with_state.clone())
         .and(correlation)
         .and(span)
         .and(access.clone())
+        .and_then(
+            |state, id: String, span: TraceContext, access: Access| async move {
+                match access {
+                    Ok(principal) => Ok((state, id, span, principal)),
+                    Err(refused) => Err(warp::reject::custom(Refused::new(tag(
+                        *refused, &id, &span,
+                    )))),
+                }
+            },
+        )
+        .untuple_one()
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::header::optional::<String>(IDEMPOTENCY_HEADER))
         .and(warp::body::content_length_limit(MAX_BODY_BYTES))
         .and(warp::body::bytes())
         .then(
-            |state, id: String, span: TraceContext, access: Access, content_type, key, body| {
+            |state, id: String, span: TraceContext, principal, content_type, key, body| {
                 let correlation_id = id.clone();
                 let traced = trace::scope(span.clone(), async move {
-                    let principal = match access {
-                        Ok(principal) => principal,
-                        Err(refused) => return tag(*refused, &id, &span),
-                    };
                     let request = CreateRequest {
                         correlation_id: &id,
                         principal,
@@ -633,31 +641,56 @@ fn get_order(state: &AppState, principal: Option<&Principal>, id: &str) -> Respo
     }
 }
 
+/// The public `/ready`: the broker answers (asked at most once a second) and
+/// no part reports a problem, the order view catching up included. Why not is
+/// on the operations port.
 async fn ready(state: &AppState) -> Response {
-    let broker = ops::broker_check(&state.cluster).await;
-    let caught_up = state.follower.is_caught_up();
-    // A part that stopped or wedged (the order view's reader, a producer worker).
-    let problems = crate::health::problems();
-    match (broker, caught_up) {
-        (Ok(()), true) if problems.is_empty() => warp::reply::json(&json!({
-            "status": "ready",
-            "orders": state.views.len(),
-        }))
-        .into_response(),
-        (broker, caught_up) => warp::reply::with_status(
-            warp::reply::json(&json!({
-                "status": "not ready",
-                "broker": broker.err().unwrap_or_else(|| "ok".to_owned()),
-                "order_view": if caught_up { "caught up" } else { "catching up" },
-                "problems": problems,
-            })),
-            StatusCode::SERVICE_UNAVAILABLE,
-        )
-        .into_response(),
+    state
+        .probe
+        .public_ready(state.follower.is_caught_up())
+        .await
+}
+
+/// What the operations port's `/ready` adds: the order view's state. Until it
+/// holds every order written before the start, a GET could answer 404 for an
+/// order that exists.
+pub fn ready_details(state: &AppState) -> ops::ReadyDetails {
+    let mut details = ops::ReadyDetails::default();
+    if state.follower.is_caught_up() {
+        details
+            .fields
+            .insert("order_view".into(), "caught up".into());
+    } else {
+        details
+            .problems
+            .push("order view: catching up with the event topics".into());
+        details
+            .fields
+            .insert("order_view".into(), "catching up".into());
+    }
+    details
+        .fields
+        .insert("orders".into(), state.views.len().into());
+    details
+}
+
+/// A request refused from its headers (`401`, `429`), carrying its answer past
+/// the filters that would read the body.
+#[derive(Debug)]
+struct Refused(parking_lot::Mutex<Option<Response>>);
+
+impl Refused {
+    fn new(answer: Response) -> Self {
+        Self(parking_lot::Mutex::new(Some(answer)))
     }
 }
 
+impl warp::reject::Reject for Refused {}
+
 async fn rejection(err: Rejection) -> Result<Response, Infallible> {
+    if let Some(answer) = err.find::<Refused>().and_then(|r| r.0.lock().take()) {
+        return Ok(answer);
+    }
     let (status, message) = if err.is_not_found() {
         (StatusCode::NOT_FOUND, "no such route".to_owned())
     } else if err.find::<warp::reject::PayloadTooLarge>().is_some() {

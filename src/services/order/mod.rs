@@ -21,7 +21,7 @@ use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError, OrderConfig};
 use crate::domain::OrderIdKey;
 use crate::events::topics;
-use crate::http::ops::OpsServer;
+use crate::http::ops::{BrokerProbe, OpsServer};
 use crate::http::rate_limit::RateLimiter;
 use crate::http::server::{self, Limits};
 use crate::kafka::{Follower, Producer, ProducerConfig};
@@ -187,7 +187,7 @@ impl Service for OrderService {
                 producer,
                 views,
                 follower,
-                cluster,
+                probe: BrokerProbe::new(cluster),
                 in_flight: Default::default(),
                 idempotency_retention: config.order.idempotency_retention,
                 order_ids,
@@ -210,7 +210,11 @@ impl Service for OrderService {
         });
         // Scrapes see the shutdown: the operations port closes last.
         let (ops_stop, ops_shutdown) = ShutdownTrigger::new();
-        let ops = tokio::spawn(self.ops.serve(state.cluster.clone(), ops_shutdown));
+        let details = {
+            let state = Arc::clone(&state);
+            move || http::ready_details(&state)
+        };
+        let ops = tokio::spawn(self.ops.serve(state.probe.clone(), details, ops_shutdown));
         // In-flight requests finish before `run` returns.
         server::serve(
             self.listener,
