@@ -4,8 +4,10 @@
 //! Every binary also understands commands that do their work and exit, so a
 //! server with only the static binaries can run them:
 //! - `create-topics` creates the system's topics (`scripts/create-topics.sh`);
-//! - `replay-dlq <topic>.dlq [--to TOPIC] [--dry-run]` puts dead-lettered records
-//!   back on their topic (`scripts/replay-dlq.sh`);
+//! - `replay-dlq <topic>.dlq [--to TOPIC] [--execute]` puts dead-lettered records
+//!   back on their topic, one of the system's event topics
+//!   (`scripts/replay-dlq.sh`); without `--execute` it only says what it would
+//!   copy;
 //! - `list-dlq <topic>.dlq` prints the records parked there, one JSON line each,
 //!   with their `dlq.*` headers (why, from where, after how many attempts);
 //! - `describe-group <group> [--json]` shows an emulated consumer group's
@@ -20,9 +22,9 @@
 use std::process::ExitCode;
 
 use crate::config::{Config, hint, without_config_argument};
-use crate::events::topic_specs;
+use crate::events::{topic_specs, topics};
 use crate::kafka::group::operator::{self, ResetTo};
-use crate::kafka::middleware::replay::replay;
+use crate::kafka::middleware::replay::{Replay, replay};
 use crate::kafka::{
     Admin, Cluster, DEFAULT_OFFSETS_TOPIC, OffsetStore, Producer, ProducerConfig, TopicOutcome,
 };
@@ -391,30 +393,47 @@ async fn reset_offsets(config: &Config, service: &str, args: &[String]) -> ExitC
 struct ReplayArgs {
     dlq_topic: String,
     to: Option<String>,
-    dry_run: bool,
+    execute: bool,
 }
 
-const REPLAY_USAGE: &str = "usage: replay-dlq <topic>.dlq [--to TOPIC] [--dry-run]";
+const REPLAY_USAGE: &str = "usage: replay-dlq <topic>.dlq [--to TOPIC] [--execute]";
 
 impl ReplayArgs {
     /// Parses the arguments after `replay-dlq`, leaving out `--config FILE`.
+    /// Like `reset-offsets`, it is a dry run unless `--execute` is given.
     fn parse(args: &[String]) -> Result<Self, String> {
-        let (mut dlq_topic, mut to, mut dry_run) = (None, None, false);
+        let (mut dlq_topic, mut to, mut execute) = (None, None, false);
         let args = without_config_argument(args);
         let mut it = args.into_iter();
         while let Some(arg) = it.next() {
             match arg {
-                "--dry-run" => dry_run = true,
+                "--execute" => execute = true,
+                "--dry-run" => execute = false,
                 "--to" => to = Some(it.next().ok_or("--to needs a TOPIC")?.to_owned()),
                 a if a.starts_with('-') => return Err(format!("unknown option {a}")),
                 a if dlq_topic.is_none() => dlq_topic = Some(a.to_owned()),
                 a => return Err(format!("unexpected argument {a}")),
             }
         }
+        let dlq_topic: String =
+            dlq_topic.ok_or("which dead-letter topic? e.g. order.created.dlq")?;
+        if !dlq_topic.ends_with(".dlq") {
+            return Err(format!(
+                "{dlq_topic} is not a dead-letter topic: replay-dlq reads <topic>.dlq, e.g. order.created.dlq"
+            ));
+        }
+        if let Some(to) = &to
+            && !topics::ALL.contains(&to.as_str())
+        {
+            return Err(format!(
+                "--to {to}: a replay writes only to the system's event topics ({})",
+                topics::ALL.join(", ")
+            ));
+        }
         Ok(Self {
-            dlq_topic: dlq_topic.ok_or("which dead-letter topic? e.g. order.created.dlq")?,
+            dlq_topic,
             to,
-            dry_run,
+            execute,
         })
     }
 }
@@ -436,18 +455,21 @@ async fn replay_dlq(config: &Config, service: &str, args: &[String]) -> ExitCode
     let result = replay(
         &producer,
         &offsets,
-        &args.dlq_topic,
-        args.to.as_deref(),
-        args.dry_run,
+        Replay {
+            dlq_topic: &args.dlq_topic,
+            to: args.to.as_deref(),
+            dry_run: !args.execute,
+            targets: Some(&topics::ALL),
+        },
     )
     .await;
     producer.close().await;
     match result {
         Ok(report) => {
-            let verb = if args.dry_run {
-                "would replay"
-            } else {
+            let verb = if args.execute {
                 "replayed"
+            } else {
+                "would replay"
             };
             for (topic, n) in &report.replayed {
                 println!("{verb} {n} records of {} to {topic}", args.dlq_topic);
@@ -513,27 +535,30 @@ mod tests {
     #[test]
     fn replay_arguments() {
         assert_eq!(
-            ReplayArgs::parse(&args(&[
-                "order.created.dlq",
-                "--config",
-                "x.env",
-                "--dry-run"
-            ])),
+            ReplayArgs::parse(&args(&["order.created.dlq", "--config", "x.env"])),
             Ok(ReplayArgs {
                 dlq_topic: "order.created.dlq".into(),
                 to: None,
-                dry_run: true
-            })
+                execute: false
+            }),
+            "a dry run unless --execute"
         );
-        assert_eq!(
-            ReplayArgs::parse(&args(&["--to", "t", "a.dlq"]))
-                .unwrap()
-                .to,
-            Some("t".into())
-        );
-        assert!(ReplayArgs::parse(&args(&[])).is_err());
-        assert!(ReplayArgs::parse(&args(&["a", "b"])).is_err());
-        assert!(ReplayArgs::parse(&args(&["a", "--force"])).is_err());
-        assert!(ReplayArgs::parse(&args(&["a", "--to"])).is_err());
+        let executed =
+            ReplayArgs::parse(&args(&["--to", "inventory.reserved", "a.dlq", "--execute"]))
+                .unwrap();
+        assert_eq!(executed.to.as_deref(), Some("inventory.reserved"));
+        assert!(executed.execute);
+        for bad in [
+            &[][..],
+            &["a.dlq", "b.dlq"],
+            &["a.dlq", "--force"],
+            &["a.dlq", "--to"],
+            // Not a dead-letter topic, or a target the system does not own.
+            &["order.created"],
+            &["a.dlq", "--to", "__consumer_offsets"],
+            &["a.dlq", "--to", "inventory.ledger"],
+        ] {
+            assert!(ReplayArgs::parse(&args(bad)).is_err(), "{bad:?}");
+        }
     }
 }

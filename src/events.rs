@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::domain::{OrderId, OrderItem};
+use crate::domain::{NewOrder, OrderId, OrderItem};
 use crate::kafka::consume::Poison;
 use crate::kafka::group::offsets::{DEFAULT_OFFSETS_TOPIC, offsets_topic_spec};
 use crate::kafka::middleware::dead_letter;
@@ -154,6 +154,13 @@ pub trait Payload: Serialize + DeserializeOwned {
 
     /// The order the event is about: its record key.
     fn order_id(&self) -> OrderId;
+
+    /// Whether the payload keeps the rules its producer keeps. Anyone who can
+    /// write to a topic can put any well-typed JSON there, so a reader checks
+    /// again what it relies on; a payload that breaks them is [`Poison`].
+    fn validate(&self) -> Result<(), Poison> {
+        Ok(())
+    }
 }
 
 /// The common wrapper of every event.
@@ -250,6 +257,7 @@ impl<P: Payload> Envelope<P> {
         }
         let payload: P = serde_json::from_value(envelope.payload)
             .map_err(|e| Poison::new(format!("invalid {} payload: {e}", P::EVENT_TYPE)))?;
+        payload.validate()?;
         Ok(Self {
             event_id: envelope.event_id,
             event_type: envelope.event_type,
@@ -283,6 +291,37 @@ impl Payload for OrderCreated {
 
     fn order_id(&self) -> OrderId {
         self.order_id
+    }
+
+    /// The rules of `POST /api/v1/orders`: ids as the API writes them, 1 to
+    /// 100 items, each quantity 1 to 1,000,000 (so that no sum of them wraps),
+    /// prices 0 to 10¹².
+    fn validate(&self) -> Result<(), Poison> {
+        let request = serde_json::json!({"customer_id": self.customer_id, "items": self.items});
+        let order = NewOrder::parse(&request).map_err(|errors| {
+            let errors: Vec<String> = errors
+                .iter()
+                .map(|e| format!("{} {}", e.field, e.message))
+                .collect();
+            Poison::new(format!(
+                "order.created breaks the order rules: {}",
+                errors.join("; ")
+            ))
+        })?;
+        // The API writes ids trimmed; one with white space around it would be
+        // another spelling of a customer or a product.
+        let spelled_as_parsed = order.customer_id == self.customer_id
+            && order
+                .items
+                .iter()
+                .zip(&self.items)
+                .all(|(parsed, given)| parsed.product_id == given.product_id);
+        if !spelled_as_parsed {
+            return Err(Poison::new(
+                "order.created names a customer or product with white space around it",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -479,6 +518,37 @@ mod tests {
             ]
         );
         assert!(json["occurred_at"].as_str().unwrap().ends_with('Z'));
+    }
+
+    /// An `order.created` another client wrote, breaking the API's rules, is
+    /// poison: a quantity that would wrap the sums, none at all, a customer
+    /// with another spelling.
+    #[test]
+    fn orders_that_break_the_rules_are_poison() {
+        let bad = |edit: fn(&mut OrderCreated)| {
+            let mut order = created();
+            edit(&mut order);
+            let record = Envelope::new(order, "c").to_record().unwrap();
+            Envelope::<OrderCreated>::decode(&message(record)).unwrap_err()
+        };
+        let wraps = bad(|o| {
+            o.items[0].quantity = u64::MAX;
+            o.items.push(o.items[0].clone());
+        });
+        assert!(wraps.to_string().contains("items[0].quantity"), "{wraps}");
+        assert!(bad(|o| o.items.clear()).to_string().contains("items"));
+        assert!(
+            bad(|o| o.customer_id = "alice ".into())
+                .to_string()
+                .contains("white space")
+        );
+        assert!(
+            bad(|o| o.items[0].price = -1.0)
+                .to_string()
+                .contains("price")
+        );
+        let fine = Envelope::new(created(), "c").to_record().unwrap();
+        assert!(Envelope::<OrderCreated>::decode(&message(fine)).is_ok());
     }
 
     #[test]

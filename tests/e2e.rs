@@ -1117,8 +1117,8 @@ async fn poison_and_undeliverable_records_are_parked_and_a_replay_delivers_them(
     system.restart("notification-service").await;
     let replay = |dry_run: bool| {
         let mut args = vec!["replay-dlq", dlq.as_str()];
-        if dry_run {
-            args.push("--dry-run");
+        if !dry_run {
+            args.push("--execute");
         }
         let mut command = system.configured("order-service");
         command.args(args).stdin(Stdio::null());

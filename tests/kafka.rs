@@ -817,13 +817,49 @@ async fn failing_records_are_parked_with_headers_then_replayed_once() {
         .ensure_topics(&[offsets_topic_spec(offsets.topic())])
         .await
         .expect("offsets topic");
-    let dry = replay::replay(&producer, &offsets, &dlq, None, true)
-        .await
-        .expect("dry run");
+    let dry = replay::replay(
+        &producer,
+        &offsets,
+        replay::Replay {
+            dlq_topic: &dlq,
+            to: None,
+            dry_run: true,
+            targets: None,
+        },
+    )
+    .await
+    .expect("dry run");
     assert_eq!(dry.replayed, BTreeMap::from([(topic.clone(), 2)]));
-    let report = replay::replay(&producer, &offsets, &dlq, None, false)
-        .await
-        .expect("replay");
+    // A record bound for a topic the replay may not write stops it before
+    // anything is copied.
+    let foreign = replay::replay(
+        &producer,
+        &offsets,
+        replay::Replay {
+            dlq_topic: &dlq,
+            to: None,
+            dry_run: false,
+            targets: Some(&["order.created"]),
+        },
+    )
+    .await
+    .expect_err("a foreign target");
+    assert!(
+        matches!(&foreign, replay::ReplayError::ForeignTarget { target, .. } if *target == topic),
+        "{foreign}"
+    );
+    let report = replay::replay(
+        &producer,
+        &offsets,
+        replay::Replay {
+            dlq_topic: &dlq,
+            to: None,
+            dry_run: false,
+            targets: None,
+        },
+    )
+    .await
+    .expect("replay");
     assert_eq!(report.total(), 2);
     let mut replayed = Vec::new();
     within(30, "the replayed records", async {
@@ -839,9 +875,18 @@ async fn failing_records_are_parked_with_headers_then_replayed_once() {
             (5, Some(format!("{dlq}/0@1")))
         ]
     );
-    let again = replay::replay(&producer, &offsets, &dlq, None, false)
-        .await
-        .expect("replay again");
+    let again = replay::replay(
+        &producer,
+        &offsets,
+        replay::Replay {
+            dlq_topic: &dlq,
+            to: None,
+            dry_run: false,
+            targets: None,
+        },
+    )
+    .await
+    .expect("replay again");
     assert_eq!(
         (again.total(), again.already_replayed),
         (0, 2),

@@ -48,6 +48,22 @@ pub enum ReplayError {
         /// The header that is missing.
         header: &'static str,
     },
+    /// A record would go to a topic the replay may not write.
+    #[error(
+        "{topic}/{partition}@{offset} would go to {target}, which is not one of the topics a replay may write ({allowed}); nothing was replayed"
+    )]
+    ForeignTarget {
+        /// The dead-letter topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The record's offset.
+        offset: i64,
+        /// Where it would go.
+        target: String,
+        /// The topics allowed, for the message.
+        allowed: String,
+    },
     /// A record could not be put back.
     #[error(
         "copying {topic}/{partition}@{offset} back failed: {source}; nothing after it was marked replayed, so run the replay again"
@@ -72,7 +88,7 @@ impl ReplayError {
             Self::Read(e) => e.fix(),
             Self::Offsets(e) => e.fix(),
             Self::Produce { source, .. } => source.fix(),
-            Self::NoTarget { .. } => None,
+            Self::NoTarget { .. } | Self::ForeignTarget { .. } => None,
         }
     }
 }
@@ -93,16 +109,35 @@ impl ReplayReport {
     }
 }
 
-/// Copies the records of `dlq_topic` not replayed before back to their topics
-/// (`to`, when given, overrides every record's `dlq.topic`). With `dry_run`,
-/// reports what would be copied and changes nothing.
+/// What a replay does.
+#[derive(Debug, Clone, Copy)]
+pub struct Replay<'a> {
+    /// The dead-letter topic read.
+    pub dlq_topic: &'a str,
+    /// The topic every record goes to; `None`: each record's `dlq.topic`.
+    pub to: Option<&'a str>,
+    /// Report what would be copied, and change nothing.
+    pub dry_run: bool,
+    /// The topics a record may go to; `None`: any. A header can name any topic,
+    /// and a replay must not become a way to write into one the system does
+    /// not own: a record bound elsewhere stops the replay before anything is
+    /// copied.
+    pub targets: Option<&'a [&'a str]>,
+}
+
+/// Copies the records of the dead-letter topic not replayed before back to
+/// their topics, as `plan` says.
 pub async fn replay(
     producer: &Producer,
     offsets: &OffsetStore,
-    dlq_topic: &str,
-    to: Option<&str>,
-    dry_run: bool,
+    plan: Replay<'_>,
 ) -> Result<ReplayReport, ReplayError> {
+    let Replay {
+        dlq_topic,
+        to,
+        dry_run,
+        targets,
+    } = plan;
     let done = offsets.load(REPLAY_GROUP).await?;
     let records = read_topic(producer.cluster(), dlq_topic).await?;
     let mut report = ReplayReport::default();
@@ -124,6 +159,17 @@ pub async fn replay(
                 });
             }
         };
+        if let Some(allowed) = targets
+            && !allowed.contains(&target.as_str())
+        {
+            return Err(ReplayError::ForeignTarget {
+                topic: dlq_topic.to_owned(),
+                partition: message.partition,
+                offset: message.offset,
+                target,
+                allowed: allowed.join(", "),
+            });
+        }
         *report.replayed.entry(target.clone()).or_default() += 1;
         pending.push((target, message));
     }

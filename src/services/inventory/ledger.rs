@@ -123,7 +123,10 @@ impl Ledger {
                 let outcome = self.evaluate(&items);
                 if let Outcome::Reserved(items) = &outcome {
                     for item in items {
-                        *self.reserved.entry(item.product_id.clone()).or_default() += item.quantity;
+                        // Saturating: a ledger record is input too, and a
+                        // wrapped sum would show stock that was given away.
+                        let reserved = self.reserved.entry(item.product_id.clone()).or_default();
+                        *reserved = reserved.saturating_add(item.quantity);
                     }
                 }
                 self.decisions.insert(
@@ -173,7 +176,9 @@ impl Ledger {
 pub fn wanted(order: &OrderCreated) -> Vec<ProductQuantity> {
     let mut sums: BTreeMap<&str, u64> = BTreeMap::new();
     for item in &order.items {
-        *sums.entry(item.product_id.as_str()).or_default() += item.quantity;
+        // Saturating: a wrapped sum would ask for less than was ordered.
+        let sum = sums.entry(item.product_id.as_str()).or_default();
+        *sum = sum.saturating_add(item.quantity);
     }
     sums.into_iter()
         .map(|(product_id, quantity)| ProductQuantity {

@@ -207,8 +207,12 @@ mod tests {
         OrderCreated {
             order_id: OrderId::new(),
             customer_id: "c".into(),
-            items: vec![],
-            total: 0.0,
+            items: vec![crate::domain::OrderItem {
+                product_id: "p".into(),
+                quantity: 1,
+                price: 1.0,
+            }],
+            total: 1.0,
             created_at: "2026-01-01T00:00:00.000Z".into(),
         }
     }
