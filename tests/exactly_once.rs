@@ -12,9 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use rust_eda::kafka::produce::{TransactionConfig, TransactionalProducer};
 use rust_eda::kafka::{
-    Cluster, ConsumerConfig, Message, ProcessingGuarantee, Producer, ProducerConfig,
-    ProducerRecord, handler_fn, read_topic,
+    Admin, Cluster, ConsumerConfig, DeadLetter, Message, ProcessingGuarantee, Producer,
+    ProducerConfig, ProducerRecord, TopicSpec, handler_fn, read_topic,
 };
 use support::{Client, RunningConsumer, brokers, cluster, create_topic, unique, within};
 
@@ -210,4 +211,163 @@ async fn a_member_stopped_abruptly_mid_stream_leaves_no_duplicate_under_exactly_
     producer.close().await;
     let twice: Vec<_> = copies.iter().filter(|(_, n)| **n != 1).collect();
     assert!(twice.is_empty(), "inputs copied more than once: {twice:?}");
+}
+
+/// `count` records `input-0`… on partition 0 of `topic`.
+async fn produce_few(cluster: &Cluster, topic: &str, count: usize) {
+    let producer = Producer::new(cluster.clone(), ProducerConfig::default());
+    for i in 0..count {
+        let record = ProducerRecord::new(topic)
+            .key(format!("key-{i}"))
+            .value(format!("input-{i}"))
+            .partition(0);
+        within(30, "an input", producer.send(record))
+            .await
+            .expect("written");
+    }
+    producer.close().await;
+}
+
+/// A handler that never returns would outlast its transaction: the
+/// coordinator would abort it, the partition start again, and the record be
+/// offered as its first attempt for ever. Each call is cut off at the
+/// transaction's deadline and counts as an attempt, so the record is parked
+/// after its budget, without a call past it, and the records after it go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handler_that_hangs_is_parked_after_its_attempts_under_exactly_once() {
+    let cluster = cluster().await;
+    let input = create_topic(&cluster, 1).await;
+    let output = create_topic(&cluster, 1).await;
+    Admin::new(cluster.config().clone())
+        .ensure_topics(&[TopicSpec::new(format!("{input}.dlq"), 1)])
+        .await
+        .expect("dead-letter topic");
+    produce_few(&cluster, &input, 3).await;
+    let producer = Producer::new(cluster.clone(), ProducerConfig::default());
+    let hung = Arc::new(AtomicUsize::new(0));
+    let inner = {
+        let (producer, output, hung) = (producer.clone(), output.clone(), Arc::clone(&hung));
+        handler_fn(move |m: Message| {
+            let (producer, output, hung) = (producer.clone(), output.clone(), Arc::clone(&hung));
+            async move {
+                let record = ProducerRecord::new(&output)
+                    .value(m.value.clone().unwrap_or_default().to_vec());
+                m.send_output(&producer, record).await?;
+                if m.value.as_deref() == Some(b"input-1") {
+                    hung.fetch_add(1, Ordering::SeqCst);
+                    std::future::pending::<()>().await;
+                }
+                Ok(())
+            }
+        })
+    };
+    let handler = DeadLetter::new(inner, producer.clone()).max_attempts(2);
+    let mut config = config(&input, ProcessingGuarantee::ExactlyOnce);
+    config.transaction_timeout = Duration::from_secs(2);
+    let (trigger, task) = RunningConsumer::spawn(&cluster, config, handler).await;
+
+    let parked = within(60, "the hanging record parked", async {
+        loop {
+            let parked = read_topic(&cluster, &format!("{input}.dlq"))
+                .await
+                .expect("read");
+            if !parked.is_empty() {
+                return parked;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].value.as_deref(), Some(&b"input-1"[..]));
+    assert_eq!(parked[0].header_str("dlq.attempts"), Some("2"));
+    let error = parked[0].header_str("dlq.error").unwrap_or_default();
+    assert!(error.contains("did not finish in time"), "{error}");
+    let copies = within(60, "the records around it", async {
+        loop {
+            let copies = copies(&cluster, &output).await;
+            if copies.len() == 2 {
+                return copies;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        copies,
+        BTreeMap::from([("input-0".to_owned(), 1), ("input-2".to_owned(), 1)]),
+        "the hung calls' output was aborted with their transactions"
+    );
+    assert_eq!(
+        hung.load(Ordering::SeqCst),
+        2,
+        "called for its two attempts only"
+    );
+    trigger.trigger();
+    within(30, "the consumer stops", task)
+        .await
+        .expect("task")
+        .expect("consumer");
+    producer.close().await;
+}
+
+/// During a rolling upgrade a member of an earlier version, which named its
+/// transactions `<group>-<topic>-<partition>`, may still hold one open. The
+/// new owner fences that id too: the old transaction is aborted, its holder
+/// cannot commit, and `read_committed` readers are not held back by it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_of_an_earlier_version_is_fenced_by_the_new_owner() {
+    let cluster = cluster().await;
+    let input = create_topic(&cluster, 1).await;
+    let output = create_topic(&cluster, 1).await;
+    produce_few(&cluster, &input, 3).await;
+    let config = config(&input, ProcessingGuarantee::ExactlyOnce);
+
+    let mut legacy = TransactionConfig::new(format!("{}-{input}-0", config.group_id));
+    // Longer than every wait below: only a fence ends it in time.
+    legacy.transaction_timeout = Duration::from_secs(600);
+    let old = TransactionalProducer::new(cluster.clone(), legacy)
+        .await
+        .expect("the old member's producer");
+    old.begin().await.expect("begin");
+    let sent = old
+        .send(ProducerRecord::new(&output).value("from the old member"))
+        .await
+        .expect("sent");
+    within(30, "the old member's record", sent)
+        .await
+        .expect("written");
+
+    let producer = Producer::new(cluster.clone(), ProducerConfig::default());
+    let handler = copier(
+        producer.clone(),
+        output.clone(),
+        0,
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let (trigger, task) = RunningConsumer::spawn(&cluster, config, handler).await;
+    let copies = within(60, "the new owner's copies, read_committed", async {
+        loop {
+            let copies = copies(&cluster, &output).await;
+            if copies.len() >= 3 {
+                return copies;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(
+        !copies.contains_key("from the old member"),
+        "the old transaction was committed: {copies:?}"
+    );
+    assert!(
+        old.commit().await.is_err(),
+        "the old member could still commit"
+    );
+    trigger.trigger();
+    within(30, "the consumer stops", task)
+        .await
+        .expect("task")
+        .expect("consumer");
+    producer.close().await;
 }

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::http_client::HttpUrl;
+use crate::kafka::backoff::BackoffConfig;
 use crate::kafka::{
     ClusterConfig, Compression, ConsumerConfig, Fix, ProcessingGuarantee, ProducerConfig, Security,
 };
@@ -298,6 +299,14 @@ pub struct KafkaConfig {
     /// `APP_KAFKA_PROCESSING_GUARANTEE`: whether the consuming services
     /// process in transactions.
     pub processing_guarantee: ProcessingGuarantee,
+    /// `APP_KAFKA_TRANSACTION_TIMEOUT_MS`: under exactly-once, how long a
+    /// transaction may stay open before its coordinator aborts it. Each
+    /// handler call gets its transaction's deadline less a fifth, for the
+    /// commit ([`crate::kafka::handler_budget`]).
+    pub transaction_timeout: Duration,
+    /// `APP_KAFKA_FENCE_LEGACY_TRANSACTIONAL_IDS`: under exactly-once, also
+    /// fence the transactional ids of earlier versions on taking a partition.
+    pub fence_legacy_transactional_ids: bool,
 }
 
 /// What is logged, and how.
@@ -378,6 +387,29 @@ pub struct NotificationConfig {
     pub webhook_retries: u32,
 }
 
+impl NotificationConfig {
+    /// The waits between webhook attempts: from 200 ms, doubling, at most 5 s.
+    pub const WEBHOOK_BACKOFF: BackoffConfig = BackoffConfig {
+        initial: Duration::from_millis(200),
+        max: Duration::from_secs(5),
+    };
+
+    /// The longest one notification's webhook call can take: every attempt
+    /// timing out, and the longest wait between each.
+    pub fn webhook_budget(&self) -> Duration {
+        let attempts = self.webhook_retries.saturating_add(1);
+        let mut waits = Duration::ZERO;
+        let mut ceiling = Self::WEBHOOK_BACKOFF.initial;
+        for _ in 0..self.webhook_retries {
+            waits = waits.saturating_add(ceiling);
+            ceiling = (ceiling * 2).min(Self::WEBHOOK_BACKOFF.max);
+        }
+        self.webhook_timeout
+            .saturating_mul(attempts)
+            .saturating_add(waits)
+    }
+}
+
 /// The setting or command that applies `fix`, as an operator of these
 /// services reads it.
 pub fn remedy(fix: Fix) -> &'static str {
@@ -452,6 +484,8 @@ impl Config {
         consumer.rebalance_grace = self.kafka.rebalance_grace;
         consumer.fetch_max_wait = self.kafka.fetch_max_wait;
         consumer.processing_guarantee = self.kafka.processing_guarantee;
+        consumer.transaction_timeout = self.kafka.transaction_timeout;
+        consumer.fence_legacy_transactional_ids = self.kafka.fence_legacy_transactional_ids;
         consumer.transaction_producer = self.producer();
         consumer
     }
@@ -601,6 +635,44 @@ mod tests {
 
     fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
         Config::from_sources(None, Path::new("/nonexistent"), env(pairs))
+    }
+
+    /// Under exactly-once a webhook call must fit in a handler call's share of
+    /// the transaction timeout, or it would be cut off on every attempt.
+    #[test]
+    fn the_transaction_timeout_must_hold_a_whole_webhook_call() {
+        let hook = ("APP_NOTIFICATION_WEBHOOK_URL", "http://127.0.0.1:9/hook");
+        let c = load(&[hook]).unwrap();
+        assert_eq!(c.kafka.transaction_timeout, Duration::from_secs(60));
+        // 6 attempts of 5 s and waits of 0.2 + 0.4 + 0.8 + 1.6 + 3.2 s.
+        assert_eq!(
+            c.notification.webhook_budget(),
+            Duration::from_millis(36_200)
+        );
+        assert_eq!(
+            c.consumer("g", &["t"]).transaction_timeout,
+            Duration::from_secs(60)
+        );
+        let e = load(&[hook, ("APP_KAFKA_TRANSACTION_TIMEOUT_MS", "10000")]).unwrap_err();
+        let message = e.to_string();
+        assert!(
+            message.contains("APP_KAFKA_TRANSACTION_TIMEOUT_MS"),
+            "{message}"
+        );
+        assert!(message.contains("at least 45251 ms"), "{message}");
+        // Fewer retries fit; so does at-least-once, which has no deadline.
+        load(&[
+            hook,
+            ("APP_KAFKA_TRANSACTION_TIMEOUT_MS", "10000"),
+            ("APP_NOTIFICATION_WEBHOOK_RETRIES", "0"),
+        ])
+        .unwrap();
+        load(&[
+            hook,
+            ("APP_KAFKA_TRANSACTION_TIMEOUT_MS", "10000"),
+            ("APP_KAFKA_PROCESSING_GUARANTEE", "at_least_once"),
+        ])
+        .unwrap();
     }
 
     #[test]

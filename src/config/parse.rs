@@ -327,6 +327,11 @@ impl Values {
                 ],
                 "exactly_once or at_least_once",
             )?,
+            transaction_timeout: self
+                .number("APP_KAFKA_TRANSACTION_TIMEOUT_MS", 1_000..=900_000)
+                .map(Duration::from_millis)?,
+            fence_legacy_transactional_ids: self
+                .flag("APP_KAFKA_FENCE_LEGACY_TRANSACTIONAL_IDS")?,
         })
     }
 
@@ -438,14 +443,34 @@ impl Values {
 
     pub(super) fn parse(self) -> Result<Config, ConfigError> {
         let server = self.server()?;
+        let kafka = self.kafka()?;
+        let notification = self.notification()?;
+        // Under exactly-once a handler call is cut off at its transaction's
+        // deadline: a webhook that may take longer would be cut off on every
+        // attempt and never deliver.
+        let budget = crate::kafka::handler_budget(kafka.transaction_timeout);
+        if kafka.processing_guarantee == ProcessingGuarantee::ExactlyOnce
+            && notification.webhook_url.is_some()
+            && notification.webhook_budget() > budget
+        {
+            return Err(invalid(
+                "APP_KAFKA_TRANSACTION_TIMEOUT_MS",
+                &kafka.transaction_timeout.as_millis().to_string(),
+                format!(
+                    "at least {} ms under exactly-once: a handler call gets four fifths of it, and a webhook call may take {} ms (APP_NOTIFICATION_WEBHOOK_TIMEOUT_MS × (APP_NOTIFICATION_WEBHOOK_RETRIES + 1), plus the waits between); or lower those",
+                    (notification.webhook_budget() * 5 / 4).as_millis() + 1,
+                    notification.webhook_budget().as_millis()
+                ),
+            ));
+        }
         Ok(Config {
-            kafka: self.kafka()?,
+            kafka,
             logger: self.logger()?,
             order: self.order(&server)?,
             inventory: InventoryConfig {
                 stock_file: PathBuf::from(self.text("APP_INVENTORY_STOCK_FILE")),
             },
-            notification: self.notification()?,
+            notification,
             unknown: self
                 .given
                 .keys()

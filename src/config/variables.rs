@@ -254,6 +254,16 @@ pub const VARIABLES: &[Variable] = &[
         "`exactly_once`: inventory and notification write their output and their input's offsets in one transaction, so `read_committed` readers see each outcome once; `at_least_once`: output is written again for records handled again after a crash (the fallback on a cluster without transactions)",
     ),
     var(
+        "APP_KAFKA_TRANSACTION_TIMEOUT_MS",
+        "60000",
+        "under exactly-once, how long a transaction may stay open before the broker aborts it (at most the broker's `transaction.max.timeout.ms`); each handler call is cut off at four fifths of it and counts as a failed attempt, so it must exceed a webhook call's whole budget",
+    ),
+    var(
+        "APP_KAFKA_FENCE_LEGACY_TRANSACTIONAL_IDS",
+        "true",
+        "under exactly-once, a member taking a partition also fences the transactional id that earlier versions used for it (`<group>-<topic>-<partition>`; now `<group>-txn/<topic>/<partition>`), so that an instance of such a version still running during a rolling upgrade cannot commit; `false` once none runs",
+    ),
+    var(
         "APP_LOGGER_LEVEL",
         "info",
         "`trace`, `debug`, `info`, `warn`, `error`, `off` (`RUST_LOG` refines it)",

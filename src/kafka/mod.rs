@@ -55,7 +55,7 @@ pub use conn::security::{Sasl, SaslMechanism, Security, SecurityError, Tls};
 pub use conn::{Cluster, ClusterConfig, ClusterError, Lane};
 pub use consume::{
     Consumer, ConsumerConfig, ConsumerError, Handler, HandlerError, Poison, ProcessingGuarantee,
-    handler_fn,
+    handler_budget, handler_fn,
 };
 pub use fetch::{
     FetchConfig, Follower, LogCursor, Message, OffsetReset, Read, ReadError, read_topic, settled,

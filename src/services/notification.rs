@@ -77,10 +77,7 @@ impl Webhook {
             url,
             timeout: config.webhook_timeout,
             retries: config.webhook_retries,
-            backoff: BackoffConfig {
-                initial: Duration::from_millis(200),
-                max: Duration::from_secs(5),
-            },
+            backoff: NotificationConfig::WEBHOOK_BACKOFF,
         }
     }
 

@@ -63,15 +63,29 @@ pub struct ConsumerConfig {
     /// records at the latest; a handler error replays at most these.
     pub transaction_max_records: usize,
     /// Under exactly-once, a transaction open this long is aborted by its
-    /// coordinator (Kafka Streams: `transaction.timeout.ms` = 10 s): the
-    /// longest that a crashed member's open transaction can hold back
-    /// `read_committed` readers of the partitions it wrote to, when no new
-    /// owner fences it sooner.
+    /// coordinator (`transaction.timeout.ms`): the longest that a crashed
+    /// member's open transaction can hold back `read_committed` readers of the
+    /// partitions it wrote to, when no new owner fences it sooner. Each handler
+    /// call is cut off at the transaction's [`handler_budget`], counted as a
+    /// failed attempt, so a handler that hangs reaches the dead-letter topic
+    /// instead of having its transaction aborted under it again and again.
     pub transaction_timeout: Duration,
+    /// Under exactly-once, whether taking a partition also fences the
+    /// transactional id that earlier versions used for it
+    /// (`<group>-<topic>-<partition>`), so that a member of an earlier version
+    /// still running during a rolling upgrade cannot commit alongside the new
+    /// owner. Turn it off once no instance of an earlier version runs.
+    pub fence_legacy_transactional_ids: bool,
     /// Under exactly-once, how each partition's transactional producer
     /// batches and compresses the handler's output (its delivery timeout is
     /// at most `transaction_timeout`, and idempotence is always on).
     pub transaction_producer: ProducerConfig,
+}
+
+/// How long a handler call may take within a transaction of `transaction_timeout`:
+/// four fifths of it, leaving the rest for writing the offsets and committing.
+pub fn handler_budget(transaction_timeout: Duration) -> Duration {
+    transaction_timeout - transaction_timeout / 5
 }
 
 /// What a consumer promises about the effects of each record it consumes.
@@ -139,7 +153,8 @@ impl ConsumerConfig {
             processing_guarantee: ProcessingGuarantee::AtLeastOnce,
             transaction_interval: Duration::from_millis(100),
             transaction_max_records: 1000,
-            transaction_timeout: Duration::from_secs(10),
+            transaction_timeout: Duration::from_secs(60),
+            fence_legacy_transactional_ids: true,
             // Output goes as soon as the handler sends it: the handler waits
             // for each record, and the commit for all of them.
             transaction_producer: ProducerConfig {

@@ -3,8 +3,8 @@
 //! Kafka transaction of the partition's own transactional producer.
 //!
 //! The producer's transactional id names the group and the input partition
-//! (`<group>-<topic>-<partition>`), so every owner of the partition, past or
-//! future, shares it. Taking the partition begins with `InitProducerId`, which
+//! (`<group>-txn/<topic>/<partition>`, [`transactional_id`]), so every owner
+//! of the partition, past or future, shares it. Taking the partition begins with `InitProducerId`, which
 //! fences every earlier owner's producer and ends the transaction it left
 //! open; only then is the resume point read, from the coordination log up to
 //! where it stood after the fence: the offset of the last transaction that
@@ -28,9 +28,10 @@ use std::sync::atomic::Ordering;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::config::handler_budget;
 use super::handler::Handler;
 use super::metrics::Tally;
-use super::runner::{PartitionRunner, RunnerExit};
+use super::runner::{Deadline, PartitionRunner, RunnerExit};
 use super::stopwatch::Stopwatch;
 use crate::kafka::backoff::Backoff;
 use crate::kafka::codec::FetchedRecord;
@@ -38,6 +39,7 @@ use crate::kafka::fetch::{Message, high_watermark};
 use crate::kafka::group::offsets::{OwnedCommit, owned_commit_record};
 use crate::kafka::group::{LOG_PARTITION, TransactionView};
 use crate::kafka::produce::{Outbox, ProducerConfig, TransactionConfig, TransactionalProducer};
+use crate::kafka::topic::TopicPartition;
 use crate::shutdown::Shutdown;
 
 /// A partition runner that processes in transactions.
@@ -48,6 +50,49 @@ pub(super) struct TransactionalRunner {
     pub(super) epoch: i64,
     /// How far this member's group state has read the coordination log.
     pub(super) view: watch::Receiver<TransactionView>,
+    /// Failed attempts of records not yet committed, kept across restarts.
+    pub(super) failed: FailedAttempts,
+}
+
+/// How often each record not yet committed failed, per partition. The
+/// consumer keeps it across restarts of a partition's task: a transaction
+/// that failed ends the task, and a count that started again from nothing
+/// would offer a record that always fails (or always outlasts its deadline) as
+/// its first attempt for ever, never reaching the dead-letter topic.
+#[derive(Debug, Clone, Default)]
+pub(super) struct FailedAttempts(
+    Arc<parking_lot::Mutex<HashMap<TopicPartition, HashMap<i64, u32>>>>,
+);
+
+impl FailedAttempts {
+    /// Failed attempts of `tp`@`offset` so far.
+    fn of(&self, tp: &TopicPartition, offset: i64) -> u32 {
+        self.0
+            .lock()
+            .get(tp)
+            .and_then(|p| p.get(&offset))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn failed(&self, tp: &TopicPartition, offset: i64, attempts: u32) {
+        self.0
+            .lock()
+            .entry(tp.clone())
+            .or_default()
+            .insert(offset, attempts);
+    }
+
+    /// Forgets the records of `tp` before `next`: committed, they are done.
+    fn settled(&self, tp: &TopicPartition, next: i64) {
+        let mut all = self.0.lock();
+        if let Some(p) = all.get_mut(tp) {
+            p.retain(|offset, _| *offset >= next);
+            if p.is_empty() {
+                all.remove(tp);
+            }
+        }
+    }
 }
 
 /// The transaction in progress and the input records handled in it.
@@ -56,9 +101,47 @@ struct Open {
     inputs: Vec<Message>,
 }
 
-/// The transactional id of the producer that processes `tp` for `group`.
-pub(super) fn transactional_id(group: &str, tp: &crate::kafka::topic::TopicPartition) -> String {
+/// The transactional id of the producer that processes `tp` for `group`:
+/// `<group>-txn/<topic>/<partition>`. A topic name cannot hold `/`, so the
+/// id read from its end gives back the partition, the topic and the group:
+/// two pairs of group and input partition never share an id, whatever their
+/// names hold. (The first ids, `<group>-<topic>-<partition>`, could: group
+/// `a-b` with topic `c` and group `a` with topic `b-c`.) Every id starts with
+/// `<group>-`, so one prefixed ACL covers them and the first ones.
+pub(super) fn transactional_id(group: &str, tp: &TopicPartition) -> String {
+    format!("{group}-txn/{}/{}", tp.topic, tp.partition)
+}
+
+/// The id that versions before [`transactional_id`] used for `tp`, fenced
+/// on taking the partition while `APP_KAFKA_FENCE_LEGACY_TRANSACTIONAL_IDS`
+/// is on, so that a member still running one of them during a rolling
+/// upgrade cannot commit after the new owner starts.
+pub(super) fn legacy_transactional_id(group: &str, tp: &TopicPartition) -> String {
     format!("{group}-{}-{}", tp.topic, tp.partition)
+}
+
+/// Waits until `view` has read the coordination log up to `end`, for at most
+/// `within`: `Some` with `tp`'s offset of the last committed transaction, or
+/// `None` when the time ran out. A hand-over or a shutdown during the wait
+/// ends it at once, instead of costing a session timeout.
+async fn read_through(
+    view: &mut watch::Receiver<TransactionView>,
+    end: i64,
+    tp: &TopicPartition,
+    within: std::time::Duration,
+    stop: &mut Shutdown,
+    shutdown: &mut Shutdown,
+) -> Result<Option<Option<i64>>, RunnerExit> {
+    let read = tokio::select! {
+        read = tokio::time::timeout(within, view.wait_for(|v| v.read_through >= end)) => read,
+        () = stop.recv() => return Err(RunnerExit::Stopped),
+        () = shutdown.recv() => return Err(RunnerExit::Stopped),
+    };
+    match read {
+        Ok(Ok(view)) => Ok(Some(view.commits.get(tp).copied())),
+        Ok(Err(_)) => Err(RunnerExit::Stopped),
+        Err(_) => Ok(None),
+    }
 }
 
 impl TransactionalRunner {
@@ -109,6 +192,15 @@ impl TransactionalRunner {
                 return Err(RunnerExit::LeaseLost);
             }
             let attempt = async {
+                if r.config.fence_legacy_transactional_ids {
+                    let legacy = TransactionConfig {
+                        transactional_id: legacy_transactional_id(&r.config.group_id, &r.tp),
+                        ..config.clone()
+                    };
+                    TransactionalProducer::fence(&r.cluster, &legacy)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
                 let producer = TransactionalProducer::new(r.cluster.clone(), config.clone())
                     .await
                     .map_err(|e| e.to_string())?;
@@ -124,23 +216,15 @@ impl TransactionalRunner {
             };
             match outcome {
                 Ok((producer, end)) => {
-                    let read = tokio::time::timeout(
-                        r.config.session_timeout,
-                        view.wait_for(|v| v.read_through >= end),
-                    )
-                    .await;
-                    match read {
-                        Ok(Ok(view)) => {
-                            let committed = view.commits.get(&r.tp).copied();
-                            drop(view);
+                    let within = r.config.session_timeout;
+                    match read_through(&mut view, end, &r.tp, within, stop, shutdown).await? {
+                        Some(committed) => {
                             self.resume_from(committed);
                             break producer;
                         }
-                        Ok(Err(_)) => return Err(RunnerExit::Stopped),
-                        Err(_) => log::warn!(
-                            "{}: the coordination log was not read up to offset {end} within {:?}; fencing again",
+                        None => log::warn!(
+                            "{}: the coordination log was not read up to offset {end} within {within:?}; fencing again",
                             r.tp,
-                            r.config.session_timeout
                         ),
                     }
                 }
@@ -203,9 +287,7 @@ impl TransactionalRunner {
         let mut clock = Stopwatch::new(Instant::now());
         let mut pending: VecDeque<Message> = VecDeque::new();
         let mut open: Option<Open> = None;
-        // How often each record since the last commit failed: a record
-        // offered again after an abort keeps its count, so retry budgets hold.
-        let mut failures: HashMap<i64, u32> = HashMap::new();
+        let budget = handler_budget(r.config.transaction_timeout);
         let mut backoff = Backoff::new(r.config.retry_backoff);
 
         loop {
@@ -229,7 +311,6 @@ impl TransactionalRunner {
                 if let Err(exit) = self.commit(producer, &mut open).await {
                     return exit;
                 }
-                failures.clear();
                 continue;
             }
             if stop.is_shutdown() || shutdown.is_shutdown() {
@@ -282,8 +363,18 @@ impl TransactionalRunner {
                     inputs: Vec::new(),
                 });
             }
-            message.attempt = failures.get(&message.offset).map_or(1, |n| n + 1);
-            match r.call(handler, &message, &mut clock, &mut tally).await {
+            // A record offered again after an abort (or a restart) keeps its
+            // count, so retry budgets hold; each call ends by the
+            // transaction's deadline, before the coordinator aborts it.
+            message.attempt = self.failed.of(&r.tp, message.offset) + 1;
+            let deadline = Deadline {
+                at: open.as_ref().map_or_else(Instant::now, |o| o.since) + budget,
+                what: "its transaction's deadline (four fifths of APP_KAFKA_TRANSACTION_TIMEOUT_MS)",
+            };
+            match r
+                .call(handler, &message, &mut clock, &mut tally, Some(deadline))
+                .await
+            {
                 Some(Ok(())) => {
                     if message.attempt > 1 {
                         backoff = Backoff::new(r.config.retry_backoff);
@@ -298,7 +389,7 @@ impl TransactionalRunner {
                     return RunnerExit::LeaseLost;
                 }
                 Some(Err(e)) => {
-                    failures.insert(message.offset, message.attempt);
+                    self.failed.failed(&r.tp, message.offset, message.attempt);
                     let delay = backoff.next_delay();
                     log::warn!(
                         "handler failed on {}@{} (attempt {}), aborting its transaction and retrying in {delay:?}: {e}",
@@ -367,6 +458,7 @@ impl TransactionalRunner {
             Ok(()) => {
                 *open = None;
                 r.progress.committed.fetch_max(next, Ordering::AcqRel);
+                self.failed.settled(&r.tp, next);
                 Ok(())
             }
             Err(e) => {
@@ -411,5 +503,74 @@ impl TransactionalRunner {
         // A failed commit was aborted: the next owner starts from the last one.
         let _ = self.commit(producer, open).await;
         RunnerExit::Stopped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Names that ran together in the first ids stay apart.
+    #[test]
+    fn transactional_ids_of_different_partitions_differ() {
+        let tp = |t: &str, p| TopicPartition::new(t, p);
+        let pairs = [
+            ("a-b", tp("c", 0)),
+            ("a", tp("b-c", 0)),
+            ("a-b-c", tp("d", 1)),
+            ("a", tp("b-c-d", 1)),
+            ("a-txn/b", tp("c", 0)),
+            ("a", tp("c", 10)),
+            ("a-1", tp("c", 0)),
+        ];
+        assert_eq!(
+            legacy_transactional_id(pairs[0].0, &pairs[0].1),
+            legacy_transactional_id(pairs[1].0, &pairs[1].1),
+            "the first ids collided"
+        );
+        let ids: std::collections::HashSet<String> = pairs
+            .iter()
+            .map(|(g, tp)| transactional_id(g, tp))
+            .collect();
+        assert_eq!(ids.len(), pairs.len(), "{ids:?}");
+        assert_eq!(
+            transactional_id("inventory-service", &tp("order.created", 2)),
+            "inventory-service-txn/order.created/2"
+        );
+    }
+
+    /// A stop while the member's view catches up ends the wait at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_ends_the_wait_for_the_view() {
+        let (_sender, mut view) = watch::channel(TransactionView::default());
+        let (stop_trigger, mut stop) = crate::shutdown::ShutdownTrigger::new();
+        let (_shutdown_trigger, mut shutdown) = crate::shutdown::ShutdownTrigger::new();
+        let started = Instant::now();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            stop_trigger.trigger();
+        });
+        let tp = TopicPartition::new("t", 0);
+        let within = std::time::Duration::from_secs(30);
+        let read = read_through(&mut view, 10, &tp, within, &mut stop, &mut shutdown).await;
+        assert_eq!(read, Err(RunnerExit::Stopped));
+        assert!(started.elapsed() < within, "waited {:?}", started.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_view_reading_through_gives_the_last_commit() {
+        let (sender, mut view) = watch::channel(TransactionView::default());
+        let (_a, mut stop) = crate::shutdown::ShutdownTrigger::new();
+        let (_b, mut shutdown) = crate::shutdown::ShutdownTrigger::new();
+        let tp = TopicPartition::new("t", 0);
+        sender.send_modify(|v| {
+            v.read_through = 12;
+            v.commits.insert(tp.clone(), 7);
+        });
+        let within = std::time::Duration::from_secs(30);
+        let read = read_through(&mut view, 10, &tp, within, &mut stop, &mut shutdown).await;
+        assert_eq!(read, Ok(Some(Some(7))));
+        let read = read_through(&mut view, 20, &tp, within, &mut stop, &mut shutdown).await;
+        assert_eq!(read, Ok(None), "not read through: the time runs out");
     }
 }

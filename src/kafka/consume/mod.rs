@@ -29,11 +29,12 @@ mod metrics;
 mod runner;
 mod stopwatch;
 
-pub use self::config::{ConsumerConfig, ProcessingGuarantee};
+pub use self::config::{ConsumerConfig, ProcessingGuarantee, handler_budget};
 pub use self::handler::{FnHandler, Handler, HandlerError, Poison, handler_fn};
+pub use self::runner::DeadlinePassed;
 use crate::kafka::fix::Fix;
 
-use self::exactly_once::TransactionalRunner;
+use self::exactly_once::{FailedAttempts, TransactionalRunner};
 use self::metrics::{GroupMetrics, PartitionMetrics};
 use self::runner::{PartitionRunner, Running};
 use std::collections::BTreeMap;
@@ -141,6 +142,8 @@ pub struct Consumer {
     offsets: OffsetStore,
     member_id: String,
     broker_offsets: Option<BrokerOffsets>,
+    /// Under exactly-once, failed attempts of records not yet committed.
+    failed: FailedAttempts,
 }
 
 impl Consumer {
@@ -208,6 +211,7 @@ impl Consumer {
             offsets,
             member_id,
             broker_offsets,
+            failed: FailedAttempts::default(),
         })
     }
 
@@ -554,6 +558,7 @@ impl Consumer {
                 member: coordinator.member.clone(),
                 epoch,
                 view: coordinator.transaction_view(),
+                failed: self.failed.clone(),
             };
             tokio::spawn(runner.run(handler, stop_signal, shutdown.clone()))
         } else {

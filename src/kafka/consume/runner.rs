@@ -90,6 +90,20 @@ impl std::fmt::Display for ExitReason {
     }
 }
 
+/// When a handler call is cut off, and why then.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Deadline {
+    pub(super) at: Instant,
+    /// What the deadline is, for the error: "the transaction's deadline".
+    pub(super) what: &'static str,
+}
+
+/// A handler call cut off at its [`Deadline`]: a failed attempt like any other,
+/// so that retries and dead-lettering apply.
+#[derive(Debug, thiserror::Error)]
+#[error("the handler did not finish by {0}; the call was abandoned")]
+pub struct DeadlinePassed(&'static str);
+
 pub(super) struct PartitionRunner {
     pub(super) cluster: Cluster,
     pub(super) config: ConsumerConfig,
@@ -215,7 +229,7 @@ impl PartitionRunner {
         let mut backoff = Backoff::new(self.config.retry_backoff);
         loop {
             message.attempt = backoff.attempts() + 1;
-            match self.call(handler, message, clock, tally).await {
+            match self.call(handler, message, clock, tally, None).await {
                 Some(Ok(())) => return None,
                 None => return Some(RunnerExit::LeaseLost),
                 Some(Err(e)) => {
@@ -243,25 +257,36 @@ impl PartitionRunner {
     /// Offers `message` to the handler once, and counts the outcome. `None`
     /// when the lease ran out first: a call still waiting then is dropped
     /// there, so a member cut off from the group never finishes a record
-    /// that another member may have taken over by then.
+    /// that another member may have taken over by then. A call still waiting
+    /// at `deadline` is dropped too, and fails with [`DeadlinePassed`].
     pub(super) async fn call<H: Handler>(
         &self,
         handler: &H,
         message: &Message,
         clock: &mut Stopwatch,
         tally: &mut Tally,
+        deadline: Option<Deadline>,
     ) -> Option<Result<(), HandlerError>> {
         let mut waited_at = None;
         let outcome = {
             let mut call = pin!(handler.handle(message));
             // Made only for a call that waits: most finish on their first poll.
             let mut lease_end: Option<Pin<Box<tokio::time::Sleep>>> = None;
+            let mut cut_off: Option<Pin<Box<tokio::time::Sleep>>> = None;
             poll_fn(|cx| {
                 if let Poll::Ready(outcome) = call.as_mut().poll(cx) {
                     return Poll::Ready(Some(outcome));
                 }
                 if waited_at.is_none() {
                     waited_at = Some(Instant::now());
+                }
+                if let Some(deadline) = deadline {
+                    let cut = cut_off
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.at)));
+                    if cut.as_mut().poll(cx).is_ready() {
+                        let passed: HandlerError = Box::new(DeadlinePassed(deadline.what));
+                        return Poll::Ready(Some(Err(passed)));
+                    }
                 }
                 loop {
                     let until = self.lease.valid_until();

@@ -5,8 +5,10 @@
 //! event schema: retrying cannot help), or when it failed on its last allowed
 //! attempt (the consumer offers a failed record again with backoff and jitter;
 //! after `max_attempts` a transient failure is treated as permanent, so that one
-//! record cannot block its partition forever). The wrapper then returns `Ok`, and
-//! the partition moves on. Other errors pass through, to be retried.
+//! record cannot block its partition forever), or when it is offered after its
+//! last allowed attempt, which the consumer cut off at a deadline (a handler
+//! that hangs is not called again). The wrapper then returns `Ok`, and the
+//! partition moves on. Other errors pass through, to be retried.
 //!
 //! Parked records keep their key, value and headers, and get headers naming the
 //! error, the attempts and where they came from, so that
@@ -74,6 +76,17 @@ impl<H: Handler> DeadLetter<H> {
 
 impl<H: Handler> Handler for DeadLetter<H> {
     async fn handle(&self, message: &Message) -> Result<(), HandlerError> {
+        // Past its budget already: its last attempt did not even end (the
+        // consumer cut it off at a deadline). Calling the handler again
+        // would hang again, so the record is parked without a call.
+        if message.attempt > self.max_attempts {
+            let error: HandlerError = format!(
+                "gave up after {} attempts; the last did not finish in time",
+                message.attempt - 1
+            )
+            .into();
+            return self.park(message, message.attempt - 1, error).await;
+        }
         let error = match self.inner.handle(message).await {
             Ok(()) => return Ok(()),
             Err(e) if Poison::is_poison(&e) => e,
@@ -82,6 +95,19 @@ impl<H: Handler> Handler for DeadLetter<H> {
             }
             Err(e) => return Err(e),
         };
+        self.park(message, message.attempt, error).await
+    }
+}
+
+impl<H: Handler> DeadLetter<H> {
+    /// Copies `message` to its dead-letter topic, with why and after how many
+    /// attempts.
+    async fn park(
+        &self,
+        message: &Message,
+        attempts: u32,
+        error: HandlerError,
+    ) -> Result<(), HandlerError> {
         let mut record = ProducerRecord::new(topic_for(&message.topic));
         record.key = message.key.as_deref().map(<[u8]>::to_vec);
         record.value = message.value.as_deref().map(<[u8]>::to_vec);
@@ -92,7 +118,7 @@ impl<H: Handler> Handler for DeadLetter<H> {
             .header(headers::TOPIC, message.topic.as_bytes())
             .header(headers::PARTITION, message.partition.to_string())
             .header(headers::OFFSET, message.offset.to_string())
-            .header(headers::ATTEMPTS, message.attempt.to_string())
+            .header(headers::ATTEMPTS, attempts.to_string())
             .header(headers::PARKED_AT, crate::clock::now());
         // If parking fails the error goes back to the consumer, which retries.
         // Under exactly-once, parked in the same transaction as the offset

@@ -180,6 +180,16 @@ impl std::fmt::Debug for TransactionalProducer {
 }
 
 impl TransactionalProducer {
+    /// Takes `config`'s transactional id and lets it go, without producing:
+    /// the coordinator aborts the transaction its last holder left open, and
+    /// that holder can neither write nor commit any more.
+    pub async fn fence(
+        cluster: &Cluster,
+        config: &TransactionConfig,
+    ) -> Result<(), TransactionError> {
+        init(cluster, config, &mut None).await.map(drop)
+    }
+
     /// Takes the transactional id's producer id from its coordinator, which
     /// fences every older producer with this transactional id and ends the
     /// transaction it left open (aborted, unless its commit had begun).
