@@ -419,7 +419,7 @@ pub async fn reset_offsets(
         // back before any commit is written over a live member's.
         write_all(&producer, offsets_topic, owners).await?;
         let passed = read_group_state(cluster, offsets_topic, group).await?;
-        check_applied(&passed, &targets, |o| o.member.is_none())?;
+        check_passed_on(&passed, &state, &targets)?;
         write_all(&producer, offsets_topic, commits).await?;
         let after = read_group_state(cluster, offsets_topic, group).await?;
         check_applied(&after, &targets, |o| o.member.is_none())
@@ -444,6 +444,32 @@ async fn write_all(
     }
     for delivery in deliveries {
         delivery.await.map_err(error)?;
+    }
+    Ok(())
+}
+
+/// Whether every partition of `targets` that had an owner `before` is now
+/// passed on to nobody, starting at its target: the owner records counted,
+/// so no member owns any of them, and the commits may follow. A partition
+/// nobody ever owned has no owner record to check; its commit comes next.
+fn check_passed_on(
+    state: &GroupState,
+    before: &GroupState,
+    targets: &[(TopicPartition, i64)],
+) -> Result<(), GroupCommandError> {
+    for (tp, offset) in targets {
+        if before.owner(tp).is_none() {
+            continue;
+        }
+        let passed = state
+            .owner(tp)
+            .is_some_and(|o| o.member.is_none() && o.start == *offset);
+        if !passed {
+            return Err(GroupCommandError::Raced {
+                group: state.group().to_owned(),
+                tp: tp.clone(),
+            });
+        }
     }
     Ok(())
 }
@@ -612,6 +638,70 @@ mod tests {
         apply(&mut s, 20, member_key("b"), &member(2), 21_000);
         apply(&mut s, 21, owner_key(0), &owned("b", 5, 5), 21_000);
         assert_eq!(s.committed(&tp), Some(5));
+    }
+
+    /// A partition nobody ever owned has no owner record to pass on: the
+    /// check between the owner records and the commits passes it, so the
+    /// reset is not refused half-way, after the owner records of the others.
+    #[test]
+    fn a_reset_of_owned_and_never_owned_partitions_applies_whole() {
+        let mut s = group_of_a();
+        let (owned_tp, never) = (TopicPartition::new("t", 0), TopicPartition::new("t", 1));
+        let key = Key::Offset {
+            group: "g".into(),
+            topic: "t".into(),
+            partition: 1,
+        };
+        apply(&mut s, 3, key, &commit(50, None).1, 1_000);
+        let before = s.clone();
+        let targets = [(owned_tp.clone(), 5), (never.clone(), 5)];
+        let (owners, commits) = reset_records("__eda_offsets", &s, &targets).unwrap();
+        assert_eq!((owners.len(), commits.len()), (1, 2));
+        apply_records(&mut s, &owners, 10, 20_000);
+        assert!(
+            check_applied(&s, &targets, |o| o.member.is_none()).is_err(),
+            "the commit of the never-owned partition is still to come"
+        );
+        check_passed_on(&s, &before, &targets).unwrap();
+        apply_records(&mut s, &commits, 11, 20_000);
+        check_applied(&s, &targets, |o| o.member.is_none()).unwrap();
+        assert_eq!(s.committed(&never), Some(5));
+        assert_eq!(s.committed(&owned_tp), Some(5));
+    }
+
+    /// A transaction written before the reset whose commit marker lands after
+    /// it does not move the partition back.
+    #[test]
+    fn a_transaction_that_commits_after_a_reset_does_not_undo_it() {
+        use crate::kafka::codec::{FetchedRecord, InTransaction};
+        let mut s = GroupState::new("g");
+        let tp = TopicPartition::new("t", 0);
+        let (key, value) = commit(70, None);
+        let fetched = |offset, value: Option<Vec<u8>>, transaction| FetchedRecord {
+            offset,
+            key: value.as_ref().map(|_| key.encode().into()),
+            value: value.map(Into::into),
+            headers: BTreeMap::new(),
+            timestamp: DateTime::from_timestamp_millis(1_000).unwrap(),
+            transaction: Some(transaction),
+        };
+        s.apply_read(&fetched(
+            0,
+            Some(serde_json::to_vec(&value).unwrap()),
+            InTransaction::Record { producer_id: 7 },
+        ));
+        let (_, commits) = reset_records("__eda_offsets", &s, &[(tp.clone(), 5)]).unwrap();
+        apply_records(&mut s, &commits, 1, 20_000);
+        s.apply_read(&fetched(
+            2,
+            None,
+            InTransaction::End {
+                producer_id: 7,
+                committed: true,
+            },
+        ));
+        assert_eq!(s.committed(&tp), Some(5));
+        assert_eq!(s.transaction_committed(&tp), None);
     }
 
     #[test]

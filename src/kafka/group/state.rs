@@ -62,6 +62,10 @@ pub struct GroupState {
     /// transactional id fences every earlier one, so the last transaction
     /// that committed is the truth, whatever the owner epochs say.
     transaction_commits: BTreeMap<TopicPartition, i64>,
+    /// Per partition, the log offset of the last reset an operator wrote: a
+    /// transaction's commit record written before it does not count, even
+    /// when its commit marker comes after it.
+    resets: BTreeMap<TopicPartition, i64>,
 }
 
 /// The owner record of a partition that counts, and the offset of the record
@@ -186,11 +190,17 @@ impl GroupState {
                 match value.map(serde_json::from_slice::<OffsetValue>) {
                     Some(Ok(v)) => {
                         if committed_in_transaction {
+                            if self.resets.get(&tp).is_some_and(|reset| *reset > offset) {
+                                // Written before the reset, committed after it:
+                                // the reset stands.
+                                return true;
+                            }
                             self.transaction_commits.insert(tp.clone(), v.offset);
                         } else if v.reset {
                             // An operator moved the stopped group: the offset
                             // the last transaction committed no longer stands.
                             self.transaction_commits.remove(&tp);
+                            self.resets.insert(tp.clone(), offset);
                         }
                         self.commits.insert(tp, v);
                     }
