@@ -37,6 +37,7 @@ use crate::kafka::backoff::Backoff;
 use crate::kafka::codec::FetchedRecord;
 use crate::kafka::fetch::{Message, high_watermark};
 use crate::kafka::group::offsets::{OwnedCommit, owned_commit_record};
+use crate::kafka::group::protocol::{legacy_transactional_id, transactional_id};
 use crate::kafka::group::{LOG_PARTITION, TransactionView};
 use crate::kafka::produce::{Outbox, ProducerConfig, TransactionConfig, TransactionalProducer};
 use crate::kafka::topic::TopicPartition;
@@ -54,41 +55,49 @@ pub(super) struct TransactionalRunner {
     pub(super) failed: FailedAttempts,
 }
 
-/// How often each record not yet committed failed, per partition. The
-/// consumer keeps it across restarts of a partition's task: a transaction
-/// that failed ends the task, and a count that started again from nothing
-/// would offer a record that always fails (or always outlasts its deadline) as
-/// its first attempt for ever, never reaching the dead-letter topic.
+/// How often each record not yet committed failed, per partition, in the
+/// ownership epoch the counts were made in. The consumer keeps it across
+/// restarts of a partition's task: a transaction that failed ends the task,
+/// and a count that started again from nothing would offer a record that
+/// always fails (or always outlasts its deadline) as its first attempt for
+/// ever, never reaching the dead-letter topic. Counts of another epoch (the
+/// partition went to another member and came back, or was reset) are not
+/// this ownership's, and start again.
 #[derive(Debug, Clone, Default)]
-pub(super) struct FailedAttempts(
-    Arc<parking_lot::Mutex<HashMap<TopicPartition, HashMap<i64, u32>>>>,
-);
+pub(super) struct FailedAttempts(Arc<parking_lot::Mutex<HashMap<TopicPartition, Counts>>>);
+
+/// One partition's failed attempts: the epoch, and the count per offset.
+type Counts = (i64, HashMap<i64, u32>);
 
 impl FailedAttempts {
-    /// Failed attempts of `tp`@`offset` so far.
-    fn of(&self, tp: &TopicPartition, offset: i64) -> u32 {
+    /// Failed attempts of `tp`@`offset` so far in `epoch`.
+    fn of(&self, tp: &TopicPartition, epoch: i64, offset: i64) -> u32 {
         self.0
             .lock()
             .get(tp)
-            .and_then(|p| p.get(&offset))
+            .filter(|(counted_in, _)| *counted_in == epoch)
+            .and_then(|(_, counts)| counts.get(&offset))
             .copied()
             .unwrap_or(0)
     }
 
-    fn failed(&self, tp: &TopicPartition, offset: i64, attempts: u32) {
-        self.0
-            .lock()
+    fn failed(&self, tp: &TopicPartition, epoch: i64, offset: i64, attempts: u32) {
+        let mut all = self.0.lock();
+        let entry = all
             .entry(tp.clone())
-            .or_default()
-            .insert(offset, attempts);
+            .or_insert_with(|| (epoch, HashMap::new()));
+        if entry.0 != epoch {
+            *entry = (epoch, HashMap::new());
+        }
+        entry.1.insert(offset, attempts);
     }
 
     /// Forgets the records of `tp` before `next`: committed, they are done.
     fn settled(&self, tp: &TopicPartition, next: i64) {
         let mut all = self.0.lock();
-        if let Some(p) = all.get_mut(tp) {
-            p.retain(|offset, _| *offset >= next);
-            if p.is_empty() {
+        if let Some((_, counts)) = all.get_mut(tp) {
+            counts.retain(|offset, _| *offset >= next);
+            if counts.is_empty() {
                 all.remove(tp);
             }
         }
@@ -99,25 +108,6 @@ impl FailedAttempts {
 struct Open {
     since: Instant,
     inputs: Vec<Message>,
-}
-
-/// The transactional id of the producer that processes `tp` for `group`:
-/// `<group>-txn/<topic>/<partition>`. A topic name cannot hold `/`, so the
-/// id read from its end gives back the partition, the topic and the group:
-/// two pairs of group and input partition never share an id, whatever their
-/// names hold. (The first ids, `<group>-<topic>-<partition>`, could: group
-/// `a-b` with topic `c` and group `a` with topic `b-c`.) Every id starts with
-/// `<group>-`, so one prefixed ACL covers them and the first ones.
-pub(super) fn transactional_id(group: &str, tp: &TopicPartition) -> String {
-    format!("{group}-txn/{}/{}", tp.topic, tp.partition)
-}
-
-/// The id that versions before [`transactional_id`] used for `tp`, fenced
-/// on taking the partition while `APP_KAFKA_FENCE_LEGACY_TRANSACTIONAL_IDS`
-/// is on, so that a member still running one of them during a rolling
-/// upgrade cannot commit after the new owner starts.
-pub(super) fn legacy_transactional_id(group: &str, tp: &TopicPartition) -> String {
-    format!("{group}-{}-{}", tp.topic, tp.partition)
 }
 
 /// Waits until `view` has read the coordination log up to `end`, for at most
@@ -197,9 +187,15 @@ impl TransactionalRunner {
                         transactional_id: legacy_transactional_id(&r.config.group_id, &r.tp),
                         ..config.clone()
                     };
-                    TransactionalProducer::fence(&r.cluster, &legacy)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    // Best effort: an ACL that covers only the new ids must
+                    // not stall the partition.
+                    if let Err(e) = TransactionalProducer::fence(&r.cluster, &legacy).await {
+                        log::warn!(
+                            "{}: fencing the earlier versions' transactional id {:?} failed; an instance of an earlier version still running could commit alongside this one (APP_KAFKA_FENCE_LEGACY_TRANSACTIONAL_IDS=false once none runs): {e}",
+                            r.tp,
+                            legacy.transactional_id
+                        );
+                    }
                 }
                 let producer = TransactionalProducer::new(r.cluster.clone(), config.clone())
                     .await
@@ -366,7 +362,7 @@ impl TransactionalRunner {
             // A record offered again after an abort (or a restart) keeps its
             // count, so retry budgets hold; each call ends by the
             // transaction's deadline, before the coordinator aborts it.
-            message.attempt = self.failed.of(&r.tp, message.offset) + 1;
+            message.attempt = self.failed.of(&r.tp, self.epoch, message.offset) + 1;
             let deadline = Deadline {
                 at: open.as_ref().map_or_else(Instant::now, |o| o.since) + budget,
                 what: "its transaction's deadline (four fifths of APP_KAFKA_TRANSACTION_TIMEOUT_MS)",
@@ -389,7 +385,8 @@ impl TransactionalRunner {
                     return RunnerExit::LeaseLost;
                 }
                 Some(Err(e)) => {
-                    self.failed.failed(&r.tp, message.offset, message.attempt);
+                    self.failed
+                        .failed(&r.tp, self.epoch, message.offset, message.attempt);
                     let delay = backoff.next_delay();
                     log::warn!(
                         "handler failed on {}@{} (attempt {}), aborting its transaction and retrying in {delay:?}: {e}",
@@ -510,33 +507,20 @@ impl TransactionalRunner {
 mod tests {
     use super::*;
 
-    /// Names that ran together in the first ids stay apart.
+    /// Counts hold across restarts within an ownership epoch, and start
+    /// again in another one.
     #[test]
-    fn transactional_ids_of_different_partitions_differ() {
-        let tp = |t: &str, p| TopicPartition::new(t, p);
-        let pairs = [
-            ("a-b", tp("c", 0)),
-            ("a", tp("b-c", 0)),
-            ("a-b-c", tp("d", 1)),
-            ("a", tp("b-c-d", 1)),
-            ("a-txn/b", tp("c", 0)),
-            ("a", tp("c", 10)),
-            ("a-1", tp("c", 0)),
-        ];
-        assert_eq!(
-            legacy_transactional_id(pairs[0].0, &pairs[0].1),
-            legacy_transactional_id(pairs[1].0, &pairs[1].1),
-            "the first ids collided"
-        );
-        let ids: std::collections::HashSet<String> = pairs
-            .iter()
-            .map(|(g, tp)| transactional_id(g, tp))
-            .collect();
-        assert_eq!(ids.len(), pairs.len(), "{ids:?}");
-        assert_eq!(
-            transactional_id("inventory-service", &tp("order.created", 2)),
-            "inventory-service-txn/order.created/2"
-        );
+    fn failed_attempts_belong_to_their_epoch() {
+        let failed = FailedAttempts::default();
+        let tp = TopicPartition::new("t", 0);
+        failed.failed(&tp, 3, 100, 2);
+        assert_eq!(failed.of(&tp, 3, 100), 2);
+        assert_eq!(failed.of(&tp, 5, 100), 0, "the partition came back later");
+        failed.failed(&tp, 5, 100, 1);
+        assert_eq!(failed.of(&tp, 5, 100), 1);
+        assert_eq!(failed.of(&tp, 3, 100), 0);
+        failed.settled(&tp, 101);
+        assert_eq!(failed.of(&tp, 5, 100), 0, "committed: done");
     }
 
     /// A stop while the member's view catches up ends the wait at once.

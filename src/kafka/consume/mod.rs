@@ -595,7 +595,12 @@ impl Consumer {
         let mut start = progress.committed.load(Ordering::Acquire);
         if self.exactly_once() {
             // The task committed its last transaction as it stopped; what it
-            // handled after that has no output, and is the next owner's.
+            // handled after that has no output, and is the next owner's. A
+            // task stopped while it still fenced never read how far the last
+            // transaction got: the group state knows.
+            if let Some(committed) = coordinator.state.transaction_committed(tp) {
+                start = start.max(committed);
+            }
             self.mirror(&[(tp.clone(), start)]);
         } else {
             start = self

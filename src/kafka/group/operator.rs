@@ -22,11 +22,14 @@ use serde::Serialize;
 
 use super::LOG_PARTITION;
 use super::offsets::read_group_state;
-use super::protocol::{Key, OffsetValue, OwnerValue};
+use super::protocol::{Key, OffsetValue, OwnerValue, legacy_transactional_id, transactional_id};
 use super::state::GroupState;
 use crate::kafka::conn::Cluster;
 use crate::kafka::fetch::{ReadError, high_watermark, offset_at, partition_count};
-use crate::kafka::produce::{ProduceError, Producer, ProducerConfig, ProducerRecord};
+use crate::kafka::produce::{
+    ProduceError, Producer, ProducerConfig, ProducerRecord, TransactionConfig, TransactionError,
+    TransactionalProducer,
+};
 use crate::kafka::topic::TopicPartition;
 
 /// Who a reset's owner records name as their writer.
@@ -69,6 +72,19 @@ pub enum GroupCommandError {
         /// Why.
         #[source]
         source: ProduceError,
+    },
+    /// A transactional id of the group could not be fenced.
+    #[error(
+        "fencing the transactional id {id} of group {group} failed, so a transaction its last member left open could still commit over the reset; nothing was written: {source}"
+    )]
+    Fence {
+        /// The group.
+        group: String,
+        /// The transactional id.
+        id: String,
+        /// Why.
+        #[source]
+        source: Box<TransactionError>,
     },
     /// A member took a partition while the reset was written.
     #[error(
@@ -271,9 +287,9 @@ fn still_running(state: &GroupState, now_ms: i64) -> (Vec<String>, i64) {
 }
 
 /// The coordination records that move `group`'s partitions to the offsets in
-/// `targets`: for each partition with an owner record, one passing it to
-/// nobody in the next epoch, starting there (to be written first); and for
-/// every partition a commit marked `reset`.
+/// `targets`: for each partition an owner record passing it to nobody in the
+/// next epoch, starting there (to be written first); and a commit marked
+/// `reset`.
 pub fn reset_records(
     offsets_topic: &str,
     state: &GroupState,
@@ -302,10 +318,13 @@ pub fn reset_records(
                 )
                 .json(&commit)?,
         );
-        if let Some(current) = state.owner(tp) {
+        // Every partition, owned before or not: a member claiming one while
+        // the reset is written then races it on the owner record's
+        // compare-and-set, and one of the two does not count.
+        {
             let passed = OwnerValue {
                 member: None,
-                epoch: current.epoch + 1,
+                epoch: state.owner(tp).map_or(0, |current| current.epoch + 1),
                 start: *offset,
                 by: Some(RESET_WRITER.to_owned()),
                 refutes: Vec::new(),
@@ -413,13 +432,15 @@ pub async fn reset_offsets(
             source,
         }
     })?;
+    fence_transactions(cluster, &state, &targets).await?;
     let producer = Producer::new(cluster.clone(), ProducerConfig::default());
     let written = async {
-        // The owner records count only where their owners were dead: read
-        // back before any commit is written over a live member's.
+        // The owner records count only where their owners were dead (or
+        // none claimed the partition meanwhile): read back before any commit
+        // is written over a live member's.
         write_all(&producer, offsets_topic, owners).await?;
         let passed = read_group_state(cluster, offsets_topic, group).await?;
-        check_passed_on(&passed, &state, &targets)?;
+        check_applied(&passed, &targets, |o| o.member.is_none())?;
         write_all(&producer, offsets_topic, commits).await?;
         let after = read_group_state(cluster, offsets_topic, group).await?;
         check_applied(&after, &targets, |o| o.member.is_none())
@@ -427,6 +448,37 @@ pub async fn reset_offsets(
     .await;
     producer.close().await;
     written.map(|()| plan)
+}
+
+/// Under exactly-once a paused former member may still hold a transaction
+/// open with an offset commit in it, which would land over the reset: every
+/// partition that committed in transactions gets its transactional ids (and
+/// those of earlier versions) taken, which aborts such a transaction and
+/// keeps its producer from writing again. Done before anything is written.
+async fn fence_transactions(
+    cluster: &Cluster,
+    state: &GroupState,
+    targets: &[(TopicPartition, i64)],
+) -> Result<(), GroupCommandError> {
+    let group = state.group();
+    for (tp, _) in targets {
+        if state.transaction_committed(tp).is_none() {
+            continue;
+        }
+        for id in [
+            transactional_id(group, tp),
+            legacy_transactional_id(group, tp),
+        ] {
+            TransactionalProducer::fence(cluster, &TransactionConfig::new(id.clone()))
+                .await
+                .map_err(|source| GroupCommandError::Fence {
+                    group: group.to_owned(),
+                    id,
+                    source: Box::new(source),
+                })?;
+        }
+    }
+    Ok(())
 }
 
 async fn write_all(
@@ -444,32 +496,6 @@ async fn write_all(
     }
     for delivery in deliveries {
         delivery.await.map_err(error)?;
-    }
-    Ok(())
-}
-
-/// Whether every partition of `targets` that had an owner `before` is now
-/// passed on to nobody, starting at its target: the owner records counted,
-/// so no member owns any of them, and the commits may follow. A partition
-/// nobody ever owned has no owner record to check; its commit comes next.
-fn check_passed_on(
-    state: &GroupState,
-    before: &GroupState,
-    targets: &[(TopicPartition, i64)],
-) -> Result<(), GroupCommandError> {
-    for (tp, offset) in targets {
-        if before.owner(tp).is_none() {
-            continue;
-        }
-        let passed = state
-            .owner(tp)
-            .is_some_and(|o| o.member.is_none() && o.start == *offset);
-        if !passed {
-            return Err(GroupCommandError::Raced {
-                group: state.group().to_owned(),
-                tp: tp.clone(),
-            });
-        }
     }
     Ok(())
 }
@@ -640,9 +666,10 @@ mod tests {
         assert_eq!(s.committed(&tp), Some(5));
     }
 
-    /// A partition nobody ever owned has no owner record to pass on: the
-    /// check between the owner records and the commits passes it, so the
-    /// reset is not refused half-way, after the owner records of the others.
+    /// A partition nobody ever owned gets an owner record too: the check
+    /// between the owner records and the commits passes it (the reset is not
+    /// refused half-way), and a member claiming it meanwhile races the reset
+    /// on that record instead of being skipped.
     #[test]
     fn a_reset_of_owned_and_never_owned_partitions_applies_whole() {
         let mut s = group_of_a();
@@ -653,20 +680,30 @@ mod tests {
             partition: 1,
         };
         apply(&mut s, 3, key, &commit(50, None).1, 1_000);
-        let before = s.clone();
         let targets = [(owned_tp.clone(), 5), (never.clone(), 5)];
         let (owners, commits) = reset_records("__eda_offsets", &s, &targets).unwrap();
-        assert_eq!((owners.len(), commits.len()), (1, 2));
+        assert_eq!((owners.len(), commits.len()), (2, 2));
+        let mut raced = s.clone();
         apply_records(&mut s, &owners, 10, 20_000);
-        assert!(
-            check_applied(&s, &targets, |o| o.member.is_none()).is_err(),
-            "the commit of the never-owned partition is still to come"
-        );
-        check_passed_on(&s, &before, &targets).unwrap();
-        apply_records(&mut s, &commits, 11, 20_000);
+        check_applied(&s, &targets, |o| o.member.is_none()).unwrap();
+        apply_records(&mut s, &commits, 12, 20_000);
         check_applied(&s, &targets, |o| o.member.is_none()).unwrap();
         assert_eq!(s.committed(&never), Some(5));
         assert_eq!(s.committed(&owned_tp), Some(5));
+
+        // A member claims the never-owned partition first: the reset's
+        // record does not count there, and the check stops before commits.
+        apply(&mut raced, 9, member_key("c"), &member(2), 20_000);
+        let mut claim = owned("c", 0, 50);
+        claim.by = Some("c".into());
+        apply(&mut raced, 10, owner_key(1), &claim, 20_000);
+        apply_records(&mut raced, &owners, 11, 20_000);
+        assert_eq!(raced.owner(&never).unwrap().member.as_deref(), Some("c"));
+        let refused = check_applied(&raced, &targets, |o| o.member.is_none());
+        assert!(
+            matches!(&refused, Err(GroupCommandError::Raced { tp, .. }) if *tp == never),
+            "{refused:?}"
+        );
     }
 
     /// A transaction written before the reset whose commit marker lands after
@@ -752,7 +789,11 @@ mod tests {
         ));
         assert_eq!(s.transaction_committed(&tp), Some(70));
         let (owners, commits) = reset_records("__eda_offsets", &s, &[(tp.clone(), 5)]).unwrap();
-        assert!(owners.is_empty(), "nobody ever owned it");
+        assert_eq!(
+            owners.len(),
+            1,
+            "an owner record even where nobody owned it"
+        );
         apply_records(&mut s, &commits, 2, 20_000);
         assert_eq!(s.transaction_committed(&tp), None);
         assert_eq!(s.committed(&tp), Some(5));

@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::kafka::topic::TopicPartition;
+
 /// The key of a coordination record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -194,9 +196,57 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("protocol values encode")
 }
 
+/// The transactional id of the producer that processes `tp` for `group`:
+/// `<group>-txn/<topic>/<partition>`. A topic name cannot hold `/`, so the
+/// id read from its end gives back the partition, the topic and the group:
+/// two pairs of group and input partition never share an id, whatever their
+/// names hold. (The first ids, `<group>-<topic>-<partition>`, could: group
+/// `a-b` with topic `c` and group `a` with topic `b-c`.) Every id starts with
+/// `<group>-`, so one prefixed ACL covers them and the first ones.
+pub fn transactional_id(group: &str, tp: &TopicPartition) -> String {
+    format!("{group}-txn/{}/{}", tp.topic, tp.partition)
+}
+
+/// The id that versions before [`transactional_id`] used for `tp`, fenced
+/// on taking the partition while `APP_KAFKA_FENCE_LEGACY_TRANSACTIONAL_IDS`
+/// is on, so that a member still running one of them during a rolling
+/// upgrade cannot commit after the new owner starts.
+pub fn legacy_transactional_id(group: &str, tp: &TopicPartition) -> String {
+    format!("{group}-{}-{}", tp.topic, tp.partition)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Names that ran together in the first ids stay apart.
+    #[test]
+    fn transactional_ids_of_different_partitions_differ() {
+        let tp = |t: &str, p| TopicPartition::new(t, p);
+        let pairs = [
+            ("a-b", tp("c", 0)),
+            ("a", tp("b-c", 0)),
+            ("a-b-c", tp("d", 1)),
+            ("a", tp("b-c-d", 1)),
+            ("a-txn/b", tp("c", 0)),
+            ("a", tp("c", 10)),
+            ("a-1", tp("c", 0)),
+        ];
+        assert_eq!(
+            legacy_transactional_id(pairs[0].0, &pairs[0].1),
+            legacy_transactional_id(pairs[1].0, &pairs[1].1),
+            "the first ids collided"
+        );
+        let ids: std::collections::HashSet<String> = pairs
+            .iter()
+            .map(|(g, tp)| transactional_id(g, tp))
+            .collect();
+        assert_eq!(ids.len(), pairs.len(), "{ids:?}");
+        assert_eq!(
+            transactional_id("inventory-service", &tp("order.created", 2)),
+            "inventory-service-txn/order.created/2"
+        );
+    }
 
     #[test]
     fn no_owner_is_written_and_read_as_earlier_versions_did() {

@@ -81,7 +81,7 @@ impl<H: Handler> Handler for DeadLetter<H> {
         // would hang again, so the record is parked without a call.
         if message.attempt > self.max_attempts {
             let error: HandlerError = format!(
-                "gave up after {} attempts; the last did not finish in time",
+                "gave up after {} attempts; the last did not finish in time, or parking the record after it failed",
                 message.attempt - 1
             )
             .into();
