@@ -244,18 +244,28 @@ async fn one_address_cannot_hold_the_slots_or_starve_the_probes() {
     // Another address takes the last slot; the API is now full...
     let mut last = connect_from("127.0.0.3", api.port).await;
     trickling_post(&mut last, Some(&bearer)).await;
-    within(5, "the four slots being taken", async {
-        loop {
-            let r = api
-                .get("/api/v1/orders/00000000-0000-0000-0000-000000000000")
-                .await;
-            if r.status == 503 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    let started = std::time::Instant::now();
+    let mut seen = std::collections::BTreeMap::new();
+    loop {
+        let r = api
+            .get("/api/v1/orders/00000000-0000-0000-0000-000000000000")
+            .await;
+        if r.status == 503 {
+            break;
         }
-    })
-    .await;
+        *seen.entry(r.status).or_insert(0) += 1;
+        if started.elapsed() > Duration::from_secs(15) {
+            let page = support::metrics_page(api.metrics_port).await;
+            let refusals: Vec<&str> = page
+                .lines()
+                .filter(|l| l.starts_with("eda_http_rejected_total"))
+                .collect();
+            panic!(
+                "the four slots were not all taken within 15 s; answers meanwhile: {seen:?}; the server's refusals: {refusals:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // ...and the probes still answer, the public /ready with its verdict alone.
     assert_eq!(api.get("/health").await.status, 200);
     let ready = api.get("/ready").await;

@@ -191,7 +191,7 @@ impl TransactionalRunner {
                     // not stall the partition.
                     if let Err(e) = TransactionalProducer::fence(&r.cluster, &legacy).await {
                         log::warn!(
-                            "{}: fencing the earlier versions' transactional id {:?} failed; an instance of an earlier version still running could commit alongside this one (APP_KAFKA_FENCE_LEGACY_TRANSACTIONAL_IDS=false once none runs): {e}",
+                            "{}: fencing the earlier versions' transactional id {:?} failed; an instance of an earlier version still running could commit alongside this one (turn fence_legacy_transactional_ids off once none runs): {e}",
                             r.tp,
                             legacy.transactional_id
                         );
@@ -365,7 +365,7 @@ impl TransactionalRunner {
             message.attempt = self.failed.of(&r.tp, self.epoch, message.offset) + 1;
             let deadline = Deadline {
                 at: open.as_ref().map_or_else(Instant::now, |o| o.since) + budget,
-                what: "its transaction's deadline (four fifths of APP_KAFKA_TRANSACTION_TIMEOUT_MS)",
+                what: "its transaction's deadline (four fifths of the transaction timeout)",
             };
             match r
                 .call(handler, &message, &mut clock, &mut tally, Some(deadline))

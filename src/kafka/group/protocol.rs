@@ -208,7 +208,7 @@ pub fn transactional_id(group: &str, tp: &TopicPartition) -> String {
 }
 
 /// The id that versions before [`transactional_id`] used for `tp`, fenced
-/// on taking the partition while `APP_KAFKA_FENCE_LEGACY_TRANSACTIONAL_IDS`
+/// on taking the partition while `fence_legacy_transactional_ids`
 /// is on, so that a member still running one of them during a rolling
 /// upgrade cannot commit after the new owner starts.
 pub fn legacy_transactional_id(group: &str, tp: &TopicPartition) -> String {
