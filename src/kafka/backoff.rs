@@ -79,8 +79,7 @@ impl Backoff {
     /// xorshift64*: plenty for jitter, and no extra dependency.
     fn next_random(&mut self) -> u64 {
         if self.rng == 0 {
-            // Seeded per sequence from the OS RNG behind uuid, so peers do not share jitter.
-            self.rng = uuid::Uuid::new_v4().as_u64_pair().0 | 1;
+            self.rng = seed();
         }
         let mut x = self.rng;
         x ^= x >> 12;
@@ -89,6 +88,30 @@ impl Backoff {
         self.rng = x;
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
+}
+
+/// The first state of a sequence: from the OS RNG behind uuid, so peers do
+/// not share jitter; in a deterministic simulation, from its seed.
+fn seed() -> u64 {
+    #[cfg(test)]
+    {
+        let seeded = SIMULATION_SEED.with(|seed| {
+            let s = seed.get();
+            seed.set(s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+            s
+        });
+        if seeded != 0 {
+            return seeded | 1;
+        }
+    }
+    uuid::Uuid::new_v4().as_u64_pair().0 | 1
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Set by a deterministic simulation on its thread, so that the jitter of
+    /// every sequence there replays with the seed.
+    pub(crate) static SIMULATION_SEED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 #[cfg(test)]

@@ -35,11 +35,11 @@ use super::runner::{Deadline, PartitionRunner, RunnerExit};
 use super::stopwatch::Stopwatch;
 use crate::kafka::backoff::Backoff;
 use crate::kafka::codec::FetchedRecord;
-use crate::kafka::fetch::{Message, high_watermark};
+use crate::kafka::fetch::Message;
 use crate::kafka::group::offsets::{OwnedCommit, owned_commit_record};
 use crate::kafka::group::protocol::{legacy_transactional_id, transactional_id};
 use crate::kafka::group::{LOG_PARTITION, TransactionView};
-use crate::kafka::produce::{Outbox, ProducerConfig, TransactionConfig, TransactionalProducer};
+use crate::kafka::produce::{Outbox, ProducerConfig, TransactionConfig, Transactional};
 use crate::kafka::topic::TopicPartition;
 use crate::shutdown::Shutdown;
 
@@ -123,6 +123,7 @@ async fn read_through(
     shutdown: &mut Shutdown,
 ) -> Result<Option<Option<i64>>, RunnerExit> {
     let read = tokio::select! {
+        biased;
         read = tokio::time::timeout(within, view.wait_for(|v| v.read_through >= end)) => read,
         () = stop.recv() => return Err(RunnerExit::Stopped),
         () = shutdown.recv() => return Err(RunnerExit::Stopped),
@@ -145,7 +146,7 @@ impl TransactionalRunner {
         mut shutdown: Shutdown,
     ) -> RunnerExit {
         let producer = match self.fence(&mut stop, &mut shutdown).await {
-            Ok(producer) => Arc::new(producer),
+            Ok(producer) => producer,
             Err(exit) => return exit,
         };
         let exit = self.process(&producer, &*handler, stop, shutdown).await;
@@ -161,7 +162,7 @@ impl TransactionalRunner {
         &self,
         stop: &mut Shutdown,
         shutdown: &mut Shutdown,
-    ) -> Result<TransactionalProducer, RunnerExit> {
+    ) -> Result<Arc<dyn Transactional>, RunnerExit> {
         let r = &self.runner;
         let config = TransactionConfig {
             transactional_id: transactional_id(&r.config.group_id, &r.tp),
@@ -189,7 +190,7 @@ impl TransactionalRunner {
                     };
                     // Best effort: an ACL that covers only the new ids must
                     // not stall the partition.
-                    if let Err(e) = TransactionalProducer::fence(&r.cluster, &legacy).await {
+                    if let Err(e) = r.io.fence_transactional_id(legacy.clone()).await {
                         log::warn!(
                             "{}: fencing the earlier versions' transactional id {:?} failed; an instance of an earlier version still running could commit alongside this one (turn fence_legacy_transactional_ids off once none runs): {e}",
                             r.tp,
@@ -197,19 +198,21 @@ impl TransactionalRunner {
                         );
                     }
                 }
-                let producer = TransactionalProducer::new(r.cluster.clone(), config.clone())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let end = high_watermark(&r.cluster, &r.config.offsets_topic, LOG_PARTITION)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let producer =
+                    r.io.take_transactional_id(config.clone())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                let end =
+                    r.io.log_end(r.config.offsets_topic.clone(), LOG_PARTITION)
+                        .await?;
                 Ok::<_, String>((producer, end))
             };
             let outcome = tokio::select! {
-                outcome = attempt => outcome,
-                () = stop.recv() => return Err(RunnerExit::Stopped),
-                () = shutdown.recv() => return Err(RunnerExit::Stopped),
-            };
+            biased;
+                    outcome = attempt => outcome,
+                    () = stop.recv() => return Err(RunnerExit::Stopped),
+                    () = shutdown.recv() => return Err(RunnerExit::Stopped),
+                };
             match outcome {
                 Ok((producer, end)) => {
                     let within = r.config.session_timeout;
@@ -231,10 +234,11 @@ impl TransactionalRunner {
                         r.tp
                     );
                     tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = stop.recv() => return Err(RunnerExit::Stopped),
-                        () = shutdown.recv() => return Err(RunnerExit::Stopped),
-                    }
+                    biased;
+                                    () = tokio::time::sleep(delay) => {}
+                                    () = stop.recv() => return Err(RunnerExit::Stopped),
+                                    () = shutdown.recv() => return Err(RunnerExit::Stopped),
+                                }
                 }
             }
         };
@@ -261,7 +265,7 @@ impl TransactionalRunner {
 
     async fn process<H: Handler>(
         &self,
-        producer: &Arc<TransactionalProducer>,
+        producer: &Arc<dyn Transactional>,
         handler: &H,
         mut stop: Shutdown,
         mut shutdown: Shutdown,
@@ -287,11 +291,12 @@ impl TransactionalRunner {
         let mut backoff = Backoff::new(r.config.retry_backoff);
 
         loop {
+            // A batch already at hand cost no wait: the clock runs on (a
+            // restart here would drop a run of quick calls still open).
             if pending.is_empty()
                 && let Ok(batch) = rx.try_recv()
             {
                 pending.extend(as_messages(batch));
-                clock.restart(Instant::now());
             }
             // Commit once nothing more is at hand, so that a quiet partition's
             // output is visible at once; under load records gather while a
@@ -304,32 +309,33 @@ impl TransactionalRunner {
             {
                 clock.close_run(Instant::now(), &mut tally.latency);
                 r.metrics.add(&mut tally);
-                if let Err(exit) = self.commit(producer, &mut open).await {
+                if let Err(exit) = self.commit(producer.as_ref(), &mut open).await {
                     return exit;
                 }
                 continue;
             }
             if stop.is_shutdown() || shutdown.is_shutdown() {
-                return self.finish(producer, &mut open).await;
+                return self.finish(producer.as_ref(), &mut open).await;
             }
             // No transaction is open here: wait for records.
             let Some(mut message) = pending.pop_front() else {
                 clock.close_run(Instant::now(), &mut tally.latency);
                 r.metrics.add(&mut tally);
                 tokio::select! {
-                    batch = rx.recv() => match batch {
-                        Some(batch) => {
-                            pending.extend(as_messages(batch));
-                            clock.restart(Instant::now());
+                biased;
+                            batch = rx.recv() => match batch {
+                                Some(batch) => {
+                                    pending.extend(as_messages(batch));
+                                    clock.restart(Instant::now());
+                                }
+                                None if stop.is_shutdown() || shutdown.is_shutdown() => {
+                                    return RunnerExit::Stopped;
+                                }
+                                None => return RunnerExit::FetchEnded,
+                            },
+                            () = stop.recv() => {}
+                            () = shutdown.recv() => {}
                         }
-                        None if stop.is_shutdown() || shutdown.is_shutdown() => {
-                            return RunnerExit::Stopped;
-                        }
-                        None => return RunnerExit::FetchEnded,
-                    },
-                    () = stop.recv() => {}
-                    () = shutdown.recv() => {}
-                }
                 continue;
             };
             if !r.lease.is_valid_at(clock.last_reading()) {
@@ -338,7 +344,7 @@ impl TransactionalRunner {
                     r.tp,
                     message.offset
                 );
-                self.abort(producer, &mut open).await;
+                self.abort(producer.as_ref(), &mut open).await;
                 return RunnerExit::LeaseLost;
             }
             if open.is_none() {
@@ -381,7 +387,7 @@ impl TransactionalRunner {
                     }
                 }
                 None => {
-                    self.abort(producer, &mut open).await;
+                    self.abort(producer.as_ref(), &mut open).await;
                     return RunnerExit::LeaseLost;
                 }
                 Some(Err(e)) => {
@@ -397,7 +403,7 @@ impl TransactionalRunner {
                     // The records handled in the aborted transaction lost their
                     // output: they go again, in order, before the failed one.
                     let replay = open.as_mut().map(|o| std::mem::take(&mut o.inputs));
-                    if !self.abort(producer, &mut open).await {
+                    if !self.abort(producer.as_ref(), &mut open).await {
                         return RunnerExit::TransactionFailed;
                     }
                     pending.push_front(message);
@@ -408,10 +414,11 @@ impl TransactionalRunner {
                         r.progress.advance_to(first.offset);
                     }
                     tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = stop.recv() => return RunnerExit::Stopped,
-                        () = shutdown.recv() => return RunnerExit::Stopped,
-                    }
+                    biased;
+                                    () = tokio::time::sleep(delay) => {}
+                                    () = stop.recv() => return RunnerExit::Stopped,
+                                    () = shutdown.recv() => return RunnerExit::Stopped,
+                                }
                     clock.restart(Instant::now());
                 }
             }
@@ -423,7 +430,7 @@ impl TransactionalRunner {
     /// the task ends, to start again from the last commit.
     async fn commit(
         &self,
-        producer: &TransactionalProducer,
+        producer: &dyn Transactional,
         open: &mut Option<Open>,
     ) -> Result<(), RunnerExit> {
         let r = &self.runner;
@@ -447,7 +454,7 @@ impl TransactionalRunner {
                 &self.member,
                 &commit,
             )?;
-            producer.send(record).await?.await?;
+            producer.send_and_wait(record).await?;
             producer.commit().await
         }
         .await;
@@ -474,7 +481,7 @@ impl TransactionalRunner {
     }
 
     /// Aborts the open transaction, if any; whether the producer can go on.
-    async fn abort(&self, producer: &TransactionalProducer, open: &mut Option<Open>) -> bool {
+    async fn abort(&self, producer: &dyn Transactional, open: &mut Option<Open>) -> bool {
         if open.take().is_none() {
             return true;
         }
@@ -492,11 +499,7 @@ impl TransactionalRunner {
     }
 
     /// Stopped: commits what was handled, so the next owner starts after it.
-    async fn finish(
-        &self,
-        producer: &TransactionalProducer,
-        open: &mut Option<Open>,
-    ) -> RunnerExit {
+    async fn finish(&self, producer: &dyn Transactional, open: &mut Option<Open>) -> RunnerExit {
         // A failed commit was aborted: the next owner starts from the last one.
         let _ = self.commit(producer, open).await;
         RunnerExit::Stopped

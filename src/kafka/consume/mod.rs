@@ -27,6 +27,8 @@ mod exactly_once;
 mod handler;
 mod metrics;
 mod runner;
+#[cfg(test)]
+mod runner_sim;
 mod stopwatch;
 
 pub use self::config::{ConsumerConfig, ProcessingGuarantee, handler_budget};
@@ -544,7 +546,7 @@ impl Consumer {
         let progress = Arc::new(Progress::new(start));
         let (stop, stop_signal) = ShutdownTrigger::new();
         let runner = PartitionRunner {
-            cluster: self.cluster.clone(),
+            io: Arc::new(self.cluster.clone()),
             metrics: PartitionMetrics::new(&self.config.group_id, &tp),
             config: self.config.clone(),
             tp,

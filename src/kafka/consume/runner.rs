@@ -19,8 +19,11 @@ use super::stopwatch::Stopwatch;
 use crate::kafka::backoff::Backoff;
 use crate::kafka::codec::FetchedRecord;
 use crate::kafka::conn::{Cluster, Isolation};
-use crate::kafka::fetch::{Fetcher, Message, Progress};
+use crate::kafka::fetch::{Fetcher, Message, Progress, high_watermark};
 use crate::kafka::group::Lease;
+use crate::kafka::produce::{
+    TransactionConfig, TransactionError, Transactional, TransactionalProducer, TxnFuture,
+};
 use crate::kafka::task::AbortOnDrop;
 use crate::kafka::topic::TopicPartition;
 use crate::shutdown::{Shutdown, ShutdownTrigger};
@@ -104,8 +107,84 @@ pub(super) struct Deadline {
 #[error("the handler did not finish by {0}; the call was abandoned")]
 pub struct DeadlinePassed(&'static str);
 
+/// The Kafka requests of a partition's task: [`Cluster`] in service, a
+/// simulated broker in the deterministic simulation of the exactly-once
+/// runner.
+pub(super) trait PartitionIo: Send + Sync + 'static {
+    /// Starts reading the runner's partition from its progress, a batch ahead.
+    fn fetch(
+        &self,
+        runner: &PartitionRunner,
+        stop: &Shutdown,
+    ) -> (AbortOnDrop, mpsc::Receiver<Vec<FetchedRecord>>);
+
+    /// A transactional producer with `config`'s id, which fences every
+    /// earlier holder and ends the transaction it left open.
+    fn take_transactional_id(
+        &self,
+        config: TransactionConfig,
+    ) -> TxnFuture<'_, Result<Arc<dyn Transactional>, TransactionError>>;
+
+    /// Fences `config`'s id without keeping it.
+    fn fence_transactional_id(
+        &self,
+        config: TransactionConfig,
+    ) -> TxnFuture<'_, Result<(), TransactionError>>;
+
+    /// The log end of `topic`/`partition`.
+    fn log_end(&self, topic: String, partition: i32) -> TxnFuture<'_, Result<i64, String>>;
+}
+
+impl PartitionIo for Cluster {
+    fn fetch(
+        &self,
+        runner: &PartitionRunner,
+        stop: &Shutdown,
+    ) -> (AbortOnDrop, mpsc::Receiver<Vec<FetchedRecord>>) {
+        let (tx, rx) = mpsc::channel::<Vec<FetchedRecord>>(1);
+        let fetcher = Fetcher {
+            cluster: self.clone(),
+            config: runner.config.fetch(),
+            tp: runner.tp.clone(),
+            progress: Some(Arc::clone(&runner.progress)),
+            lag: Some(runner.metrics.lag.clone()),
+            isolation: Isolation::ReadCommitted,
+        };
+        let start = runner.progress.next();
+        (
+            AbortOnDrop(tokio::spawn(fetcher.run(start, tx, stop.clone()))),
+            rx,
+        )
+    }
+
+    fn take_transactional_id(
+        &self,
+        config: TransactionConfig,
+    ) -> TxnFuture<'_, Result<Arc<dyn Transactional>, TransactionError>> {
+        Box::pin(async move {
+            let producer = TransactionalProducer::new(self.clone(), config).await?;
+            Ok(Arc::new(producer) as Arc<dyn Transactional>)
+        })
+    }
+
+    fn fence_transactional_id(
+        &self,
+        config: TransactionConfig,
+    ) -> TxnFuture<'_, Result<(), TransactionError>> {
+        Box::pin(async move { TransactionalProducer::fence(self, &config).await })
+    }
+
+    fn log_end(&self, topic: String, partition: i32) -> TxnFuture<'_, Result<i64, String>> {
+        Box::pin(async move {
+            high_watermark(self, &topic, partition)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
 pub(super) struct PartitionRunner {
-    pub(super) cluster: Cluster,
+    pub(super) io: Arc<dyn PartitionIo>,
     pub(super) config: ConsumerConfig,
     pub(super) tp: TopicPartition,
     pub(super) progress: Arc<Progress>,
@@ -199,20 +278,7 @@ impl PartitionRunner {
         &self,
         stop: &Shutdown,
     ) -> (AbortOnDrop, mpsc::Receiver<Vec<FetchedRecord>>) {
-        let (tx, rx) = mpsc::channel::<Vec<FetchedRecord>>(1);
-        let fetcher = Fetcher {
-            cluster: self.cluster.clone(),
-            config: self.config.fetch(),
-            tp: self.tp.clone(),
-            progress: Some(Arc::clone(&self.progress)),
-            lag: Some(self.metrics.lag.clone()),
-            isolation: Isolation::ReadCommitted,
-        };
-        let start = self.progress.next();
-        (
-            AbortOnDrop(tokio::spawn(fetcher.run(start, tx, stop.clone()))),
-            rx,
-        )
+        self.io.fetch(self, stop)
     }
 
     /// Offers `message` until the handler accepts it (`None`), or says why it

@@ -12,7 +12,9 @@
 //! (`GroupState::apply_read`, with its pending transactional records) and the
 //! resume rule of the exactly-once runner. At the end, the output read
 //! committed holds every input exactly once, in order. `EDA_SIM_SEEDS` and
-//! `EDA_SIM_FIRST_SEED` run more seeds, as for the group simulation.
+//! `EDA_SIM_FIRST_SEED` run more seeds, as for the group simulation. The
+//! runner itself, over a broker with transaction windows, is simulated in
+//! `consume::runner_sim`.
 
 use std::collections::BTreeMap;
 

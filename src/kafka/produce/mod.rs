@@ -23,3 +23,4 @@ pub use self::record::{Compression, Delivery, ProduceError, ProducerRecord};
 pub use self::transaction::{
     Outbox, TransactionConfig, TransactionError, TransactionalProducer, transactions_supported,
 };
+pub(crate) use self::transaction::{Transactional, TxnFuture};

@@ -21,6 +21,8 @@
 //! version the cluster has finalized is read at start and logged.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -650,16 +652,83 @@ impl From<TransactionError> for ProduceError {
     }
 }
 
+/// A boxed future of the [`Transactional`] seam.
+pub(crate) type TxnFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the exactly-once runner does with a partition's transactional
+/// producer: [`TransactionalProducer`] over Kafka, or a simulated broker in
+/// the runner's deterministic simulation.
+pub(crate) trait Transactional: Send + Sync + 'static {
+    /// [`TransactionalProducer::begin`].
+    fn begin(&self) -> TxnFuture<'_, Result<(), TransactionError>>;
+    /// [`TransactionalProducer::prepare`].
+    fn prepare<'a>(
+        &'a self,
+        topic: &'a str,
+        partition: i32,
+    ) -> TxnFuture<'a, Result<(), TransactionError>>;
+    /// [`TransactionalProducer::send`], and the wait for its delivery.
+    fn send_and_wait(
+        &self,
+        record: ProducerRecord,
+    ) -> TxnFuture<'_, Result<Delivery, ProduceError>>;
+    /// [`TransactionalProducer::commit`].
+    fn commit(&self) -> TxnFuture<'_, Result<(), TransactionError>>;
+    /// [`TransactionalProducer::abort`].
+    fn abort(&self) -> TxnFuture<'_, Result<(), TransactionError>>;
+    /// [`TransactionalProducer::close`].
+    fn close(&self) -> TxnFuture<'_, ()>;
+}
+
+impl Transactional for TransactionalProducer {
+    fn begin(&self) -> TxnFuture<'_, Result<(), TransactionError>> {
+        Box::pin(Self::begin(self))
+    }
+
+    fn prepare<'a>(
+        &'a self,
+        topic: &'a str,
+        partition: i32,
+    ) -> TxnFuture<'a, Result<(), TransactionError>> {
+        Box::pin(Self::prepare(self, topic, partition))
+    }
+
+    fn send_and_wait(
+        &self,
+        record: ProducerRecord,
+    ) -> TxnFuture<'_, Result<Delivery, ProduceError>> {
+        Box::pin(async move { Self::send(self, record).await?.await })
+    }
+
+    fn commit(&self) -> TxnFuture<'_, Result<(), TransactionError>> {
+        Box::pin(Self::commit(self))
+    }
+
+    fn abort(&self) -> TxnFuture<'_, Result<(), TransactionError>> {
+        Box::pin(Self::abort(self))
+    }
+
+    fn close(&self) -> TxnFuture<'_, ()> {
+        Box::pin(Self::close(self))
+    }
+}
+
 /// The open transaction a consumed record is handled in, as its handler sees
 /// it: output records go in, and the consumer commits them with the record's
 /// offset, or aborts them.
-#[derive(Debug, Clone)]
-pub struct Outbox(Arc<TransactionalProducer>);
+#[derive(Clone)]
+pub struct Outbox(Arc<dyn Transactional>);
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Outbox")
+    }
+}
 
 /// Two are equal when they are the same transactional producer's.
 impl PartialEq for Outbox {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+        std::ptr::addr_eq(Arc::as_ptr(&self.0), Arc::as_ptr(&other.0))
     }
 }
 
@@ -667,7 +736,7 @@ impl Eq for Outbox {}
 
 impl Outbox {
     /// The transaction of `producer`, for the consumer to hand its handler.
-    pub(crate) fn new(producer: Arc<TransactionalProducer>) -> Self {
+    pub(crate) fn new(producer: Arc<dyn Transactional>) -> Self {
         Self(producer)
     }
 
@@ -675,6 +744,6 @@ impl Outbox {
     /// it becomes visible to `read_committed` readers when the transaction
     /// commits.
     pub async fn send(&self, record: ProducerRecord) -> Result<Delivery, ProduceError> {
-        self.0.send(record).await?.await
+        self.0.send_and_wait(record).await
     }
 }
