@@ -208,11 +208,11 @@ impl TransactionalRunner {
                 Ok::<_, String>((producer, end))
             };
             let outcome = tokio::select! {
-            biased;
-                    outcome = attempt => outcome,
-                    () = stop.recv() => return Err(RunnerExit::Stopped),
-                    () = shutdown.recv() => return Err(RunnerExit::Stopped),
-                };
+                biased;
+                outcome = attempt => outcome,
+                () = stop.recv() => return Err(RunnerExit::Stopped),
+                () = shutdown.recv() => return Err(RunnerExit::Stopped),
+            };
             match outcome {
                 Ok((producer, end)) => {
                     let within = r.config.session_timeout;
@@ -234,11 +234,11 @@ impl TransactionalRunner {
                         r.tp
                     );
                     tokio::select! {
-                    biased;
-                                    () = tokio::time::sleep(delay) => {}
-                                    () = stop.recv() => return Err(RunnerExit::Stopped),
-                                    () = shutdown.recv() => return Err(RunnerExit::Stopped),
-                                }
+                        biased;
+                        () = tokio::time::sleep(delay) => {}
+                        () = stop.recv() => return Err(RunnerExit::Stopped),
+                        () = shutdown.recv() => return Err(RunnerExit::Stopped),
+                    }
                 }
             }
         };
@@ -312,6 +312,9 @@ impl TransactionalRunner {
                 if let Err(exit) = self.commit(producer.as_ref(), &mut open).await {
                     return exit;
                 }
+                // The commit may have taken long: the lease is checked against
+                // a fresh reading before the next record.
+                clock.restart(Instant::now());
                 continue;
             }
             if stop.is_shutdown() || shutdown.is_shutdown() {
@@ -322,20 +325,20 @@ impl TransactionalRunner {
                 clock.close_run(Instant::now(), &mut tally.latency);
                 r.metrics.add(&mut tally);
                 tokio::select! {
-                biased;
-                            batch = rx.recv() => match batch {
-                                Some(batch) => {
-                                    pending.extend(as_messages(batch));
-                                    clock.restart(Instant::now());
-                                }
-                                None if stop.is_shutdown() || shutdown.is_shutdown() => {
-                                    return RunnerExit::Stopped;
-                                }
-                                None => return RunnerExit::FetchEnded,
-                            },
-                            () = stop.recv() => {}
-                            () = shutdown.recv() => {}
+                    biased;
+                    batch = rx.recv() => match batch {
+                        Some(batch) => {
+                            pending.extend(as_messages(batch));
+                            clock.restart(Instant::now());
                         }
+                        None if stop.is_shutdown() || shutdown.is_shutdown() => {
+                            return RunnerExit::Stopped;
+                        }
+                        None => return RunnerExit::FetchEnded,
+                    },
+                    () = stop.recv() => {}
+                    () = shutdown.recv() => {}
+                }
                 continue;
             };
             if !r.lease.is_valid_at(clock.last_reading()) {
@@ -414,11 +417,11 @@ impl TransactionalRunner {
                         r.progress.advance_to(first.offset);
                     }
                     tokio::select! {
-                    biased;
-                                    () = tokio::time::sleep(delay) => {}
-                                    () = stop.recv() => return RunnerExit::Stopped,
-                                    () = shutdown.recv() => return RunnerExit::Stopped,
-                                }
+                        biased;
+                        () = tokio::time::sleep(delay) => {}
+                        () = stop.recv() => return RunnerExit::Stopped,
+                        () = shutdown.recv() => return RunnerExit::Stopped,
+                    }
                     clock.restart(Instant::now());
                 }
             }

@@ -45,8 +45,7 @@ use crate::kafka::codec::{FetchedRecord, InTransaction};
 use crate::kafka::fetch::{Message, Progress};
 use crate::kafka::group::{GroupState, Lease, TransactionView};
 use crate::kafka::produce::{
-    Delivery, ProduceError, ProducerRecord, TransactionConfig, TransactionError, Transactional,
-    TxnFuture,
+    Delivery, ProducerRecord, TransactionConfig, TransactionError, Transactional, TxnFuture,
 };
 use crate::kafka::seeds::{Faults, Rng, run_seeds};
 use crate::kafka::task::AbortOnDrop;
@@ -580,12 +579,12 @@ impl Transactional for Producer {
     fn send_and_wait(
         &self,
         record: ProducerRecord,
-    ) -> TxnFuture<'_, Result<Delivery, ProduceError>> {
+    ) -> TxnFuture<'_, Result<Delivery, TransactionError>> {
         Box::pin(async move {
             let partition = record.partition.unwrap_or(0);
             let mut adding = match &*self.open.lock() {
                 Some(prepared) => prepared.clone(),
-                None => return Err(TransactionError::NotOpen.into()),
+                None => return Err(TransactionError::NotOpen),
             };
             adding.insert((record.topic.clone(), partition));
             self.broker.trip().await;
@@ -593,7 +592,7 @@ impl Transactional for Producer {
             self.add(&mut world, adding)?;
             let key = (record.topic.clone(), partition, self.producer_id);
             if world.seen_epochs.get(&key).is_some_and(|e| *e > self.epoch) {
-                return Err(fenced(&self.id).into());
+                return Err(fenced(&self.id));
             }
             world.seen_epochs.insert(key, self.epoch);
             let offset = world.append(
@@ -915,6 +914,12 @@ async fn run(seed: u64, flawed: bool) -> Result<Faults, String> {
             _ => {}
         }
     }
+    // Paused former owners wake up and try to go on: whatever they still
+    // had open must come to nothing.
+    for owner in &paused {
+        *owner.broker.paused_until.lock() = None;
+    }
+    tokio::time::sleep(SESSION * 2).await;
     drop(paused);
     for owner in &owners {
         owner.stop.trigger();

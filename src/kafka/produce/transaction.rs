@@ -667,11 +667,12 @@ pub(crate) trait Transactional: Send + Sync + 'static {
         topic: &'a str,
         partition: i32,
     ) -> TxnFuture<'a, Result<(), TransactionError>>;
-    /// [`TransactionalProducer::send`], and the wait for its delivery.
+    /// [`TransactionalProducer::send`], and the wait for its delivery. A
+    /// [`TransactionError`], so that the runner still sees a fence as one.
     fn send_and_wait(
         &self,
         record: ProducerRecord,
-    ) -> TxnFuture<'_, Result<Delivery, ProduceError>>;
+    ) -> TxnFuture<'_, Result<Delivery, TransactionError>>;
     /// [`TransactionalProducer::commit`].
     fn commit(&self) -> TxnFuture<'_, Result<(), TransactionError>>;
     /// [`TransactionalProducer::abort`].
@@ -696,8 +697,8 @@ impl Transactional for TransactionalProducer {
     fn send_and_wait(
         &self,
         record: ProducerRecord,
-    ) -> TxnFuture<'_, Result<Delivery, ProduceError>> {
-        Box::pin(async move { Self::send(self, record).await?.await })
+    ) -> TxnFuture<'_, Result<Delivery, TransactionError>> {
+        Box::pin(async move { Ok(Self::send(self, record).await?.await?) })
     }
 
     fn commit(&self) -> TxnFuture<'_, Result<(), TransactionError>> {
@@ -721,7 +722,9 @@ pub struct Outbox(Arc<dyn Transactional>);
 
 impl std::fmt::Debug for Outbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Outbox")
+        f.debug_tuple("Outbox")
+            .field(&Arc::as_ptr(&self.0).cast::<()>())
+            .finish()
     }
 }
 
@@ -744,6 +747,9 @@ impl Outbox {
     /// it becomes visible to `read_committed` readers when the transaction
     /// commits.
     pub async fn send(&self, record: ProducerRecord) -> Result<Delivery, ProduceError> {
-        self.0.send_and_wait(record).await
+        self.0
+            .send_and_wait(record)
+            .await
+            .map_err(ProduceError::from)
     }
 }
