@@ -65,10 +65,15 @@ async fn copies(cluster: &Cluster, output: &str) -> BTreeMap<String, usize> {
 
 /// Waits until the output holds a copy of every input.
 async fn wait_for_every_copy(cluster: &Cluster, output: &str) -> BTreeMap<String, usize> {
-    within(120, "a copy of every input", async {
+    wait_for_copies(cluster, output, COUNT).await
+}
+
+/// Waits until the output holds copies of at least `n` inputs.
+async fn wait_for_copies(cluster: &Cluster, output: &str, n: usize) -> BTreeMap<String, usize> {
+    within(120, "the inputs' copies, read_committed", async {
         loop {
             let copies = copies(cluster, output).await;
-            if copies.len() == COUNT {
+            if copies.len() >= n {
                 return copies;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -283,16 +288,7 @@ async fn a_handler_that_hangs_is_parked_after_its_attempts_under_exactly_once() 
     assert_eq!(parked[0].header_str("dlq.attempts"), Some("2"));
     let error = parked[0].header_str("dlq.error").unwrap_or_default();
     assert!(error.contains("did not finish in time"), "{error}");
-    let copies = within(60, "the records around it", async {
-        loop {
-            let copies = copies(&cluster, &output).await;
-            if copies.len() == 2 {
-                return copies;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await;
+    let copies = wait_for_copies(&cluster, &output, 2).await;
     assert_eq!(
         copies,
         BTreeMap::from([("input-0".to_owned(), 1), ("input-2".to_owned(), 1)]),
@@ -346,16 +342,7 @@ async fn a_member_of_an_earlier_version_is_fenced_by_the_new_owner() {
         Arc::new(AtomicUsize::new(0)),
     );
     let (trigger, task) = RunningConsumer::spawn(&cluster, config, handler).await;
-    let copies = within(60, "the new owner's copies, read_committed", async {
-        loop {
-            let copies = copies(&cluster, &output).await;
-            if copies.len() >= 3 {
-                return copies;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await;
+    let copies = wait_for_copies(&cluster, &output, 3).await;
     assert!(
         !copies.contains_key("from the old member"),
         "the old transaction was committed: {copies:?}"

@@ -817,18 +817,19 @@ async fn failing_records_are_parked_with_headers_then_replayed_once() {
         .ensure_topics(&[offsets_topic_spec(offsets.topic())])
         .await
         .expect("offsets topic");
-    let dry = replay::replay(
-        &producer,
-        &offsets,
-        replay::Replay {
-            dlq_topic: &dlq,
-            to: None,
-            dry_run: true,
-            targets: None,
-        },
-    )
-    .await
-    .expect("dry run");
+    let replay_all = |dry_run| {
+        replay::replay(
+            &producer,
+            &offsets,
+            replay::Replay {
+                dlq_topic: &dlq,
+                to: None,
+                dry_run,
+                targets: None,
+            },
+        )
+    };
+    let dry = replay_all(true).await.expect("dry run");
     assert_eq!(dry.replayed, BTreeMap::from([(topic.clone(), 2)]));
     // A record bound for a topic the replay may not write stops it before
     // anything is copied.
@@ -848,18 +849,7 @@ async fn failing_records_are_parked_with_headers_then_replayed_once() {
         matches!(&foreign, replay::ReplayError::ForeignTarget { target, .. } if *target == topic),
         "{foreign}"
     );
-    let report = replay::replay(
-        &producer,
-        &offsets,
-        replay::Replay {
-            dlq_topic: &dlq,
-            to: None,
-            dry_run: false,
-            targets: None,
-        },
-    )
-    .await
-    .expect("replay");
+    let report = replay_all(false).await.expect("replay");
     assert_eq!(report.total(), 2);
     let mut replayed = Vec::new();
     within(30, "the replayed records", async {
@@ -875,18 +865,7 @@ async fn failing_records_are_parked_with_headers_then_replayed_once() {
             (5, Some(format!("{dlq}/0@1")))
         ]
     );
-    let again = replay::replay(
-        &producer,
-        &offsets,
-        replay::Replay {
-            dlq_topic: &dlq,
-            to: None,
-            dry_run: false,
-            targets: None,
-        },
-    )
-    .await
-    .expect("replay again");
+    let again = replay_all(false).await.expect("replay again");
     assert_eq!(
         (again.total(), again.already_replayed),
         (0, 2),
