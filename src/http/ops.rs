@@ -99,23 +99,31 @@ impl BrokerProbe {
         answer
     }
 
-    /// The public `/ready`: `200 {"status": "ready"}` while the service is
-    /// (`own`), the broker answers and no part reports a problem, else
-    /// `503 {"status": "not ready"}`, with the reasons left to the operations
-    /// port.
-    pub async fn public_ready(&self, own: bool) -> Response {
-        if own && self.check().await.is_ok() && crate::health::problems().is_empty() {
-            warp::reply::json(&json!({"status": "ready"})).into_response()
-        } else {
-            warp::reply::with_status(
-                warp::reply::json(&json!({
-                    "status": "not ready",
-                    "details": "on the operations port (APP_METRICS_PORT)",
-                })),
-                StatusCode::SERVICE_UNAVAILABLE,
-            )
-            .into_response()
-        }
+    /// Whether the service is ready, and what its `/ready` says on the
+    /// operations port: ready while the broker answers and no part reports a
+    /// problem ([`crate::health`], and those of `details`); the fields name the
+    /// broker's state, every problem, and what `details` adds.
+    pub async fn readiness(
+        &self,
+        details: ReadyDetails,
+    ) -> (bool, serde_json::Map<String, serde_json::Value>) {
+        let ReadyDetails {
+            mut problems,
+            mut fields,
+        } = details;
+        problems.extend(crate::health::problems());
+        let broker = self.check().await;
+        let ready = broker.is_ok() && problems.is_empty();
+        fields.insert(
+            "status".into(),
+            (if ready { "ready" } else { "not ready" }).into(),
+        );
+        fields.insert(
+            "broker".into(),
+            broker.err().unwrap_or_else(|| "ok".to_owned()).into(),
+        );
+        fields.insert("problems".into(), problems.into());
+        (ready, fields)
     }
 }
 
@@ -241,22 +249,7 @@ impl OpsServer {
         let ready = warp::path!("ready").and(warp::get()).then(move || {
             let (probe, details) = (probe.clone(), details.clone());
             async move {
-                let ReadyDetails {
-                    mut problems,
-                    mut fields,
-                } = details();
-                problems.extend(crate::health::problems());
-                let broker = probe.check().await;
-                let ready = broker.is_ok() && problems.is_empty();
-                fields.insert(
-                    "status".into(),
-                    (if ready { "ready" } else { "not ready" }).into(),
-                );
-                fields.insert(
-                    "broker".into(),
-                    broker.err().unwrap_or_else(|| "ok".to_owned()).into(),
-                );
-                fields.insert("problems".into(), problems.into());
+                let (ready, fields) = probe.readiness(details()).await;
                 let status = if ready {
                     StatusCode::OK
                 } else {

@@ -641,14 +641,22 @@ fn get_order(state: &AppState, principal: Option<&Principal>, id: &str) -> Respo
     }
 }
 
-/// The public `/ready`: the broker answers (asked at most once a second) and
-/// no part reports a problem, the order view catching up included. Why not is
-/// on the operations port.
+/// The public `/ready`: the verdict of the operations port's, the order view
+/// catching up included, without the reasons.
 async fn ready(state: &AppState) -> Response {
-    state
-        .probe
-        .public_ready(state.follower.is_caught_up())
-        .await
+    let (ready, _) = state.probe.readiness(ready_details(state)).await;
+    if ready {
+        warp::reply::json(&serde_json::json!({"status": "ready"})).into_response()
+    } else {
+        warp::reply::with_status(
+            warp::reply::json(&serde_json::json!({
+                "status": "not ready",
+                "details": "on the operations port (APP_METRICS_PORT)",
+            })),
+            StatusCode::SERVICE_UNAVAILABLE,
+        )
+        .into_response()
+    }
 }
 
 /// What the operations port's `/ready` adds: the order view's state. Until it
