@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::domain::{NewOrder, OrderId, OrderItem};
+use crate::domain::{NewOrder, OrderId, OrderItem, id_problem};
 use crate::kafka::consume::Poison;
 use crate::kafka::group::offsets::{DEFAULT_OFFSETS_TOPIC, offsets_topic_spec};
 use crate::kafka::middleware::dead_letter;
@@ -298,7 +298,7 @@ impl Payload for OrderCreated {
     /// prices 0 to 10¹².
     fn validate(&self) -> Result<(), Poison> {
         let request = serde_json::json!({"customer_id": self.customer_id, "items": self.items});
-        let order = NewOrder::parse(&request).map_err(|errors| {
+        NewOrder::parse(&request).map_err(|errors| {
             let errors: Vec<String> = errors
                 .iter()
                 .map(|e| format!("{} {}", e.field, e.message))
@@ -308,18 +308,14 @@ impl Payload for OrderCreated {
                 errors.join("; ")
             ))
         })?;
-        // The API writes ids trimmed; one with white space around it would be
-        // another spelling of a customer or a product.
-        let spelled_as_parsed = order.customer_id == self.customer_id
-            && order
-                .items
-                .iter()
-                .zip(&self.items)
-                .all(|(parsed, given)| parsed.product_id == given.product_id);
-        if !spelled_as_parsed {
-            return Err(Poison::new(
-                "order.created names a customer or product with white space around it",
-            ));
+        // The API writes ids trimmed, and parsing trims: one with white space
+        // around it would be another spelling of a customer or a product.
+        let ids =
+            std::iter::once(&self.customer_id).chain(self.items.iter().map(|i| &i.product_id));
+        if let Some(problem) = ids.filter_map(|id| id_problem(id)).next() {
+            return Err(Poison::new(format!(
+                "order.created names a customer or product that {problem}"
+            )));
         }
         Ok(())
     }
