@@ -398,12 +398,7 @@ impl NotificationConfig {
     /// timing out, and the longest wait between each.
     pub fn webhook_budget(&self) -> Duration {
         let attempts = self.webhook_retries.saturating_add(1);
-        let mut waits = Duration::ZERO;
-        let mut ceiling = Self::WEBHOOK_BACKOFF.initial;
-        for _ in 0..self.webhook_retries {
-            waits = waits.saturating_add(ceiling);
-            ceiling = (ceiling * 2).min(Self::WEBHOOK_BACKOFF.max);
-        }
+        let waits = Self::WEBHOOK_BACKOFF.longest(self.webhook_retries);
         self.webhook_timeout
             .saturating_mul(attempts)
             .saturating_add(waits)

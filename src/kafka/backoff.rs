@@ -24,6 +24,19 @@ pub struct BackoffConfig {
     pub max: Duration,
 }
 
+impl BackoffConfig {
+    /// The longest that `waits` waits of a sequence can take together: each
+    /// at its ceiling.
+    pub fn longest(&self, waits: u32) -> Duration {
+        let (mut total, mut ceiling) = (Duration::ZERO, self.initial);
+        for _ in 0..waits {
+            total = total.saturating_add(ceiling);
+            ceiling = (ceiling * 2).min(self.max);
+        }
+        total
+    }
+}
+
 impl Default for BackoffConfig {
     fn default() -> Self {
         Self {
