@@ -321,28 +321,26 @@ pub fn reset_records(
         // Every partition, owned before or not: a member claiming one while
         // the reset is written then races it on the owner record's
         // compare-and-set, and one of the two does not count.
-        {
-            let passed = OwnerValue {
-                member: None,
-                epoch: state.owner(tp).map_or(0, |current| current.epoch + 1),
-                start: *offset,
-                by: Some(RESET_WRITER.to_owned()),
-                refutes: Vec::new(),
-            };
-            owners.push(
-                ProducerRecord::new(offsets_topic)
-                    .partition(LOG_PARTITION)
-                    .key(
-                        Key::Owner {
-                            group: group.to_owned(),
-                            topic: tp.topic.clone(),
-                            partition: tp.partition,
-                        }
-                        .encode(),
-                    )
-                    .json(&passed)?,
-            );
-        }
+        let passed = OwnerValue {
+            member: None,
+            epoch: state.owner(tp).map_or(0, |current| current.epoch + 1),
+            start: *offset,
+            by: Some(RESET_WRITER.to_owned()),
+            refutes: Vec::new(),
+        };
+        owners.push(
+            ProducerRecord::new(offsets_topic)
+                .partition(LOG_PARTITION)
+                .key(
+                    Key::Owner {
+                        group: group.to_owned(),
+                        topic: tp.topic.clone(),
+                        partition: tp.partition,
+                    }
+                    .encode(),
+                )
+                .json(&passed)?,
+        );
     }
     Ok((owners, records))
 }
