@@ -70,13 +70,23 @@ pub(super) struct FailedAttempts(Arc<parking_lot::Mutex<HashMap<TopicPartition, 
 type Counts = (i64, HashMap<i64, u32>);
 
 impl FailedAttempts {
-    /// Failed attempts of `tp`@`offset` so far in `epoch`.
-    fn of(&self, tp: &TopicPartition, epoch: i64, offset: i64) -> u32 {
+    /// The failed attempts of `tp`'s records so far in `epoch`, for a task to
+    /// look up locally: the shared table is touched only when a record fails
+    /// and when a transaction commits, not for every record.
+    fn of_partition(&self, tp: &TopicPartition, epoch: i64) -> HashMap<i64, u32> {
         self.0
             .lock()
             .get(tp)
             .filter(|(counted_in, _)| *counted_in == epoch)
-            .and_then(|(_, counts)| counts.get(&offset))
+            .map(|(_, counts)| counts.clone())
+            .unwrap_or_default()
+    }
+
+    /// Failed attempts of `tp`@`offset` so far in `epoch`.
+    #[cfg(test)]
+    fn of(&self, tp: &TopicPartition, epoch: i64, offset: i64) -> u32 {
+        self.of_partition(tp, epoch)
+            .get(&offset)
             .copied()
             .unwrap_or(0)
     }
@@ -287,6 +297,9 @@ impl TransactionalRunner {
         let mut clock = Stopwatch::new(Instant::now());
         let mut pending: VecDeque<Message> = VecDeque::new();
         let mut open: Option<Open> = None;
+        // This ownership's failed attempts so far, kept in step with the
+        // consumer's table.
+        let mut failures = self.failed.of_partition(&r.tp, self.epoch);
         let budget = handler_budget(r.config.transaction_timeout);
         let mut backoff = Backoff::new(r.config.retry_backoff);
 
@@ -312,6 +325,8 @@ impl TransactionalRunner {
                 if let Err(exit) = self.commit(producer.as_ref(), &mut open).await {
                     return exit;
                 }
+                let committed = r.progress.committed.load(Ordering::Acquire);
+                failures.retain(|offset, _| *offset >= committed);
                 // The commit may have taken long: the lease is checked against
                 // a fresh reading before the next record.
                 clock.restart(Instant::now());
@@ -371,7 +386,7 @@ impl TransactionalRunner {
             // A record offered again after an abort (or a restart) keeps its
             // count, so retry budgets hold; each call ends by the
             // transaction's deadline, before the coordinator aborts it.
-            message.attempt = self.failed.of(&r.tp, self.epoch, message.offset) + 1;
+            message.attempt = failures.get(&message.offset).map_or(1, |n| n + 1);
             let deadline = Deadline {
                 at: open.as_ref().map_or_else(Instant::now, |o| o.since) + budget,
                 what: "its transaction's deadline (four fifths of the transaction timeout)",
@@ -394,6 +409,7 @@ impl TransactionalRunner {
                     return RunnerExit::LeaseLost;
                 }
                 Some(Err(e)) => {
+                    failures.insert(message.offset, message.attempt);
                     self.failed
                         .failed(&r.tp, self.epoch, message.offset, message.attempt);
                     let delay = backoff.next_delay();
