@@ -255,18 +255,9 @@ async fn one_address_cannot_hold_the_slots_or_starve_the_probes() {
     assert_eq!(ready.status, 200);
     assert_eq!(ready.json(), json!({"status": "ready"}));
     // The details are on the operations port.
-    let url = format!("http://127.0.0.1:{}/ready", api.metrics_port)
-        .parse()
+    let ops = support::get_local(api.metrics_port, "/ready", Duration::from_secs(5))
+        .await
         .unwrap();
-    let ops = rust_eda::http_client::request(
-        http::Method::GET,
-        &url,
-        &[],
-        bytes::Bytes::new(),
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
     assert_eq!(ops.status, 200);
     assert_eq!(ops.json()["broker"], "ok");
     assert!(ops.json()["orders"].is_u64(), "{:?}", ops.json());

@@ -99,20 +99,24 @@ pub async fn create_topic(cluster: &Cluster, partitions: i32) -> String {
     name
 }
 
-/// Awaits `fut`, failing the test with `what` if it takes longer than `secs` seconds.
+/// `GET http://127.0.0.1:<port><path>`, answered within `timeout`.
+pub async fn get_local(
+    port: u16,
+    path: &str,
+    timeout: Duration,
+) -> Result<rust_eda::http_client::HttpResponse, rust_eda::http_client::HttpError> {
+    let url = format!("http://127.0.0.1:{port}{path}")
+        .parse()
+        .expect("a valid URL");
+    rust_eda::http_client::request(http::Method::GET, &url, &[], bytes::Bytes::new(), timeout).await
+}
+
 /// The Prometheus page served on `port` (a service's `APP_METRICS_PORT`),
 /// checked to be one: `200` in the text format.
 pub async fn metrics_page(port: u16) -> String {
-    let url = format!("http://127.0.0.1:{port}/metrics").parse().unwrap();
-    let r = rust_eda::http_client::request(
-        http::Method::GET,
-        &url,
-        &[],
-        bytes::Bytes::new(),
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("GET /metrics on port {port}: {e}"));
+    let r = get_local(port, "/metrics", Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("GET /metrics on port {port}: {e}"));
     assert_eq!(r.status, 200, "GET /metrics on port {port}");
     assert!(
         r.header("content-type")
@@ -121,6 +125,7 @@ pub async fn metrics_page(port: u16) -> String {
     String::from_utf8_lossy(&r.body).into_owned()
 }
 
+/// Awaits `fut`, failing the test with `what` if it takes longer than `secs` seconds.
 pub async fn within<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T {
     match tokio::time::timeout(Duration::from_secs(secs), fut).await {
         Ok(v) => v,

@@ -9,9 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use parking_lot::Mutex;
-use rust_eda::http_client::{self, HttpUrl};
 use serde_json::Value;
 use warp::Filter;
 
@@ -156,19 +154,9 @@ impl Drop for Process {
 /// returns how long that took.
 pub async fn wait_ready(port: u16, what: &str, secs: u64) -> Duration {
     let started = Instant::now();
-    let url: HttpUrl = format!("http://127.0.0.1:{port}/ready")
-        .parse()
-        .expect("a valid URL");
     within(secs, &format!("{what} becoming ready"), async {
         loop {
-            let ready = http_client::request(
-                http::Method::GET,
-                &url,
-                &[],
-                Bytes::new(),
-                Duration::from_secs(2),
-            )
-            .await;
+            let ready = super::get_local(port, "/ready", Duration::from_secs(2)).await;
             if ready.is_ok_and(|r| r.status == 200) {
                 return;
             }

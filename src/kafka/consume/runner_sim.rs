@@ -965,15 +965,21 @@ async fn run(seed: u64, flawed: bool) -> Result<Faults, String> {
     Ok(faults)
 }
 
+/// One seed on a runtime of its own: one thread, a clock that moves only when
+/// every task waits.
+fn simulate(seed: u64, flawed: bool) -> Result<Faults, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .map_err(|e| e.to_string())?
+        .block_on(run(seed, flawed))
+}
+
 #[test]
 fn the_exactly_once_runner_holds_through_broker_windows_crashes_pauses_and_handoffs() {
     run_seeds("exactly-once runner simulation", 50, |seed| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .map_err(|e| e.to_string())?
-            .block_on(run(seed, false))
+        simulate(seed, false)
     });
 }
 
@@ -983,13 +989,7 @@ fn the_exactly_once_runner_holds_through_broker_windows_crashes_pauses_and_hando
 #[test]
 fn a_broker_that_fences_nothing_would_be_caught() {
     let caught = (1..=100)
-        .filter(|&seed| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .start_paused(true)
-                .build()
-                .is_ok_and(|rt| rt.block_on(run(seed, true)).is_err())
-        })
+        .filter(|&seed| simulate(seed, true).is_err())
         .count();
     eprintln!("{caught} of 100 seeds caught a broker that fences nothing");
     assert!(
